@@ -1,0 +1,121 @@
+"""`flaxlstm train | evaluate | predict` — a thin shell over `flaxlstm.train`.
+
+  flaxlstm train [--config experiments/ett.py[:ARG]] [--workdir runs/x] [--resume]
+                 [--quiet] [--config.section.key=value ...]
+  flaxlstm evaluate --workdir runs/x
+  flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
+
+Bad input (data, config, workdir) prints `error: <one line>` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+from flaxlstm.errors import InputError
+
+DEFAULT_EXPERIMENT = "experiments/ett.py"
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="flaxlstm", description="Train LSTM forecasters.")
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train (or resume) a run",
+                     epilog="Any config field can be overridden: --config.train.batch_size=64")
+  t.add_argument("--config", default=None,
+                 help=f"experiment file[:arg] (default: {DEFAULT_EXPERIMENT} if present, "
+                      "else the built-in defaults)")
+  t.add_argument("--workdir", default=None, help="run directory (default: runs/<name>-<time>)")
+  t.add_argument("--resume", action="store_true",
+                 help="require an existing run in --workdir (rerunning resumes anyway)")
+  t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run")
+  e.add_argument("--workdir", required=True)
+  pr = sub.add_parser("predict", help="forecast a new file with a trained run")
+  pr.add_argument("--workdir", required=True)
+  pr.add_argument("--data", required=True, help="CSV/Parquet with the run's columns")
+  pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
+  pr.add_argument("--all-windows", action="store_true",
+                  help="forecast from every position, not only from the end of the file")
+  return p
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.a.b=v` (or `--config.a.b v`) overrides from the other arguments."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      if "=" in a:
+        overrides.append(a[len("--config."):])
+      elif i + 1 < len(argv):
+        overrides.append(a[len("--config."):] + "=" + argv[i + 1])
+        i += 1
+      else:
+        raise InputError(f"{a} needs a value: {a}=VALUE")
+    else:
+      rest.append(a)
+    i += 1
+  return rest, overrides
+
+
+def _summary(metrics: dict) -> str:
+  lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
+  rows = [("lstm", metrics)] + list(metrics.get("baselines", {}).items())
+  for name, m in rows:
+    lines.append(f"{name:<16}" + "".join(
+        f"{m[s][k]:>10.4f}" for s in ("val", "test") for k in ("mse", "mae")))
+  return "\n".join(lines)
+
+
+def _train(args, overrides: list[str]) -> int:
+  from flaxlstm import config as config_lib  # imported late: `--help` stays instant
+  from flaxlstm import train as train_lib
+  spec = args.config
+  if spec is None and os.path.exists(DEFAULT_EXPERIMENT):
+    spec = DEFAULT_EXPERIMENT
+  config = config_lib.load_config(spec, overrides)
+  workdir = args.workdir
+  if workdir is None:
+    name = os.path.splitext(os.path.basename((spec or "default").split(":")[0]))[0]
+    workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+  metrics = train_lib.train_and_evaluate(
+      config, workdir, resume=True if args.resume else None, quiet=args.quiet)
+  if not args.quiet:
+    print(_summary(metrics))
+    print(f"run written to {workdir}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    if overrides and args.command != "train":
+      raise InputError(f"--config.* overrides only apply to `train`, not `{args.command}`")
+    if args.command == "train":
+      return _train(args, overrides)
+    from flaxlstm import train as train_lib
+    if args.command == "evaluate":
+      print(json.dumps(train_lib.evaluate(args.workdir), indent=2))
+      return 0
+    n = train_lib.predict_file(args.workdir, args.data, args.out,
+                               all_windows=args.all_windows)
+    print(f"wrote {n} forecasts to {args.out}")
+    return 0
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,438 @@
+"""Training: optimizer, the jitted train/eval steps, and `train_and_evaluate(config, workdir)`.
+
+One loop over optimizer steps. Everything a step needs is a pure function of
+(config, step): the batch (seed, epoch, position in epoch), the augmentation draw and the
+dropout key. Resuming therefore needs only the step, params, optimizer state and the
+early-stopping counters from the checkpoint — no iterator or RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxlstm import data as data_lib
+from flaxlstm import models
+from flaxlstm.checkpoint import Checkpoints, LoopState
+from flaxlstm.config import config_from_json, config_to_json
+from flaxlstm.errors import InputError
+from flaxlstm.report import Progress, Reporter
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+# ---- optimizer and loss ----------------------------------------------------------------------
+def decay_mask(params: Any) -> Any:
+  """True for weight matrices (decayed, penalized); False for biases and norm parameters."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params)
+
+
+def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
+  lr, warmup = train_cfg.learning_rate, min(train_cfg.warmup_steps, max(total_steps - 1, 0))
+  if train_cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=lr * 0.01)
+  if warmup:
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
+  """`clip_by_global_norm` -> AdamW (decay masked to kernels) or SGD with momentum."""
+  schedule = learning_rate_schedule(train_cfg, total_steps)
+  if train_cfg.optimizer == "sgd":
+    opt = optax.chain(
+        optax.add_decayed_weights(train_cfg.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=train_cfg.momentum or None))
+  else:
+    opt = optax.adamw(schedule, weight_decay=train_cfg.weight_decay, mask=decay_mask)
+  if train_cfg.clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(train_cfg.clip_norm), opt)
+  return opt
+
+
+def pointwise_loss(kind: str, pred: Array, target: Array, huber_delta: float = 1.0) -> Array:
+  err = pred - target
+  if kind == "mae":
+    return jnp.abs(err)
+  if kind == "huber":
+    return optax.huber_loss(pred, target, delta=huber_delta)
+  return jnp.square(err)
+
+
+def penalty(params: Any, l1: float, l2: float) -> Array:
+  """L1/L2 terms over the weight matrices (the same leaves weight decay applies to)."""
+  leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params)))
+            if m]
+  total = jnp.zeros((), jnp.float32)
+  if l1:
+    total += l1 * sum(jnp.abs(p).sum() for p in leaves)
+  if l2:
+    total += l2 * sum(jnp.square(p).sum() for p in leaves)
+  return total
+
+
+# ---- steps -----------------------------------------------------------------------------------
+def make_train_step(model: models.Forecaster, tx: optax.GradientTransformation, train_cfg,
+                    seed: int) -> Callable:
+  """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated."""
+  base_key = jax.random.key(seed)
+
+  def train_step(state: TrainState, x, y, y_last):
+    dropout_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
+
+    def loss_fn(params):
+      pred = model.apply({"params": params}, x, y_last, deterministic=False,
+                         rngs={"dropout": dropout_key})
+      data_loss = pointwise_loss(train_cfg.loss, pred, y, train_cfg.huber_delta).mean()
+      return data_loss + penalty(params, train_cfg.l1, train_cfg.l2), data_loss
+
+    (loss, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_predict_fn(model: models.Forecaster) -> Callable:
+  return jax.jit(lambda params, x, y_last: model.apply(
+      {"params": params}, x, y_last, deterministic=True))
+
+
+def predict_windows(predict_fn: Callable, params: Any, data: data_lib.SeriesData,
+                    starts: np.ndarray, batch_size: int) -> np.ndarray:
+  """Scaled predictions `(N, horizon, n_targets)` for windows starting at `starts`.
+
+  The last batch is padded to `batch_size` so that one compiled function serves all.
+  """
+  out = []
+  for lo in range(0, len(starts), batch_size):
+    idx = starts[lo:lo + batch_size]
+    n = len(idx)
+    idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
+    x = data_lib.gather_inputs(data, idx)
+    out.append(np.asarray(predict_fn(params, x, data.y[idx - 1]))[:n])
+  return np.concatenate(out) if out else np.zeros((0, data.horizon, len(data.target_names)))
+
+
+def split_metrics(data: data_lib.SeriesData, starts: np.ndarray, pred: np.ndarray) -> dict:
+  """MSE/MAE/RMSE on the scaled values and (suffix `_original`) in the data's units."""
+  _, y = data_lib.gather_windows(data, starts)
+  scaled = data_lib.regression_metrics(y, pred)
+  orig = data_lib.regression_metrics(data.inverse_targets(y), data.inverse_targets(pred))
+  return {**scaled, **{f"{k}_original": v for k, v in orig.items()}}
+
+
+def baseline_metrics(data: data_lib.SeriesData, period: int, splits=("val", "test")) -> dict:
+  """Naive and seasonal-naive forecasts scored on exactly the model's windows."""
+  out = {"naive": {}, "seasonal_naive": {}}
+  for split in splits:
+    starts = data.window_starts(split)
+    out["naive"][split] = split_metrics(data, starts, data_lib.naive_forecast(data, starts))
+    if data.lookback >= period:  # seasonal naive needs a full season of history
+      out["seasonal_naive"][split] = split_metrics(
+          data, starts, data_lib.seasonal_naive_forecast(data, starts, period))
+  if not out["seasonal_naive"]:
+    del out["seasonal_naive"]
+  return out
+
+
+# ---- run setup -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config: data, model, optimizer, compiled steps."""
+  config: Any
+  data: data_lib.SeriesData
+  model: models.Forecaster
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+
+  def init_state(self) -> TrainState:
+    x, _ = data_lib.gather_windows(self.data, self.data.window_starts("train")[:1])
+    key = jax.random.fold_in(jax.random.key(self.config.seed), 0)
+    params = self.model.init(key, x, self.data.y[:1], deterministic=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+
+def build_run(config) -> Run:
+  data = data_lib.prepare(config.data)
+  n_train = len(data.window_starts("train"))
+  bs = config.train.batch_size
+  if n_train < bs:
+    raise InputError(f"train.batch_size={bs} is larger than the {n_train} training windows")
+  steps_per_epoch = n_train // bs
+  total = steps_per_epoch * config.train.max_epochs
+  if config.train.max_steps:
+    total = min(total, config.train.max_steps)
+  model = models.forecaster_from_config(
+      config.model, horizon=data.horizon, n_targets=len(data.target_names))
+  return Run(config, data, model, make_optimizer(config.train, total), steps_per_epoch, total)
+
+
+def _config_diff(a, b, prefix="") -> list[str]:
+  diffs = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      diffs += _config_diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      diffs.append(f"{prefix}{k}: {vb!r} in workdir vs {va!r} now")
+  return diffs
+
+
+def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
+  """Checks the workdir is usable and belongs to this config; writes nothing on failure."""
+  cfg_path = os.path.join(workdir, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      old = json.loads(config_to_json(config_from_json(f.read())))
+    diffs = _config_diff(json.loads(config_to_json(config)), old)
+    if diffs:
+      raise InputError(f"workdir {workdir} holds a run with another config ({diffs[0]}); "
+                       "use a new --workdir")
+  elif resume:
+    raise InputError(f"nothing to resume: {workdir} has no config.json")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise InputError(f"workdir {workdir} is not writable: {e.strerror}") from None
+
+
+# ---- the loop --------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
+                       quiet: bool = True) -> dict:
+  """Trains a forecaster as `config` says, in `workdir`; returns the final metrics.
+
+  Reruns in the same workdir resume from the latest checkpoint and end with the same numbers
+  as an uninterrupted run. `resume=True` insists on an existing run; `resume=False` refuses
+  to reuse a workdir that holds checkpoints.
+  """
+  run = build_run(config)  # validates the data before anything is written
+  prepare_workdir(workdir, config, resume=resume)
+  is_main = jax.process_index() == 0
+  reporter = Reporter(workdir, enabled=is_main)
+  reporter.write_config(config)
+  if is_main:
+    run.data.save_scalers(os.path.join(workdir, "scalers.pkl"))
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.keep_best)
+
+  state = run.init_state()
+  restored = ckpts.restore(jax.tree.map(np.asarray, state))
+  if restored is not None and resume is False:
+    raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
+  loop = LoopState()
+  if restored is not None:
+    loop, state = restored
+    state = jax.tree.map(jnp.asarray, state)
+    reporter.truncate_after(loop.step)  # drop metrics logged after the checkpoint
+
+  train_step = make_train_step(run.model, run.tx, config.train, config.seed)
+  predict_fn = make_predict_fn(run.model)
+  tcfg, data = config.train, run.data
+  train_starts = data.window_starts("train")
+  val_starts = data.window_starts("val")
+  spe = run.steps_per_epoch
+  eval_every = tcfg.eval_every_steps or spe
+
+  progress = Progress(run.total_steps, enabled=is_main and not quiet, desc="train")
+  progress.update(loop.step)
+  order, order_epoch = None, -1
+  loss_sum, loss_n = 0.0, 0
+  t0 = time.perf_counter()
+  while not loop.done and loop.step < run.total_steps:
+    epoch, pos = divmod(loop.step, spe)
+    if epoch != order_epoch:
+      order = data_lib.epoch_batches(len(train_starts), tcfg.batch_size, config.seed, epoch)
+      order_epoch = epoch
+    starts = train_starts[order[pos]]
+    x, y = data_lib.gather_windows(data, starts)
+    x = data_lib.augment(x, config.data.augment,
+                         np.random.default_rng([config.seed, epoch, pos]))
+    state, m = train_step(state, x, y, data.y[starts - 1])
+    loop.step += 1
+    loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
+    if loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0:
+      train_loss = float(loss_sum) / loss_n
+      reporter.log(loop.step, "train", {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
+                   epoch=epoch)
+      progress.update(0, loss=f"{train_loss:.4f}")
+      loss_sum, loss_n = 0.0, 0
+    progress.update(1)
+
+    if loop.step % eval_every == 0 or loop.step == run.total_steps:
+      pred = predict_windows(predict_fn, state.params, data, val_starts, tcfg.eval_batch_size)
+      val = split_metrics(data, val_starts, pred)
+      val_loss = float(pointwise_loss(tcfg.loss, jnp.asarray(pred),
+                                      jnp.asarray(data_lib.gather_windows(data, val_starts)[1]),
+                                      tcfg.huber_delta).mean())
+      reporter.log(loop.step, "val", {"loss": val_loss, **val}, epoch=epoch)
+      if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
+        loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
+        ckpts.save_best(loop.step, state.params, val_loss)
+      else:
+        loop.bad_evals += 1
+      if tcfg.patience and loop.bad_evals >= tcfg.patience:
+        loop.done = loop.stopped_early = True
+      if loop.step == run.total_steps:
+        loop.done = True
+      loop.wall_time_s += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      ckpts.save(loop, state)
+  progress.close()
+
+  params = state.params
+  if tcfg.restore_best:
+    best = ckpts.restore_best_params(jax.tree.map(np.asarray, params))
+    if best is not None:
+      params = jax.tree.map(jnp.asarray, best)
+  ckpts.close()
+  metrics = final_metrics(run, params, predict_fn)
+  metrics.update(steps=loop.step, epochs=loop.step / spe, best_step=loop.best_step,
+                 stopped_early=loop.stopped_early, train_wall_time_s=loop.wall_time_s,
+                 params_count=int(sum(p.size for p in jax.tree.leaves(params))))
+  reporter.write_json("metrics.json", metrics)
+  write_plots(reporter, run, params, predict_fn)
+  reporter.close()
+  return metrics
+
+
+def final_metrics(run: Run, params: Any, predict_fn: Callable) -> dict:
+  out = {}
+  for split in ("val", "test"):
+    starts = run.data.window_starts(split)
+    pred = predict_windows(predict_fn, params, run.data, starts, run.config.train.eval_batch_size)
+    out[split] = split_metrics(run.data, starts, pred)
+  out["baselines"] = baseline_metrics(run.data, run.config.data.seasonal_period)
+  return out
+
+
+def write_plots(reporter: Reporter, run: Run, params: Any, predict_fn: Callable) -> None:
+  if not reporter.enabled:
+    return
+  data = run.data
+  starts = data.window_starts("test")
+  pred = predict_windows(predict_fn, params, data, starts, run.config.train.eval_batch_size)
+  _, y = data_lib.gather_windows(data, starts)
+  naive = data_lib.naive_forecast(data, starts)
+  reporter.plot_learning_curves()
+  reporter.plot_forecast(
+      data.inverse_targets(y), data.inverse_targets(pred), name="forecast_test.png",
+      title=f"test set: {', '.join(data.target_names)}",
+      baselines={"naive": data.inverse_targets(naive)},
+      dates=None if data.dates is None else data.dates[starts])
+
+
+# ---- evaluate / predict from a finished workdir ----------------------------------------------
+def _read_config(workdir: str):
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise InputError(f"{workdir} is not a flaxlstm run: no config.json")
+  with open(cfg_path) as f:
+    return config_from_json(f.read())
+
+
+def restore_params(workdir: str, config, abstract_params: Any) -> Any:
+  """The run's best params (else those of its latest checkpoint)."""
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.keep_best)
+  try:
+    params = ckpts.restore_best_params(abstract_params)
+    if params is None:
+      params = ckpts.restore_latest_params(abstract_params)
+    if params is None:
+      raise InputError(f"{workdir} holds no checkpoint")
+  finally:
+    ckpts.close()
+  return jax.tree.map(jnp.asarray, params)
+
+
+def evaluate(workdir: str) -> dict:
+  """Recomputes the final metrics of a run from its checkpoint; writes `metrics.json`."""
+  config = _read_config(workdir)
+  run = build_run(config)
+  params = restore_params(workdir, config, jax.tree.map(np.asarray, run.init_state().params))
+  metrics = final_metrics(run, params, make_predict_fn(run.model))
+  path = os.path.join(workdir, "metrics.json")
+  if os.path.exists(path):  # keep the training summary fields written by train_and_evaluate
+    with open(path) as f:
+      metrics = {**json.load(f), **metrics}
+  Reporter(workdir, enabled=jax.process_index() == 0).write_json("metrics.json", metrics)
+  return metrics
+
+
+def predict_file(workdir: str, data_path: str, out_path: str, *,
+                 all_windows: bool = False) -> int:
+  """Forecasts `data_path` with a trained run; writes a CSV in original units.
+
+  By default one forecast: the `horizon` steps after the file's last row. With
+  `all_windows`, a forecast from every position that has `lookback` rows of history
+  (back-testing), with the actual values beside it when the file has the targets.
+  Returns the number of forecasts written.
+  """
+  import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
+  config = _read_config(workdir)
+  scalers = data_lib.load_scalers(os.path.join(workdir, "scalers.pkl"))
+  data = data_lib.prepare_inference(config.data, scalers, path=data_path)
+  if config.model.predict_delta and not data.has_targets:
+    raise InputError(f"{data_path} lacks the target column(s) {list(data.target_names)}, "
+                     "which this model (model.predict_delta) needs as inputs")
+  model = models.forecaster_from_config(
+      config.model, horizon=data.horizon, n_targets=len(data.target_names))
+  x0 = np.zeros((1, data.lookback, len(data.feature_names)), np.float32)
+  y0 = np.zeros((1, len(data.target_names)), np.float32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x0, y0))["params"]
+  params = restore_params(workdir, config, abstract)
+  n = len(data.x)
+  if all_windows:
+    starts = np.arange(data.lookback, n + 1, dtype=np.int64)
+  else:
+    starts = np.array([n], np.int64)
+  pred = data.inverse_targets(predict_windows(
+      make_predict_fn(model), params, data, starts, config.train.eval_batch_size))
+  rows = []
+  step_delta = None
+  if data.dates is not None and n > 1:
+    step_delta = pd.Series(data.dates).diff().median()
+  for w, start in enumerate(starts):
+    origin = data.dates[start - 1] if data.dates is not None else int(start - 1)
+    for h in range(data.horizon):
+      row = {"origin": origin, "step": h + 1}
+      if step_delta is not None:
+        row["date"] = pd.Timestamp(origin) + (h + 1) * step_delta
+      for k, name in enumerate(data.target_names):
+        row[name] = float(pred[w, h, k])
+        if data.has_targets and all_windows:
+          row[f"{name}_actual"] = (float(data.y_raw[start + h, k]) if start + h < n
+                                   else float("nan"))
+      rows.append(row)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  tmp = out_path + ".tmp"
+  pd.DataFrame(rows).to_csv(tmp, index=False)
+  os.replace(tmp, out_path)
+  return len(starts)
