@@ -34,9 +34,10 @@ class Forecaster(nn.Module):
   `Dense` layer that emits all `horizon x n_targets` values at once (no autoregressive
   feedback, so errors do not compound over the horizon).
 
-  With `predict_delta`, the head predicts the change from the last observed target value
-  `y_last` `(B, n_targets)`, which is then added back: the model starts at the naive
-  forecast and only has to learn corrections.
+  With `predict_delta`, the model is level-free: inputs are taken relative to their last
+  observed values and the head predicts the change from the last observed target value
+  `y_last` `(B, n_targets)`, which is then added back. The head starts at zero, so the
+  untrained model is exactly the naive forecast and training learns corrections to it.
   """
 
   horizon: int
@@ -60,6 +61,12 @@ class Forecaster(nn.Module):
   @nn.compact
   def __call__(self, x: Array, y_last: Array | None = None, *,
                deterministic: bool = True) -> Array:
+    if self.predict_delta:
+      if y_last is None:
+        raise ValueError("Forecaster(predict_delta=True) needs y_last")
+      # Level-free inputs: each feature relative to its last observed value, so a level
+      # shift between the training years and the test years changes nothing.
+      x = x - x[..., -1:, :]
     h = StackedLSTM(
         features=tuple(self.features), dropout=self.dropout,
         recurrent_dropout=self.recurrent_dropout,
@@ -70,12 +77,13 @@ class Forecaster(nn.Module):
         layer_norm=self.layer_norm, dtype=self.dtype, name="encoder",
     )(x, deterministic=deterministic)
     h = nn.Dropout(self.dense_dropout)(h, deterministic=deterministic)
-    y = nn.Dense(self.horizon * self.n_targets, kernel_init=self.kernel_init,
-                 dtype=self.dtype, name="head")(h)
+    # With predict_delta the head starts at zero, so the untrained model *is* the naive
+    # forecast and training can only move it where the data says corrections help.
+    head_init = initializers.zeros_init() if self.predict_delta else self.kernel_init
+    y = nn.Dense(self.horizon * self.n_targets, kernel_init=head_init, dtype=self.dtype,
+                 name="head")(h)
     y = y.astype(jnp.float32).reshape(h.shape[:-1] + (self.horizon, self.n_targets))
     if self.predict_delta:
-      if y_last is None:
-        raise ValueError("Forecaster(predict_delta=True) needs y_last")
       y = y + y_last[..., None, :]
     return y
 

@@ -109,7 +109,7 @@ def make_train_step(model: models.Forecaster, tx: optax.GradientTransformation, 
     (loss, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=0)
@@ -273,8 +273,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
       order_epoch = epoch
     starts = train_starts[order[pos]]
     x, y = data_lib.gather_windows(data, starts)
-    x = data_lib.augment(x, config.data.augment,
-                         np.random.default_rng([config.seed, epoch, pos]))
+    x = data_lib.augment(x, config.data.augment, data_lib.augment_rng(config.seed, loop.step))
     state, m = train_step(state, x, y, data.y[starts - 1])
     loop.step += 1
     loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1

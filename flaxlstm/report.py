@@ -1,0 +1,361 @@
+"""Host-side run outputs: config.json, metrics.jsonl, TensorBoard, JSON files, plots.
+
+Only one process writes (the trainer passes ``enabled=jax.process_index() == 0``); every
+other process gets a Reporter that does nothing, so call sites need no ``if``. Files and
+folders are created on the first write, so a run that fails validation leaves no trace.
+Heavy imports (tensorboardX, matplotlib) happen on first use, not at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from flaxlstm import config as config_lib
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class Reporter:
+  """Writes a run's records into ``workdir``; a no-op unless ``enabled``.
+
+  Files:
+    config.json: the config (write_config).
+    metrics.jsonl: one JSON object per ``log`` call: {"step", "split", **extra, **metrics}.
+    tensorboard/: scalars ``{split}/{name}`` for every logged metric.
+    learning_curves.png, forecast_*.png and any ``write_json`` file.
+  """
+
+  def __init__(self, workdir: str | os.PathLike[str], *, enabled: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.enabled = enabled
+    self._metrics = None  # Append handle, opened on the first log.
+    self._tensorboard = None  # SummaryWriter, created on the first log.
+    self._purge_step = None  # Set by truncate_after: TensorBoard hides events >= it.
+
+  def write_config(self, config) -> None:
+    """Writes ``config.json``."""
+    if self.enabled:
+      self._write_text("config.json", config_lib.config_to_json(config))
+
+  def log(self, step: int, split: str, metrics: Mapping[str, Any], **extra: Any) -> None:
+    """Appends one metrics line and writes the metrics as TensorBoard scalars.
+
+    Args:
+      step: the train step the metrics belong to.
+      split: "train", "val", "test", ...; prefixes the TensorBoard tags.
+      metrics: name -> number (Python, NumPy or JAX scalars).
+      **extra: other fields for the JSON line only (e.g. epoch, seconds).
+    """
+    if not self.enabled:
+      return
+    values = {name: float(value) for name, value in metrics.items()}
+    if self._metrics is None:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._metrics = open(self.workdir / METRICS_FILE, "a")
+    line = {"step": int(step), "split": split, **extra, **values}
+    # Flushed per line: a crash or a reader (tail -f, a sweep) must see complete lines.
+    self._metrics.write(json.dumps(line, default=_to_json) + "\n")
+    self._metrics.flush()
+    writer = self._writer()
+    for name, value in values.items():
+      writer.add_scalar(f"{split}/{name}", value, int(step))
+
+  def write_json(self, name: str, obj: Any) -> pathlib.Path | None:
+    """Writes ``obj`` as ``workdir/name`` atomically (readers never see half a file)."""
+    if self.enabled:
+      return self._write_text(name, json.dumps(obj, indent=2, default=_to_json) + "\n")
+    return None
+
+  def truncate_after(self, step: int) -> None:
+    """Drops metrics lines with a step > ``step`` (used when resuming from ``step``).
+
+    Lines that do not parse (half-written by a crash) go too. TensorBoard events logged
+    after ``step`` are hidden by a purge marker written with the next scalar.
+    """
+    if not self.enabled:
+      return
+    self._close_files()
+    path = self.workdir / METRICS_FILE
+    if path.exists():
+      kept = [line for line in path.read_text().splitlines(keepends=True)
+              if (record := _parse_line(line)) is not None and record["step"] <= step]
+      self._write_text(METRICS_FILE, "".join(kept))
+    self._purge_step = int(step) + 1
+
+  def read_metrics(self) -> list[dict[str, Any]]:
+    """Returns the parsed metrics.jsonl lines (empty when there are none)."""
+    path = self.workdir / METRICS_FILE
+    if not path.exists():
+      return []
+    with open(path) as f:
+      return [record for line in f if (record := _parse_line(line)) is not None]
+
+  def plot_learning_curves(self, metric: str = "loss",
+                           name: str = "learning_curves.png") -> pathlib.Path | None:
+    """Plots train and val ``metric`` against the step from metrics.jsonl.
+
+    Also draws the learning rate on a second panel when train lines carry ``lr``.
+    Returns the PNG path, or None when disabled or nothing was logged.
+    """
+    if not self.enabled:
+      return None
+    records = self.read_metrics()
+    curves = {}
+    for split in ("train", "val"):
+      points = [(r["step"], r[metric]) for r in records
+                if r.get("split") == split and metric in r]
+      if points:
+        curves[split] = np.array(points, dtype=float).T
+    if not curves:
+      return None
+    lr = np.array([(r["step"], r["lr"]) for r in records
+                   if r.get("split") == "train" and "lr" in r], dtype=float).T
+    panels = 2 if lr.size else 1
+    fig = _figure(figsize=(9, 4 + 2 * (panels - 1)))
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
+                        height_ratios=[3, 1][:panels])
+    ax = axes[0, 0]
+    styles = {"train": dict(color="tab:blue", lw=1, alpha=0.8),
+              "val": dict(color="tab:orange", lw=2, marker="o", ms=3)}
+    for split, (steps, values) in curves.items():
+      ax.plot(steps, values, label=f"{split} {metric}", **styles[split])
+    if "val" in curves:
+      steps, values = curves["val"]
+      finite = np.isfinite(values)
+      if finite.any():
+        best = np.flatnonzero(finite)[np.argmin(values[finite])]
+        ax.scatter([steps[best]], [values[best]], s=80, facecolors="none",
+                   edgecolors="black", zorder=3,
+                   label=f"best val {values[best]:.4g} @ step {steps[best]:.0f}")
+    every = np.concatenate([values for _, values in curves.values()])
+    every = every[np.isfinite(every)]
+    # Losses shrink by orders of magnitude; a log axis keeps the tail readable.
+    if every.size and every.min() > 0 and every.max() / every.min() > 20:
+      ax.set_yscale("log")
+    ax.set_ylabel(metric)
+    ax.set_title("Learning curves")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if panels == 2:
+      axes[1, 0].plot(lr[0], lr[1], color="tab:green")
+      axes[1, 0].set_ylabel("learning rate")
+      axes[1, 0].grid(True, alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    return self._save_figure(fig, name)
+
+  def plot_forecast(self, y_true: Any, y_pred: Any, *, name: str = "forecast_test.png",
+                    title: str = "Test forecast",
+                    baselines: Mapping[str, Any] | None = None, dates: Any = None,
+                    target_index: int = 0, target_name: str | None = None,
+                    max_windows: int = 500, example: int | None = None
+                    ) -> pathlib.Path | None:
+    """Plots forecasts against the truth over consecutive windows.
+
+    Three panels: the one-step-ahead forecast across the first ``max_windows`` windows
+    (a stretch of the series), one full-horizon example, and the MAE by lead time.
+
+    Args:
+      y_true: (windows, horizon[, targets]) actual values, best in original units.
+      y_pred: model forecasts, same shape.
+      name: PNG file name inside the workdir.
+      title: figure title.
+      baselines: name -> forecasts of the same shape (e.g. naive, seasonal naive).
+      dates: optional (windows,) timestamps of each window's first forecast step.
+      target_index: which target column to draw.
+      target_name: its label (default "target <index>").
+      max_windows: how many windows the one-step panel covers.
+      example: window index of the full-horizon example (default: the stretch's middle).
+
+    Returns:
+      The PNG path, or None when disabled.
+    """
+    if not self.enabled or not len(y_true):
+      return None
+    y_true = _as_3d(y_true)[..., target_index]
+    y_pred = _as_3d(y_pred)[..., target_index]
+    baselines = {k: _as_3d(v)[..., target_index] for k, v in (baselines or {}).items()}
+    label = target_name or f"target {target_index}"
+    count = min(len(y_true), max_windows)
+    example = count // 2 if example is None else example
+    x = np.arange(count) if dates is None else np.asarray(dates)[:count]
+    if dates is not None and np.asarray(dates).dtype.kind in "OU":
+      x = np.asarray(x, dtype="datetime64[s]")  # Strings would make a categorical axis.
+    lead = np.arange(1, y_true.shape[1] + 1)
+    # Baselines are dashed and muted so the model line stays the one the eye follows.
+    colors = ["tab:gray", "tab:green", "tab:purple", "tab:brown"]
+
+    fig = _figure(figsize=(11, 10))
+    ax1, ax2, ax3 = fig.subplots(3, 1, height_ratios=[2, 1.4, 1.2])
+    ax1.plot(x, y_true[:count, 0], color="black", lw=1.3, label="actual")
+    ax1.plot(x, y_pred[:count, 0], color="tab:red", lw=1.1, label="model")
+    for (k, v), color in zip(baselines.items(), colors):
+      ax1.plot(x, v[:count, 0], color=color, lw=0.9, ls="--", alpha=0.8, label=k)
+    ax1.set_title(f"One step ahead, {count} consecutive windows")
+    ax1.set_xlabel("forecast date" if dates is not None else "window")
+    ax1.set_ylabel(label)
+
+    when = f" starting {x[example]}" if dates is not None else ""
+    ax2.plot(lead, y_true[example], color="black", lw=1.5, marker="o", ms=3, label="actual")
+    ax2.plot(lead, y_pred[example], color="tab:red", lw=1.3, marker="o", ms=3,
+             label="model")
+    for (k, v), color in zip(baselines.items(), colors):
+      ax2.plot(lead, v[example], color=color, lw=1, ls="--", label=k)
+    ax2.set_title(f"Full horizon, window {example}{when}")
+    ax2.set_xlabel("lead time (steps)")
+    ax2.set_ylabel(label)
+
+    ax3.plot(lead, np.nanmean(np.abs(y_pred - y_true), axis=0), color="tab:red",
+             marker="o", ms=3, label="model")
+    for (k, v), color in zip(baselines.items(), colors):
+      ax3.plot(lead, np.nanmean(np.abs(v - y_true), axis=0), color=color, ls="--",
+               marker="o", ms=3, label=k)
+    ax3.set_title(f"MAE by lead time, all {len(y_true)} windows")
+    ax3.set_xlabel("lead time (steps)")
+    ax3.set_ylabel("MAE")
+
+    for ax in (ax1, ax2, ax3):
+      ax.grid(True, alpha=0.3)
+      ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title)
+    return self._save_figure(fig, name)
+
+  def close(self) -> None:
+    """Flushes and closes the files; a later log reopens them."""
+    self._close_files()
+
+  def __enter__(self) -> Reporter:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+  def _writer(self):
+    if self._tensorboard is None:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+
+      # purge_step makes TensorBoard drop the stale events of a run resumed from a
+      # checkpoint older than its last logs.
+      self._tensorboard = tensorboardX.SummaryWriter(
+          str(self.workdir / "tensorboard"), purge_step=self._purge_step)
+      self._purge_step = None
+    return self._tensorboard
+
+  def _close_files(self) -> None:
+    if self._metrics is not None:
+      self._metrics.close()
+      self._metrics = None
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+
+  def _write_text(self, name: str, text: str) -> pathlib.Path:
+    """Writes via a temporary file and os.replace, so the file is whole or absent."""
+    path = self.workdir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Only one process writes, so a pid-named sibling can't clash; plain open() keeps the
+    # umask's permissions (mkstemp would make the file private).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+      tmp.write_text(text)
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
+    return path
+
+  def _save_figure(self, fig, name: str) -> pathlib.Path:
+    path = self.workdir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    # Saved under a temporary name first, like the JSON files, then moved into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+class Progress:
+  """A tqdm bar with ETA and live postfix values (e.g. loss); silent off a terminal.
+
+  It shows only when ``enabled`` (host 0 and not quiet) and stderr is a TTY, so logs of
+  batch jobs stay free of carriage-return noise. Usable as a context manager.
+  """
+
+  def __init__(self, total: int | None, *, enabled: bool = True, desc: str = ""):
+    self._bar = None
+    if enabled and sys.stderr.isatty():
+      self._bar = tqdm.tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True,
+                            leave=False)
+
+  def update(self, n: int = 1, **postfix: Any) -> None:
+    """Advances by ``n`` steps and shows ``postfix`` (numbers formatted to 4 digits)."""
+    if self._bar is None:
+      return
+    if postfix:
+      self._bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=False)
+    self._bar.update(n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> Progress:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
+
+def _figure(**kwargs: Any):
+  """A matplotlib Figure that renders with Agg, bypassing pyplot.
+
+  pyplot's global backend and figure registry would need a display or a `use("Agg")`
+  that clobbers a notebook's backend; a bare Figure needs neither and is freed like any
+  object.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  return Figure(**kwargs)
+
+
+def _as_3d(values: Any) -> np.ndarray:
+  """(windows,) | (windows, horizon) | (windows, horizon, targets) -> 3-D float array."""
+  values = np.asarray(values, dtype=float)
+  while values.ndim < 3:
+    values = values[..., None]
+  return values
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+  """A metrics line as a dict, or None when it is blank or half-written."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return record if isinstance(record, dict) and "step" in record else None
+
+
+def _to_json(value: Any) -> Any:
+  """json.dumps fallback for NumPy/JAX scalars and arrays and paths."""
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  if isinstance(value, os.PathLike):
+    return os.fspath(value)
+  raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _short(value: Any) -> Any:
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return value
+  return f"{number:.4g}" if math.isfinite(number) else str(number)
