@@ -26,8 +26,7 @@ class LoopState:
   best_val: float = float("inf")     # best validation loss so far
   best_step: int = -1                # step at which it was reached
   bad_evals: int = 0                 # evaluations since the last improvement (early stopping)
-  done: bool = False                 # training finished (budget spent or stopped early)
-  stopped_early: bool = False
+  stopped_early: bool = False        # early stopping ended the run
   wall_time_s: float = 0.0           # training time accumulated over all sessions
 
 

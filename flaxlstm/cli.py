@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--resume", action="store_true",
                  help="require an existing run in --workdir (rerunning resumes anyway)")
   t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+  d = t.add_argument_group("multi-process (see launch/)")
+  d.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() with JAX's cluster auto-detection "
+                      "(SLURM, TPU VMs); implied under srun with several tasks")
+  d.add_argument("--coordinator", help="host:port of process 0 (explicit multi-process)")
+  d.add_argument("--num_processes", type=int)
+  d.add_argument("--process_id", type=int)
+  d.add_argument("--local_devices", type=int, help="CPU devices per process (CPU only)")
   e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run")
   e.add_argument("--workdir", required=True)
   pr = sub.add_parser("predict", help="forecast a new file with a trained run")
@@ -75,18 +83,31 @@ def _summary(metrics: dict) -> str:
 
 def _train(args, overrides: list[str]) -> int:
   from flaxlstm import config as config_lib  # imported late: `--help` stays instant
-  from flaxlstm import train as train_lib
+  from flaxlstm import parallel
   spec = args.config
   if spec is None and os.path.exists(DEFAULT_EXPERIMENT):
     spec = DEFAULT_EXPERIMENT
   config = config_lib.load_config(spec, overrides)
+  # Before anything asks JAX for its devices: join the other processes, if any.
+  if args.distributed or args.coordinator or args.num_processes:
+    distributed = parallel.initialize_distributed(
+        args.coordinator, args.num_processes, args.process_id, args.local_devices, force=True)
+  else:
+    distributed = parallel.initialize_distributed()
+  from flaxlstm import train as train_lib
   workdir = args.workdir
   if workdir is None:
     name = os.path.splitext(os.path.basename((spec or "default").split(":")[0]))[0]
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-  metrics = train_lib.train_and_evaluate(
-      config, workdir, resume=True if args.resume else None, quiet=args.quiet)
-  if not args.quiet:
+  try:
+    metrics = train_lib.train_and_evaluate(
+        config, workdir, resume=True if args.resume else None, quiet=args.quiet)
+  finally:
+    if distributed:  # leave together, or the last one out waits on the coordinator
+      import jax
+      jax.distributed.shutdown()
+  import jax
+  if not args.quiet and jax.process_index() == 0:
     print(_summary(metrics))
     print(f"run written to {workdir}")
   return 0

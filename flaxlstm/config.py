@@ -82,11 +82,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = model = ml_collections.ConfigDict()
   model.features = (64,)  # Hidden units per stacked LSTM layer.
-  model.dropout = 0.0  # Dropout on the inputs of the first layer.
+  model.dropout = 0.0  # Variational dropout on each LSTM layer's inputs.
   model.recurrent_dropout = 0.0  # Variational dropout on the recurrent state h.
   model.inter_layer_dropout = 0.0  # Dropout between stacked layers.
   model.dense_dropout = 0.0  # Dropout before the output head.
-  model.forget_bias = 1.0  # Initial forget-gate bias; 1 helps gradients flow early.
+  model.forget_bias = 1.0  # Constant added to the forget gate; 1 keeps memory open early.
   model.kernel_init = "glorot_uniform"  # Input kernel initializer, one of INITIALIZERS.
   model.recurrent_init = "orthogonal"  # Recurrent kernel initializer, one of INITIALIZERS.
   model.proj_features = 0  # LSTMP projection of h to this many units; 0 = none.
@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   train.max_epochs = 100  # Epoch budget.
   train.max_steps = 0  # Step budget; 0 = no limit (the epoch budget decides).
   train.learning_rate = 1e-3  # Peak learning rate.
-  # "constant" | "cosine"; cosine decays to 0 over the budget: max_steps if > 0, else
+  # "constant" | "cosine"; cosine decays to 1% of the peak over the budget: max_steps if > 0, else
   # max_epochs * steps_per_epoch.
   train.schedule = "constant"
   train.warmup_steps = 0  # Linear warmup from 0 to the peak learning rate.
@@ -121,6 +121,14 @@ def default_config() -> ml_collections.ConfigDict:
   train.keep_best = 2  # Best checkpoints kept on disk.
   train.eval_every_steps = 0  # Validate every N steps; 0 = once per epoch.
   train.log_every_steps = 50  # Train-metric logging interval.
+
+  # Device mesh (see flaxlstm/parallel.py); -1 = all remaining devices. The global batch is
+  # split over data x fsdp; params and optimizer state are split over fsdp (FSDP) and the
+  # LSTM gate axis over model.
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1
+  mesh.fsdp = 1
+  mesh.model = 1
   return config
 
 
@@ -295,6 +303,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   def probability(key: str) -> None:
     check(key, 0 <= flat[key] < 1, "must be in [0, 1)")
+
+  for axis in ("mesh.data", "mesh.fsdp", "mesh.model"):
+    check(axis, flat[axis] == -1 or flat[axis] >= 1, "must be -1 (all remaining) or >= 1")
 
   def choice(key: str, choices: Sequence[str]) -> None:
     check(key, flat[key] in choices, f"must be one of {', '.join(choices)}")

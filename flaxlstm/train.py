@@ -22,6 +22,7 @@ import optax
 
 from flaxlstm import data as data_lib
 from flaxlstm import models
+from flaxlstm import parallel
 from flaxlstm.checkpoint import Checkpoints, LoopState
 from flaxlstm.config import config_from_json, config_to_json
 from flaxlstm.errors import InputError
@@ -93,8 +94,14 @@ def penalty(params: Any, l1: float, l2: float) -> Array:
 
 # ---- steps -----------------------------------------------------------------------------------
 def make_train_step(model: models.Forecaster, tx: optax.GradientTransformation, train_cfg,
-                    seed: int) -> Callable:
-  """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated."""
+                    seed: int, mesh, state_sharding) -> Callable:
+  """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated.
+
+  The same function runs on one device or many: inputs are split over the mesh's batch
+  axes, the state as `state_sharding` says (replicated, FSDP, gate-sharded); XLA inserts
+  the collectives. Dropout keys are threefry-partitionable, so masks do not depend on the
+  mesh either.
+  """
   base_key = jax.random.key(seed)
 
   def train_step(state: TrainState, x, y, y_last):
@@ -112,27 +119,38 @@ def make_train_step(model: models.Forecaster, tx: optax.GradientTransformation, 
     metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  b2, b3 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_sharding, b3, b3, b2),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)))
 
 
-def make_predict_fn(model: models.Forecaster) -> Callable:
+def make_predict_fn(model: models.Forecaster, mesh=None) -> Callable:
+  """Jitted `(params, x, y_last) -> predictions`, replicated so every host can read them."""
+  out = None if mesh is None else parallel.replicated(mesh)
   return jax.jit(lambda params, x, y_last: model.apply(
-      {"params": params}, x, y_last, deterministic=True))
+      {"params": params}, x, y_last, deterministic=True), out_shardings=out)
 
 
 def predict_windows(predict_fn: Callable, params: Any, data: data_lib.SeriesData,
-                    starts: np.ndarray, batch_size: int) -> np.ndarray:
+                    starts: np.ndarray, batch_size: int, mesh=None) -> np.ndarray:
   """Scaled predictions `(N, horizon, n_targets)` for windows starting at `starts`.
 
-  The last batch is padded to `batch_size` so that one compiled function serves all.
+  The last batch is padded to `batch_size` so that one compiled function serves all. With
+  a `mesh`, each process gathers only its own rows of every batch.
   """
   out = []
   for lo in range(0, len(starts), batch_size):
     idx = starts[lo:lo + batch_size]
     n = len(idx)
     idx = np.concatenate([idx, np.repeat(idx[-1:], batch_size - n)])
-    x = data_lib.gather_inputs(data, idx)
-    out.append(np.asarray(predict_fn(params, x, data.y[idx - 1]))[:n])
+    if mesh is None:
+      x, y_last = data_lib.gather_inputs(data, idx), data.y[idx - 1]
+    else:
+      mine = idx[parallel.local_batch_slice(mesh, batch_size)]
+      x = parallel.host_to_global(mesh, data_lib.gather_inputs(data, mine), batch_size)
+      y_last = parallel.host_to_global(mesh, data.y[mine - 1], batch_size)
+    out.append(np.asarray(predict_fn(params, x, y_last))[:n])
   return np.concatenate(out) if out else np.zeros((0, data.horizon, len(data.target_names)))
 
 
@@ -168,16 +186,65 @@ class Run:
   tx: optax.GradientTransformation
   steps_per_epoch: int
   total_steps: int
+  mesh: Any
+
+  def _init_fn(self) -> Callable[[], TrainState]:
+    x, _ = data_lib.gather_windows(self.data, self.data.window_starts("train")[:1])
+    y_last = self.data.y[:1]
+
+    def init():
+      key = jax.random.fold_in(jax.random.key(self.config.seed), 0)
+      params = self.model.init(key, x, y_last, deterministic=True)["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+    return init
+
+  def abstract_state(self) -> Any:
+    """Shapes, dtypes and target shardings of the train state (no memory allocated)."""
+    abstract = jax.eval_shape(self._init_fn())
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, self.state_sharding())
+
+  def state_sharding(self) -> Any:
+    return parallel.state_shardings(self.mesh, jax.eval_shape(self._init_fn()))
+
+  def train_batch(self, step: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(x, y, y_last)` of optimizer step `step`, as global arrays split over the mesh.
+
+    A pure function of (seed, step): the epoch's shuffle, the batch's windows and the
+    augmentation draw. Each process gathers only its own rows of the global batch, except
+    that augmentation is drawn for the whole batch so that it does not depend on how many
+    processes share it.
+    """
+    cfg, data = self.config, self.data
+    bs = cfg.train.batch_size
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    train_starts = data.window_starts("train")
+    order = data_lib.epoch_batches(len(train_starts), bs, cfg.seed, epoch)
+    starts = train_starts[order[pos]]
+    mine = parallel.local_batch_slice(self.mesh, bs)
+    aug = cfg.data.augment
+    if any(aug[k] for k in aug):
+      x, y = data_lib.gather_windows(data, starts)
+      x = data_lib.augment(x, aug, data_lib.augment_rng(cfg.seed, step))[mine]
+      y = y[mine]
+    else:
+      x, y = data_lib.gather_windows(data, starts[mine])
+    y_last = data.y[starts[mine] - 1]
+    return tuple(parallel.host_to_global(self.mesh, a, bs) for a in (x, y, y_last))
 
   def init_state(self) -> TrainState:
-    x, _ = data_lib.gather_windows(self.data, self.data.window_starts("train")[:1])
-    key = jax.random.fold_in(jax.random.key(self.config.seed), 0)
-    params = self.model.init(key, x, self.data.y[:1], deterministic=True)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params))
+    """Fresh parameters, created directly in their shards (no full copy on one device)."""
+    return jax.jit(self._init_fn(), out_shardings=self.state_sharding())()
 
 
-def build_run(config) -> Run:
+def build_run(config, devices: list | None = None) -> Run:
+  mesh = parallel.make_mesh(config.mesh, devices)
+  n_split = parallel.batch_size_per_step(mesh)
+  for key in ("batch_size", "eval_batch_size"):
+    if config.train[key] % n_split:
+      raise InputError(f"train.{key}={config.train[key]} must be a multiple of the "
+                       f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)")
   data = data_lib.prepare(config.data)
   n_train = len(data.window_starts("train"))
   bs = config.train.batch_size
@@ -189,7 +256,8 @@ def build_run(config) -> Run:
     total = min(total, config.train.max_steps)
   model = models.forecaster_from_config(
       config.model, horizon=data.horizon, n_targets=len(data.target_names))
-  return Run(config, data, model, make_optimizer(config.train, total), steps_per_epoch, total)
+  return Run(config, data, model, make_optimizer(config.train, total), steps_per_epoch, total,
+             mesh)
 
 
 def _config_diff(a, b, prefix="") -> list[str]:
@@ -203,13 +271,18 @@ def _config_diff(a, b, prefix="") -> list[str]:
   return diffs
 
 
+# Keys a resumed run may change: raising the budget continues training.
+_BUDGET_KEYS = ("train.max_steps:", "train.max_epochs:")
+
+
 def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
   """Checks the workdir is usable and belongs to this config; writes nothing on failure."""
   cfg_path = os.path.join(workdir, "config.json")
   if os.path.exists(cfg_path):
     with open(cfg_path) as f:
       old = json.loads(config_to_json(config_from_json(f.read())))
-    diffs = _config_diff(json.loads(config_to_json(config)), old)
+    diffs = [d for d in _config_diff(json.loads(config_to_json(config)), old)
+             if not d.startswith(_BUDGET_KEYS)]
     if diffs:
       raise InputError(f"workdir {workdir} holds a run with another config ({diffs[0]}); "
                        "use a new --workdir")
@@ -217,7 +290,7 @@ def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
     raise InputError(f"nothing to resume: {workdir} has no config.json")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -227,14 +300,15 @@ def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
 
 # ---- the loop --------------------------------------------------------------------------------
 def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
-                       quiet: bool = True) -> dict:
+                       quiet: bool = True, devices: list | None = None) -> dict:
   """Trains a forecaster as `config` says, in `workdir`; returns the final metrics.
 
   Reruns in the same workdir resume from the latest checkpoint and end with the same numbers
   as an uninterrupted run. `resume=True` insists on an existing run; `resume=False` refuses
-  to reuse a workdir that holds checkpoints.
+  to reuse a workdir that holds checkpoints. The budget (`train.max_steps`,
+  `train.max_epochs`) may be raised on resume to train longer. `devices` defaults to all.
   """
-  run = build_run(config)  # validates the data before anything is written
+  run = build_run(config, devices)  # validates the data before anything is written
   prepare_workdir(workdir, config, resume=resume)
   is_main = jax.process_index() == 0
   reporter = Reporter(workdir, enabled=is_main)
@@ -243,64 +317,54 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
     run.data.save_scalers(os.path.join(workdir, "scalers.pkl"))
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.keep_best)
 
-  state = run.init_state()
-  restored = ckpts.restore(jax.tree.map(np.asarray, state))
+  restored = ckpts.restore(run.abstract_state())  # onto this mesh, whatever it was saved on
   if restored is not None and resume is False:
     raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
-  loop = LoopState()
   if restored is not None:
     loop, state = restored
-    state = jax.tree.map(jnp.asarray, state)
     reporter.truncate_after(loop.step)  # drop metrics logged after the checkpoint
+  else:
+    loop, state = LoopState(), run.init_state()
 
-  train_step = make_train_step(run.model, run.tx, config.train, config.seed)
-  predict_fn = make_predict_fn(run.model)
+  train_step = make_train_step(run.model, run.tx, config.train, config.seed, run.mesh,
+                               run.state_sharding())
+  predict_fn = make_predict_fn(run.model, run.mesh)
   tcfg, data = config.train, run.data
-  train_starts = data.window_starts("train")
   val_starts = data.window_starts("val")
-  spe = run.steps_per_epoch
-  eval_every = tcfg.eval_every_steps or spe
+  eval_every = tcfg.eval_every_steps or run.steps_per_epoch
 
   progress = Progress(run.total_steps, enabled=is_main and not quiet, desc="train")
   progress.update(loop.step)
-  order, order_epoch = None, -1
   loss_sum, loss_n = 0.0, 0
   t0 = time.perf_counter()
-  while not loop.done and loop.step < run.total_steps:
-    epoch, pos = divmod(loop.step, spe)
-    if epoch != order_epoch:
-      order = data_lib.epoch_batches(len(train_starts), tcfg.batch_size, config.seed, epoch)
-      order_epoch = epoch
-    starts = train_starts[order[pos]]
-    x, y = data_lib.gather_windows(data, starts)
-    x = data_lib.augment(x, config.data.augment, data_lib.augment_rng(config.seed, loop.step))
-    state, m = train_step(state, x, y, data.y[starts - 1])
+  while not loop.stopped_early and loop.step < run.total_steps:
+    state, m = train_step(state, *run.train_batch(loop.step))
     loop.step += 1
     loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
     if loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0:
       train_loss = float(loss_sum) / loss_n
       reporter.log(loop.step, "train", {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
-                   epoch=epoch)
+                   epoch=(loop.step - 1) // run.steps_per_epoch)
       progress.update(0, loss=f"{train_loss:.4f}")
       loss_sum, loss_n = 0.0, 0
     progress.update(1)
 
     if loop.step % eval_every == 0 or loop.step == run.total_steps:
-      pred = predict_windows(predict_fn, state.params, data, val_starts, tcfg.eval_batch_size)
+      pred = predict_windows(predict_fn, state.params, data, val_starts, tcfg.eval_batch_size,
+                             run.mesh)
       val = split_metrics(data, val_starts, pred)
       val_loss = float(pointwise_loss(tcfg.loss, jnp.asarray(pred),
                                       jnp.asarray(data_lib.gather_windows(data, val_starts)[1]),
                                       tcfg.huber_delta).mean())
-      reporter.log(loop.step, "val", {"loss": val_loss, **val}, epoch=epoch)
+      reporter.log(loop.step, "val", {"loss": val_loss, **val},
+                   epoch=(loop.step - 1) // run.steps_per_epoch)
       if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
         loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
         ckpts.save_best(loop.step, state.params, val_loss)
       else:
         loop.bad_evals += 1
       if tcfg.patience and loop.bad_evals >= tcfg.patience:
-        loop.done = loop.stopped_early = True
-      if loop.step == run.total_steps:
-        loop.done = True
+        loop.stopped_early = True
       loop.wall_time_s += time.perf_counter() - t0
       t0 = time.perf_counter()
       ckpts.save(loop, state)
@@ -308,42 +372,43 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
 
   params = state.params
   if tcfg.restore_best:
-    best = ckpts.restore_best_params(jax.tree.map(np.asarray, params))
+    best = ckpts.restore_best_params(run.abstract_state().params)
     if best is not None:
-      params = jax.tree.map(jnp.asarray, best)
+      params = best
   ckpts.close()
-  metrics = final_metrics(run, params, predict_fn)
-  metrics.update(steps=loop.step, epochs=loop.step / spe, best_step=loop.best_step,
+  metrics, test_pred = final_metrics(run, params, predict_fn)
+  metrics.update(steps=loop.step, epochs=loop.step / run.steps_per_epoch, best_step=loop.best_step,
                  stopped_early=loop.stopped_early, train_wall_time_s=loop.wall_time_s,
                  params_count=int(sum(p.size for p in jax.tree.leaves(params))))
   reporter.write_json("metrics.json", metrics)
-  write_plots(reporter, run, params, predict_fn)
+  write_plots(reporter, run.data, test_pred)
   reporter.close()
   return metrics
 
 
-def final_metrics(run: Run, params: Any, predict_fn: Callable) -> dict:
+def final_metrics(run: Run, params: Any, predict_fn: Callable) -> tuple[dict, np.ndarray]:
+  """Val/test metrics and baselines, and the test predictions (for the plots)."""
   out = {}
   for split in ("val", "test"):
     starts = run.data.window_starts(split)
-    pred = predict_windows(predict_fn, params, run.data, starts, run.config.train.eval_batch_size)
+    pred = predict_windows(predict_fn, params, run.data, starts,
+                           run.config.train.eval_batch_size, run.mesh)
     out[split] = split_metrics(run.data, starts, pred)
   out["baselines"] = baseline_metrics(run.data, run.config.data.seasonal_period)
-  return out
+  return out, pred
 
 
-def write_plots(reporter: Reporter, run: Run, params: Any, predict_fn: Callable) -> None:
+def write_plots(reporter: Reporter, data: data_lib.SeriesData, test_pred: np.ndarray) -> None:
+  """Learning curves and test forecasts vs actuals (process 0; no device work here)."""
   if not reporter.enabled:
     return
-  data = run.data
   starts = data.window_starts("test")
-  pred = predict_windows(predict_fn, params, data, starts, run.config.train.eval_batch_size)
   _, y = data_lib.gather_windows(data, starts)
   naive = data_lib.naive_forecast(data, starts)
   reporter.plot_learning_curves()
   reporter.plot_forecast(
-      data.inverse_targets(y), data.inverse_targets(pred), name="forecast_test.png",
-      title=f"test set: {', '.join(data.target_names)}",
+      data.inverse_targets(y), data.inverse_targets(test_pred), name="forecast_test.png",
+      title=f"test set: {', '.join(data.target_names)}", target_name=data.target_names[0],
       baselines={"naive": data.inverse_targets(naive)},
       dates=None if data.dates is None else data.dates[starts])
 
@@ -368,15 +433,15 @@ def restore_params(workdir: str, config, abstract_params: Any) -> Any:
       raise InputError(f"{workdir} holds no checkpoint")
   finally:
     ckpts.close()
-  return jax.tree.map(jnp.asarray, params)
+  return params
 
 
 def evaluate(workdir: str) -> dict:
   """Recomputes the final metrics of a run from its checkpoint; writes `metrics.json`."""
   config = _read_config(workdir)
   run = build_run(config)
-  params = restore_params(workdir, config, jax.tree.map(np.asarray, run.init_state().params))
-  metrics = final_metrics(run, params, make_predict_fn(run.model))
+  params = restore_params(workdir, config, run.abstract_state().params)
+  metrics, _ = final_metrics(run, params, make_predict_fn(run.model, run.mesh))
   path = os.path.join(workdir, "metrics.json")
   if os.path.exists(path):  # keep the training summary fields written by train_and_evaluate
     with open(path) as f:

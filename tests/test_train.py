@@ -14,38 +14,6 @@ from flaxlstm import data as data_lib
 from flaxlstm import train as train_lib
 from flaxlstm.checkpoint import Checkpoints
 
-TINY = """
-from flaxlstm import config as config_lib
-
-def get_config(arg=None):
-  c = config_lib.default_config()
-  c.data.path = {path!r}
-  c.data.target = ("y",)
-  c.data.lookback, c.data.horizon, c.data.seasonal_period = 24, 6, 12
-  c.model.features = (8,)
-  c.train.batch_size, c.train.eval_batch_size = 16, 64
-  c.train.max_steps, c.train.eval_every_steps, c.train.log_every_steps = 40, 10, 5
-  c.train.learning_rate = 1e-2
-  return c
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """A small seasonal series and an experiment file that trains on it in seconds."""
-  root = tmp_path_factory.mktemp("tiny")
-  rng = np.random.default_rng(0)
-  t = np.arange(600)
-  y = np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=t.size) + 0.002 * t
-  x = np.cos(2 * np.pi * t / 12) + 0.1 * rng.normal(size=t.size)
-  frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=t.size, freq="h"),
-                        "x": x, "y": y})
-  csv = root / "series.csv"
-  frame.to_csv(csv, index=False)
-  exp = root / "tiny.py"
-  exp.write_text(TINY.format(path=str(csv)))
-  return {"csv": str(csv), "exp": str(exp), "root": root}
-
 
 def _config(tiny, *overrides):
   return config_lib.load_config(tiny["exp"], list(overrides))
