@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Sequence
 
-from flaxlstm.errors import InputError
+from flaxlstm.errors import InputError, Preempted, TrainingError
 
 DEFAULT_EXPERIMENT = "experiments/ett.py"
 
@@ -133,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    return 128 + e.signum
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130

@@ -121,6 +121,9 @@ def default_config() -> ml_collections.ConfigDict:
   train.keep_best = 2  # Best checkpoints kept on disk.
   train.eval_every_steps = 0  # Validate every N steps; 0 = once per epoch.
   train.log_every_steps = 50  # Train-metric logging interval.
+  # Steps whose loss or gradient is NaN/inf are skipped (no update); more than this many
+  # stops the run with an error naming the step.
+  train.max_nonfinite_steps = 10
 
   # Device mesh (see flaxlstm/parallel.py); -1 = all remaining devices. The global batch is
   # split over data x fsdp; params and optimizer state are split over fsdp (FSDP) and the
@@ -304,6 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def probability(key: str) -> None:
     check(key, 0 <= flat[key] < 1, "must be in [0, 1)")
 
+  non_negative("train.max_nonfinite_steps")
   for axis in ("mesh.data", "mesh.fsdp", "mesh.model"):
     check(axis, flat[axis] == -1 or flat[axis] >= 1, "must be -1 (all remaining) or >= 1")
 

@@ -8,9 +8,13 @@ early-stopping counters from the checkpoint — no iterator or RNG state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -25,7 +29,7 @@ from flaxlstm import models
 from flaxlstm import parallel
 from flaxlstm.checkpoint import Checkpoints, LoopState
 from flaxlstm.config import config_from_json, config_to_json
-from flaxlstm.errors import InputError
+from flaxlstm.errors import InputError, Preempted, TrainingError
 from flaxlstm.report import Progress, Reporter
 
 Array = jax.Array
@@ -114,10 +118,17 @@ def make_train_step(model: models.Forecaster, tx: optax.GradientTransformation, 
       return data_loss + penalty(params, train_cfg.l1, train_cfg.l2), data_loss
 
     (loss, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    # A non-finite loss or gradient skips the update (params and optimizer state unchanged),
+    # so NaNs never reach the weights; the host counts these steps and stops past a limit.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": grad_norm,
+               "nonfinite": ~finite}
+    return TrainState(step=state.step + 1, params=keep(params, state.params),
+                      opt_state=keep(opt_state, state.opt_state)), metrics
 
   b2, b3 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
   return jax.jit(train_step, donate_argnums=0,
@@ -275,8 +286,12 @@ def _config_diff(a, b, prefix="") -> list[str]:
 _BUDGET_KEYS = ("train.max_steps:", "train.max_epochs:")
 
 
-def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
-  """Checks the workdir is usable and belongs to this config; writes nothing on failure."""
+def prepare_workdir(workdir: str, config, *, resume: bool | None,
+                    needed_bytes: int = 0) -> None:
+  """Checks the workdir is usable and belongs to this config; writes nothing on failure.
+
+  `needed_bytes`: free space required (checkpoints), checked now rather than after hours.
+  """
   cfg_path = os.path.join(workdir, "config.json")
   if os.path.exists(cfg_path):
     with open(cfg_path) as f:
@@ -296,6 +311,10 @@ def prepare_workdir(workdir: str, config, *, resume: bool | None) -> None:
     os.remove(probe)
   except OSError as e:
     raise InputError(f"workdir {workdir} is not writable: {e.strerror}") from None
+  free = shutil.disk_usage(workdir).free
+  if free < needed_bytes:
+    raise InputError(f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
+                     f"need about {needed_bytes / 2**20:.0f} MiB")
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -309,7 +328,10 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
   `train.max_epochs`) may be raised on resume to train longer. `devices` defaults to all.
   """
   run = build_run(config, devices)  # validates the data before anything is written
-  prepare_workdir(workdir, config, resume=resume)
+  state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(run.abstract_state()))
+  # Two latest full states + the best params, with headroom for logs and plots.
+  prepare_workdir(workdir, config, resume=resume,
+                  needed_bytes=int(2.5 * state_bytes * (2 + config.train.keep_best)) + 2**24)
   is_main = jax.process_index() == 0
   reporter = Reporter(workdir, enabled=is_main)
   reporter.write_config(config)
@@ -337,37 +359,55 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
   progress.update(loop.step)
   loss_sum, loss_n = 0.0, 0
   t0 = time.perf_counter()
-  while not loop.stopped_early and loop.step < run.total_steps:
-    state, m = train_step(state, *run.train_batch(loop.step))
-    loop.step += 1
-    loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
-    if loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0:
-      train_loss = float(loss_sum) / loss_n
-      reporter.log(loop.step, "train", {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
-                   epoch=(loop.step - 1) // run.steps_per_epoch)
-      progress.update(0, loss=f"{train_loss:.4f}")
-      loss_sum, loss_n = 0.0, 0
-    progress.update(1)
-
-    if loop.step % eval_every == 0 or loop.step == run.total_steps:
-      pred = predict_windows(predict_fn, state.params, data, val_starts, tcfg.eval_batch_size,
-                             run.mesh)
-      val = split_metrics(data, val_starts, pred)
-      val_loss = float(pointwise_loss(tcfg.loss, jnp.asarray(pred),
-                                      jnp.asarray(data_lib.gather_windows(data, val_starts)[1]),
-                                      tcfg.huber_delta).mean())
-      reporter.log(loop.step, "val", {"loss": val_loss, **val},
-                   epoch=(loop.step - 1) // run.steps_per_epoch)
-      if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
-        loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
-        ckpts.save_best(loop.step, state.params, val_loss)
+  with _stop_signals() as stop:
+    while not loop.stopped_early and loop.step < run.total_steps:
+      state, m = train_step(state, *run.train_batch(loop.step))
+      loop.step += 1
+      if bool(m["nonfinite"]):
+        loop.nonfinite_steps += 1
+        reporter.log(loop.step, "train", {"nonfinite_steps": loop.nonfinite_steps})
+        if loop.nonfinite_steps > tcfg.max_nonfinite_steps:
+          raise TrainingError(
+              f"non-finite loss or gradients at step {loop.step} (update skipped; "
+              f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
+              f"{tcfg.max_nonfinite_steps}); the last checkpoint holds finite params")
       else:
-        loop.bad_evals += 1
-      if tcfg.patience and loop.bad_evals >= tcfg.patience:
-        loop.stopped_early = True
-      loop.wall_time_s += time.perf_counter() - t0
-      t0 = time.perf_counter()
-      ckpts.save(loop, state)
+        loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
+      if loss_n and (loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0):
+        train_loss = float(loss_sum) / loss_n
+        reporter.log(loop.step, "train", {"loss": train_loss,
+                                          "grad_norm": float(m["grad_norm"])},
+                     epoch=(loop.step - 1) // run.steps_per_epoch)
+        progress.update(0, loss=f"{train_loss:.4f}")
+        loss_sum, loss_n = 0.0, 0
+      progress.update(1)
+
+      if loop.step % eval_every == 0 or loop.step == run.total_steps:
+        pred = predict_windows(predict_fn, state.params, data, val_starts,
+                               tcfg.eval_batch_size, run.mesh)
+        val = split_metrics(data, val_starts, pred)
+        val_loss = float(pointwise_loss(
+            tcfg.loss, jnp.asarray(pred), jnp.asarray(data_lib.gather_windows(data, val_starts)[1]),
+            tcfg.huber_delta).mean())
+        reporter.log(loop.step, "val", {"loss": val_loss, **val},
+                     epoch=(loop.step - 1) // run.steps_per_epoch)
+        if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
+          loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
+          ckpts.save_best(loop.step, state.params, val_loss)
+        else:
+          loop.bad_evals += 1
+        if tcfg.patience and loop.bad_evals >= tcfg.patience:
+          loop.stopped_early = True
+        loop.wall_time_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ckpts.save(loop, state)
+      elif stop.agreed():  # preemption: finish this step, save, leave
+        loop.wall_time_s += time.perf_counter() - t0
+        ckpts.save(loop, state)
+        progress.close()
+        ckpts.close()
+        reporter.close()
+        raise Preempted(stop.signum, loop.step)
   progress.close()
 
   params = state.params
@@ -377,13 +417,51 @@ def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
       params = best
   ckpts.close()
   metrics, test_pred = final_metrics(run, params, predict_fn)
-  metrics.update(steps=loop.step, epochs=loop.step / run.steps_per_epoch, best_step=loop.best_step,
-                 stopped_early=loop.stopped_early, train_wall_time_s=loop.wall_time_s,
+  metrics.update(steps=loop.step, epochs=loop.step / run.steps_per_epoch,
+                 best_step=loop.best_step, stopped_early=loop.stopped_early,
+                 nonfinite_steps=loop.nonfinite_steps, train_wall_time_s=loop.wall_time_s,
                  params_count=int(sum(p.size for p in jax.tree.leaves(params))))
   reporter.write_json("metrics.json", metrics)
   write_plots(reporter, run.data, test_pred)
   reporter.close()
   return metrics
+
+
+class _StopRequest:
+  """Set by SIGTERM/SIGINT; `agreed()` is True once every process has seen a signal."""
+
+  def __init__(self):
+    self.signum = 0
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return bool(self.signum)
+    # All processes must stop after the same step, or the others would wait forever in the
+    # next step's collectives: agree on "any process was signalled".
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.signum))))
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """Turns SIGTERM/SIGINT into a stop request checked after each step (a second SIGINT
+  interrupts at once). Handlers are only installed from the main thread."""
+  stop = _StopRequest()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+
+  def handler(signum, frame):
+    if stop.signum and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    stop.signum = signum
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield stop
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def final_metrics(run: Run, params: Any, predict_fn: Callable) -> tuple[dict, np.ndarray]:
