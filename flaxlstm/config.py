@@ -224,7 +224,7 @@ def load_config(spec: str | None,
     path = pathlib.Path(spec)
     try:
       text = path.read_text()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
       raise InputError(f"config file '{spec}' cannot be read: {_describe(e)}") from None
     try:
       config = config_from_json(text)
@@ -314,7 +314,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def choice(key: str, choices: Sequence[str]) -> None:
     check(key, flat[key] in choices, f"must be one of {', '.join(choices)}")
 
-  non_negative("seed")
+  check("seed", 0 <= flat["seed"] < 2**31, "must be in [0, 2**31)")
+  # Upper bounds keep absurd sizes from reaching JAX as overflow tracebacks.
+  for key in ("train.batch_size", "train.eval_batch_size", "data.lookback", "data.horizon"):
+    check(key, flat[key] <= 2**20, "must be <= 2**20")
+  check("model.features", all(f <= 2**16 for f in flat["model.features"]),
+        "layer sizes must be <= 65536")
+  check("model.proj_features", flat["model.proj_features"] <= 2**16, "must be <= 65536")
   for key in ("data.lookback", "data.horizon", "data.seasonal_period", "train.batch_size",
               "train.eval_batch_size", "train.max_epochs", "train.log_every_steps",
               "train.learning_rate", "train.huber_delta"):

@@ -145,7 +145,10 @@ def bundled_dataset_path(name: str = "ETTh1") -> str:
 def _resolve_path(path: str | os.PathLike | None) -> Path:
   if path is None or str(path) == "":
     return Path(bundled_dataset_path())
-  return Path(path).expanduser()
+  try:
+    return Path(path).expanduser()
+  except RuntimeError as e:  # "~user" with no such user
+    raise _error(f"data path {path}: {e}") from None
 
 
 def _file_kind(path: Path) -> str:
@@ -191,9 +194,17 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
     # index; make them an ordinary column again so date_column finds them. Unnamed
     # indexes (e.g. left over from slicing before saving) are dropped: they are row
     # labels, not data.
+    clash = [n for n in frame.index.names if n in frame.columns]
+    if clash:
+      raise _error(f"{path} has both an index and a column named {clash[0]!r}")
     frame = frame.reset_index()
   frame = frame.reset_index(drop=True)
   frame.columns = [str(c).strip() for c in frame.columns]
+  seen = set()
+  for c in frame.columns:
+    if c in seen:
+      raise _error(f"{path} has two columns named {c!r}")
+    seen.add(c)
   if len(frame) == 0:
     raise _error(f"data file has no data rows: {path}")
   return frame, kind

@@ -303,6 +303,13 @@ def prepare_workdir(workdir: str, config, *, resume: bool | None,
                        "use a new --workdir")
   elif resume:
     raise InputError(f"nothing to resume: {workdir} has no config.json")
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # check space where the workdir will be created
+    existing = os.path.dirname(existing)
+  free = shutil.disk_usage(existing).free
+  if free < needed_bytes:
+    raise InputError(f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
+                     f"need about {needed_bytes / 2**20:.0f} MiB")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{os.getpid()}")
@@ -311,10 +318,6 @@ def prepare_workdir(workdir: str, config, *, resume: bool | None,
     os.remove(probe)
   except OSError as e:
     raise InputError(f"workdir {workdir} is not writable: {e.strerror}") from None
-  free = shutil.disk_usage(workdir).free
-  if free < needed_bytes:
-    raise InputError(f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
-                     f"need about {needed_bytes / 2**20:.0f} MiB")
 
 
 # ---- the loop --------------------------------------------------------------------------------

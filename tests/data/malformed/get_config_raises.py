@@ -1,0 +1,9 @@
+"""Malformed: get_config() fails with an ordinary exception."""
+
+from flaxlstm import config as config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.default_config()
+  c.model.features = (int("sixty-four"),)
+  return c
