@@ -154,7 +154,7 @@ class LSTMCell(nn.RNNCellBase):
     z = jnp.matmul(x.astype(dt), p["input_kernel"].astype(dt))
     if self.layer_norm:
       z = _layer_norm(z, p["input_ln_scale"], 4)
-    bias = p["bias"]
+    bias = jnp.asarray(p["bias"])  # params may arrive as NumPy (device_get, checkpoints)
     if self.forget_bias:
       bias = bias.at[self.features:2 * self.features].add(self.forget_bias)
     return z + bias.astype(dt)

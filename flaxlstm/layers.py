@@ -108,6 +108,9 @@ class LSTM(nn.Module):
     lengths = None
     if seq_lengths is not None:
       lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((b,))
+      # Zero the padding: NaN/inf there would otherwise poison the gradients through the
+      # hoisted projection, although the outputs ignore those steps.
+      x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
 
     h_mask = None
     if self.dropout or self.recurrent_dropout:

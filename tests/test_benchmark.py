@@ -1,0 +1,28 @@
+"""The train-step benchmark script runs end to end on its tiny shape (not a timing test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "train_step.py"
+
+
+def test_benchmark_runs_on_tiny_shape(tmp_path):
+  out, js = tmp_path / "BENCH.md", tmp_path / "bench.jsonl"
+  # Peers that are not installed are skipped by the script itself, with a note.
+  proc = subprocess.run(
+      [sys.executable, str(SCRIPT), "--shape", "tiny", "--steps", "2", "--warmup", "1",
+       "--gemm-size", "256", "--out", str(out), "--json", str(js)],
+      capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [json.loads(line) for line in js.read_text().splitlines()]
+  timed = {r["peer"]: r for r in rows if "peer" in r}
+  assert "flaxlstm" in timed
+  for r in timed.values():
+    assert r["median_s"] > 0 and r["gflops"] > 0 and "flaxlstm_speedup" in r
+  text = out.read_text()
+  assert "| flaxlstm |" in text and "Command:" in text and "Machine:" in text
