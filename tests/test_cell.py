@@ -29,46 +29,7 @@ def _random_carry(seed, batch, hid, rec):
   return _rand(seed, *batch, hid), _rand(seed + 1, *batch, rec)
 
 
-# ---- helpers: jit-cached apply (modules are hashable, so each (module, shapes) pair compiles
-# once per file) and random parameters (cheaper than `init`, whose random/QR initializers
-# compile anew for every shape; also gives nonzero biases).
-def _split_static(kw):
-  static = tuple(sorted((k, v) for k, v in kw.items() if isinstance(v, bool)))
-  return static, {k: v for k, v in kw.items() if not isinstance(v, bool)}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jit_apply(module, static, variables, args, kw):
-  return module.apply(variables, *args, **dict(static), **kw)
-
-
-def run(module, variables, *args, **kw):
-  """`module.apply(variables, *args, **kw)`, jitted (bool keywords are static); returns
-  NumPy arrays, so that indexing results does not compile anything either."""
-  static, kw = _split_static(kw)
-  return _np_tree(_jit_apply(module, static, variables, args, kw))
-
-
-def _np_tree(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
-def param_shapes(module, *args, **kw):
-  """The variables `module.init` would create, as shapes/dtypes only (nothing compiled)."""
-  return jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kw))
-
-
-def rand_params(module, *args, seed=0, scale=0.5, **kw):
-  """Random variables with the structure `module.init` creates."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    a = scale * rng.standard_normal(s.shape)
-    if "ln_scale" in jax.tree_util.keystr(path):
-      a = 1.0 + a
-    return jax.device_put(np.asarray(a, s.dtype))  # (jnp.asarray would compile a copy)
-
-  return jax.tree_util.tree_map_with_path(fill, param_shapes(module, *args, **kw))
+from jax_helpers import np_tree, param_shapes, rand_params, run  # noqa: E402
 
 
 # ---- shapes and carry semantics ----------------------------------------------------------------
@@ -246,8 +207,8 @@ def test_matches_flax_cell_forward(flax_setup, forget_bias):
   else:
     cell = LSTMCell(H, forget_bias=forget_bias)
     ours = from_flax_params(fparams, forget_bias=forget_bias)
-  (fc, fh), fys = _np_tree(_run_cell(fcell, fparams, carry, xs))
-  (c, h), ys = _np_tree(_run_cell(cell, ours, carry, xs))
+  (fc, fh), fys = np_tree(_run_cell(fcell, fparams, carry, xs))
+  (c, h), ys = np_tree(_run_cell(cell, ours, carry, xs))
   np.testing.assert_allclose(ys, fys, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(c, fc, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(h, fh, rtol=RTOL, atol=ATOL)
@@ -258,8 +219,8 @@ def test_matches_flax_cell_gradients(flax_setup):
   cell = LSTMCell(H, forget_bias=0.0)
   ours = from_flax_params(fparams, forget_bias=0.0)
   grad = jax.jit(jax.grad(_loss, argnums=(1, 2, 3)), static_argnums=0)
-  fg_p, fg_carry, fg_x = _np_tree(grad(fcell, fparams, carry, xs, wy, wc))
-  g_p, g_carry, g_x = _np_tree(grad(cell, ours, carry, xs, wy, wc))
+  fg_p, fg_carry, fg_x = np_tree(grad(fcell, fparams, carry, xs, wy, wc))
+  g_p, g_carry, g_x = np_tree(grad(cell, ours, carry, xs, wy, wc))
 
   np.testing.assert_allclose(g_x, fg_x, rtol=RTOL, atol=ATOL)
   for a, b in zip(g_carry, fg_carry):
@@ -278,8 +239,8 @@ def test_matches_flax_cell_gradients(flax_setup):
 
 def test_from_flax_params_layout_and_wrapping(flax_setup):
   _, fparams, _, _, _, _ = flax_setup
-  p0 = _np_tree(from_flax_params(fparams, forget_bias=0.0))
-  p1 = _np_tree(from_flax_params({"params": fparams}))  # wrapped; default forget_bias=1.0
+  p0 = np_tree(from_flax_params(fparams, forget_bias=0.0))
+  p1 = np_tree(from_flax_params({"params": fparams}))  # wrapped; default forget_bias=1.0
   for k, gate in enumerate(GATES):
     cols = slice(k * H, (k + 1) * H)
     np.testing.assert_array_equal(p0["input_kernel"][:, cols], fparams[f"i{gate}"]["kernel"])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -38,46 +37,7 @@ def _dot(g, d):
              for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
 
 
-# ---- jit-cached apply: modules are hashable, so every distinct (module, shapes) pair
-# compiles once for the whole file instead of on every eager call.
-def _split_static(kw):
-  static = tuple(sorted((k, v) for k, v in kw.items() if isinstance(v, bool)))
-  return static, {k: v for k, v in kw.items() if not isinstance(v, bool)}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jit_apply(module, static, variables, args, kw):
-  return module.apply(variables, *args, **dict(static), **kw)
-
-
-def run(module, variables, *args, **kw):
-  """`module.apply(variables, *args, **kw)`, jitted (bool keywords are static); returns
-  NumPy arrays, so that indexing results does not compile anything either."""
-  static, kw = _split_static(kw)
-  return _np_tree(_jit_apply(module, static, variables, args, kw))
-
-
-def _np_tree(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
-def param_shapes(module, *args, **kw):
-  """The variables `module.init` would create, as shapes/dtypes only (nothing compiled)."""
-  return jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kw))
-
-
-def rand_params(module, *args, seed=0, scale=0.5, **kw):
-  """Random variables for `module` (nonzero biases too); much cheaper than running `init`
-  (whose random/QR initializers compile anew for every shape)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    a = scale * rng.standard_normal(s.shape)
-    if "ln_scale" in jax.tree_util.keystr(path):
-      a = 1.0 + a
-    return jax.device_put(np.asarray(a, s.dtype))  # (jnp.asarray would compile a copy)
-
-  return jax.tree_util.tree_map_with_path(fill, param_shapes(module, *args, **kw))
+from jax_helpers import np_tree, param_shapes, rand_params, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +162,8 @@ def test_outputs_and_gradients_match_flax_rnn(padded_x, carry0, params, lengths,
     return jnp.sum(jnp.where(valid, ys, 0.0) * w) + jnp.sum(c * wc) + jnp.sum(h ** 2), ys
 
   vg = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True), static_argnums=0)
-  (l_ref, ys_ref), g_ref = _np_tree(vg(rnn, params, padded_x, carry0))
-  (l_ours, ys), g = _np_tree(vg(ours, params, padded_x, carry0))
+  (l_ref, ys_ref), g_ref = np_tree(vg(rnn, params, padded_x, carry0))
+  (l_ours, ys), g = np_tree(vg(ours, params, padded_x, carry0))
   _close(np.where(valid, ys, 0), np.where(valid, ys_ref, 0))
   _close(l_ours, l_ref)
   assert _structure(g) == _structure(g_ref)
@@ -225,8 +185,8 @@ def test_seq_lengths_padding_gets_no_gradient(x, padded_x, params):
             + jnp.sum(cb ** 2) + jnp.sum(hb))
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  gp, gx = _np_tree(grad(both, padded_x))
-  gp0, gx0 = _np_tree(grad(both, zero_padded))
+  gp, gx = np_tree(grad(both, padded_x))
+  gp0, gx0 = np_tree(grad(both, zero_padded))
   np.testing.assert_array_equal(np.where(valid, 0.0, gx), 0.0)  # none for padded steps
   assert np.all(np.abs(gx[valid[..., 0]]) > 0)
   _close(gx, gx0)
@@ -302,7 +262,7 @@ def test_recurrent_dropout_mask_constant_over_time(drop_setup, np_ref):
     ys = model.apply(params, xd, initial_carry=(carry[0], h0), deterministic=False, rngs=rngs)
     return jnp.sum(ys * w)
 
-  g_p, g_h0 = _np_tree(jax.jit(jax.grad(loss, argnums=(0, 1)))(p, carry[1]))
+  g_p, g_h0 = np_tree(jax.jit(jax.grad(loss, argnums=(0, 1)))(p, carry[1]))
   # h0 only reaches the output through the first step's masked feedback h0 * mask.
   dropped = g_h0 == 0.0
   _check_mask_set(dropped)
@@ -528,7 +488,7 @@ _grad = jax.jit(jax.grad(_loss, argnums=(0, 1)))
 
 def test_jit_and_grad(x, params):
   _close(jax.jit(LSTM(H).apply)(params, x), LSTM(H).apply(params, x))  # jit == eager
-  gp, gx = _np_tree(_grad(params, x))
+  gp, gx = np_tree(_grad(params, x))
   assert _structure(gp) == _structure(params)
   for a in jax.tree.leaves((gp, gx)):
     assert np.all(np.isfinite(a))
@@ -555,7 +515,7 @@ def test_vmap_over_extra_axis_and_over_params(x, params):
   ps = [params, jax.tree.map(lambda a: 0.5 * np.asarray(a), params)]
   stacked = jax.tree.map(lambda *a: np.stack(a), *ps)
   ens = np.asarray(jax.jit(jax.vmap(lambda p: model.apply(p, x)))(stacked))
-  g = _np_tree(jax.jit(jax.vmap(_grad, in_axes=(0, None)))(stacked, x))
+  g = np_tree(jax.jit(jax.vmap(_grad, in_axes=(0, None)))(stacked, x))
   for k in range(2):
     _close(ens[k], run(model, ps[k], x))
     for a, b in zip(jax.tree.leaves(jax.tree.map(lambda a: a[k], g)),
@@ -582,7 +542,7 @@ def test_remat_matches_plain(t, lengths, reverse):
       (c, h), ys = model.apply(p, v, seq_lengths=seq)
       return jnp.sum(ys * w) + jnp.sum(c ** 2) + jnp.sum(h), (ys, c, h)
 
-    return _np_tree(jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(p, xr))
+    return np_tree(jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(p, xr))
 
   (l0, aux0), g0 = value_and_grad(False)
   (l1, aux1), g1 = value_and_grad(True)
