@@ -250,6 +250,9 @@ class Run:
 
 
 def build_run(config, devices: list | None = None) -> Run:
+  # Random bits independent of how arrays are sharded: dropout masks are then the same on
+  # any mesh (the default in current JAX; set so older versions agree).
+  jax.config.update("jax_threefry_partitionable", True)
   mesh = parallel.make_mesh(config.mesh, devices)
   n_split = parallel.batch_size_per_step(mesh)
   for key in ("batch_size", "eval_batch_size"):
