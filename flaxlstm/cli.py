@@ -4,6 +4,8 @@
                  [--quiet] [--config.section.key=value ...]
   flaxlstm evaluate --workdir runs/x
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
+  flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
+                 [--dry-run | --slurm | --aggregate-only] [--quiet]
 
 Bad input (data, config, workdir) prints `error: <one line>` and exits with code 2.
 """
@@ -50,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
   pr.add_argument("--all-windows", action="store_true",
                   help="forecast from every position, not only from the end of the file")
+  sw = sub.add_parser("sweep", help="run a sweep file's grid of runs and aggregate them",
+                      description="See flaxlstm/sweep.py for the sweep file format.")
+  sw.add_argument("sweep_file", help="experiments/sweeps/NAME.py (defines get_sweep())")
+  sw.add_argument("--workdir", default=None, help="sweep directory (default: runs/NAME)")
+  sw.add_argument("--parallel", type=int, default=1, help="runs trained at a time")
+  mode = sw.add_mutually_exclusive_group()
+  mode.add_argument("--dry-run", action="store_true", help="print the run commands only")
+  mode.add_argument("--slurm", action="store_true",
+                    help="print and write WORKDIR/sweep.sbatch, a SLURM job array; run nothing")
+  mode.add_argument("--aggregate-only", action="store_true",
+                    help="only (re)write results.csv, results.md and the plots")
+  sw.add_argument("--quiet", action="store_true", help="no per-run progress lines")
   return p
 
 
@@ -113,6 +127,37 @@ def _train(args, overrides: list[str]) -> int:
   return 0
 
 
+def _sweep(args) -> int:
+  from flaxlstm import sweep as sweep_lib  # imported late: `--help` stays instant
+  sweep = sweep_lib.load_sweep(args.sweep_file)
+  name = os.path.splitext(os.path.basename(args.sweep_file))[0]
+  workdir = args.workdir or os.path.join("runs", name)
+  if args.parallel < 1:
+    raise InputError(f"--parallel must be >= 1, got {args.parallel}")
+  if args.dry_run:
+    print("\n".join(sweep_lib.dry_run_lines(sweep, workdir)))
+    return 0
+  if args.slurm:
+    script = sweep_lib.slurm_script(sweep, workdir, name=name,
+                                    parallel=args.parallel if args.parallel > 1 else 0)
+    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    with open(os.path.join(workdir, "sweep.sbatch"), "w") as f:
+      f.write(script)
+    print(script, end="")
+    print(f"# written to {os.path.join(workdir, 'sweep.sbatch')}", file=sys.stderr)
+    return 0
+  failures = {} if args.aggregate_only else sweep_lib.run_sweep(
+      sweep, workdir, parallel=args.parallel, quiet=args.quiet)
+  sweep_lib.aggregate(sweep, workdir)
+  if not args.quiet:
+    print(f"results in {os.path.join(workdir, 'results.md')}")
+  if failures:
+    print(f"error: {len(failures)} of {len(sweep.runs)} runs failed "
+          f"(see {os.path.join(workdir, 'failures.txt')})", file=sys.stderr)
+    return 1
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -122,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise InputError(f"--config.* overrides only apply to `train`, not `{args.command}`")
     if args.command == "train":
       return _train(args, overrides)
+    if args.command == "sweep":
+      return _sweep(args)
     from flaxlstm import train as train_lib
     if args.command == "evaluate":
       print(json.dumps(train_lib.evaluate(args.workdir), indent=2))

@@ -96,6 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
   model.remat = False  # Recompute activations in the backward pass to save memory.
   model.unroll = 1  # Time steps unrolled per scan iteration.
   model.predict_delta = False  # Predict the change from the last observed target value.
+  model.linear_skip = False  # Add a linear map from the whole window (LSTNet's AR part).
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32  # Global batch size (split over devices and hosts).

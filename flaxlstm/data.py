@@ -1023,6 +1023,34 @@ def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray,
   return data.y[starts[:, None] + offsets[None, :]]
 
 
+# The linear baseline solves a (lookback * n_features)-dimensional ridge problem; past this
+# size it would cost more than the LSTM, so it is skipped.
+LINEAR_MAX_INPUTS = 4096
+
+
+def linear_forecaster(data: SeriesData, alpha: float = 1.0):
+  """Fits a ridge regression from the whole input window to the whole horizon.
+
+  Inputs are the flattened scaled window ``(lookback * n_features)``, outputs the flattened
+  ``(horizon * n_targets)`` targets, fit on every training window (the same windows the
+  LSTM trains on). Returns ``predict(starts) -> (B, horizon, n_targets)`` in scaled units,
+  or None when the problem is larger than ``LINEAR_MAX_INPUTS`` inputs.
+  """
+  from sklearn.linear_model import Ridge  # pylint: disable=g-import-not-at-top
+  if data.lookback * data.n_features > LINEAR_MAX_INPUTS:
+    return None
+  starts = data.window_starts("train")
+  x, y = gather_windows(data, starts)
+  model = Ridge(alpha=alpha).fit(x.reshape(len(starts), -1), y.reshape(len(starts), -1))
+
+  def predict(s: np.ndarray) -> np.ndarray:
+    xs = gather_inputs(data, np.asarray(s, dtype=np.int64))
+    out = model.predict(xs.reshape(len(xs), -1))
+    return out.reshape(len(xs), data.horizon, data.n_targets).astype(np.float32)
+
+  return predict
+
+
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
   """MSE, MAE and RMSE over all elements, computed in float64, as Python floats."""
   y_true = np.asarray(y_true, dtype=np.float64)

@@ -38,6 +38,9 @@ class Forecaster(nn.Module):
   observed values and the head predicts the change from the last observed target value
   `y_last` `(B, n_targets)`, which is then added back. The head starts at zero, so the
   untrained model is exactly the naive forecast and training learns corrections to it.
+
+  With `linear_skip`, a linear map from the whole (flattened) window is added to the head's
+  output (LSTNet's autoregressive component); it starts at zero.
   """
 
   horizon: int
@@ -57,6 +60,7 @@ class Forecaster(nn.Module):
   unroll: int = 1
   dtype: Any = None
   predict_delta: bool = False
+  linear_skip: bool = False
 
   @nn.compact
   def __call__(self, x: Array, y_last: Array | None = None, *,
@@ -82,6 +86,11 @@ class Forecaster(nn.Module):
     head_init = initializers.zeros_init() if self.predict_delta else self.kernel_init
     y = nn.Dense(self.horizon * self.n_targets, kernel_init=head_init, dtype=self.dtype,
                  name="head")(h)
+    if self.linear_skip:
+      # LSTNet's autoregressive highway (Lai et al., 2018): a linear map from the whole
+      # window to the forecast, so the LSTM only has to model what a linear model cannot.
+      y = y + nn.Dense(self.horizon * self.n_targets, kernel_init=initializers.zeros_init(),
+                       name="linear_skip")(x.reshape(x.shape[:-2] + (-1,)))
     y = y.astype(jnp.float32).reshape(h.shape[:-1] + (self.horizon, self.n_targets))
     if self.predict_delta:
       y = y + y_last[..., None, :]
@@ -100,4 +109,4 @@ def forecaster_from_config(model_cfg, *, horizon: int, n_targets: int) -> Foreca
       proj_features=model_cfg.proj_features or None, layer_norm=model_cfg.layer_norm,
       bidirectional=model_cfg.bidirectional, remat=model_cfg.remat,
       unroll=model_cfg.unroll, dtype=DTYPES[model_cfg.dtype],
-      predict_delta=model_cfg.predict_delta)
+      predict_delta=model_cfg.predict_delta, linear_skip=model_cfg.linear_skip)

@@ -44,7 +44,7 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   saved = json.load(open(os.path.join(wd, "metrics.json")))
   assert set(saved) >= {"val", "test", "baselines"}
   assert set(saved["test"]) >= {"mse", "mae", "rmse", "mse_original", "mae_original"}
-  assert set(saved["baselines"]) == {"naive", "seasonal_naive"}
+  assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear"}
   # Original-unit metrics are the scaled ones times the target's variance.
   scale = data_lib.load_scalers(os.path.join(wd, "scalers.pkl")).target_scaler.scale_[0]
   np.testing.assert_allclose(saved["test"]["mse_original"], saved["test"]["mse"] * scale**2,

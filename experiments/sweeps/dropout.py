@@ -1,0 +1,11 @@
+"""(b) Input dropout and recurrent (variational) dropout levels.
+
+  flaxlstm sweep experiments/sweeps/dropout.py --parallel 2
+"""
+
+
+def get_sweep():
+  return {"config": "experiments/ett.py",
+          "grid": {"model.dropout": [0.0, 0.2, 0.5],
+                   "model.recurrent_dropout": [0.0, 0.2, 0.5]},
+          "seeds": [0, 1, 2]}
