@@ -1,4 +1,4 @@
-"""`flaxlstm train | evaluate | predict` — a thin shell over `flaxlstm.train`.
+"""`flaxlstm train | evaluate | predict | sweep | tune` — a thin shell over the library.
 
   flaxlstm train [--config experiments/ett.py[:ARG]] [--workdir runs/x] [--resume]
                  [--quiet] [--config.section.key=value ...]
@@ -6,6 +6,8 @@
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
   flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
                  [--dry-run | --slurm | --aggregate-only] [--quiet]
+  flaxlstm tune experiments/tune/NAME.py [--workdir runs/NAME] [--parallel N]
+                [--trials N] [--dry-run] [--quiet]
 
 Bad input (data, config, workdir) prints `error: <one line>` and exits with code 2.
 """
@@ -64,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
   mode.add_argument("--aggregate-only", action="store_true",
                     help="only (re)write results.csv, results.md and the plots")
   sw.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+  tu = sub.add_parser("tune", help="search hyperparameters (random or TPE) over a tune file",
+                      description="See flaxlstm/tune.py for the tune file format.")
+  tu.add_argument("tune_file", help="experiments/tune/NAME.py (defines get_tune())")
+  tu.add_argument("--workdir", default=None, help="search directory (default: runs/NAME)")
+  tu.add_argument("--parallel", type=int, default=1,
+                  help="trials trained at a time, in rounds (TPE proposes each round from "
+                       "the results of the earlier ones)")
+  tu.add_argument("--trials", type=int, default=None,
+                  help="trials in all, instead of the file's (a larger number extends a "
+                       "finished search)")
+  tu.add_argument("--dry-run", action="store_true",
+                  help="print the trial commands known so far; run nothing")
+  tu.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
   return p
 
 
@@ -158,6 +173,27 @@ def _sweep(args) -> int:
   return 0
 
 
+def _tune(args) -> int:
+  from flaxlstm import tune as tune_lib  # imported late: `--help` stays instant
+  tune = tune_lib.load_tune(args.tune_file, trials=args.trials)
+  name = os.path.splitext(os.path.basename(args.tune_file))[0]
+  workdir = args.workdir or os.path.join("runs", name)
+  if args.parallel < 1:
+    raise InputError(f"--parallel must be >= 1, got {args.parallel}")
+  if args.dry_run:
+    print("\n".join(tune_lib.dry_run_lines(tune, workdir)))
+    return 0
+  outcome = tune_lib.run_tune(tune, workdir, parallel=args.parallel, quiet=args.quiet)
+  failures = os.path.join(workdir, "failures.txt")
+  if outcome.best is None:
+    print(f"error: all {outcome.trials} trials failed (see {failures})", file=sys.stderr)
+    return 1
+  if outcome.failed:  # A search may stray into failing settings; the best still stands.
+    print(f"warning: {outcome.failed} of {outcome.trials} trials failed (see {failures})",
+          file=sys.stderr)
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
@@ -169,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       return _train(args, overrides)
     if args.command == "sweep":
       return _sweep(args)
+    if args.command == "tune":
+      return _tune(args)
     from flaxlstm import train as train_lib
     if args.command == "evaluate":
       print(json.dumps(train_lib.evaluate(args.workdir), indent=2))
