@@ -14,7 +14,10 @@ fi
 tpu=$1 zone=$2; shift 2
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
-remote="cd ${REPO_DIR:-~/flaxlstm} && flaxlstm train --distributed $(printf '%q ' "$@")"
+args=""
+[ $# -gt 0 ] && args=$(printf '%q ' "$@")  # quoted for the remote shell; none -> nothing
+# GLIBC_TUNABLES: huge pages for glibc's large allocations (see launch/local.sh).
+remote="cd ${REPO_DIR:-~/flaxlstm} && GLIBC_TUNABLES=glibc.malloc.hugetlb=1 flaxlstm train --distributed $args"
 cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote")
 echo "+ ${cmd[*]}"
 [ "$dry" = 1 ] && exit 0

@@ -108,7 +108,7 @@ def test_two_processes_match_one_and_resume_in_one(tiny, tmp_path):
     ("slurm.sbatch", ["--workdir", "runs/x"], "srun --kill-on-bad-exit=1 flaxlstm train "
                                               "--distributed --workdir runs/x"),
     ("tpu_vm.sh", ["my-tpu", "zone-a", "--dry-run", "--workdir", "runs/x"],
-     "--worker=all --command cd ~/flaxlstm && flaxlstm train --distributed --workdir runs/x"),
+     "--worker=all --command cd ~/flaxlstm && GLIBC_TUNABLES=glibc.malloc.hugetlb=1 flaxlstm train --distributed --workdir runs/x"),
 ])
 def test_launch_scripts_print_their_command_in_dry_run(script, args, expected):
   env = {**os.environ, "DRY_RUN": "1"}

@@ -267,6 +267,13 @@ def machine() -> str:
   return f"{model}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}"
 
 
+def allocator_env() -> str:
+  """Allocator settings in force: they change every peer's step time (see BENCHMARKS.md)."""
+  keys = sorted(k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")
+                or k == "LD_PRELOAD")
+  return " ".join(f"{k}={os.environ[k]}" for k in keys) or "glibc malloc defaults"
+
+
 def versions() -> dict:
   out = {"python": platform.python_version(), "jax": jax.__version__}
   for mod in ("flax", "optax", "keras", "torch"):
@@ -320,7 +327,7 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
            "gemm_gflops_best": gemm_best / 1e9,
            "gemm_fraction_best": flops / min(times[peer.name]) / gemm_best,
            "compile_s": peer.compile_s,
-           "memory": peer.memory}
+           "memory": peer.memory, "allocator": allocator_env()}
     if "flaxlstm" in med:
       row["flaxlstm_speedup"] = m / med["flaxlstm"]  # > 1: flaxlstm is faster
       # Best-of-N ratio: load from other processes only ever slows a step down, so on a
@@ -368,8 +375,10 @@ def _fmt_mem(mem: dict) -> str:
 
 
 def markdown(rows: list[dict], command: str) -> str:
-  lines = [f"Command: `{command}`", "",
-           f"Machine: {machine()}; {json.dumps(versions())}", ""]
+  env = allocator_env()
+  prefix = "" if env == "glibc malloc defaults" else env + " "
+  lines = [f"Command: `{prefix}{command}`", "",
+           f"Machine: {machine()}; {json.dumps(versions())}; allocator: {env}", ""]
   shapes = []
   for r in rows:
     if r["shape"] not in shapes:
