@@ -258,7 +258,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   if key not in flat:
     if any(name.startswith(key + ".") for name in flat):
       raise InputError(f"config key '{key}' is a section; set one of its keys")
-    raise InputError(_unknown_key_message(key, flat))
+    raise InputError(unknown_key_message(key, flat))
   value = parse_value(key, text, flat[key])
   *parents, leaf = key.split(".")
   node = config
@@ -388,7 +388,7 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   schema = flatten(config)
   for key, value in flatten(data).items():
     if key not in schema:
-      raise InputError(_unknown_key_message(key, schema))
+      raise InputError(unknown_key_message(key, schema))
     if isinstance(schema[key], tuple) and isinstance(value, list):
       value = tuple(value)
     _check_type(key, value, schema[key])
@@ -407,7 +407,7 @@ def _check_keys(config: ml_collections.ConfigDict) -> None:
   flat = flatten(config)
   for key in flat:
     if key not in schema:
-      raise InputError(_unknown_key_message(key, schema))
+      raise InputError(unknown_key_message(key, schema))
   for key in schema:
     if key not in flat:
       raise InputError(
@@ -483,7 +483,7 @@ def _type_name(key: str, default: Any) -> str:
   return type(default).__name__
 
 
-def _unknown_key_message(key: str, known: Mapping[str, Any]) -> str:
+def unknown_key_message(key: str, known: Mapping[str, Any]) -> str:
   """Names the unknown key and, when one is close, the key the user probably meant."""
   section, _, leaf = key.rpartition(".")
   # Abbreviations (lr, wd, bs) match the initials of snake_case names; difflib misses them.

@@ -48,8 +48,8 @@ from flaxlstm.errors import InputError
 
 _SWEEP_KEYS = ("config", "overrides", "grid", "zip", "seeds")
 # Metrics columns of results.csv, read from each run's metrics.json.
-_METRICS = ("val_mse", "val_mae", "test_mse", "test_mae", "naive_test_mse",
-            "test_mse_vs_naive", "params_count", "epochs", "steps", "train_wall_time_s")
+METRICS_COLUMNS = ("val_mse", "val_mae", "test_mse", "test_mae", "naive_test_mse",
+                   "test_mse_vs_naive", "params_count", "epochs", "steps", "train_wall_time_s")
 # Columns summarized (mean ± std over seeds) in results.md.
 _SUMMARY = ("val_mse", "test_mse", "test_mae", "naive_test_mse")
 
@@ -95,7 +95,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
 
 def expand(spec: dict[str, Any]) -> Sweep:
   """Expands a sweep dict (see the module docstring) into runs, in a stable order."""
-  _check_spec(spec)
+  check_spec(spec)
   grid = {k: list(v) for k, v in spec.get("grid", {}).items()}
   zipped = {k: list(v) for k, v in spec.get("zip", {}).items()}
   seeds = list(spec.get("seeds", [0]))
@@ -116,7 +116,7 @@ def expand(spec: dict[str, Any]) -> Sweep:
   return Sweep(spec["config"], runs, dims)
 
 
-def _check_spec(spec: Any) -> None:
+def check_spec(spec: Any) -> None:
   """Rejects malformed sweep dicts with a one-line message, before anything runs."""
   if not isinstance(spec, dict):
     raise InputError("get_sweep() must return a dict")
@@ -220,7 +220,7 @@ def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 
         continue
       failures[run.name] = f"exit {code}: {_last_line(logs / f'{run.name}.log')}"
       say(f"[{i}/{len(todo)}] FAILED  {run.name}: {failures[run.name]}")
-  _write_failures(workdir, sweep, failures)
+  write_failures(workdir, sweep, failures)
   return failures
 
 
@@ -229,7 +229,8 @@ def _last_line(path: pathlib.Path) -> str:
   return lines[-1] if lines else "(no output)"
 
 
-def _write_failures(workdir: pathlib.Path, sweep: Sweep, failures: dict[str, str]) -> None:
+def write_failures(workdir: pathlib.Path, sweep: Sweep, failures: dict[str, str]) -> None:
+  """Lists failed runs in `workdir/failures.txt` in sweep order (removed when none)."""
   path = workdir / "failures.txt"
   if not failures:
     path.unlink(missing_ok=True)
@@ -293,7 +294,7 @@ def aggregate(sweep: Sweep, workdir: str | os.PathLike[str]) -> "pandas.DataFram
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   failures = read_failures(workdir)
-  rows = [_result_row(workdir, run, failures) for run in sweep.runs]
+  rows = [result_row(workdir, run, failures) for run in sweep.runs]
   # Counts stay integers in the CSV even when failed runs leave gaps.
   table = pd.DataFrame(rows).astype({"params_count": "Int64", "steps": "Int64"})
   table.to_csv(workdir / "results.csv", index=False)
@@ -304,12 +305,13 @@ def aggregate(sweep: Sweep, workdir: str | os.PathLike[str]) -> "pandas.DataFram
   return table
 
 
-def _result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dict[str, Any]:
+def result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dict[str, Any]:
+  """One results.csv row: the run's setting, seed and metrics (NaN until it has finished)."""
   import json  # pylint: disable=g-import-not-at-top
 
   row = {k: _table_value(v) for k, v in run.setting.items()}
   row.update(seed=run.seed, name=run.name)
-  row.update({m: math.nan for m in _METRICS})
+  row.update({m: math.nan for m in METRICS_COLUMNS})
   path = workdir / run.name / "metrics.json"
   if path.is_file():
     m = json.loads(path.read_text())

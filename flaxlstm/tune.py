@@ -56,8 +56,6 @@ from flaxlstm import config as config_lib
 from flaxlstm import sweep as sweep_lib
 from flaxlstm.errors import InputError
 
-# sweep.py's and config.py's private helpers are shared within the package, not copied.
-# pylint: disable=protected-access
 
 _TUNE_KEYS = ("config", "overrides", "space", "trials", "metric", "algorithm", "seed")
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -151,7 +149,7 @@ def parse(spec: Any) -> Tune:
   if unknown:
     raise InputError(f"unknown tune keys {unknown}; allowed: {list(_TUNE_KEYS)}")
   # The base experiment and fixed overrides mean the same as in a sweep file.
-  sweep_lib._check_spec({k: spec[k] for k in ("config", "overrides") if k in spec})
+  sweep_lib.check_spec({k: spec[k] for k in ("config", "overrides") if k in spec})
   overrides = tuple(spec.get("overrides", ()))
   space = spec.get("space")
   if not isinstance(space, dict) or not space:
@@ -164,7 +162,7 @@ def parse(spec: Any) -> Tune:
     if key == "seed":
       raise InputError("space: searching 'seed' only fits noise; fix it in 'overrides'")
     if key not in schema:
-      raise InputError(f"space: {config_lib._unknown_key_message(str(key), schema)}")
+      raise InputError(f"space: {config_lib.unknown_key_message(str(key), schema)}")
     if key in fixed:
       raise InputError(f"space: '{key}' is also fixed in 'overrides'")
     dists[key] = _parse_dist(key, dist, schema[key])
@@ -501,7 +499,7 @@ def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
       say(_progress_line(tune, trial, values, failures, len(values), max(tune.trials,
                                                                         len(trials))))
     # run_sweep listed this round's failures only; list the whole search's.
-    sweep_lib._write_failures(workdir, _as_sweep(tune, trials), failures)
+    sweep_lib.write_failures(workdir, _as_sweep(tune, trials), failures)
     aggregate(tune, workdir, trials, failures)  # After every round: watch a long search.
     ran = True
   if not ran:  # Nothing left to train: rewrite the results from the store.
@@ -550,9 +548,9 @@ def aggregate(tune: Tune, workdir: str | os.PathLike[str], trials: Sequence[Tria
 
   workdir = pathlib.Path(workdir)
   sweep = _as_sweep(tune, trials)
-  rows = [{"trial": t.number} | sweep_lib._result_row(workdir, run, failures)
+  rows = [{"trial": t.number} | sweep_lib.result_row(workdir, run, failures)
           for t, run in zip(trials, sweep.runs)]
-  columns = ["trial", "name", *tune.space, *sweep_lib._METRICS, "status"]
+  columns = ["trial", "name", *tune.space, *sweep_lib.METRICS_COLUMNS, "status"]
   table = pd.DataFrame(rows, columns=columns).astype(
       {"params_count": "Int64", "steps": "Int64"})  # Integers even with failed rows.
   table.to_csv(workdir / "results.csv", index=False)
