@@ -44,10 +44,19 @@ def _loss_and_grads(cell, implementation, *, masked, h_masked, remat=False):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
 
 
+@pytest.fixture(params=["batch_major", "feature_major"])
+def layout(request, monkeypatch):
+  """Runs a test with the fused loop in both state layouts (wide layers use feature-major)."""
+  if request.param == "feature_major":
+    monkeypatch.setattr(kernels, "_FEATURE_MAJOR_MIN_UNITS", 1)
+  assert kernels._feature_major(H) == (request.param == "feature_major")
+  return request.param
+
+
 @pytest.mark.parametrize("d", [2, 16], ids=["in_loop_projection", "hoisted_projection"])
 @pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
 @pytest.mark.parametrize("h_masked", [False, True], ids=["", "h_mask"])
-def test_fused_outputs_and_gradients_equal_autodiff(d, masked, h_masked):
+def test_fused_outputs_and_gradients_equal_autodiff(d, masked, h_masked, layout):
   # Both projection layouts: narrow inputs fold W into the per-step matmul, wide ones not.
   assert kernels._inloop_projection(d, H) == (d == 2)
   cell = LSTMCell(H)  # forget_bias=1.0: the fused path must add it like `project` does
@@ -63,7 +72,7 @@ def test_fused_outputs_and_gradients_equal_autodiff(d, masked, h_masked):
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
-def test_fused_with_remat_equals_autodiff(masked):
+def test_fused_with_remat_equals_autodiff(masked, layout):
   cell = LSTMCell(H, forget_bias=0.0)
   args = (_params(2, seed=10), _rand(11, T, B, 2, scale=1.0), _rand(12, B, H), _rand(13, B, H),
           jnp.ones((B, H), jnp.float32))
