@@ -142,13 +142,19 @@ def _train(args, overrides: list[str]) -> int:
   return 0
 
 
+def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
+  """A sweep/tune's name (its file's stem) and workdir (default runs/<name>); checks
+  --parallel."""
+  if args.parallel < 1:
+    raise InputError(f"--parallel must be >= 1, got {args.parallel}")
+  name = os.path.splitext(os.path.basename(spec_file))[0]
+  return name, args.workdir or os.path.join("runs", name)
+
+
 def _sweep(args) -> int:
   from flaxlstm import sweep as sweep_lib  # imported late: `--help` stays instant
   sweep = sweep_lib.load_sweep(args.sweep_file)
-  name = os.path.splitext(os.path.basename(args.sweep_file))[0]
-  workdir = args.workdir or os.path.join("runs", name)
-  if args.parallel < 1:
-    raise InputError(f"--parallel must be >= 1, got {args.parallel}")
+  name, workdir = _name_and_workdir(args.sweep_file, args)
   if args.dry_run:
     print("\n".join(sweep_lib.dry_run_lines(sweep, workdir)))
     return 0
@@ -176,10 +182,7 @@ def _sweep(args) -> int:
 def _tune(args) -> int:
   from flaxlstm import tune as tune_lib  # imported late: `--help` stays instant
   tune = tune_lib.load_tune(args.tune_file, trials=args.trials)
-  name = os.path.splitext(os.path.basename(args.tune_file))[0]
-  workdir = args.workdir or os.path.join("runs", name)
-  if args.parallel < 1:
-    raise InputError(f"--parallel must be >= 1, got {args.parallel}")
+  _, workdir = _name_and_workdir(args.tune_file, args)
   if args.dry_run:
     print("\n".join(tune_lib.dry_run_lines(tune, workdir)))
     return 0

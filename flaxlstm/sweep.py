@@ -72,21 +72,29 @@ class Sweep:
   dims: list[tuple[str, ...]]
 
 
+def call_spec_file(path: pathlib.Path, kind: str, function: str) -> Any:
+  """Imports a sweep/tune file and returns what its `function()` returns.
+
+  Whatever the file does wrong (missing, syntax error, raising) is the user's input problem:
+  an InputError naming the file, e.g. "tune file 'x.py' failed: NameError: ..."."""
+  where = f"{kind} file '{path}'"
+  if not path.is_file():
+    raise InputError(f"{where} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      f"_flaxlstm_{kind}_" + re.sub(r"\W", "_", str(path.resolve())), path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    return getattr(module, function)()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise InputError(f"{where} failed: {type(e).__name__}: {e}") from e
+
+
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
   """Imports a sweep file, checks it and expands it into runs."""
   path = pathlib.Path(path)
   where = f"sweep file '{path}'"
-  if not path.is_file():
-    raise InputError(f"{where} does not exist")
-  spec = importlib.util.spec_from_file_location(
-      "_flaxlstm_sweep_" + re.sub(r"\W", "_", str(path.resolve())), path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    get_sweep = getattr(module, "get_sweep")
-    spec_dict = get_sweep()
-  except Exception as e:  # Whatever the file does wrong is the user's input problem.
-    raise InputError(f"{where} failed: {type(e).__name__}: {e}") from e
+  spec_dict = call_spec_file(path, "sweep", "get_sweep")
   try:
     return expand(spec_dict)
   except InputError as e:

@@ -40,12 +40,10 @@ and the command that retrains it) and ``trials.png`` (metric per trial, running 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import pathlib
-import re
 import shlex
 import warnings
 from typing import Any, Sequence
@@ -118,16 +116,7 @@ def load_tune(path: str | os.PathLike[str], trials: int | None = None) -> Tune:
   """Imports a tune file, checks it and its base config; `trials` overrides the file's."""
   path = pathlib.Path(path)
   where = f"tune file '{path}'"
-  if not path.is_file():
-    raise InputError(f"{where} does not exist")
-  spec = importlib.util.spec_from_file_location(
-      "_flaxlstm_tune_" + re.sub(r"\W", "_", str(path.resolve())), path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    spec_dict = module.get_tune()
-  except Exception as e:  # Whatever the file does wrong is the user's input problem.
-    raise InputError(f"{where} failed: {type(e).__name__}: {e}") from e
+  spec_dict = sweep_lib.call_spec_file(path, "tune", "get_tune")
   if isinstance(spec_dict, dict) and trials is not None:
     spec_dict = spec_dict | {"trials": trials}
   try:
