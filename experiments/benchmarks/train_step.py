@@ -11,7 +11,8 @@ Reported per peer: median (and min) step time, the ratio of flaxlstm's throughpu
 LSTM matmul GFLOP/s (forward 2*B*T*(D+H)*4H per layer, backward counted as 2x forward) and
 its fraction of the large-GEMM rate (a JAX `n x n` float32 matmul timed in the same
 interleaved loop), compile time and memory (JAX peers: XLA's compiled memory analysis, temp
-buffers; torch: bytes of the tensors autograd saves for backward). Ratios are given both for
+buffers; torch: bytes of the tensors autograd saves for backward) and the median number of
+page faults per step (each 4 KiB page of freshly allocated memory costs one). Ratios are given both for
 medians and for best-of-N times: on a shared machine other processes only slow steps down.
 
 Usage:
@@ -282,6 +283,15 @@ def versions() -> dict:
   return out
 
 
+def _minor_faults() -> int:
+  """Page faults of this process so far: fresh memory touched costs one per 4 KiB page."""
+  try:
+    import resource
+  except ImportError:  # not on Windows
+    return 0
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[dict]:
   rng = np.random.default_rng(0)
   x = rng.standard_normal((s.batch, s.time, s.features), np.float32)
@@ -304,11 +314,14 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
     for peer in built:
       peer.step()
   times = {peer.name: [] for peer in built}
+  faults = {peer.name: [] for peer in built}
   for i in range(s.steps):
     for peer in built:  # interleaved: peer A, peer B, ... then the next step
+      f0 = _minor_faults()
       t0 = time.perf_counter()
       peer.step()
       times[peer.name].append(time.perf_counter() - t0)
+      faults[peer.name].append(_minor_faults() - f0)
     log(f"[{name}] step {i}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in times.items()))
   flops = lstm_train_flops(s)
   gemm_t = times.pop("gemm")
@@ -327,6 +340,7 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
            "gemm_gflops_best": gemm_best / 1e9,
            "gemm_fraction_best": flops / min(times[peer.name]) / gemm_best,
            "compile_s": peer.compile_s,
+           "page_faults_per_step": statistics.median(faults[peer.name]),
            "memory": peer.memory, "allocator": allocator_env()}
     if "flaxlstm" in med:
       row["flaxlstm_speedup"] = m / med["flaxlstm"]  # > 1: flaxlstm is faster
@@ -359,7 +373,8 @@ def long_scaling(peers_rows: list[dict], log, steps: int = 3) -> list[dict]:
       m = statistics.median(ts)
       rows.append({"shape": "long-scaling", "peer": "flaxlstm", "time": t, "remat": remat,
                    "median_s": m, "us_per_step_per_t": m / t * 1e6,
-                   "compile_s": peer.compile_s, "memory": peer.memory})
+                   "compile_s": peer.compile_s,
+           "page_faults_per_step": statistics.median(faults[peer.name]), "memory": peer.memory})
       log(f"[long-scaling] T={t} remat={remat}: {m:.3f} s, compile {peer.compile_s:.2f} s, "
           f"temp {peer.memory.get('temp_mb', float('nan')):.1f} MB")
       del peer
@@ -403,8 +418,9 @@ def markdown(rows: list[dict], command: str) -> str:
                 f" (GEMM probe: {r0['gemm_gflops']:.1f} GFLOP/s median, "
                 f"{r0['gemm_gflops_best']:.1f} best)",
                 "", "| peer | median s | min s | flaxlstm speedup (median / min) | "
-                "GFLOP/s (median / best) | of GEMM rate (median / best) | compile s | memory |",
-                "|---|---|---|---|---|---|---|---|"]
+                "GFLOP/s (median / best) | of GEMM rate (median / best) | compile s | memory | "
+                "page faults per step |",
+                "|---|---|---|---|---|---|---|---|---|"]
       for r in timed:
         sp = (f"{r['flaxlstm_speedup']:.2f}x / {r['flaxlstm_speedup_min']:.2f}x"
               if "flaxlstm_speedup" in r else "-")
@@ -412,7 +428,7 @@ def markdown(rows: list[dict], command: str) -> str:
                      f"{r['gflops']:.1f} / {r['gflops_best']:.1f} | "
                      f"{r['gemm_fraction']:.0%} / {r['gemm_fraction_best']:.0%} | "
                      f"{r['compile_s']:.2f} | "
-                     f"{_fmt_mem(r['memory'])} |")
+                     f"{_fmt_mem(r['memory'])} | {r.get('page_faults_per_step', 0):.0f} |")
     for r in rs:
       if "note" in r:
         lines.append(f"\n{r['note']}")
