@@ -18,7 +18,8 @@ Two implementations, same math, chosen by `lstm_recurrence(..., implementation="
   dot (`_matmul_tn`); narrow inputs fold the projection into the per-step matmul instead
   of a hoisted `(T*B, D) @ (D, 4H)` (`_inloop_projection`); wide inputs keep it hoisted.
   Wide layers (H >= 512) run the time loop feature-major, state `(H, B)`, so that each
-  step's matmul has the weight as its left operand (`_feature_major`).
+  step's matmul has the weight as its left operand (`_feature_major`). With a hoisted
+  projection the saved gate activations overwrite it in place (no zero-filled buffer).
 * `"autodiff"`: the hoisted projection `cell.project` + `lax.scan` over `cell.recur`,
   differentiated by JAX. It covers every cell option (layer norm, LSTMP, custom gate
   functions, bf16) and is the reference the fused path is tested against.
