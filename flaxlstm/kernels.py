@@ -18,8 +18,10 @@ Two implementations, same math, chosen by `lstm_recurrence(..., implementation="
   dot (`_matmul_tn`); narrow inputs fold the projection into the per-step matmul instead
   of a hoisted `(T*B, D) @ (D, 4H)` (`_inloop_projection`); wide inputs keep it hoisted.
   Wide layers (H >= 512) run the time loop feature-major, state `(H, B)`, so that each
-  step's matmul has the weight as its left operand (`_feature_major`). With a hoisted
-  projection the saved gate activations overwrite it in place (no zero-filled buffer).
+  step's matmul has the weight as its left operand (`_feature_major`). Buffers are reused
+  in place: the saved gate activations overwrite a hoisted projection, and the backward's
+  gate gradients overwrite the saved activations. Stacked scan outputs would instead be
+  fresh, zero-filled memory on every call.
 * `"autodiff"`: the hoisted projection `cell.project` + `lax.scan` over `cell.recur`,
   differentiated by JAX. It covers every cell option (layer norm, LSTMP, custom gate
   functions, bf16) and is the reference the fused path is tested against.
@@ -93,6 +95,20 @@ def _unbroadcast(a: Array, shape: tuple[int, ...]) -> Array:
   a = a.sum(axis=tuple(range(lead))) if lead else a
   axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
   return a.sum(axis=axes, keepdims=True) if axes else a
+
+
+def _read_slot(buf: Array, t: Array) -> Array:
+  """`buf[t]` for a scan step that then overwrites slot `t` of the carried `buf` in place.
+
+  Read directly, XLA fuses the slice into each consumer of the slot. When one of those (the
+  carry `dc` here) is not ordered before the write, XLA keeps the in-place update legal by
+  copying the whole buffer on every step (two 16 MB copies per step at the seed shape).
+  Reading through a `cond` gives one materialized slot that every consumer uses, and the
+  write depends on it. XLA does not fuse across a `cond`. Its predicate is always true, but
+  XLA cannot prove that, so it keeps the `cond`. `tests/test_kernels.py` checks that no
+  per-step copy is left."""
+  return jax.lax.cond(t >= 0, lambda b: jax.lax.dynamic_index_in_dim(b, t, keepdims=False),
+                      lambda b: jnp.zeros(b.shape[1:], b.dtype), buf)
 
 
 def _inloop_projection(d: int, h: int) -> bool:
@@ -205,9 +221,12 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   hm = None if h_mask is None else tr(h_mask)
   ms = None if mask is None else tr(mask)
 
+  # Each step overwrites its slot of `acts`, dead once read, with its gate gradients: the
+  # stacked `dz` needs no zero-filled buffer of its own (see `_fused_forward`).
   def step(carry, inp):
-    dc, dh, dhm = carry
-    dy, a, c, cp, hp, m = inp
+    dc, dh, dhm, buf = carry
+    dy, c, cp, hp, m, t = inp
+    a = _read_slot(buf, t)
     gh, gc = dh + dy, dc
     if m is not None:  # masked steps passed the carry through and output 0
       gh = jnp.where(m, gh, jnp.zeros_like(gh))
@@ -226,12 +245,14 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
     if m is not None:
       dh_prev = dh_prev + jnp.where(m, jnp.zeros_like(dh), dh)
       dc_prev = dc_prev + jnp.where(m, jnp.zeros_like(dc), dc)
-    return (dc_prev, dh_prev, dhm), dz
+    buf = jax.lax.dynamic_update_index_in_dim(buf, dz, t, 0)
+    return (dc_prev, dh_prev, dhm, buf), None
 
   dhm0 = None if hm is None else jnp.zeros(h_prev.shape[1:], h_prev.dtype)
-  (dc0, dh0, dhm), dzs = jax.lax.scan(
-      step, (tr(dc_t), tr(dh_t), dhm0),
-      (tr(dys), acts, cs, c_prev, h_prev if hm is not None else None, ms),
+  (dc0, dh0, dhm, dzs), _ = jax.lax.scan(
+      step, (tr(dc_t), tr(dh_t), dhm0, acts),
+      (tr(dys), cs, c_prev, h_prev if hm is not None else None, ms,
+       jnp.arange(acts.shape[0])),
       reverse=True, unroll=unroll)
   # cuDNN's scheme: the weight gradients of all time steps are single large matmuls, over
   # the gate gradients as `(T*B, 4H)` rows.
