@@ -1,4 +1,4 @@
-"""The train-step benchmark script runs end to end on its tiny shape (not a timing test)."""
+"""The benchmark scripts run end to end on their tiny shape (not timing tests)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def test_benchmark_runs_on_tiny_shape(tmp_path):
     assert r["median_s"] > 0 and r["gflops"] > 0 and "flaxlstm_speedup" in r
   text = out.read_text()
   assert "| flaxlstm |" in text and "Command:" in text and "Machine:" in text
+
+
+def test_kernel_ab_runs_against_a_git_revision():
+  script = SCRIPT.parent / "ab_kernels.py"
+  proc = subprocess.run(
+      [sys.executable, str(script), "--rev", "HEAD", "--shape", "tiny", "--steps", "2"],
+      capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[2],
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+  assert [r.split(" | ")[0] for r in rows[2:]] == ["| working tree", "| HEAD"], rows
+  for row in rows[2:]:
+    assert float(row.split(" | ")[1]) > 0  # a best step time was measured

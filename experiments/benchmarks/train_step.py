@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import types
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -373,8 +373,7 @@ def long_scaling(peers_rows: list[dict], log, steps: int = 3) -> list[dict]:
       m = statistics.median(ts)
       rows.append({"shape": "long-scaling", "peer": "flaxlstm", "time": t, "remat": remat,
                    "median_s": m, "us_per_step_per_t": m / t * 1e6,
-                   "compile_s": peer.compile_s,
-           "page_faults_per_step": statistics.median(faults[peer.name]), "memory": peer.memory})
+                   "compile_s": peer.compile_s, "memory": peer.memory})
       log(f"[long-scaling] T={t} remat={remat}: {m:.3f} s, compile {peer.compile_s:.2f} s, "
           f"temp {peer.memory.get('temp_mb', float('nan')):.1f} MB")
       del peer
