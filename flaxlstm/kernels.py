@@ -209,8 +209,9 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   n4 = u.shape[-1]
   fm = _feature_major(u.shape[0])
   tr, axis = (_swap, -2) if fm else (_same, -1)
-  # Each step needs the carry it started from: the saved carries shifted by one step.
-  c_prev = jnp.concatenate([tr(c0)[None], cs[:-1]])
+  # Each step needs the carry it started from: the saved carries shifted by one step. The
+  # loop reads c's from `cs` itself (no shifted copy); h's shifted copy feeds `du` anyway.
+  c_init = tr(c0)
   h_prev = jnp.concatenate([tr(h0)[None], hs[:-1]])
   scale, shift = (v[:, None] if fm else v for v in _gate_consts(n4 // 4, acts.dtype))
   if fm:
@@ -225,7 +226,9 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   # stacked `dz` needs no zero-filled buffer of its own (see `_fused_forward`).
   def step(carry, inp):
     dc, dh, dhm, buf = carry
-    dy, c, cp, hp, m, t = inp
+    dy, c, hp, m, t = inp
+    cp = jnp.where(t > 0, jax.lax.dynamic_index_in_dim(cs, jnp.maximum(t - 1, 0), keepdims=False),
+                   c_init)
     a = _read_slot(buf, t)
     gh, gc = dh + dy, dc
     if m is not None:  # masked steps passed the carry through and output 0
@@ -251,7 +254,7 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   dhm0 = None if hm is None else jnp.zeros(h_prev.shape[1:], h_prev.dtype)
   (dc0, dh0, dhm, dzs), _ = jax.lax.scan(
       step, (tr(dc_t), tr(dh_t), dhm0, acts),
-      (tr(dys), cs, c_prev, h_prev if hm is not None else None, ms,
+      (tr(dys), cs, h_prev if hm is not None else None, ms,
        jnp.arange(acts.shape[0])),
       reverse=True, unroll=unroll)
   # cuDNN's scheme: the weight gradients of all time steps are single large matmuls, over
