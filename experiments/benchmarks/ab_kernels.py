@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -71,18 +70,7 @@ def main(argv=None) -> int:
   peers[args.rev] = peers.pop("rev")
   if args.torch:
     peers["torch"] = bench.TorchPeer(shape, x, y)
-  for peer in peers.values():
-    for _ in range(max(shape.warmup, 1)):
-      peer.step()
-  times = {k: [] for k in peers}
-  faults = {k: [] for k in peers}
-  for _ in range(args.steps):
-    for name, peer in peers.items():
-      f0 = bench._minor_faults()
-      t0 = time.perf_counter()
-      peer.step()
-      times[name].append(time.perf_counter() - t0)
-      faults[name].append(bench._minor_faults() - f0)
+  times, faults = bench.time_interleaved(peers, max(shape.warmup, 1), args.steps)
   print(f"{args.shape}: {args.steps} interleaved steps\n")
   print("| variant | best s | median s | page faults / step | memory |")
   print("|---|---|---|---|---|")

@@ -12,8 +12,9 @@ LSTM matmul GFLOP/s (forward 2*B*T*(D+H)*4H per layer, backward counted as 2x fo
 its fraction of the large-GEMM rate (a JAX `n x n` float32 matmul timed in the same
 interleaved loop), compile time and memory (JAX peers: XLA's compiled memory analysis, temp
 buffers; torch: bytes of the tensors autograd saves for backward) and the median number of
-page faults per step (each 4 KiB page of freshly allocated memory costs one). Ratios are given both for
-medians and for best-of-N times: on a shared machine other processes only slow steps down.
+page faults per step (each 4 KiB page of freshly allocated memory costs one). Ratios are
+given both for medians and for best-of-N times: on a shared machine other processes only
+slow steps down.
 
 Usage:
   python experiments/benchmarks/train_step.py --shape seed --out BENCHMARKS.md --json seed.jsonl
@@ -32,9 +33,14 @@ import subprocess
 import sys
 import time
 import types
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+
+try:
+  import resource  # page-fault counts; POSIX only
+except ImportError:
+  resource = None
 
 # Both frameworks get the same two cores. Must be set before jax/torch start thread pools.
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -285,11 +291,31 @@ def versions() -> dict:
 
 def _minor_faults() -> int:
   """Page faults of this process so far: fresh memory touched costs one per 4 KiB page."""
-  try:
-    import resource
-  except ImportError:  # not on Windows
+  if resource is None:  # not on Windows
     return 0
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_interleaved(peers: dict[str, Any], warmup: int, steps: int,
+                     log: Callable[[str], None] | None = None):
+  """Times `peer.step()` interleaved (peer A, peer B, ..., then the next step), so that slow
+  drifts of a shared machine hit every peer alike. Returns `(times, faults)`: per peer name,
+  the seconds and the page faults of each timed step."""
+  for _ in range(warmup):
+    for peer in peers.values():
+      peer.step()
+  times = {name: [] for name in peers}
+  faults = {name: [] for name in peers}
+  for i in range(steps):
+    for name, peer in peers.items():
+      f0 = _minor_faults()
+      t0 = time.perf_counter()
+      peer.step()
+      times[name].append(time.perf_counter() - t0)
+      faults[name].append(_minor_faults() - f0)
+    if log:
+      log(f"step {i}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in times.items()))
+  return times, faults
 
 
 def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[dict]:
@@ -310,19 +336,8 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
   for n in notes:
     log(f"[{name}] {n}")
   built.append(GemmProbe(gemm_n))
-  for _ in range(s.warmup):
-    for peer in built:
-      peer.step()
-  times = {peer.name: [] for peer in built}
-  faults = {peer.name: [] for peer in built}
-  for i in range(s.steps):
-    for peer in built:  # interleaved: peer A, peer B, ... then the next step
-      f0 = _minor_faults()
-      t0 = time.perf_counter()
-      peer.step()
-      times[peer.name].append(time.perf_counter() - t0)
-      faults[peer.name].append(_minor_faults() - f0)
-    log(f"[{name}] step {i}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in times.items()))
+  times, faults = time_interleaved({peer.name: peer for peer in built}, s.warmup, s.steps,
+                                   lambda msg: log(f"[{name}] {msg}"))
   flops = lstm_train_flops(s)
   gemm_t = times.pop("gemm")
   probe = built.pop()
