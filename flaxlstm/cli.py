@@ -1,27 +1,34 @@
 """`flaxlstm train | evaluate | predict | sweep | tune` — a thin shell over the library.
 
   flaxlstm train [--config experiments/ett.py[:ARG]] [--workdir runs/x] [--resume]
-                 [--quiet] [--config.section.key=value ...]
-  flaxlstm evaluate --workdir runs/x
+                 [--force] [--allow-changed-data] [--quiet] [--config.section.key=value ...]
+  flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers]
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
+                   [--overwrite]
   flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
                  [--dry-run | --slurm | --aggregate-only] [--quiet]
   flaxlstm tune experiments/tune/NAME.py [--workdir runs/NAME] [--parallel N]
                 [--trials N] [--dry-run] [--quiet]
 
-Bad input (data, config, workdir) prints `error: <one line>` and exits with code 2.
+Bad input (data, config, workdir) prints `error: <one line>` and exits with code 2; an
+environment failure (a full disk, too many non-finite steps) exits with code 1. Warnings
+from the library (the `flaxlstm` logger) are printed as `warning: <one line>`; what orbax
+and asyncio log from their threads is printed after the command, unless it failed with its
+own `error:` line (FLAXLSTM_DEBUG=1: as it comes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from typing import Sequence
 
-from flaxlstm.errors import InputError, Preempted, TrainingError
+from flaxlstm.errors import InputError, Stopped, TrainingError
 
 DEFAULT_EXPERIMENT = "experiments/ett.py"
 
@@ -37,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--workdir", default=None, help="run directory (default: runs/<name>-<time>)")
   t.add_argument("--resume", action="store_true",
                  help="require an existing run in --workdir (rerunning resumes anyway)")
+  t.add_argument("--force", action="store_true",
+                 help="train into a non-empty directory that is not a flaxlstm run "
+                      "(files with a run's names are overwritten)")
+  t.add_argument("--allow-changed-data", action="store_true",
+                 help="resume or finish a run although its data file has changed since "
+                      "it was trained (recorded in metrics.json)")
   t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
   d = t.add_argument_group("multi-process (see launch/)")
   d.add_argument("--distributed", action="store_true",
@@ -48,12 +61,19 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--local_devices", type=int, help="CPU devices per process (CPU only)")
   e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run")
   e.add_argument("--workdir", required=True)
+  e.add_argument("--allow-changed-data", action="store_true",
+                 help="score the data file although it is not the one the run was "
+                      "trained on (recorded in metrics.json)")
+  e.add_argument("--refit-scalers", action="store_true",
+                 help="fit the scalers again on the training rows and save scalers.json "
+                      "(a run without one, or with a legacy scalers.pkl)")
   pr = sub.add_parser("predict", help="forecast a new file with a trained run")
   pr.add_argument("--workdir", required=True)
   pr.add_argument("--data", required=True, help="CSV/Parquet with the run's columns")
   pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
   pr.add_argument("--all-windows", action="store_true",
                   help="forecast from every position, not only from the end of the file")
+  pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   sw = sub.add_parser("sweep", help="run a sweep file's grid of runs and aggregate them",
                       description="See flaxlstm/sweep.py for the sweep file format.")
   sw.add_argument("sweep_file", help="experiments/sweeps/NAME.py (defines get_sweep())")
@@ -113,6 +133,8 @@ def _summary(metrics: dict) -> str:
 def _train(args, overrides: list[str]) -> int:
   from flaxlstm import config as config_lib  # imported late: `--help` stays instant
   from flaxlstm import parallel
+  from flaxlstm import sweep as sweep_lib
+  sweep_lib.follow_parent()  # a run of a sweep or tune stops when its runner dies
   spec = args.config
   if spec is None and os.path.exists(DEFAULT_EXPERIMENT):
     spec = DEFAULT_EXPERIMENT
@@ -130,7 +152,8 @@ def _train(args, overrides: list[str]) -> int:
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
   try:
     metrics = train_lib.train_and_evaluate(
-        config, workdir, resume=True if args.resume else None, quiet=args.quiet)
+        config, workdir, resume=True if args.resume else None, quiet=args.quiet,
+        force=args.force, allow_changed_data=args.allow_changed_data)
   finally:
     if distributed:  # leave together, or the last one out waits on the coordinator
       import jax
@@ -167,9 +190,14 @@ def _sweep(args) -> int:
     print(script, end="")
     print(f"# written to {os.path.join(workdir, 'sweep.sbatch')}", file=sys.stderr)
     return 0
-  failures = {} if args.aggregate_only else sweep_lib.run_sweep(
-      sweep, workdir, parallel=args.parallel, quiet=args.quiet)
-  sweep_lib.aggregate(sweep, workdir)
+  if args.aggregate_only:
+    from flaxlstm import workdir as workdir_lib
+    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.Lock(workdir, "flaxlstm sweep --aggregate-only"):
+      sweep_lib.aggregate(sweep, workdir)
+    failures = {}
+  else:
+    failures = sweep_lib.run_sweep(sweep, workdir, parallel=args.parallel, quiet=args.quiet)
   if not args.quiet:
     print(f"results in {os.path.join(workdir, 'results.md')}")
   if failures:
@@ -197,8 +225,138 @@ def _tune(args) -> int:
   return 0
 
 
+class _OneLine(logging.Formatter):
+  """`warning: <message>` on one line, like the `error:` lines."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+class _Stderr(logging.StreamHandler):
+  """Writes to whatever `sys.stderr` is at the time (tests and notebooks replace it)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
+class _Held(logging.Handler):
+  """Keeps the records of libraries that log from background threads (orbax through absl,
+  asyncio) until the command ends.
+
+  When a write fails (a full disk), orbax's writer threads each log the failure with a
+  traceback, and asyncio logs the tasks it dropped, some only at exit; the command itself
+  reports the failure in one line. So: printed after a command that succeeded, dropped
+  after one that failed with its own `error:` line. FLAXLSTM_DEBUG=1 prints them as they
+  come.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.records.append(record)
+
+  def replay(self) -> None:
+    formatter = logging.Formatter(logging.BASIC_FORMAT)
+    for record in self.records:
+      print(formatter.format(record), file=sys.stderr)
+    self.records = []
+
+
+_HELD = _Held()
+_BACKGROUND_LOGGERS = ("absl", "asyncio")
+_LOOP_CLOSED = "RuntimeError: Event loop is closed"
+
+
+class _QuietForeignThreads:
+  """`sys.stderr` while the CLI runs: everything passes, except one kind of traceback.
+
+  When orbax gives up on a failed save (a full disk) it closes its event loop while
+  TensorStore writes are still in flight; as each completes, TensorStore's own threads
+  (not started by Python, so named "Dummy-N") print a traceback ending in "Event loop is
+  closed", straight to stderr, before and even after the command's one-line error. Those
+  are held like the records above; any other output, from any thread, passes unchanged.
+  """
+
+  def __init__(self, stream):
+    self.stream = stream
+    self._pending: dict[int, list[str]] = {}
+
+  def write(self, text: str) -> int:
+    thread = threading.current_thread()
+    buffer = self._pending.get(thread.ident)
+    if buffer is None:
+      if not (thread.name.startswith("Dummy-") and text.startswith("Traceback")):
+        return self.stream.write(text)
+      buffer = self._pending[thread.ident] = []
+    buffer.append(text)
+    block = "".join(buffer)
+    last = block.splitlines()[-1] if block.strip() else ""
+    if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
+      del self._pending[thread.ident]  # the exception line: the traceback is complete
+      if last == _LOOP_CLOSED:
+        _HELD.emit(logging.LogRecord("tensorstore", logging.ERROR, "", 0, "%s",
+                                     (block.rstrip(),), None))
+      else:
+        self.stream.write(block)
+    return len(text)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+  def __getattr__(self, name: str):
+    return getattr(self.stream, name)
+
+
+def _log_to_stderr() -> None:
+  logger = logging.getLogger("flaxlstm")
+  if not any(isinstance(h, _Stderr) for h in logger.handlers):
+    handler = _Stderr()
+    handler.setFormatter(_OneLine())
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  if os.environ.get("FLAXLSTM_DEBUG"):
+    return
+  _HELD.records = []
+  for name in _BACKGROUND_LOGGERS:
+    background = logging.getLogger(name)
+    if _HELD not in background.handlers:
+      background.addHandler(_HELD)
+    background.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one command; returns its exit code (0, 1, 2 or 128 + signal)."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  _log_to_stderr()
+  stderr = sys.stderr
+  if not isinstance(stderr, _QuietForeignThreads) and not os.environ.get("FLAXLSTM_DEBUG"):
+    sys.stderr = _QuietForeignThreads(stderr)
+  try:
+    code = _main(argv)
+  finally:
+    sys.stderr = stderr
+  if code == 0:
+    _HELD.replay()
+  return code
+
+
+def entry() -> None:
+  """The `flaxlstm` program: `main`, with stderr kept quiet of TensorStore's leftover
+  tracebacks until the interpreter has exited (some arrive during shutdown)."""
+  if not os.environ.get("FLAXLSTM_DEBUG"):
+    sys.stderr = _QuietForeignThreads(sys.stderr)
+  sys.exit(main())
+
+
+def _main(argv: list[str]) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
@@ -212,10 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       return _tune(args)
     from flaxlstm import train as train_lib
     if args.command == "evaluate":
-      print(json.dumps(train_lib.evaluate(args.workdir), indent=2))
+      metrics = train_lib.evaluate(args.workdir, allow_changed_data=args.allow_changed_data,
+                                   refit_scalers=args.refit_scalers)
+      print(json.dumps(metrics, indent=2))
       return 0
     n = train_lib.predict_file(args.workdir, args.data, args.out,
-                               all_windows=args.all_windows)
+                               all_windows=args.all_windows, overwrite=args.overwrite)
     print(f"wrote {n} forecasts to {args.out}")
     return 0
   except InputError as e:
@@ -224,13 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  except Preempted as e:
+  except Stopped as e:
     print(str(e), file=sys.stderr)
     return 128 + e.signum
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except OSError as e:
+    from flaxlstm import workdir as workdir_lib
+    if not workdir_lib.is_disk_full(e):
+      raise
+    where = f" writing {e.filename}" if e.filename else ""
+    print(f"error: disk full{where}: {e.strerror}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -367,9 +367,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("data.split_rows", not rows, "is only used with data.split='rows'")
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-  """Serializes a config (tuples become JSON lists; config_from_json restores them)."""
-  return json.dumps(config.to_dict(), indent=2) + "\n"
+# A run's config.json also says what the run was trained on (data file, size, SHA-256)
+# under this key; it is not part of the config, and reading a config.json ignores it.
+RUN_RECORD_KEY = "_run"
+
+
+def config_to_json(config: ml_collections.ConfigDict,
+                   run_record: Mapping[str, Any] | None = None) -> str:
+  """Serializes a config (tuples become JSON lists; config_from_json restores them).
+
+  `run_record`: written under ``RUN_RECORD_KEY`` (a run's config.json).
+  """
+  data = config.to_dict()
+  if run_record is not None:
+    data[RUN_RECORD_KEY] = dict(run_record)
+  return json.dumps(data, indent=2) + "\n"
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
@@ -377,13 +389,9 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
   Values are laid onto ``default_config()``, so lists become tuples where the schema has
   tuples, and keys added to the schema since the file was written get their defaults.
+  A run record (``RUN_RECORD_KEY``) is ignored: see ``split_run_record``.
   """
-  try:
-    data = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise InputError(f"config JSON is malformed: {e}") from None
-  if not isinstance(data, dict):
-    raise InputError("config JSON must be an object")
+  data = split_run_record(text)[0]
   config = default_config()
   schema = flatten(config)
   for key, value in flatten(data).items():
@@ -399,6 +407,18 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
     node[leaf] = value
   validate(config)
   return config
+
+
+def split_run_record(text: str) -> tuple[dict[str, Any], Any]:
+  """A config.json's text as (config dict, run record or None); InputError if malformed."""
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise InputError(f"config JSON is malformed: {e}") from None
+  if not isinstance(data, dict):
+    raise InputError("config JSON must be an object")
+  record = data.pop(RUN_RECORD_KEY, None)
+  return data, record
 
 
 def _check_keys(config: ml_collections.ConfigDict) -> None:

@@ -26,11 +26,10 @@ message that names the file, column, row/value or config key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
-import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flaxlstm import workdir as workdir_lib
 from flaxlstm.errors import InputError
 
 _DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
@@ -49,7 +49,7 @@ _SCALERS = ("standard", "robust", "minmax", "none")
 _SPLITS = ("fractions", "rows", "ett")
 # Informer's ETT protocol: 12/4/4 months of 30 days of hourly rows.
 ETT_BOUNDS = {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
-_SCALERS_FORMAT = "flaxlstm.scalers/1"
+_SCALERS_FORMAT = "flaxlstm.scalers/2"  # /1 was a pickle
 # Stream tags keep the permutation and augmentation random streams independent even
 # when (seed, epoch) and (seed, step) happen to hold equal numbers.
 _PERMUTATION_STREAM = 0
@@ -140,6 +140,11 @@ def bundled_dataset_path(name: str = "ETTh1") -> str:
     available = sorted(p.stem for p in _DATASETS_DIR.glob("*.csv"))
     raise _error(f"no bundled dataset named {name!r} (bundled: {_list_names(available)})")
   return str(path)
+
+
+def data_file(path: str | os.PathLike | None) -> Path:
+  """The absolute path of the file a ``data.path`` value names ("" = the bundled ETTh1)."""
+  return Path(os.path.abspath(_resolve_path(path)))
 
 
 def _resolve_path(path: str | os.PathLike | None) -> Path:
@@ -401,12 +406,24 @@ def _transform(scaler: Any, values: np.ndarray) -> np.ndarray:
   return scaler.transform(values).astype(np.float32)
 
 
+# What a fitted scaler is, as plain numbers: the statistics sklearn's `transform` and
+# `inverse_transform` read, per kind. Saved as JSON and set back onto a fresh scaler of
+# the same kind, so loading a run's scalers never executes anything (a pickle could).
+_SCALER_STATE = {
+    "standard": ("mean_", "var_", "scale_"),
+    "robust": ("center_", "scale_"),
+    "minmax": ("min_", "scale_", "data_min_", "data_max_", "data_range_"),
+}
+_SCALER_COUNTS = {"standard": ("n_samples_seen_",), "robust": (),
+                  "minmax": ("n_samples_seen_",)}
+
+
 @dataclasses.dataclass(frozen=True)
 class FittedScalers:
   """Scalers fitted on the training rows, plus the columns they were fitted on.
 
-  Saved with a run (``save``/``load_scalers``) so that ``flaxlstm predict`` scales a new
-  file exactly as the training data was scaled.
+  Saved with a run as ``scalers.json`` (``save``/``load_scalers``) so that
+  ``flaxlstm predict`` scales a new file exactly as the training data was scaled.
 
   Attributes:
     kind: the ``data.scaler`` they were built from.
@@ -423,46 +440,101 @@ class FittedScalers:
   feature_names: tuple[str, ...]
   target_names: tuple[str, ...]
 
+  def to_json(self) -> str:
+    """The scalers as JSON: kind, columns and each scaler's statistics (exact floats)."""
+    payload = {"format": _SCALERS_FORMAT, "kind": self.kind,
+               "feature_names": list(self.feature_names),
+               "target_names": list(self.target_names),
+               "features": _scaler_state(self.kind, self.feature_scaler),
+               "targets": _scaler_state(self.kind, self.target_scaler)}
+    return json.dumps(payload, indent=1, allow_nan=False) + "\n"
+
   def save(self, path: str | os.PathLike) -> None:
-    """Pickles the scalers atomically: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": _SCALERS_FORMAT, **dataclasses.asdict(self)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    except BaseException:
-      Path(tmp).unlink(missing_ok=True)
-      raise
+    """Writes ``to_json()`` atomically: a crash never leaves a half-written file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_atomic(path, self.to_json())
+
+
+def _scaler_state(kind: str, scaler: Any) -> dict[str, Any] | None:
+  if scaler is None:
+    return None
+  state = {name: np.asarray(getattr(scaler, name), np.float64).tolist()
+           for name in _SCALER_STATE[kind]}
+  state.update({name: int(getattr(scaler, name)) for name in _SCALER_COUNTS[kind]})
+  return state
+
+
+def _rebuild_scaler(kind: str, state: Any, n_columns: int, where: str) -> Any:
+  """An sklearn scaler of `kind` with the saved statistics set; InputError if malformed."""
+  if state is None:
+    return None
+  expected = set(_SCALER_STATE[kind]) | set(_SCALER_COUNTS[kind])
+  if not isinstance(state, dict) or set(state) != expected:
+    raise _error(f"{where}: expected the {kind} statistics {sorted(expected)}")
+  scaler = _make_scaler(kind)
+  for name in _SCALER_STATE[kind]:
+    values = state[name]
+    if (not isinstance(values, list) or len(values) != n_columns
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) for v in values)):
+      raise _error(f"{where}: {name} must be {n_columns} finite numbers")
+    setattr(scaler, name, np.asarray(values, np.float64))
+  for name in _SCALER_COUNTS[kind]:
+    count = state[name]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+      raise _error(f"{where}: {name} must be a positive integer")
+    setattr(scaler, name, count)
+  if np.any(scaler.scale_ == 0):
+    raise _error(f"{where}: scale_ has a zero")
+  scaler.n_features_in_ = n_columns
+  return scaler
 
 
 def load_scalers(path: str | os.PathLike) -> FittedScalers:
-  """Loads scalers written by ``FittedScalers.save`` / ``SeriesData.save_scalers``.
+  """Loads scalers written by ``FittedScalers.save`` (a ``scalers.json``).
 
-  The file is a pickle: load only files your own runs wrote.
+  Plain JSON, checked field by field; nothing in the file is executed. A ``.pkl`` (what
+  flaxlstm wrote before) is refused: unpickling a file from a shared run can run code.
 
   Raises:
-    InputError: if the file is missing, unreadable or not a flaxlstm scalers file.
+    InputError: if the file is missing, unreadable, a pickle, or not a flaxlstm scalers
+      file.
   """
   path = Path(path)
-  if not path.is_file():
+  if path.suffix == ".pkl":
+    raise _error(f"{path} is a pickle, which flaxlstm no longer loads (unpickling can run "
+                 "code); re-create the run's scalers.json with `flaxlstm evaluate --workdir "
+                 f"{path.parent} --refit-scalers`")
+  if not path.exists():
     raise _error(f"scalers file not found: {path}")
-  try:
-    with open(path, "rb") as f:
-      payload = pickle.load(f)
-  except Exception as e:  # pylint: disable=broad-except
-    raise _error(f"cannot read scalers file {path}: {type(e).__name__}: {e}") from None
+  payload = workdir_lib.read_json(path, "scalers file")
+  where = f"scalers file {path}"
   if not isinstance(payload, dict) or payload.get("format") != _SCALERS_FORMAT:
     raise _error(f"{path} is not a flaxlstm scalers file (expected format "
                  f"{_SCALERS_FORMAT!r})")
-  return FittedScalers(kind=payload["kind"], feature_scaler=payload["feature_scaler"],
-                       target_scaler=payload["target_scaler"],
-                       feature_names=tuple(payload["feature_names"]),
-                       target_names=tuple(payload["target_names"]))
+  kind = payload.get("kind")
+  if kind not in _SCALERS:
+    raise _error(f"{where}: kind must be one of {', '.join(_SCALERS)}, got {_short(kind)}")
+  names = {}
+  for key in ("feature_names", "target_names"):
+    value = payload.get(key)
+    if (not isinstance(value, list) or not value
+        or not all(isinstance(n, str) and n for n in value)):
+      raise _error(f"{where}: {key} must be a non-empty list of column names")
+    names[key] = tuple(value)
+  scalers = {}
+  for part, key in (("features", "feature_names"), ("targets", "target_names")):
+    state = payload.get(part)
+    if kind == "none" and state is not None:
+      raise _error(f"{where}: scaler 'none' has no {part} statistics")
+    if part == "features" and kind != "none" and state is None:
+      raise _error(f"{where}: the {kind} feature statistics are missing")
+    scalers[part] = None if kind == "none" else _rebuild_scaler(
+        kind, state, len(names[key]), f"{where}, {part}")
+  return FittedScalers(kind=kind, feature_scaler=scalers["features"],
+                       target_scaler=scalers["targets"],
+                       feature_names=names["feature_names"],
+                       target_names=names["target_names"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -733,7 +805,7 @@ def prepare_inference(cfg: Any, scalers: FittedScalers, *,
   Args:
     cfg: the run's data config; ``date_column``, ``fill``, ``lookback``, ``horizon`` and,
       when ``path`` is None, ``path`` are read.
-    scalers: fitted scalers, e.g. ``load_scalers(workdir / "scalers.pkl")``.
+    scalers: fitted scalers, e.g. ``load_scalers(workdir / "scalers.json")``.
     path: the file to prepare; None means ``cfg.path``.
 
   Raises:

@@ -1,7 +1,10 @@
-"""The one exception type for problems in user input (data files, configs, workdirs).
+"""The exception types that reach the user, each printed by the CLI as one line.
 
-The CLI turns it into ``error: <message>`` on stderr and exit code 2; nothing else should
-be raised for bad input. Messages are one line and name the file, column, value or key.
+`InputError` is bad user input (a data file, a config value, a workdir): ``error: <message>``
+and exit code 2; nothing else should be raised for bad input. `TrainingError` is a failure
+of the run or its environment (too many non-finite steps, a full disk): exit code 1.
+`Stopped` is a signal honoured: exit code 128 + signal. Messages are one line and name the
+file, column, value or key.
 """
 
 
@@ -10,13 +13,22 @@ class InputError(ValueError):
 
 
 class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. too many non-finite steps). Message is one line."""
+  """Training cannot go on (e.g. too many non-finite steps, a full disk). One line."""
 
 
-class Preempted(Exception):
-  """SIGTERM/SIGINT arrived: the current step finished and a checkpoint was written."""
+class Stopped(Exception):
+  """SIGTERM/SIGINT arrived and was honoured; the message says how to resume."""
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = signum
+
+
+class Preempted(Stopped):
+  """A training run stopped by a signal: the current step finished, a checkpoint was
+  written."""
 
   def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, rerun "
-                     "the same command to resume")
-    self.signum, self.step = signum, step
+    super().__init__(signum, f"stopped by signal {signum} at step {step}; checkpoint saved, "
+                     "rerun the same command to resume")
+    self.step = step

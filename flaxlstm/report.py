@@ -4,15 +4,22 @@ Only one process writes (the trainer passes ``enabled=jax.process_index() == 0``
 other process gets a Reporter that does nothing, so call sites need no ``if``. Files and
 folders are created on the first write, so a run that fails validation leaves no trace.
 Heavy imports (tensorboardX, matplotlib) happen on first use, not at import time.
+
+Every write happens in the calling thread and raises there: TensorBoard events go through
+a synchronous writer, not tensorboardX's background thread, which on a full disk dies
+with a traceback and then blocks the next log call forever.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import pathlib
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,8 +27,10 @@ import numpy as np
 import tqdm
 
 from flaxlstm import config as config_lib
+from flaxlstm import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 class Reporter:
@@ -41,10 +50,11 @@ class Reporter:
     self._tensorboard = None  # SummaryWriter, created on the first log.
     self._purge_step = None  # Set by truncate_after: TensorBoard hides events >= it.
 
-  def write_config(self, config) -> None:
-    """Writes ``config.json``."""
+  def write_config(self, config, run_record: Mapping[str, Any] | None = None) -> None:
+    """Writes ``config.json``: the config, and under ``_run`` what the run was trained on
+    (see ``config.RUN_RECORD_KEY``)."""
     if self.enabled:
-      self._write_text("config.json", config_lib.config_to_json(config))
+      self._write_text("config.json", config_lib.config_to_json(config, run_record))
 
   def log(self, step: int, split: str, metrics: Mapping[str, Any], **extra: Any) -> None:
     """Appends one metrics line and writes the metrics as TensorBoard scalars.
@@ -65,9 +75,7 @@ class Reporter:
     # Flushed per line: a crash or a reader (tail -f, a sweep) must see complete lines.
     self._metrics.write(json.dumps(line, default=_to_json) + "\n")
     self._metrics.flush()
-    writer = self._writer()
-    for name, value in values.items():
-      writer.add_scalar(f"{split}/{name}", value, int(step))
+    self._writer().scalars(split, values, int(step))
 
   def write_json(self, name: str, obj: Any) -> pathlib.Path | None:
     """Writes ``obj`` as ``workdir/name`` atomically (readers never see half a file)."""
@@ -76,28 +84,51 @@ class Reporter:
     return None
 
   def truncate_after(self, step: int) -> None:
-    """Drops metrics lines with a step > ``step`` (used when resuming from ``step``).
+    """Drops metrics lines with a step > ``step`` (resuming from ``step``; 0 when a run
+    starts from scratch, so that a killed first attempt leaves no duplicate lines).
 
-    Lines that do not parse (half-written by a crash) go too. TensorBoard events logged
-    after ``step`` are hidden by a purge marker written with the next scalar.
+    Lines that do not parse (half-written by a crash, invalid bytes, a step that is not
+    an integer) go too, with a warning. TensorBoard events logged after ``step`` are hidden
+    by a purge marker written with the next scalar.
     """
     if not self.enabled:
       return
     self._close_files()
     path = self.workdir / METRICS_FILE
     if path.exists():
-      kept = [line for line in path.read_text().splitlines(keepends=True)
-              if (record := _parse_line(line)) is not None and record["step"] <= step]
-      self._write_text(METRICS_FILE, "".join(kept))
+      records, bad = self._read_lines()
+      kept = [line for line, record in records if record["step"] <= step]
+      if bad:
+        log.warning(f"dropped {bad} unreadable line{'s' * (bad > 1)} from {path}")
+      if len(kept) != len(records) or bad:
+        self._write_text(METRICS_FILE, "".join(kept))
     self._purge_step = int(step) + 1
 
   def read_metrics(self) -> list[dict[str, Any]]:
-    """Returns the parsed metrics.jsonl lines (empty when there are none)."""
-    path = self.workdir / METRICS_FILE
-    if not path.exists():
+    """Returns the parsed metrics.jsonl lines (empty when there are none); lines that do
+    not parse are skipped."""
+    if not (self.workdir / METRICS_FILE).exists():
       return []
-    with open(path) as f:
-      return [record for line in f if (record := _parse_line(line)) is not None]
+    return [record for _, record in self._read_lines()[0]]
+
+  def _read_lines(self) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(text, record) of each good metrics line, and the number of bad ones."""
+    good, bad = [], 0
+    with open(self.workdir / METRICS_FILE, "rb") as f:
+      for raw in f:
+        if not raw.strip():
+          continue
+        try:
+          text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+          bad += 1
+          continue
+        record = _parse_line(text)
+        if record is None:
+          bad += 1
+        else:
+          good.append((text if text.endswith("\n") else text + "\n", record))
+    return good, bad
 
   def plot_learning_curves(self, metric: str = "loss",
                            name: str = "learning_curves.png") -> pathlib.Path | None:
@@ -238,48 +269,75 @@ class Reporter:
   def __exit__(self, *exc_info: Any) -> None:
     self.close()
 
-  def _writer(self):
+  def _writer(self) -> _EventFile:
     if self._tensorboard is None:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-
-      # purge_step makes TensorBoard drop the stale events of a run resumed from a
-      # checkpoint older than its last logs.
-      self._tensorboard = tensorboardX.SummaryWriter(
-          str(self.workdir / "tensorboard"), purge_step=self._purge_step)
+      self._tensorboard = _EventFile(self.workdir / "tensorboard", self._purge_step)
       self._purge_step = None
     return self._tensorboard
 
   def _close_files(self) -> None:
-    if self._metrics is not None:
-      self._metrics.close()
-      self._metrics = None
-    if self._tensorboard is not None:
-      self._tensorboard.close()
-      self._tensorboard = None
+    """Closes the open files; a failing flush (full disk) is still raised, but only after
+    both files are closed."""
+    metrics, tensorboard = self._metrics, self._tensorboard
+    self._metrics = self._tensorboard = None
+    try:
+      if metrics is not None:
+        metrics.close()
+    finally:
+      if tensorboard is not None:
+        tensorboard.close()
 
   def _write_text(self, name: str, text: str) -> pathlib.Path:
     """Writes via a temporary file and os.replace, so the file is whole or absent."""
     path = self.workdir / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Only one process writes, so a pid-named sibling can't clash; plain open() keeps the
-    # umask's permissions (mkstemp would make the file private).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-      tmp.write_text(text)
-      os.replace(tmp, path)
-    finally:
-      tmp.unlink(missing_ok=True)
+    workdir_lib.write_atomic(path, text)
     return path
 
   def _save_figure(self, fig, name: str) -> pathlib.Path:
+    fig.tight_layout()
+    # Rendered in memory, then written like the JSON files: whole or not at all.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    return self._write_bytes(name, buffer.getvalue())
+
+  def _write_bytes(self, name: str, data: bytes) -> pathlib.Path:
     path = self.workdir / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    # Saved under a temporary name first, like the JSON files, then moved into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    workdir_lib.write_atomic(path, data)
     return path
+
+
+class _EventFile:
+  """TensorBoard scalars written synchronously (see the module docstring).
+
+  ``purge_step`` (a run resumed from step N - 1 passes N) writes TensorBoard's marker that
+  hides the events a crashed attempt logged at steps >= N.
+  """
+
+  def __init__(self, logdir: pathlib.Path, purge_step: int | None):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.summary import scalar
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._event, self._scalar = event_pb2.Event, scalar
+    # The pid in the name: a resumed run that starts within the same second as the
+    # attempt before it would otherwise reopen (and truncate) that attempt's file.
+    self._file = EventsWriter(str(logdir / "events"), filename_suffix=f".{os.getpid()}")
+    if purge_step is not None:
+      self._file.write_event(event_pb2.Event(
+          step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+    now = time.time()
+    for name, value in values.items():
+      self._file.write_event(self._event(
+          summary=self._scalar(f"{prefix}/{name}", value), step=step, wall_time=now))
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 class Progress:
@@ -341,7 +399,10 @@ def _parse_line(line: str) -> dict[str, Any] | None:
     record = json.loads(line)
   except json.JSONDecodeError:
     return None
-  return record if isinstance(record, dict) and "step" in record else None
+  if not isinstance(record, dict):
+    return None
+  step = record.get("step")
+  return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _to_json(value: Any) -> Any:

@@ -25,26 +25,38 @@ Failures are listed in ``WORKDIR/failures.txt`` with the last line of the run's 
 logs in ``WORKDIR/logs/``). Aggregation writes ``results.csv`` (one row per run),
 ``results.md`` (mean ± std over seeds per setting) and ``<key>.png`` (val/test MSE vs each
 swept key or zip group).
+
+Every run's config (the base experiment, the fixed overrides, its swept values) is built
+and validated when the file is loaded, so a typo is one error before anything trains, not
+one failure per run. The runner holds the sweep directory's lock (a second runner on it is
+refused) and passes SIGTERM/SIGINT on to its runs, each of which saves a checkpoint, then
+waits for them. Runs are told to stop if the runner dies (Linux: even by kill -9), and a
+rerun waits for a run still finishing its checkpoint rather than start a second writer.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import importlib.util
 import itertools
+import json
 import math
 import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
 from flaxlstm import config as config_lib
-from flaxlstm.errors import InputError
+from flaxlstm import workdir as workdir_lib
+from flaxlstm.errors import InputError, Stopped
 
 _SWEEP_KEYS = ("config", "overrides", "grid", "zip", "seeds")
 # Metrics columns of results.csv, read from each run's metrics.json.
@@ -91,14 +103,38 @@ def call_spec_file(path: pathlib.Path, kind: str, function: str) -> Any:
 
 
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
-  """Imports a sweep file, checks it and expands it into runs."""
+  """Imports a sweep file, checks it, expands it into runs and validates every run's
+  config (see `check_runs`)."""
   path = pathlib.Path(path)
   where = f"sweep file '{path}'"
   spec_dict = call_spec_file(path, "sweep", "get_sweep")
   try:
-    return expand(spec_dict)
+    sweep = expand(spec_dict)
+    check_runs(sweep.config, tuple(spec_dict.get("overrides", ())),
+               [(r.name, r.overrides) for r in sweep.runs])
   except InputError as e:
     raise InputError(f"{where}: {e}") from None
+  return sweep
+
+
+def check_runs(base: str, fixed: Sequence[str],
+               runs: Sequence[tuple[str, Sequence[str]]]) -> None:
+  """Builds and validates the config of every run before any is launched: the base
+  experiment with the fixed overrides, then each run's overrides, and that its data file
+  exists. One InputError naming the base or the run, instead of N failed runs."""
+  from flaxlstm import data as data_lib  # pandas: only for the runners, not for --help
+  try:
+    config_lib.load_config(base, list(fixed))
+  except InputError as e:
+    raise InputError(f"base config {base}: {e}") from None
+  for name, overrides in runs:
+    try:
+      config = config_lib.load_config(base, list(overrides))
+      path = data_lib.data_file(config.data.path)
+    except InputError as e:
+      raise InputError(f"run {name}: {e}") from None
+    if not path.is_file():
+      raise InputError(f"run {name}: data file not found: {path}")
 
 
 def expand(spec: dict[str, Any]) -> Sweep:
@@ -191,17 +227,49 @@ def train_command(sweep: Sweep, run: Run, workdir: str | os.PathLike[str],
           *(f"--config.{o}" for o in run.overrides)]
 
 
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+  """A run's metrics.json, or None if it is missing or damaged (then the run is not done:
+  rerunning it rewrites the file)."""
+  try:
+    metrics = json.loads(pathlib.Path(path).read_bytes())
+  except (OSError, ValueError):
+    return None
+  ok = isinstance(metrics, dict) and all(
+      isinstance(metrics.get(s), dict) and isinstance(metrics[s].get("mse"), (int, float))
+      for s in ("val", "test"))
+  return metrics if ok else None
+
+
 def is_done(workdir: str | os.PathLike[str], run: Run) -> bool:
-  return (pathlib.Path(workdir) / run.name / "metrics.json").is_file()
+  return read_metrics(pathlib.Path(workdir) / run.name / "metrics.json") is not None
 
 
 def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 1,
               quiet: bool = False) -> dict[str, str]:
   """Trains the unfinished runs, `parallel` at a time; returns {failed run: last error line}.
 
-  Failures are also written to `workdir/failures.txt` (removed when none are left).
+  Failures are also written to `workdir/failures.txt` (removed when none are left), and
+  the results aggregated (`aggregate`). Holds
+  the sweep directory's lock; SIGTERM/SIGINT are passed on to the runs, and once they
+  have saved their checkpoints `Stopped` is raised.
   """
   workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.Lock(workdir, "flaxlstm sweep"), Children() as children:
+    failures = train_runs(sweep, workdir, children, parallel=parallel, quiet=quiet)
+    children.raise_if_stopped("sweep")
+    write_failures(workdir, sweep, failures)
+    aggregate(sweep, workdir)
+  return failures
+
+
+def train_runs(sweep: Sweep, workdir: pathlib.Path, children: Children, *, parallel: int,
+               quiet: bool) -> dict[str, str]:
+  """Trains the unfinished runs of `sweep` as `children`; {failed run: last error line}.
+
+  The caller holds the directory's lock. Runs not started when a signal came are left
+  for the rerun; runs that stopped on it are not failures.
+  """
   logs = workdir / "logs"
   logs.mkdir(parents=True, exist_ok=True)
   todo = [r for r in sweep.runs if not is_done(workdir, r)]
@@ -209,12 +277,16 @@ def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 
   say(f"sweep: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} already done, "
       f"{len(todo)} to train ({parallel} at a time)")
 
-  def launch(run: Run) -> tuple[int, float]:
+  def launch(run: Run) -> tuple[int | None, float]:
+    # A run an earlier runner started may still be finishing its checkpoint (that runner
+    # was killed, its run told to stop): wait for it rather than start a second writer.
+    if children.wait_for_lock(workdir / run.name, say) and is_done(workdir, run):
+      return 0, 0.0
     t0 = time.perf_counter()
     with open(logs / f"{run.name}.log", "w") as out:
       # stderr to the same log: the last line of a failed run is its `error: ...` message.
-      code = subprocess.run(train_command(sweep, run, workdir), stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+      code = children.run(train_command(sweep, run, workdir), stdout=out,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return code, time.perf_counter() - t0
 
   failures = {}
@@ -223,13 +295,102 @@ def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 
     for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
       run = futures[future]
       code, seconds = future.result()
+      if code is None:
+        continue  # not started: a signal came first
       if code == 0:
         say(f"[{i}/{len(todo)}] ok      {run.name} ({seconds:.0f} s)")
-        continue
-      failures[run.name] = f"exit {code}: {_last_line(logs / f'{run.name}.log')}"
-      say(f"[{i}/{len(todo)}] FAILED  {run.name}: {failures[run.name]}")
-  write_failures(workdir, sweep, failures)
+      elif children.signum and code > 128:  # stopped by the signal passed on
+        say(f"[{i}/{len(todo)}] stopped {run.name} (checkpoint saved)")
+      else:
+        failures[run.name] = f"exit {code}: {_last_line(logs / f'{run.name}.log')}"
+        say(f"[{i}/{len(todo)}] FAILED  {run.name}: {failures[run.name]}")
   return failures
+
+
+# Set in each run's environment: a run started by a runner stops when the runner dies.
+PARENT_ENV = "FLAXLSTM_RUNNER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_parent() -> None:
+  """In a run started by a sweep or tune runner: get SIGTERM when the runner dies.
+
+  Linux's PR_SET_PDEATHSIG; the run then checkpoints and exits as on preemption, so a
+  kill -9 of the runner leaves no run training on unseen. Elsewhere this does nothing.
+  """
+  parent = os.environ.get(PARENT_ENV)
+  if not parent or not sys.platform.startswith("linux"):
+    return
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):
+    return
+  if str(os.getppid()) != parent:  # the runner died before we asked
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Children:
+  """The runs a runner has started, and the signals it passes on to them.
+
+  Use as a context manager (handlers are installed from the main thread only). Runs start
+  in their own session, so a Ctrl-C in the terminal reaches the runner only and each run
+  gets exactly one SIGINT from it: a run's first SIGINT checkpoints, a second aborts.
+  """
+
+  def __init__(self):
+    self.signum = 0
+    self._procs: set[subprocess.Popen] = set()
+    self._lock = threading.Lock()
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> Children:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._forward)
+                        for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    self._previous = {}
+
+  def _forward(self, signum: int, frame: Any) -> None:
+    del frame
+    self.signum = self.signum or signum
+    with self._lock:
+      procs = list(self._procs)
+    for proc in procs:
+      if proc.poll() is None:
+        proc.send_signal(signum)
+
+  def run(self, cmd: Sequence[str], **kwargs: Any) -> int | None:
+    """Runs `cmd` to its end; None (not started) once a signal has come."""
+    env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+    with self._lock:
+      if self.signum:
+        return None
+      proc = subprocess.Popen(cmd, start_new_session=True, env=env, **kwargs)
+      self._procs.add(proc)
+    try:
+      return proc.wait()
+    finally:
+      with self._lock:
+        self._procs.discard(proc)
+
+  def wait_for_lock(self, directory: pathlib.Path, say) -> bool:
+    """Waits while another process holds `directory`'s lock; True if one did."""
+    holder = workdir_lib.lock_holder(directory)
+    if holder is None:
+      return False
+    say(f"waiting for {holder} to release {directory}")
+    while workdir_lib.lock_holder(directory) is not None and not self.signum:
+      time.sleep(0.2)
+    return True
+
+  def raise_if_stopped(self, what: str) -> None:
+    if self.signum:
+      raise Stopped(self.signum, f"{what} stopped by signal {self.signum}; the runs that "
+                    "were training saved checkpoints, rerun the same command to resume")
 
 
 def _last_line(path: pathlib.Path) -> str:
@@ -251,7 +412,8 @@ def read_failures(workdir: str | os.PathLike[str]) -> dict[str, str]:
   path = pathlib.Path(workdir) / "failures.txt"
   if not path.is_file():
     return {}
-  return dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
+  text = path.read_text(errors="replace")
+  return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
 
 
 def dry_run_lines(sweep: Sweep, workdir: str | os.PathLike[str]) -> list[str]:
@@ -277,12 +439,12 @@ def slurm_script(sweep: Sweep, workdir: str | os.PathLike[str], *, name: str,
       "#!/bin/bash",
       f"# Sweep {name}: {n} runs, task i trains run i. Submit from the directory the paths",
       "# below are relative to; afterwards aggregate with `flaxlstm sweep ... --aggregate-only`.",
-      f"#SBATCH --job-name={name}",
+      f"#SBATCH --job-name={_sbatch_quote(name)}",
       f"#SBATCH --array=0-{n - 1}{throttle}",
       "#SBATCH --ntasks=1",
       "#SBATCH --cpus-per-task=4",
       "#SBATCH --time=04:00:00",
-      f"#SBATCH --output={workdir}/logs/slurm-%A_%a.out",
+      f"#SBATCH --output={_sbatch_quote(str(workdir / 'logs' / 'slurm-%A_%a.out'))}",
       "set -euo pipefail",
       'case "$SLURM_ARRAY_TASK_ID" in',
   ]
@@ -292,6 +454,14 @@ def slurm_script(sweep: Sweep, workdir: str | os.PathLike[str], *, name: str,
     lines.append(f"  {i}) [ -f {done} ] || srun {cmd} ;;")
   lines += ['  *) echo "no run for task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac", ""]
   return "\n".join(lines)
+
+
+def _sbatch_quote(value: str) -> str:
+  """An #SBATCH option value: sbatch splits these lines at blanks unless double-quoted."""
+  if any(c in value for c in '"\n\\'):
+    raise InputError(f"{value!r} cannot be written into an sbatch directive (it holds a "
+                     "quote, backslash or newline); choose another --workdir or name")
+  return f'"{value}"' if any(c.isspace() for c in value) or not value else value
 
 
 # ---- aggregation ----------------------------------------------------------------------------
@@ -315,14 +485,12 @@ def aggregate(sweep: Sweep, workdir: str | os.PathLike[str]) -> "pandas.DataFram
 
 def result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dict[str, Any]:
   """One results.csv row: the run's setting, seed and metrics (NaN until it has finished)."""
-  import json  # pylint: disable=g-import-not-at-top
-
   row = {k: _table_value(v) for k, v in run.setting.items()}
   row.update(seed=run.seed, name=run.name)
   row.update({m: math.nan for m in METRICS_COLUMNS})
   path = workdir / run.name / "metrics.json"
-  if path.is_file():
-    m = json.loads(path.read_text())
+  m = read_metrics(path)
+  if m is not None:
     naive = m.get("baselines", {}).get("naive", {}).get("test", {}).get("mse", math.nan)
     row.update(val_mse=m["val"]["mse"], val_mae=m["val"]["mae"], test_mse=m["test"]["mse"],
                test_mae=m["test"]["mae"], naive_test_mse=naive,
@@ -330,6 +498,8 @@ def result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dic
                params_count=m.get("params_count"), epochs=m.get("epochs"),
                steps=m.get("steps"), train_wall_time_s=m.get("train_wall_time_s"))
     row["status"] = "ok"
+  elif path.exists():
+    row["status"] = "damaged"  # metrics.json unreadable: rerunning the sweep rewrites it
   else:
     row["status"] = "failed" if run.name in failures else "missing"
   return row

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 import os
-import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -27,12 +27,13 @@ import optax
 from flaxlstm import data as data_lib
 from flaxlstm import models
 from flaxlstm import parallel
-from flaxlstm.checkpoint import Checkpoints, LoopState
-from flaxlstm.config import config_from_json, config_to_json
+from flaxlstm import workdir as workdir_lib
+from flaxlstm.checkpoint import Checkpoints, LoopState, NoIntact
 from flaxlstm.errors import InputError, Preempted, TrainingError
 from flaxlstm.report import Progress, Reporter
 
 Array = jax.Array
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -199,6 +200,7 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   mesh: Any
+  _abstract: Any = dataclasses.field(default=None, repr=False)
 
   def _init_fn(self) -> Callable[[], TrainState]:
     x, _ = data_lib.gather_windows(self.data, self.data.window_starts("train")[:1])
@@ -213,12 +215,15 @@ class Run:
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and target shardings of the train state (no memory allocated)."""
-    abstract = jax.eval_shape(self._init_fn())
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, self.state_sharding())
+    if self._abstract is None:  # traced once: init is not free for large models
+      shapes = jax.eval_shape(self._init_fn())
+      self._abstract = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+          parallel.state_shardings(self.mesh, shapes))
+    return self._abstract
 
   def state_sharding(self) -> Any:
-    return parallel.state_shardings(self.mesh, jax.eval_shape(self._init_fn()))
+    return jax.tree.map(lambda a: a.sharding, self.abstract_state())
 
   def train_batch(self, step: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`(x, y, y_last)` of optimizer step `step`, as global arrays split over the mesh.
@@ -250,7 +255,12 @@ class Run:
     return jax.jit(self._init_fn(), out_shardings=self.state_sharding())()
 
 
-def build_run(config, devices: list | None = None) -> Run:
+def build_run(config, devices: list | None = None,
+              scalers: data_lib.FittedScalers | None = None) -> Run:
+  """Data, model, optimizer and step counts of `config`; writes nothing.
+
+  `scalers`: a finished run's saved scalers, used instead of fitting new ones.
+  """
   # Random bits independent of how arrays are sharded: dropout masks are then the same on
   # any mesh (the default in current JAX; set so older versions agree).
   jax.config.update("jax_threefry_partitionable", True)
@@ -260,7 +270,7 @@ def build_run(config, devices: list | None = None) -> Run:
     if config.train[key] % n_split:
       raise InputError(f"train.{key}={config.train[key]} must be a multiple of the "
                        f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)")
-  data = data_lib.prepare(config.data)
+  data = data_lib.prepare(config.data, scalers=scalers)
   n_train = len(data.window_starts("train"))
   bs = config.train.batch_size
   if n_train < bs:
@@ -275,163 +285,244 @@ def build_run(config, devices: list | None = None) -> Run:
              mesh)
 
 
-def _config_diff(a, b, prefix="") -> list[str]:
-  diffs = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k), b.get(k)
-    if isinstance(va, dict) and isinstance(vb, dict):
-      diffs += _config_diff(va, vb, f"{prefix}{k}.")
-    elif va != vb:
-      diffs.append(f"{prefix}{k}: {vb!r} in workdir vs {va!r} now")
-  return diffs
-
-
 # Keys a resumed run may change: raising the budget continues training.
-_BUDGET_KEYS = ("train.max_steps:", "train.max_epochs:")
+_BUDGET_KEYS = ("train.max_steps", "train.max_epochs")
 
 
-def prepare_workdir(workdir: str, config, *, resume: bool | None,
-                    needed_bytes: int = 0) -> None:
-  """Checks the workdir is usable and belongs to this config; writes nothing on failure.
+def with_absolute_data_path(config):
+  """A copy of `config` whose `data.path` is absolute ("" stays: the bundled ETTh1).
 
-  `needed_bytes`: free space required (checkpoints), checked now rather than after hours.
+  What a run records: its config.json then names the same file from any directory, and a
+  rerun from elsewhere with the same relative path is told the file differs.
   """
-  cfg_path = os.path.join(workdir, "config.json")
-  if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      old = json.loads(config_to_json(config_from_json(f.read())))
-    diffs = [d for d in _config_diff(json.loads(config_to_json(config)), old)
-             if not d.startswith(_BUDGET_KEYS)]
+  config = config.copy_and_resolve_references()
+  if config.data.path:
+    config.data.path = str(data_lib.data_file(config.data.path))
+  return config
+
+
+def _check_workdir(workdir: str, config, run: Run, *, resume: bool | None, force: bool,
+                   data_now: dict, allow_changed_data: bool) -> str:
+  """Every refusal that needs no checkpoint: what the directory is, its config, its data,
+  the free space. Reads only. Returns a warning to print ('' if none)."""
+  kind = workdir_lib.classify(workdir)
+  if kind == "foreign" and not force:
+    raise InputError(f"workdir {workdir} is not empty and holds no flaxlstm run (it has "
+                     f"{workdir_lib.foreign_entries(workdir)}); use an empty or new "
+                     "--workdir, or pass --force to train into it (files with a run's names "
+                     "are then overwritten)")
+  warning = ""
+  if os.path.lexists(os.path.join(workdir, "config.json")):
+    old, record = workdir_lib.read_run_config(workdir)
+    if old.data.path and not os.path.isabs(old.data.path):
+      # Written by an older flaxlstm, which stored the path as given: the best reading of
+      # it is the one the old code made, relative to the working directory.
+      old.data.path = os.path.abspath(old.data.path)
+    diffs = [d for d in workdir_lib.config_diff(config, old)
+             if d.split(":")[0] not in _BUDGET_KEYS]
     if diffs:
       raise InputError(f"workdir {workdir} holds a run with another config ({diffs[0]}); "
                        "use a new --workdir")
+    warning = workdir_lib.check_same_data(record, data_now, workdir=workdir,
+                                          allow_changed=allow_changed_data)
   elif resume:
     raise InputError(f"nothing to resume: {workdir} has no config.json")
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):  # check space where the workdir will be created
-    existing = os.path.dirname(existing)
-  free = shutil.disk_usage(existing).free
-  if free < needed_bytes:
-    raise InputError(f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
-                     f"need about {needed_bytes / 2**20:.0f} MiB")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise InputError(f"workdir {workdir} is not writable: {e.strerror}") from None
+  # Two latest full states + the best params, with headroom for logs and plots.
+  state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(run.abstract_state()))
+  workdir_lib.check_free_space(
+      workdir, int(2.5 * state_bytes * (2 + config.train.keep_best)) + 2**24)
+  return warning
+
+
+def _agree(error: BaseException | None) -> None:
+  """Raises on every process if any process refused (the others would otherwise wait
+  forever in the next collective for the one that left)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = multihost_utils.process_allgather(np.int32(error is not None))
+    if error is None and np.any(failed):
+      raise InputError(f"process {int(np.argmax(failed))} refused the workdir (see its "
+                       "error)")
+  if error is not None:
+    raise error
 
 
 # ---- the loop --------------------------------------------------------------------------------
 def train_and_evaluate(config, workdir: str, *, resume: bool | None = None,
-                       quiet: bool = True, devices: list | None = None) -> dict:
+                       quiet: bool = True, devices: list | None = None, force: bool = False,
+                       allow_changed_data: bool = False) -> dict:
   """Trains a forecaster as `config` says, in `workdir`; returns the final metrics.
 
   Reruns in the same workdir resume from the latest checkpoint and end with the same numbers
   as an uninterrupted run. `resume=True` insists on an existing run; `resume=False` refuses
   to reuse a workdir that holds checkpoints. The budget (`train.max_steps`,
   `train.max_epochs`) may be raised on resume to train longer. `devices` defaults to all.
+
+  Nothing is written before every check that can refuse has passed, under the workdir's
+  lock: the data, the directory (`force` allows a non-empty one that is not a run), the
+  config and data the run was trained on (`allow_changed_data` accepts other bytes), the
+  free space and the checkpoint.
   """
+  config = with_absolute_data_path(config)
+  is_main = jax.process_index() == 0
+  if is_main and (holder := workdir_lib.lock_holder(workdir)):  # fail fast, before the data
+    raise InputError(f"{workdir} is in use by {holder}; wait for it to finish, or use "
+                     "another --workdir")
   run = build_run(config, devices)  # validates the data before anything is written
-  state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(run.abstract_state()))
-  # Two latest full states + the best params, with headroom for logs and plots.
-  prepare_workdir(workdir, config, resume=resume,
-                  needed_bytes=int(2.5 * state_bytes * (2 + config.train.keep_best)) + 2**24)
+  data_now = workdir_lib.fingerprint(data_lib.data_file(config.data.path))
+  claim = workdir_lib.Claim(workdir, "flaxlstm train") if is_main else None
+  try:
+    error = None
+    try:
+      if claim is not None:
+        claim.open()
+      warning = _check_workdir(workdir, config, run, resume=resume, force=force,
+                               data_now=data_now, allow_changed_data=allow_changed_data)
+    except InputError as e:
+      error = e
+    _agree(error)
+    with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
+      restored = ckpts.restore(run.abstract_state())  # onto this mesh, whatever it was saved on
+    if restored is not None and resume is False:
+      raise InputError(f"workdir {workdir} already holds a run; resume it or use a new "
+                       "--workdir")
+  except BaseException:
+    if claim is not None:
+      claim.abandon()
+    raise
+  # ---- every check passed: from here on the workdir is written ----
+  if warning and is_main:
+    log.warning(warning)
+  try:
+    return _train(run, workdir, restored, data_now, quiet=quiet)
+  finally:
+    if claim is not None:
+      claim.keep()
+
+
+def _train(run: Run, workdir: str, restored, data_now: dict, *, quiet: bool) -> dict:
+  """The loop of `train_and_evaluate`, once the workdir is checked and claimed."""
+  config, data, tcfg = run.config, run.data, run.config.train
   is_main = jax.process_index() == 0
   reporter = Reporter(workdir, enabled=is_main)
-  reporter.write_config(config)
-  if is_main:
-    run.data.save_scalers(os.path.join(workdir, "scalers.pkl"))
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.keep_best)
-
-  restored = ckpts.restore(run.abstract_state())  # onto this mesh, whatever it was saved on
-  if restored is not None and resume is False:
-    raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
-  if restored is not None:
-    loop, state = restored
-    reporter.truncate_after(loop.step)  # drop metrics logged after the checkpoint
-  else:
-    loop, state = LoopState(), run.init_state()
-
-  train_step = make_train_step(run.model, run.tx, config.train, config.seed, run.mesh,
-                               run.state_sharding())
-  predict_fn = make_predict_fn(run.model, run.mesh)
-  tcfg, data = config.train, run.data
-  val_starts = data.window_starts("val")
-  eval_every = tcfg.eval_every_steps or run.steps_per_epoch
-
-  progress = Progress(run.total_steps, enabled=is_main and not quiet, desc="train")
-  progress.update(loop.step)
-  loss_sum, loss_n = 0.0, 0
-  t0 = time.perf_counter()
-  with _stop_signals() as stop:
-    while not loop.stopped_early and loop.step < run.total_steps:
-      state, m = train_step(state, *run.train_batch(loop.step))
-      loop.step += 1
-      if bool(m["nonfinite"]):
-        loop.nonfinite_steps += 1
-        reporter.log(loop.step, "train", {"nonfinite_steps": loop.nonfinite_steps})
-        if loop.nonfinite_steps > tcfg.max_nonfinite_steps:
-          raise TrainingError(
-              f"non-finite loss or gradients at step {loop.step} (update skipped; "
-              f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
-              f"{tcfg.max_nonfinite_steps}); the last checkpoint holds finite params")
-      else:
-        loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
-      if loss_n and (loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0):
-        train_loss = float(loss_sum) / loss_n
-        reporter.log(loop.step, "train", {"loss": train_loss,
-                                          "grad_norm": float(m["grad_norm"])},
-                     epoch=(loop.step - 1) // run.steps_per_epoch)
-        progress.update(0, loss=f"{train_loss:.4f}")
-        loss_sum, loss_n = 0.0, 0
-      progress.update(1)
-
-      if loop.step % eval_every == 0 or loop.step == run.total_steps:
-        pred = predict_windows(predict_fn, state.params, data, val_starts,
-                               tcfg.eval_batch_size, run.mesh)
-        val = split_metrics(data, val_starts, pred)
-        val_loss = float(pointwise_loss(
-            tcfg.loss, jnp.asarray(pred), jnp.asarray(data_lib.gather_windows(data, val_starts)[1]),
-            tcfg.huber_delta).mean())
-        reporter.log(loop.step, "val", {"loss": val_loss, **val},
-                     epoch=(loop.step - 1) // run.steps_per_epoch)
-        if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
-          loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
-          ckpts.save_best(loop.step, state.params, val_loss)
+  loop, state = restored if restored is not None else (LoopState(), None)
+  saved = loop.step if restored is not None else None
+  ckpts = progress = None
+  hint = lambda: (f"the newest intact checkpoint is step {saved}; free space and rerun the "
+                  "same command to resume" if saved is not None else
+                  "no checkpoint was saved yet; free space and rerun the same command")
+  try:
+    reporter.truncate_after(loop.step)  # drop what was logged after the checkpoint
+    reporter.write_config(config, {"data": data_now})
+    if is_main:
+      data.save_scalers(os.path.join(workdir, "scalers.json"))
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), tcfg.keep_best)
+    if state is None:
+      state = run.init_state()
+    train_step = make_train_step(run.model, run.tx, tcfg, config.seed, run.mesh,
+                                 run.state_sharding())
+    predict_fn = make_predict_fn(run.model, run.mesh)
+    val_starts = data.window_starts("val")
+    val_y = jnp.asarray(data_lib.gather_windows(data, val_starts)[1])
+    eval_every = tcfg.eval_every_steps or run.steps_per_epoch
+    progress = Progress(run.total_steps, enabled=is_main and not quiet, desc="train")
+    progress.update(loop.step)
+    loss_sum, loss_n = 0.0, 0
+    t0 = time.perf_counter()
+    with _stop_signals() as stop:
+      while not loop.stopped_early and loop.step < run.total_steps:
+        state, m = train_step(state, *run.train_batch(loop.step))
+        loop.step += 1
+        if bool(m["nonfinite"]):
+          loop.nonfinite_steps += 1
+          reporter.log(loop.step, "train", {"nonfinite_steps": loop.nonfinite_steps})
+          if loop.nonfinite_steps > tcfg.max_nonfinite_steps:
+            raise TrainingError(
+                f"non-finite loss or gradients at step {loop.step} (update skipped; "
+                f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
+                f"{tcfg.max_nonfinite_steps}); the last checkpoint holds finite params")
         else:
-          loop.bad_evals += 1
-        if tcfg.patience and loop.bad_evals >= tcfg.patience:
-          loop.stopped_early = True
-        loop.wall_time_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ckpts.save(loop, state)
-      elif stop.agreed():  # preemption: finish this step, save, leave
-        loop.wall_time_s += time.perf_counter() - t0
-        ckpts.save(loop, state)
-        progress.close()
-        ckpts.close()
-        reporter.close()
-        raise Preempted(stop.signum, loop.step)
-  progress.close()
+          loss_sum, loss_n = loss_sum + m["loss"], loss_n + 1
+        epoch = (loop.step - 1) // run.steps_per_epoch
+        if loss_n and (loop.step % tcfg.log_every_steps == 0 or loop.step % eval_every == 0):
+          train_loss = float(loss_sum) / loss_n
+          reporter.log(loop.step, "train", {"loss": train_loss,
+                                            "grad_norm": float(m["grad_norm"])}, epoch=epoch)
+          progress.update(0, loss=f"{train_loss:.4f}")
+          loss_sum, loss_n = 0.0, 0
+        progress.update(1)
 
-  params = state.params
-  if tcfg.restore_best:
-    best = ckpts.restore_best_params(run.abstract_state().params)
-    if best is not None:
-      params = best
-  ckpts.close()
-  metrics, test_pred = final_metrics(run, params, predict_fn)
-  metrics.update(steps=loop.step, epochs=loop.step / run.steps_per_epoch,
-                 best_step=loop.best_step, stopped_early=loop.stopped_early,
-                 nonfinite_steps=loop.nonfinite_steps, train_wall_time_s=loop.wall_time_s,
-                 params_count=int(sum(p.size for p in jax.tree.leaves(params))))
-  reporter.write_json("metrics.json", metrics)
-  write_plots(reporter, run.data, test_pred)
-  reporter.close()
-  return metrics
+        evaluated = loop.step % eval_every == 0 or loop.step == run.total_steps
+        if evaluated:
+          pred = predict_windows(predict_fn, state.params, data, val_starts,
+                                 tcfg.eval_batch_size, run.mesh)
+          val_loss = float(pointwise_loss(tcfg.loss, jnp.asarray(pred), val_y,
+                                          tcfg.huber_delta).mean())
+          reporter.log(loop.step, "val", {"loss": val_loss,
+                                          **split_metrics(data, val_starts, pred)}, epoch=epoch)
+          if np.isfinite(val_loss) and val_loss < loop.best_val - tcfg.min_delta:
+            loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
+            ckpts.save_best(loop.step, state.params, val_loss)
+          else:
+            loop.bad_evals += 1
+          if tcfg.patience and loop.bad_evals >= tcfg.patience:
+            loop.stopped_early = True
+        # Preemption is checked after every step, evaluation steps included: a run that
+        # evaluates every step must still stop when asked.
+        stopping = stop.agreed()
+        if evaluated or stopping:
+          loop.wall_time_s += time.perf_counter() - t0
+          t0 = time.perf_counter()
+          ckpts.save(loop, state)
+          saved = loop.step
+        if stopping:
+          raise Preempted(stop.signum, loop.step)
+    progress.close()
+
+    params = state.params
+    if tcfg.restore_best:
+      try:
+        best = ckpts.restore_best_params(run.abstract_state().params)
+      except NoIntact as e:
+        log.warning(f"{e}; scoring the last params instead of the best")
+        best = None
+      if best is not None:
+        params = best
+    metrics, test_pred = final_metrics(run, params, predict_fn)
+    metrics.update(_summary(run, loop, params), data=data_now)
+    reporter.write_json("metrics.json", metrics)
+    write_plots(reporter, data, test_pred)
+    return metrics
+  except Exception as e:
+    if workdir_lib.is_disk_full(e):
+      raise workdir_lib.disk_full_error(e, workdir, hint()) from None
+    raise
+  finally:
+    _close_all(progress, ckpts, reporter)
+
+
+def _summary(run: Run, loop: LoopState, params: Any) -> dict:
+  """The training summary fields of metrics.json, from the loop's bookkeeping."""
+  return dict(steps=loop.step, epochs=loop.step / run.steps_per_epoch,
+              best_step=loop.best_step, stopped_early=loop.stopped_early,
+              nonfinite_steps=loop.nonfinite_steps, train_wall_time_s=loop.wall_time_s,
+              params_count=int(sum(p.size for p in jax.tree.leaves(params))))
+
+
+def _close_all(*closeables) -> None:
+  """Closes each (None skipped); if an error is already on its way out, closing errors
+  (a flush on a full disk) must not replace it, else the first one is raised."""
+  failing = sys.exc_info()[1] is not None
+  first = None
+  for c in closeables:
+    if c is None:
+      continue
+    try:
+      c.close()
+    except Exception as e:  # closing is best effort once something has failed
+      first = first or e
+  if first is not None and not failing:
+    raise first
 
 
 class _StopRequest:
@@ -499,54 +590,80 @@ def write_plots(reporter: Reporter, data: data_lib.SeriesData, test_pred: np.nda
 
 
 # ---- evaluate / predict from a finished workdir ----------------------------------------------
-def _read_config(workdir: str):
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
-    raise InputError(f"{workdir} is not a flaxlstm run: no config.json")
-  with open(cfg_path) as f:
-    return config_from_json(f.read())
-
-
 def restore_params(workdir: str, config, abstract_params: Any) -> Any:
-  """The run's best params (else those of its latest checkpoint)."""
-  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.keep_best)
-  try:
-    params = ckpts.restore_best_params(abstract_params)
-    if params is None:
-      params = ckpts.restore_latest_params(abstract_params)
-    if params is None:
-      raise InputError(f"{workdir} holds no checkpoint")
-  finally:
-    ckpts.close()
+  """The run's best params (else those of its newest intact checkpoint); reads only."""
+  del config  # the checkpoints say which steps are kept
+  with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
+    params = ckpts.restore_params(abstract_params)
+  if params is None:
+    raise InputError(f"{workdir} holds no checkpoint")
   return params
 
 
-def evaluate(workdir: str) -> dict:
-  """Recomputes the final metrics of a run from its checkpoint; writes `metrics.json`."""
-  config = _read_config(workdir)
-  run = build_run(config)
-  params = restore_params(workdir, config, run.abstract_state().params)
-  metrics, _ = final_metrics(run, params, make_predict_fn(run.model, run.mesh))
-  path = os.path.join(workdir, "metrics.json")
-  if os.path.exists(path):  # keep the training summary fields written by train_and_evaluate
-    with open(path) as f:
-      metrics = {**json.load(f), **metrics}
-  Reporter(workdir, enabled=jax.process_index() == 0).write_json("metrics.json", metrics)
+def run_scalers(workdir: str) -> data_lib.FittedScalers:
+  """The run's saved scalers (scalers.json); a legacy scalers.pkl is refused unread."""
+  path = os.path.join(workdir, "scalers.json")
+  if not os.path.lexists(path):
+    legacy = os.path.join(workdir, "scalers.pkl")
+    if os.path.lexists(legacy):
+      return data_lib.load_scalers(legacy)  # refuses, saying how to re-create them
+    raise InputError(f"{workdir} has no scalers.json; re-create it with `flaxlstm evaluate "
+                     f"--workdir {workdir} --refit-scalers`")
+  return data_lib.load_scalers(path)
+
+
+def evaluate(workdir: str, *, allow_changed_data: bool = False,
+             refit_scalers: bool = False) -> dict:
+  """Recomputes a run's final metrics from its checkpoint; writes `metrics.json`.
+
+  The data must be the bytes the run was trained on (`allow_changed_data`: score other
+  bytes, and say so) and is scaled with the run's saved scalers; `refit_scalers` fits them
+  again on the training rows instead (a run whose scalers.json is lost, or one saved as a
+  pickle by an older flaxlstm) and saves them. metrics.json is rebuilt whole, the training
+  summary from the checkpoint's bookkeeping, so a damaged one is simply replaced.
+  """
+  config, record = workdir_lib.read_run_config(workdir)
+  lock = workdir_lib.Lock(workdir, "flaxlstm evaluate")
+  with lock:
+    data_now = workdir_lib.fingerprint(data_lib.data_file(config.data.path))
+    warning = workdir_lib.check_same_data(record, data_now, workdir=workdir,
+                                          allow_changed=allow_changed_data)
+    if record is None:
+      warning = (f"{workdir} records no data fingerprint (trained by an older flaxlstm); "
+                 f"scoring {data_now['path']} as it is now")
+    scalers = None if refit_scalers else run_scalers(workdir)
+    run = build_run(config, scalers=scalers)
+    with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
+      params = ckpts.restore_params(run.abstract_state().params)
+      loop = ckpts.latest_loop()
+    if params is None:
+      raise InputError(f"{workdir} holds no checkpoint")
+    if warning:
+      log.warning(warning)
+    metrics, _ = final_metrics(run, params, make_predict_fn(run.model, run.mesh))
+    metrics.update(_summary(run, loop or LoopState(), params), data=data_now)
+    reporter = Reporter(workdir, enabled=jax.process_index() == 0)
+    if refit_scalers and reporter.enabled:
+      run.data.save_scalers(os.path.join(workdir, "scalers.json"))
+    reporter.write_json("metrics.json", metrics)
   return metrics
 
 
 def predict_file(workdir: str, data_path: str, out_path: str, *,
-                 all_windows: bool = False) -> int:
+                 all_windows: bool = False, overwrite: bool = False) -> int:
   """Forecasts `data_path` with a trained run; writes a CSV in original units.
 
   By default one forecast: the `horizon` steps after the file's last row. With
   `all_windows`, a forecast from every position that has `lookback` rows of history
   (back-testing), with the actual values beside it when the file has the targets.
-  Returns the number of forecasts written.
+  Returns the number of forecasts written. Reads the run, writes only `out_path`: never
+  over `data_path` or a file of the run, never over an existing file unless `overwrite`.
   """
   import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
-  config = _read_config(workdir)
-  scalers = data_lib.load_scalers(os.path.join(workdir, "scalers.pkl"))
+  out = workdir_lib.check_output(out_path, inputs=(data_path,), workdir=workdir,
+                                 overwrite=overwrite)
+  config, _ = workdir_lib.read_run_config(workdir)
+  scalers = run_scalers(workdir)
   data = data_lib.prepare_inference(config.data, scalers, path=data_path)
   if config.model.predict_delta and not data.has_targets:
     raise InputError(f"{data_path} lacks the target column(s) {list(data.target_names)}, "
@@ -580,8 +697,11 @@ def predict_file(workdir: str, data_path: str, out_path: str, *,
           row[f"{name}_actual"] = (float(data.y_raw[start + h, k]) if start + h < n
                                    else float("nan"))
       rows.append(row)
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  tmp = out_path + ".tmp"
-  pd.DataFrame(rows).to_csv(tmp, index=False)
-  os.replace(tmp, out_path)
+  text = pd.DataFrame(rows).to_csv(index=False)
+  try:
+    workdir_lib.write_output(out, text, overwrite=overwrite)
+  except OSError as e:
+    if workdir_lib.is_disk_full(e):
+      raise TrainingError(f"disk full writing --out {out_path}; nothing was written") from None
+    raise InputError(f"cannot write --out {out_path}: {e.strerror}") from None
   return len(starts)

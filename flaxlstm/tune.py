@@ -52,6 +52,7 @@ import numpy as np
 
 from flaxlstm import config as config_lib
 from flaxlstm import sweep as sweep_lib
+from flaxlstm import workdir as workdir_lib
 from flaxlstm.errors import InputError
 
 
@@ -121,13 +122,27 @@ def load_tune(path: str | os.PathLike[str], trials: int | None = None) -> Tune:
     spec_dict = spec_dict | {"trials": trials}
   try:
     tune = parse(spec_dict)
-    # The base config and fixed overrides once, here, rather than in every failed trial.
+    # The base config and fixed overrides once, here, rather than in every failed trial;
+    # then each choice and both ends of each range, so a value no run can take is one
+    # error now rather than the failure of every trial that draws it.
     base = config_lib.load_config(tune.config, tune.overrides)
+    sweep_lib.check_runs(tune.config, tune.overrides, [
+        (f"space '{key}' value {sweep_lib.format_value(v)}",
+         tune.overrides + (f"{key}={sweep_lib.format_value(v)}",))
+        for key, dist in tune.space.items() for v in _extremes(dist)])
   except InputError as e:
     raise InputError(f"{where}: {e}") from None
   if tune.algorithm == "tpe":
     _import_optuna()  # Missing optuna is reported before anything runs.
   return dataclasses.replace(tune, run_seed=base.seed)
+
+
+def _extremes(dist: Dist) -> tuple[Any, ...]:
+  """The values that stand for a distribution in checks: every choice, or both ends."""
+  if dist.kind == "choice":
+    return dist.choices
+  kind = int if dist.kind == "int" else float
+  return (kind(dist.low), kind(dist.high))
 
 
 def parse(spec: Any) -> Tune:
@@ -359,14 +374,16 @@ def open_store(tune: Tune, workdir: str | os.PathLike[str], *,
   path = workdir / "tune.json"
   identity = _identity(tune)
   if path.is_file():
-    stored = json.loads(path.read_text())
+    stored = workdir_lib.read_json(path, "tune store")
+    if not isinstance(stored, dict):
+      raise InputError(f"tune store {path} is not a JSON object; it is damaged")
     changed = [k for k in _IDENTITY if stored.get(k) != identity[k]]
     if changed:
       raise InputError(f"'{workdir}' holds a search with another {', '.join(changed)}; "
                        "use another --workdir")
   elif create:
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2) + "\n")
+    workdir_lib.write_atomic(path, json.dumps(identity, indent=2) + "\n")
   return read_trials(tune, workdir)
 
 
@@ -396,10 +413,10 @@ def read_trials(tune: Tune, workdir: str | os.PathLike[str]) -> list[Trial]:
   if not path.is_file():
     return []
   trials = []
-  for i, line in enumerate(path.read_text().splitlines()):
+  for i, line in enumerate(path.read_bytes().splitlines()):
     where = f"'{path}' line {i + 1}"
     try:
-      record = json.loads(line)
+      record = json.loads(line.decode("utf-8"))
       params = _from_json(tune.space, record["params"])
     except (ValueError, KeyError, TypeError):
       raise InputError(f"{where} is not a trial of this search's space") from None
@@ -438,19 +455,30 @@ def _as_sweep(tune: Tune, trials: Sequence[Trial]) -> sweep_lib.Sweep:
 
 def _value(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
   """The trial's metric, None when it has no finite one (failed or unfinished)."""
-  path = workdir / trial.name / "metrics.json"
-  if not path.is_file():
+  metrics = sweep_lib.read_metrics(workdir / trial.name / "metrics.json")
+  if metrics is None:
     return None
   split, _, name = tune.metric.partition("_")
-  value = json.loads(path.read_text())[split][name]
-  return value if math.isfinite(value) else None
+  value = metrics[split].get(name)
+  return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 # ---- running --------------------------------------------------------------------------------
 def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
              quiet: bool = False) -> Outcome:
-  """Runs the search to `tune.trials` trials, `parallel` per round; writes the results."""
+  """Runs the search to `tune.trials` trials, `parallel` per round; writes the results.
+
+  Holds the search directory's lock; SIGTERM/SIGINT are passed on to the trials training,
+  which save checkpoints, and then `Stopped` is raised (the rerun resumes them).
+  """
   workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.Lock(workdir, "flaxlstm tune"), sweep_lib.Children() as children:
+    return _run_tune(tune, workdir, children, parallel=parallel, quiet=quiet)
+
+
+def _run_tune(tune: Tune, workdir: pathlib.Path, children: sweep_lib.Children, *,
+              parallel: int, quiet: bool) -> Outcome:
   trials = open_store(tune, workdir)
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   search = make_search(tune, len(trials))
@@ -477,8 +505,9 @@ def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
       for trial in batch:
         _record(workdir, trial)
       trials += batch
-    failed = sweep_lib.run_sweep(_as_sweep(tune, batch), workdir, parallel=parallel,
-                                 quiet=True)
+    failed = sweep_lib.train_runs(_as_sweep(tune, batch), workdir, children,
+                                  parallel=parallel, quiet=True)
+    children.raise_if_stopped("tune")  # the stopped trials are recorded: rerun resumes them
     for trial in batch:
       values[trial.number] = value = _value(tune, workdir, trial)
       search.report(trial, value)
@@ -487,7 +516,7 @@ def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
         failures[trial.name] = failed[trial.name]
       say(_progress_line(tune, trial, values, failures, len(values), max(tune.trials,
                                                                         len(trials))))
-    # run_sweep listed this round's failures only; list the whole search's.
+    # train_runs listed this round's failures only; list the whole search's.
     sweep_lib.write_failures(workdir, _as_sweep(tune, trials), failures)
     aggregate(tune, workdir, trials, failures)  # After every round: watch a long search.
     ran = True
@@ -604,8 +633,11 @@ def _write_best(tune: Tune, workdir: pathlib.Path, trials: Sequence[Trial],
 
 
 def _read_best(workdir: pathlib.Path) -> dict[str, Any] | None:
-  path = workdir / "best.json"
-  return json.loads(path.read_text()) if path.is_file() else None
+  try:  # rewritten by every aggregate, so a damaged one only means "none yet"
+    best = json.loads((workdir / "best.json").read_bytes())
+  except (OSError, ValueError):
+    return None
+  return best if isinstance(best, dict) and "name" in best and "value" in best else None
 
 
 def _plot(tune: Tune, table, path: pathlib.Path) -> None:

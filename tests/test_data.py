@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
+import os
+import pickle
 from pathlib import Path
 
 import ml_collections
@@ -187,9 +190,9 @@ def test_scalers_round_trip_and_inference(tmp_path):
   frame = make_frame()
   cfg = make_cfg(write_csv(tmp_path, frame), features=("a", "b"))
   data = fdata.prepare(cfg)
-  scaler_path = tmp_path / "run" / "scalers.pkl"
+  scaler_path = tmp_path / "run" / "scalers.json"
   data.save_scalers(scaler_path)
-  assert [p.name for p in scaler_path.parent.iterdir()] == ["scalers.pkl"]  # No temp left.
+  assert [p.name for p in scaler_path.parent.iterdir()] == ["scalers.json"]  # No temp left.
   loaded = fdata.load_scalers(scaler_path)
   assert loaded.feature_names == ("a", "b") and loaded.target_names == ("OT",)
 
@@ -216,10 +219,67 @@ def test_scalers_round_trip_and_inference(tmp_path):
   expect_input_error("series too short", fdata.prepare_inference, cfg, loaded,
                      path=write_csv(tmp_path, frame.iloc[:3], "tiny.csv"))
 
-  bad = tmp_path / "bad.pkl"
-  bad.write_bytes(b"not a pickle")
-  expect_input_error("cannot read scalers file", fdata.load_scalers, bad)
-  expect_input_error("scalers file not found", fdata.load_scalers, tmp_path / "none.pkl")
+  bad = tmp_path / "bad.json"
+  bad.write_bytes(b"{not json")
+  expect_input_error("is not valid JSON", fdata.load_scalers, bad)
+  expect_input_error("scalers file not found", fdata.load_scalers, tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("kind, scale_target", [("standard", True), ("robust", True),
+                                                ("minmax", True), ("standard", False),
+                                                ("none", True)])
+def test_saved_scalers_are_plain_json_and_exact(tmp_path, kind, scale_target):
+  """Scalers are saved as numbers, not a pickle, and rebuild to the same transform bit for
+  bit (JSON keeps every float64 digit)."""
+  cfg = make_cfg(write_csv(tmp_path, make_frame()), features=("a", "b"), scaler=kind,
+                 scale_target=scale_target)
+  data = fdata.prepare(cfg)
+  path = tmp_path / "scalers.json"
+  data.save_scalers(path)
+  payload = json.loads(path.read_text())  # plain data: a JSON object of lists of numbers
+  assert payload["kind"] == kind and payload["feature_names"] == ["a", "b"]
+  loaded = fdata.load_scalers(path)
+  again = fdata.prepare(cfg, scalers=loaded)
+  np.testing.assert_array_equal(again.x, data.x)
+  np.testing.assert_array_equal(again.y, data.y)
+  y = np.linspace(-2, 2, 12).reshape(4, 3, 1)
+  np.testing.assert_array_equal(again.inverse_targets(y), data.inverse_targets(y))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda p: p.update(format="flaxlstm.scalers/1"), "is not a flaxlstm scalers file"),
+    (lambda p: p.update(kind="quantile"), "kind must be one of"),
+    (lambda p: p.update(feature_names=[]), "feature_names must be a non-empty list"),
+    (lambda p: p["features"].update(mean_=[0.0]), "mean_ must be 2 finite numbers"),
+    (lambda p: p["features"].update(scale_=[1.0, 0.0]), "scale_ has a zero"),
+    (lambda p: p["features"].pop("var_"), "expected the standard statistics"),
+    (lambda p: p["features"].update(n_samples_seen_="many"), "must be a positive integer"),
+    (lambda p: p.update(features=None), "feature statistics are missing"),
+])
+def test_malformed_scalers_file_is_one_line_naming_it(tmp_path, edit, fragment):
+  cfg = make_cfg(write_csv(tmp_path, make_frame()), features=("a", "b"))
+  path = tmp_path / "scalers.json"
+  fdata.prepare(cfg).save_scalers(path)
+  payload = json.loads(path.read_text())
+  edit(payload)
+  path.write_text(json.dumps(payload))
+  message = expect_input_error(fragment, fdata.load_scalers, path)
+  assert "\n" not in message
+
+
+def test_legacy_pickled_scalers_are_refused_unread(tmp_path):
+  marker = tmp_path / "executed"
+
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f"touch {marker}",))
+
+  path = tmp_path / "run" / "scalers.pkl"
+  path.parent.mkdir()
+  path.write_bytes(pickle.dumps(Payload()))
+  message = expect_input_error("is a pickle, which flaxlstm no longer loads",
+                               fdata.load_scalers, path)
+  assert "--refit-scalers" in message and not marker.exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
 """Fault injection on real `flaxlstm train` processes: SIGTERM, kill -9 at random moments,
-damaged checkpoints, NaN batches, unusable workdirs and mismatched checkpoints."""
+damaged checkpoints, NaN batches, unusable workdirs, mismatched checkpoints, a second
+writer, a sweep runner killed under its runs, and a disk that fills up mid-run.
 
+(Damaged and hostile run directories under evaluate/predict/train, case by case, are in
+test_workdir_corpus.py.)"""
+
+import contextlib
+import errno
 import glob
+import hashlib
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -15,12 +23,26 @@ import pytest
 
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
+from flaxlstm import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Long enough (a few seconds) to be interrupted; evaluations/checkpoints every 50 steps.
 FAULT = ["--config.train.max_steps=300", "--config.train.eval_every_steps=25",
          "--config.train.log_every_steps=10", "--config.model.dropout=0.1",
          "--config.train.patience=0"]
+
+# Runs the CLI with every train step slowed by argv[1] seconds (the numbers are unchanged):
+# a run that must still be training while other commands start beside it.
+SLOW = """
+import sys, time
+from flaxlstm import cli, train
+real = train.Run.train_batch
+def slow(self, step):
+  time.sleep(float(sys.argv[1]))
+  return real(self, step)
+train.Run.train_batch = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
 
 # Runs the CLI with a NaN put into the training batch of step argv[1] (1-based).
 NAN_INJECTOR = """
@@ -74,8 +96,10 @@ def _assert_same_run(workdir, ref):
 
 
 def _latest_steps(workdir):
+  # Finished steps only: a save under way is an orbax temporary folder ("25.orbax-...").
   return sorted(int(os.path.basename(p)) for p in
-                glob.glob(os.path.join(workdir, "checkpoints", "latest", "[0-9]*")))
+                glob.glob(os.path.join(workdir, "checkpoints", "latest", "[0-9]*"))
+                if os.path.basename(p).isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +216,195 @@ def test_full_disk_is_refused_before_training(tiny, tmp_path, monkeypatch):
     train_lib.train_and_evaluate(config_lib.load_config(tiny["exp"]), str(tmp_path / "run"))
 
 
+def _tree_bytes(folder):
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+def _one_error_line(stderr):
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+  return lines[0]
+
+
 def test_checkpoint_of_another_model_is_refused(tiny, tmp_path):
   wd = tmp_path / "run"
   out = _run(_cmd(tiny, wd, "--config.train.max_steps=50"))
   assert out.returncode == 0, out.stderr[-2000:]
   # With config.json there, the config diff names the key ...
   out = _run(_cmd(tiny, wd, "--config.train.max_steps=50", "--config.model.features=16"))
-  assert out.returncode == 2 and "model.features" in out.stderr
-  # ... and without it, the checkpoint itself does not match.
+  assert out.returncode == 2 and "model.features" in _one_error_line(out.stderr)
+  # ... and without it, the checkpoint itself does not match: one line (no orbax
+  # tracebacks from reads left running), and the run is exactly as it was.
   os.remove(wd / "config.json")
+  before = _tree_bytes(wd)
   out = _run(_cmd(tiny, wd, "--config.train.max_steps=50", "--config.model.features=16"))
   assert out.returncode == 2
-  assert "does not match this config (param" in out.stderr and "shape" in out.stderr
+  line = _one_error_line(out.stderr)
+  assert "does not match this config (param" in line and "shape" in line
+  assert _tree_bytes(wd) == before
+
+
+def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path):
+  wd = tmp_path / "run"
+  cmd = _cmd(tiny, wd, "--config.train.eval_every_steps=1", "--config.train.max_steps=30")
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT)
+  _wait_for_log(str(wd), proc, min_lines=2)
+  proc.send_signal(signal.SIGTERM)
+  code = proc.wait(timeout=60)
+  err = proc.stderr.read()
+  assert code == 128 + signal.SIGTERM, err[-2000:]
+  stopped_at = int(err.split("at step ")[1].split(";")[0])
+  assert stopped_at < 30 and stopped_at in _latest_steps(wd)
+  out = _run(cmd)
+  assert out.returncode == 0, out.stderr[-2000:]
+  metrics = json.load(open(wd / "metrics.json"))
+  assert metrics["steps"] == 30
+  lines = [(r["step"], r["split"]) for r in map(json.loads, open(wd / "metrics.jsonl"))]
+  assert len(lines) == len(set(lines))  # each step logged once across the two sessions
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, reference,
+                                                                         tmp_path):
+  wd = tmp_path / "run"
+  first = subprocess.Popen([sys.executable, "-c", SLOW, "0.05", *_cmd(tiny, wd)[3:]],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  _wait_for_log(str(wd), first)
+  others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=ROOT)
+            for cmd in (_cmd(tiny, wd), [sys.executable, "-m", "flaxlstm.cli", "evaluate",
+                                         "--workdir", str(wd)])]
+  outs = [(p.wait(timeout=120), p.stderr.read()) for p in others]
+  first.send_signal(signal.SIGTERM)
+  assert first.wait(timeout=60) == 128 + signal.SIGTERM
+  for code, err in outs:
+    assert code == 2
+    assert f"is in use by pid {first.pid} on" in _one_error_line(err)
+  # The lock file still names the dead process; the kernel dropped its lock, so the
+  # rerun takes over and ends exactly as the uninterrupted run.
+  assert str(first.pid) in (wd / workdir_lib.LOCK_NAME).read_text()
+  out = _run(_cmd(tiny, wd))
+  assert out.returncode == 0, out.stderr[-2000:]
+  _assert_same_run(str(wd), reference)
+
+
+def _sweep_cmd(sweep_file, workdir):
+  return [sys.executable, "-m", "flaxlstm.cli", "sweep", str(sweep_file), "--workdir",
+          str(workdir), "--quiet"]
+
+
+def _wait_until(predicate, timeout=60, what="condition"):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny, tmp_path):
+  sweep_file = tmp_path / "one_run.py"
+  sweep_file.write_text("def get_sweep():\n  return " + repr({
+      "config": tiny["exp"], "overrides": [o.removeprefix("--config.") for o in FAULT],
+      "seeds": [0]}) + "\n")
+  wd = tmp_path / "sweep"
+  run_dir = wd / "seed=0"
+  log_lines = lambda: sum(1 for _ in open(run_dir / "metrics.jsonl")) if (
+      run_dir / "metrics.jsonl").exists() else 0
+
+  # SIGTERM to the runner: passed on, the run saves a checkpoint, the runner waits for it.
+  runner = subprocess.Popen(_sweep_cmd(sweep_file, wd), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  _wait_until(lambda: log_lines() >= 2 or runner.poll() is not None, what="training")
+  runner.send_signal(signal.SIGTERM)
+  assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+  assert "sweep stopped by signal 15" in runner.stderr.read()
+  assert workdir_lib.lock_holder(run_dir) is None  # the run is not left training
+  first_stop = _latest_steps(run_dir)[-1]
+  assert not (run_dir / "metrics.json").exists()
+
+  # kill -9 of the runner: its run is told to stop (the kernel's parent-death signal) and
+  # saves a checkpoint; it never trains on beside the next runner.
+  runner = subprocess.Popen(_sweep_cmd(sweep_file, wd), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+  seen = log_lines()
+  _wait_until(lambda: log_lines() > seen + 1, what="the resumed run")
+  runner.kill()
+  runner.wait()
+  _wait_until(lambda: workdir_lib.lock_holder(run_dir) is None, what="the orphaned run")
+  log = (wd / "logs" / "seed=0.log").read_text()
+  assert "stopped by signal 15 at step" in log
+  assert first_stop < _latest_steps(run_dir)[-1] < 300
+  assert not (run_dir / "metrics.json").exists()
+
+  out = _run(_sweep_cmd(sweep_file, wd))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.load(open(run_dir / "metrics.json"))["steps"] == 300
+
+
+# Runs the CLI with every metrics write after step argv[1] failing as on a full disk:
+# used where this machine cannot mount a small tmpfs to fill for real.
+FULL_DISK_INJECTOR = """
+import errno, sys
+from flaxlstm import cli, report
+real = report.Reporter.log
+def log(self, step, *args, **kwargs):
+  if step > int(sys.argv[1]):
+    raise OSError(errno.ENOSPC, "No space left on device", str(self.workdir / "metrics.jsonl"))
+  return real(self, step, *args, **kwargs)
+report.Reporter.log = log
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@contextlib.contextmanager
+def _small_disk(folder):
+  """A 24 MiB tmpfs at `folder` (True), or False where mounting is not allowed."""
+  folder.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)],
+                           capture_output=True).returncode == 0
+  try:
+    yield mounted
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder):
+  with open(folder / "filler", "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * (1 << 16))
+        f.flush()
+    except OSError as e:
+      assert e.errno == errno.ENOSPC
+
+
+def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, reference,
+                                                                       tmp_path):
+  with _small_disk(tmp_path / "disk") as real:
+    wd = tmp_path / "disk" / "run"
+    if real:  # the run fills a real filesystem: orbax, TensorBoard and our own writes
+      proc = subprocess.Popen(_cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+      _wait_until(lambda: _latest_steps(wd) or proc.poll() is not None, what="a checkpoint")
+      _fill(tmp_path / "disk")
+      code = proc.wait(timeout=120)
+      err = proc.stderr.read()
+    else:
+      out = _run([sys.executable, "-c", FULL_DISK_INJECTOR, "110", *_cmd(tiny, wd)[3:]])
+      code, err = out.returncode, out.stderr
+    assert code == 1, err[-3000:]
+    line = _one_error_line(err)
+    assert line.startswith(f"error: disk full in {wd}") and "rerun the same command" in line
+    saved = _latest_steps(wd)
+    assert saved and f"checkpoint is step {saved[-1]}" in line
+    if real:
+      os.remove(tmp_path / "disk" / "filler")
+    out = _run(_cmd(tiny, wd))
+    assert out.returncode == 0, out.stderr[-2000:]
+    _assert_same_run(str(wd), reference)
+    steps = lambda d: [(r["step"], r["split"]) for r in map(json.loads, open(
+        os.path.join(d, "metrics.jsonl")))]
+    assert steps(wd) == steps(reference)  # no line twice, none missing

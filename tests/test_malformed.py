@@ -25,7 +25,7 @@ from flaxlstm import cli
 CORPUS = pathlib.Path(__file__).resolve().parent / "data" / "malformed"
 CASES = json.loads((CORPUS / "cases.json").read_text())
 # Files used by the harness itself rather than named by a case.
-_SUPPORT_FILES = {"cases.json", "make_corpus.py", "base.py"}
+_SUPPORT_FILES = {"cases.json", "make_corpus.py", "base.py", "workdir_cases.json"}
 
 
 def _params():

@@ -115,22 +115,23 @@ def test_bad_sweep_file_is_an_input_error(tmp_path, capsys):
 
 
 def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, capsys):
-  # Two good settings and one whose value fails validation inside its own subprocess.
+  # Two good settings and one that fails inside its own subprocess: a batch larger than
+  # the training set is a valid config but not for this data.
   path = _write_sweep(tmp_path / "tiny_sweep.py", {
       "config": tiny["exp"], "overrides": ["train.max_steps=10"],
-      "grid": {"model.dropout": [0.0, 0.1, 1.5]}, "seeds": [0]})
+      "grid": {"train.batch_size": [16, 32, 1024]}, "seeds": [0]})
   workdir = tmp_path / "runs"
   args = ["sweep", path, "--workdir", str(workdir), "--parallel", "2"]
   assert cli.main(args) == 1
   out, err = capsys.readouterr()
-  good = ["model.dropout=0.0,seed=0", "model.dropout=0.1,seed=0"]
-  bad = "model.dropout=1.5,seed=0"
+  good = ["train.batch_size=16,seed=0", "train.batch_size=32,seed=0"]
+  bad = "train.batch_size=1024,seed=0"
   for name in good:
     assert (workdir / name / "metrics.json").is_file()
-  assert not (workdir / bad).exists()  # nothing is written before the config validates
+  assert not (workdir / bad).exists()  # nothing is written before the data validates
   assert f"FAILED  {bad}" in out and "1 of 3 runs failed" in err
   failures = (workdir / "failures.txt").read_text()
-  assert failures.startswith(bad) and "error: config key 'model.dropout'" in failures
+  assert failures.startswith(bad) and "error: train.batch_size=1024 is larger" in failures
 
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -138,11 +139,11 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
   for r in rows[:2]:
     assert float(r["test_mse"]) > 0 and float(r["naive_test_mse"]) > 0
-    assert int(r["params_count"]) > 0 and r["seed"] == "0" and r["model.dropout"]
+    assert int(r["params_count"]) > 0 and r["seed"] == "0" and r["train.batch_size"]
   table = (workdir / "results.md").read_text()
-  assert table.splitlines()[0].startswith("| model.dropout | runs | val_mse | test_mse")
+  assert table.splitlines()[0].startswith("| train.batch_size | runs | val_mse | test_mse")
   assert "1 of 3 runs have no results" in table
-  assert (workdir / "model.dropout.png").stat().st_size > 0
+  assert (workdir / "train.batch_size.png").stat().st_size > 0
 
   # Rerun: the finished runs are skipped (their metrics untouched), the bad one fails again.
   stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good]
@@ -156,3 +157,68 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   (workdir / "results.csv").unlink()
   assert cli.main(["sweep", path, "--workdir", str(workdir), "--aggregate-only"]) == 0
   assert (workdir / "results.csv").is_file()
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"overrides": ["train.lr=1"]}, "base config"),
+    ({"overrides": ["train.max_steps=-3"]}, "base config"),
+    ({"grid": {"model.dropout": [0.0, 1.5]}}, "run model.dropout=1.5,seed=0: config key"),
+    ({"overrides": ["data.path=/no/such/file.csv"]}, "data file not found"),
+])
+def test_every_run_is_validated_before_any_is_launched(tiny, tmp_path, capsys, spec,
+                                                       fragment):
+  path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"], **spec})
+  workdir = tmp_path / "runs"
+  for mode in ([], ["--dry-run"], ["--slurm"]):
+    assert cli.main(["sweep", path, "--workdir", str(workdir), *mode]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sweep file") and fragment in err and err.count("\n") == 1
+    assert not workdir.exists()  # nothing launched, nothing written
+
+
+def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
+  import shlex
+  import subprocess
+  path = _write_sweep(tmp_path / "s.py", {"config": "experiments/ett.py",
+                                          "grid": {"model.dropout": [0.0, 0.2]}})
+  workdir = tmp_path / "my runs" / "drop out"
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--slurm"]) == 0
+  script = (workdir / "sweep.sbatch").read_text()
+  # sbatch splits an #SBATCH line at blanks unless quoted, as a shell does.
+  output = [l for l in script.splitlines() if l.startswith("#SBATCH --output")][0]
+  assert shlex.split(output)[1] == f"--output={workdir}/logs/slurm-%A_%a.out"
+  # The case body under bash, with a stand-in srun that records its arguments.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
+  (bin_dir / "srun").chmod(0o755)
+  record = tmp_path / "args.txt"
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1",
+         "SRUN_ARGS": str(record)}
+  done = subprocess.run(["bash", str(workdir / "sweep.sbatch")], env=env, cwd=REPO,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  args = record.read_text().splitlines()
+  assert args[args.index("--workdir") + 1] == f"{workdir}/model.dropout=0.2,seed=0"
+
+
+def test_a_second_runner_on_a_busy_sweep_is_refused(tiny, tmp_path, capsys):
+  from flaxlstm import workdir as workdir_lib
+  path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"],
+                                          "overrides": ["train.max_steps=5"]})
+  workdir = tmp_path / "runs"
+  workdir.mkdir()
+  with workdir_lib.Lock(workdir, "another sweep runner"):
+    assert cli.main(["sweep", path, "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "is in use by pid" in err and err.count("\n") == 1
+  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_NAME]
+
+
+def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
+  run = sweep_lib.Run("seed=0", {}, 0, ("seed=0",))
+  (tmp_path / "seed=0").mkdir()
+  for text in ('{"val": {"mse": 0.1', "[1]", '{"val": {}, "test": {}}'):
+    (tmp_path / "seed=0" / "metrics.json").write_text(text)
+    assert not sweep_lib.is_done(tmp_path, run)  # rerunning the sweep rewrites it
+    assert sweep_lib.result_row(tmp_path, run, {})["status"] == "damaged"

@@ -37,7 +37,7 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   val = [r["loss"] for r in _lines(wd) if r["split"] == "val"]
   assert val[-1] < 0.5 * val[0]
   assert m["val"]["mse"] < m["baselines"]["naive"]["val"]["mse"]  # a seasonal series
-  for name in ("config.json", "metrics.json", "metrics.jsonl", "scalers.pkl",
+  for name in ("config.json", "metrics.json", "metrics.jsonl", "scalers.json",
                "learning_curves.png", "forecast_test.png"):
     assert os.path.getsize(os.path.join(wd, name)) > 0, name
   assert os.listdir(os.path.join(wd, "tensorboard"))
@@ -46,7 +46,7 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   assert set(saved["test"]) >= {"mse", "mae", "rmse", "mse_original", "mae_original"}
   assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear"}
   # Original-unit metrics are the scaled ones times the target's variance.
-  scale = data_lib.load_scalers(os.path.join(wd, "scalers.pkl")).target_scaler.scale_[0]
+  scale = data_lib.load_scalers(os.path.join(wd, "scalers.json")).target_scaler.scale_[0]
   np.testing.assert_allclose(saved["test"]["mse_original"], saved["test"]["mse"] * scale**2,
                              rtol=1e-4)
 
@@ -77,19 +77,32 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
   ref_metrics = train_lib.train_and_evaluate(_config(tiny, *overrides), ref)
 
   wd = str(tmp_path / "interrupted")
-  real_augment, calls = data_lib.augment, []
+  real_augment = data_lib.augment
 
-  def dying_augment(*args):
-    calls.append(1)
-    if len(calls) == 17:  # mid-way between the checkpoints at steps 10 and 20
-      raise _Interrupt()
-    return real_augment(*args)
+  def dies_at(step):
+    calls = []
 
-  monkeypatch.setattr(data_lib, "augment", dying_augment)
+    def dying_augment(*args):
+      calls.append(1)
+      if len(calls) == step:
+        raise _Interrupt()
+      return real_augment(*args)
+    return dying_augment
+
+  # Killed at step 7, before the first checkpoint (step 10): the rerun starts over, and
+  # the lines logged at step 5 must not be left to appear twice.
+  monkeypatch.setattr(data_lib, "augment", dies_at(7))
+  with pytest.raises(_Interrupt):
+    train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
+  assert [r["step"] for r in _lines(wd)] == [5] and not os.path.exists(
+      os.path.join(wd, "checkpoints", "latest", "10"))
+  # Then at step 17, mid-way between the checkpoints at steps 10 and 20.
+  monkeypatch.setattr(data_lib, "augment", dies_at(17))
   with pytest.raises(_Interrupt):
     train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
   monkeypatch.setattr(data_lib, "augment", real_augment)
-  assert Checkpoints(os.path.join(wd, "checkpoints")).latest.latest_step() == 10
+  with Checkpoints(os.path.join(wd, "checkpoints"), read_only=True) as ckpts:
+    assert ckpts.steps("latest") == [10]
 
   metrics = train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
   for key in ("val", "test", "steps", "best_step"):

@@ -166,11 +166,11 @@ def test_dry_run_and_bad_files(tiny, tmp_path, capsys):
   assert "config file 'nope.py' does not exist" in capsys.readouterr().err
 
 
-def _fake_run_sweep(trained: list[list[str]], crash: set[str]):
-  """Stands in for sweep.run_sweep: "trains" instantly, val_mse from the values."""
+def _fake_train_runs(trained: list[list[str]], crash: set[str]):
+  """Stands in for sweep.train_runs: "trains" instantly, val_mse from the values."""
 
-  def run_sweep(sweep, workdir, *, parallel=1, quiet=False):
-    del parallel, quiet
+  def train_runs(sweep, workdir, children, *, parallel=1, quiet=False):
+    del children, parallel, quiet
     trained.append([r.name for r in sweep.runs])
     failures = {}
     for run in sweep.runs:
@@ -185,13 +185,13 @@ def _fake_run_sweep(trained: list[list[str]], crash: set[str]):
       (workdir / run.name / "metrics.json").write_text(json.dumps(metrics))
     return failures
 
-  return run_sweep
+  return train_runs
 
 
 def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(tiny, tmp_path,
                                                                     monkeypatch, capsys):
   trained = []
-  monkeypatch.setattr(sweep_lib, "run_sweep", _fake_run_sweep(trained, {"trial_001"}))
+  monkeypatch.setattr(sweep_lib, "train_runs", _fake_train_runs(trained, {"trial_001"}))
   path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 3})
   workdir = tmp_path / "runs"
   args = ["tune", path, "--workdir", str(workdir)]
@@ -207,7 +207,7 @@ def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(tiny, tmp_pa
   killed = tune_lib.Trial(3, tune_lib.random_params(tune, 99))
   tune_lib._record(workdir, killed)
   trained.clear()
-  monkeypatch.setattr(sweep_lib, "run_sweep", _fake_run_sweep(trained, set()))
+  monkeypatch.setattr(sweep_lib, "train_runs", _fake_train_runs(trained, set()))
   assert cli.main(args + ["--trials", "5", "--quiet"]) == 0
   assert trained == [["trial_001"], ["trial_003"], ["trial_004"]]
   assert not (workdir / "failures.txt").exists()
@@ -225,20 +225,22 @@ def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(tiny, tmp_pa
 
 
 def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
-  # Seed 2 draws dropout 1.5, 0.0, 0.1: trial 0 fails validation in its own process, the
-  # search goes on, and trials 1 and 2 train (10 steps each).
+  # Seed 2 draws batch sizes 1024, 16, 32: trial 0 fails in its own process (a valid
+  # config, but more than the training windows), the search goes on, and trials 1 and 2
+  # train (10 steps each).
   spec = {"config": tiny["exp"], "overrides": ["train.max_steps=10"],
-          "space": {"model.dropout": {"choice": [0.0, 0.1, 1.5]},
+          "space": {"train.batch_size": {"choice": [16, 32, 1024]},
                     "train.learning_rate": {"loguniform": [1e-3, 1e-2]}},
           "trials": 3, "algorithm": "random", "seed": 2}
   tune = tune_lib.parse(spec)
-  assert [tune_lib.random_params(tune, i)["model.dropout"] for i in range(3)] == [1.5, 0.0, 0.1]
+  assert [tune_lib.random_params(tune, i)["train.batch_size"] for i in range(3)] == [
+      1024, 16, 32]
   path = _write_tune(tmp_path / "tiny_tune.py", spec)
   workdir = tmp_path / "runs"
   args = ["tune", path, "--workdir", str(workdir)]
   assert cli.main(args) == 0
   out, err = capsys.readouterr()
-  assert "[1/3] FAILED  trial_000: exit 2: error: config key 'model.dropout'" in out
+  assert "[1/3] FAILED  trial_000: exit 2: error: train.batch_size=1024 is larger" in out
   assert "1 of 3 trials failed" in err
   good = ["trial_001", "trial_002"]
   metrics = {n: json.loads((workdir / n / "metrics.json").read_text()) for n in good}
@@ -261,7 +263,7 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
   assert best["command"].startswith(f"flaxlstm train --config {tiny['exp']} --workdir "
                                     f"{workdir}/best --config.train.max_steps=10")
   table = (workdir / "results.md").read_text().splitlines()
-  assert table[2].startswith("| rank | trial | model.dropout | train.learning_rate | val_mse")
+  assert table[2].startswith("| rank | trial | train.batch_size | train.learning_rate | val_mse")
   assert table[4].startswith(f"| 1 | {winner} |")
   assert "trial_000 (failed)" in table[-1]
   assert (workdir / "trials.png").stat().st_size > 0
@@ -270,7 +272,7 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
   stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good]
   assert cli.main(args + ["--quiet"]) == 0
   assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good] == stamps
-  assert "trial_000\texit 2: error: config key" in (workdir / "failures.txt").read_text()
+  assert "trial_000\texit 2: error: train.batch_size" in (workdir / "failures.txt").read_text()
   assert cli.main(args + ["--dry-run"]) == 0
   dry = capsys.readouterr().out.strip().splitlines()
   assert [l.startswith("# done: ") for l in dry] == [False, True, True]
@@ -283,3 +285,33 @@ def test_shipped_tune_files_load(monkeypatch):
   for f in files:
     tune = tune_lib.load_tune(f)
     assert tune.trials >= 10 and tune.metric.startswith("val_")
+
+
+def test_a_value_no_trial_can_take_is_refused_before_the_search(tiny, tmp_path, capsys):
+  path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "trials": 3,
+                                         "space": {"model.dropout": {"choice": [0.1, 1.5]}}})
+  workdir = tmp_path / "runs"
+  assert cli.main(["tune", path, "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert "space 'model.dropout' value 1.5: config key 'model.dropout'" in err
+  assert err.count("\n") == 1 and not workdir.exists()
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("tune.json", b'{"config": ', "is not valid JSON"),
+    ("tune.json", b"\xff\xfe", "is not UTF-8 text"),
+    ("tune.json", b"[]", "is not a JSON object"),
+    ("trials.jsonl", b'{"trial": 0, "params": \xff}\n', "is not a trial of this search"),
+])
+def test_a_damaged_search_store_is_one_line(tiny, tmp_path, capsys, name, content, fragment):
+  path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 2,
+                                         "algorithm": "random"})
+  workdir = tmp_path / "runs"
+  tune_lib.open_store(tune_lib.load_tune(path), workdir)  # a search that has begun
+  (workdir / name).write_bytes(content)
+  before = sorted(p.name for p in workdir.iterdir())
+  assert cli.main(["tune", path, "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+  assert "Traceback" not in err
+  assert sorted(p.name for p in workdir.iterdir()) == before
