@@ -4,8 +4,8 @@ The public API is the neural-network core; importing it stays light (no orbax, s
 pandas or matplotlib), so researchers can drop the cell into their own models.
 """
 
-from flaxlstm.cell import LSTMCell, from_flax_params, from_torch_lstm
-from flaxlstm.layers import LSTM, Bidirectional, StackedLSTM, flip_sequences
+from flaxlstm.nn import (LSTM, Bidirectional, LSTMCell, StackedLSTM, flip_sequences,
+                         from_flax_params, from_torch_lstm)
 
 __version__ = "0.1.0"
 

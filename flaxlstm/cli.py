@@ -30,17 +30,23 @@ from typing import Sequence
 
 from flaxlstm.errors import InputError, Stopped, TrainingError
 
-DEFAULT_EXPERIMENT = "experiments/ett.py"
+# The packaged default experiment: what a new user gets, from whatever directory.
+DEFAULT_EXPERIMENT = "ett"
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="flaxlstm", description="Train LSTM forecasters.")
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--verbose", "-v", action="store_true",
+                      help="also print what the library logs at INFO level")
   sub = p.add_subparsers(dest="command", required=True)
-  t = sub.add_parser("train", help="train (or resume) a run",
+  t = sub.add_parser("train", help="train (or resume) a run", parents=[common],
                      epilog="Any config field can be overridden: --config.train.batch_size=64")
   t.add_argument("--config", default=None,
-                 help=f"experiment file[:arg] (default: {DEFAULT_EXPERIMENT} if present, "
-                      "else the built-in defaults)")
+                 help=f"a packaged recipe NAME[:ARG] ({DEFAULT_EXPERIMENT}, ett_univariate:"
+                      "168, ...; default: the packaged default experiment, "
+                      f"{DEFAULT_EXPERIMENT}), an experiment file.py[:ARG], or a run's "
+                      "config.json")
   t.add_argument("--workdir", default=None, help="run directory (default: runs/<name>-<time>)")
   t.add_argument("--resume", action="store_true",
                  help="require an existing run in --workdir (rerunning resumes anyway)")
@@ -50,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--allow-changed-data", action="store_true",
                  help="resume or finish a run although its data file has changed since "
                       "it was trained (recorded in metrics.json)")
-  t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+  t.add_argument("--quiet", action="store_true",
+                 help="no progress bar or summary (warnings and errors still print)")
   d = t.add_argument_group("multi-process (see launch/)")
   d.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() with JAX's cluster auto-detection "
@@ -59,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--num_processes", type=int)
   d.add_argument("--process_id", type=int)
   d.add_argument("--local_devices", type=int, help="CPU devices per process (CPU only)")
-  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run")
+  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run",
+                     parents=[common])
   e.add_argument("--workdir", required=True)
   e.add_argument("--allow-changed-data", action="store_true",
                  help="score the data file although it is not the one the run was "
@@ -67,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--refit-scalers", action="store_true",
                  help="fit the scalers again on the training rows and save scalers.json "
                       "(a run without one, or with a legacy scalers.pkl)")
-  pr = sub.add_parser("predict", help="forecast a new file with a trained run")
+  pr = sub.add_parser("predict", help="forecast a new file with a trained run",
+                      parents=[common])
   pr.add_argument("--workdir", required=True)
   pr.add_argument("--data", required=True, help="CSV/Parquet with the run's columns")
   pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
@@ -75,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                   help="forecast from every position, not only from the end of the file")
   pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   sw = sub.add_parser("sweep", help="run a sweep file's grid of runs and aggregate them",
-                      description="See flaxlstm/sweep.py for the sweep file format.")
+                      description="See flaxlstm/search/sweep.py for the sweep file format.",
+                      parents=[common])
   sw.add_argument("sweep_file", help="experiments/sweeps/NAME.py (defines get_sweep())")
   sw.add_argument("--workdir", default=None, help="sweep directory (default: runs/NAME)")
   sw.add_argument("--parallel", type=int, default=1, help="runs trained at a time")
@@ -87,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="only (re)write results.csv, results.md and the plots")
   sw.add_argument("--quiet", action="store_true", help="no per-run progress lines")
   tu = sub.add_parser("tune", help="search hyperparameters (random or TPE) over a tune file",
-                      description="See flaxlstm/tune.py for the tune file format.")
+                      description="See flaxlstm/search/tune.py for the tune file format.",
+                      parents=[common])
   tu.add_argument("tune_file", help="experiments/tune/NAME.py (defines get_tune())")
   tu.add_argument("--workdir", default=None, help="search directory (default: runs/NAME)")
   tu.add_argument("--parallel", type=int, default=1,
@@ -133,11 +144,9 @@ def _summary(metrics: dict) -> str:
 def _train(args, overrides: list[str]) -> int:
   from flaxlstm import config as config_lib  # imported late: `--help` stays instant
   from flaxlstm import parallel
-  from flaxlstm import sweep as sweep_lib
-  sweep_lib.follow_parent()  # a run of a sweep or tune stops when its runner dies
-  spec = args.config
-  if spec is None and os.path.exists(DEFAULT_EXPERIMENT):
-    spec = DEFAULT_EXPERIMENT
+  from flaxlstm.search import runner
+  runner.follow_parent()  # a run of a sweep or tune stops when its runner dies
+  spec = DEFAULT_EXPERIMENT if args.config is None else args.config
   config = config_lib.load_config(spec, overrides)
   # Before anything asks JAX for its devices: join the other processes, if any.
   if args.distributed or args.coordinator or args.num_processes:
@@ -148,7 +157,7 @@ def _train(args, overrides: list[str]) -> int:
   from flaxlstm import train as train_lib
   workdir = args.workdir
   if workdir is None:
-    name = os.path.splitext(os.path.basename((spec or "default").split(":")[0]))[0]
+    name = os.path.splitext(os.path.basename(spec.split(":")[0]))[0]
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
   try:
     metrics = train_lib.train_and_evaluate(
@@ -175,15 +184,16 @@ def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
 
 
 def _sweep(args) -> int:
-  from flaxlstm import sweep as sweep_lib  # imported late: `--help` stays instant
+  from flaxlstm.search import runner  # imported late: `--help` stays instant
+  from flaxlstm.search import sweep as sweep_lib
   sweep = sweep_lib.load_sweep(args.sweep_file)
   name, workdir = _name_and_workdir(args.sweep_file, args)
   if args.dry_run:
-    print("\n".join(sweep_lib.dry_run_lines(sweep, workdir)))
+    print("\n".join(runner.dry_run_lines(sweep.config, sweep.runs, workdir)))
     return 0
   if args.slurm:
-    script = sweep_lib.slurm_script(sweep, workdir, name=name,
-                                    parallel=args.parallel if args.parallel > 1 else 0)
+    script = runner.slurm_script(sweep.config, sweep.runs, workdir, name=name,
+                                 parallel=args.parallel if args.parallel > 1 else 0)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     with open(os.path.join(workdir, "sweep.sbatch"), "w") as f:
       f.write(script)
@@ -191,7 +201,7 @@ def _sweep(args) -> int:
     print(f"# written to {os.path.join(workdir, 'sweep.sbatch')}", file=sys.stderr)
     return 0
   if args.aggregate_only:
-    from flaxlstm import workdir as workdir_lib
+    from flaxlstm.train import workdir as workdir_lib
     os.makedirs(workdir, exist_ok=True)
     with workdir_lib.Lock(workdir, "flaxlstm sweep --aggregate-only"):
       sweep_lib.aggregate(sweep, workdir)
@@ -208,7 +218,7 @@ def _sweep(args) -> int:
 
 
 def _tune(args) -> int:
-  from flaxlstm import tune as tune_lib  # imported late: `--help` stays instant
+  from flaxlstm.search import tune as tune_lib  # imported late: `--help` stays instant
   tune = tune_lib.load_tune(args.tune_file, trials=args.trials)
   _, workdir = _name_and_workdir(args.tune_file, args)
   if args.dry_run:
@@ -320,7 +330,7 @@ def _log_to_stderr() -> None:
     handler = _Stderr()
     handler.setFormatter(_OneLine())
     logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
+  logger.setLevel(logging.WARNING)  # --verbose: INFO, set once the arguments are read
   logger.propagate = False
   if os.environ.get("FLAXLSTM_DEBUG"):
     return
@@ -360,6 +370,8 @@ def _main(argv: list[str]) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
+    if args.verbose:
+      logging.getLogger("flaxlstm").setLevel(logging.INFO)
     if overrides and args.command != "train":
       raise InputError(f"--config.* overrides only apply to `train`, not `{args.command}`")
     if args.command == "train":
@@ -391,7 +403,7 @@ def _main(argv: list[str]) -> int:
     print("interrupted", file=sys.stderr)
     return 130
   except OSError as e:
-    from flaxlstm import workdir as workdir_lib
+    from flaxlstm.train import workdir as workdir_lib
     if not workdir_lib.is_disk_full(e):
       raise
     where = f" writing {e.filename}" if e.filename else ""

@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from flaxlstm import config as config_lib
-from flaxlstm import workdir as workdir_lib
+from flaxlstm import fileio
 
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Reporter:
     lr = np.array([(r["step"], r["lr"]) for r in records
                    if r.get("split") == "train" and "lr" in r], dtype=float).T
     panels = 2 if lr.size else 1
-    fig = _figure(figsize=(9, 4 + 2 * (panels - 1)))
+    fig = figure(figsize=(9, 4 + 2 * (panels - 1)))
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
                         height_ratios=[3, 1][:panels])
     ax = axes[0, 0]
@@ -224,7 +224,7 @@ class Reporter:
     # Baselines are dashed and muted so the model line stays the one the eye follows.
     colors = ["tab:gray", "tab:green", "tab:purple", "tab:brown"]
 
-    fig = _figure(figsize=(11, 10))
+    fig = figure(figsize=(11, 10))
     ax1, ax2, ax3 = fig.subplots(3, 1, height_ratios=[2, 1.4, 1.2])
     ax1.plot(x, y_true[:count, 0], color="black", lw=1.3, label="actual")
     ax1.plot(x, y_pred[:count, 0], color="tab:red", lw=1.1, label="model")
@@ -291,7 +291,7 @@ class Reporter:
     """Writes via a temporary file and os.replace, so the file is whole or absent."""
     path = self.workdir / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_atomic(path, text)
+    fileio.write_atomic(path, text)
     return path
 
   def _save_figure(self, fig, name: str) -> pathlib.Path:
@@ -304,7 +304,7 @@ class Reporter:
   def _write_bytes(self, name: str, data: bytes) -> pathlib.Path:
     path = self.workdir / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_atomic(path, data)
+    fileio.write_atomic(path, data)
     return path
 
 
@@ -373,7 +373,7 @@ class Progress:
     self.close()
 
 
-def _figure(**kwargs: Any):
+def figure(**kwargs: Any):
   """A matplotlib Figure that renders with Agg, bypassing pyplot.
 
   pyplot's global backend and figure registry would need a display or a `use("Agg")`

@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 
 from flaxlstm import config as config_lib  # noqa: E402
 from flaxlstm import train as train_lib  # noqa: E402
+from flaxlstm.train.assembly import assemble  # noqa: E402
+from flaxlstm.train.step import make_train_step  # noqa: E402
 
 LAYOUTS = {  # name -> (devices, mesh.data, mesh.fsdp, mesh.model)
     "single": (1, 1, 1, 1),
@@ -35,10 +37,11 @@ def _train_steps(exp: str, layout: str, steps: int = 6):
                                         f"mesh.model={model}", "model.dropout=0.2",
                                         "model.recurrent_dropout=0.2",
                                         "data.augment.jitter=0.05"])
-  run = train_lib.build_run(config, jax.devices()[:n])
+  spec = config_lib.to_spec(config)
+  run = assemble(spec, jax.devices()[:n])
   state = run.init_state()
-  step = train_lib.make_train_step(run.model, run.tx, config.train, config.seed, run.mesh,
-                                   run.state_sharding())
+  step = make_train_step(run.model, run.tx, spec.train, spec.seed, run.mesh,
+                         run.state_sharding())
   losses = []
   for i in range(steps):
     state, m = step(state, *run.train_batch(i))

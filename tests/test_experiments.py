@@ -1,4 +1,4 @@
-"""The shipped experiment recipes: ETTh1 univariate/multivariate at every horizon.
+"""The packaged ETT recipes: ETTh1 univariate/multivariate at every horizon.
 
 Each recipe must load and validate at all five Informer horizons with the protocol's split,
 columns and windows, and must run unchanged on another ETT-format file
@@ -16,11 +16,9 @@ import pandas as pd
 import pytest
 
 from flaxlstm import config as config_lib
-from flaxlstm import data as data_lib
 from flaxlstm import train as train_lib
+from flaxlstm.data import series
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-ETT = ROOT / "experiments" / "ett"
 HORIZONS = (24, 48, 168, 336, 720)
 COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
@@ -28,7 +26,7 @@ COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 @pytest.mark.parametrize("setting", ["univariate", "multivariate"])
 @pytest.mark.parametrize("horizon", HORIZONS)
 def test_ett_recipe_follows_the_informer_protocol(setting, horizon):
-  config = config_lib.load_config(f"{ETT / setting}.py:{horizon}")
+  config = config_lib.load_config(f"ett_{setting}:{horizon}")
   assert config.data.split == "ett"  # rows [0, 8640), [8640, 11520), [11520, 14400)
   assert config.data.scaler == "standard"
   assert config.data.horizon == horizon
@@ -39,8 +37,8 @@ def test_ett_recipe_follows_the_informer_protocol(setting, horizon):
 
 
 def test_ett_recipe_splits_the_bundled_file_12_4_4_months():
-  config = config_lib.load_config(f"{ETT / 'univariate'}.py:24")
-  bounds = data_lib.prepare(config.data).bounds
+  config = config_lib.load_config("ett_univariate:24")
+  bounds = series.prepare(config_lib.to_spec(config).data).bounds
   assert bounds == {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
 
 
@@ -59,12 +57,12 @@ def _ett_format_file(path: pathlib.Path, rows: int = 14400) -> pathlib.Path:
 def test_ett_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   other = _ett_format_file(tmp_path / "ETTlike.csv")
   config = config_lib.load_config(
-      f"{ETT / 'multivariate'}.py:24",
-      [f"data.path={other}", "train.max_steps=2", "model.features=8,", "train.batch_size=16"])
+      "ett_multivariate:24",
+      [f"data.path={other}", "train.max_steps=2", "model.hidden_sizes=8,", "train.batch_size=16"])
   workdir = tmp_path / "run"
   metrics = train_lib.train_and_evaluate(config, str(workdir))
   assert np.isfinite(metrics["test"]["mse"])
   saved = json.loads((workdir / "config.json").read_text())
   assert os.path.samefile(saved["data"]["path"], other)
   # The same protocol as on ETTh1: the split is by rows, whatever the file's dates.
-  assert data_lib.prepare(config.data).bounds["test"] == (11520, 14400)
+  assert series.prepare(config_lib.to_spec(config).data).bounds["test"] == (11520, 14400)

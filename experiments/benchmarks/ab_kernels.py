@@ -1,8 +1,9 @@
 """Interleaved A/B of the fused LSTM kernels: the working tree against a git revision.
 
 Builds flaxlstm's benchmark train step (`train_step.make_flaxlstm`) twice in one process:
-once with `flaxlstm/kernels.py` as it is now, and once with the fused forward/backward
-functions of `kernels.py` at `--rev` (loaded from `git show`). It then times them step by
+once with `flaxlstm/nn/recurrence.py` as it is now, and once with the fused forward/backward
+functions of that file at `--rev` (loaded from `git show`; `flaxlstm/kernels.py` in
+revisions before the v2 layout). It then times them step by
 step, interleaved, optionally with PyTorch beside them. On a shared machine, this is the
 comparison to trust for a kernel change: load hits both variants alike. Reported per
 variant: best and median step time, page faults per step and XLA's temporary memory.
@@ -26,14 +27,23 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # noqa: E402  (the shapes and peers of the main benchmark)
 
-from flaxlstm import kernels  # noqa: E402
+from flaxlstm.nn import recurrence as kernels  # noqa: E402
+
+# Where the fused recurrence lives, newest layout first.
+_KERNEL_PATHS = ("flaxlstm/nn/recurrence.py", "flaxlstm/kernels.py")
 
 
 def kernels_at(rev: str):
-  """`flaxlstm/kernels.py` at git revision `rev`, imported as a standalone module."""
+  """The fused recurrence at git revision `rev`, imported as a standalone module."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  source = subprocess.run(["git", "show", f"{rev}:flaxlstm/kernels.py"], cwd=root,
-                          check=True, capture_output=True, text=True).stdout
+  for path in _KERNEL_PATHS:
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
+                           text=True)
+    if shown.returncode == 0:
+      break
+  else:
+    raise SystemExit(f"no fused recurrence at {rev} ({', '.join(_KERNEL_PATHS)})")
+  source = shown.stdout
   with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
     f.write(source)
   spec = importlib.util.spec_from_file_location(f"kernels_{rev}", f.name)

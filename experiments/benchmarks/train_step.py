@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from typing import Any, Callable
 
 import numpy as np
@@ -99,12 +98,13 @@ class GemmProbe:
 
 
 def optax_chain() -> optax.GradientTransformation:
-  """`flaxlstm.train.make_optimizer` with the benchmark's settings (used by both JAX peers)."""
-  from flaxlstm import train
-  cfg = types.SimpleNamespace(learning_rate=LR, warmup_steps=0, schedule="constant",
-                              optimizer="adamw", weight_decay=WEIGHT_DECAY, clip_norm=CLIP,
-                              momentum=0.0)
-  return train.make_optimizer(cfg, total_steps=1000)
+  """`flaxlstm.train.optim.make_optimizer` with the benchmark's settings (used by both JAX
+  peers)."""
+  from flaxlstm.config import TrainSpec
+  from flaxlstm.train import optim
+  spec = TrainSpec(learning_rate=LR, warmup_steps=0, schedule="constant", optimizer="adamw",
+                   weight_decay=WEIGHT_DECAY, clip_norm=CLIP, momentum=0.0)
+  return optim.make_optimizer(spec, total_steps=1000)
 
 
 def _jax_memory(compiled) -> dict:
@@ -149,8 +149,10 @@ class JaxPeer:
 
 
 def make_flaxlstm(s: Shape, x, y) -> JaxPeer:
-  from flaxlstm.models import Forecaster
-  model = Forecaster(horizon=1, n_targets=1, features=s.layers, remat=s.remat)
+  from flaxlstm.config import ModelSpec
+  from flaxlstm.forecast.model import Forecaster
+  model = Forecaster(horizon=1, n_targets=1,
+                     spec=ModelSpec(hidden_sizes=tuple(s.layers), remat=s.remat))
   return JaxPeer("flaxlstm", model, x, y)
 
 

@@ -5,7 +5,7 @@
 
 import math
 
-INPUTS, HORIZON, DEEP = 1, 24, (64, 64, 64, 64)  # experiments/ett.py: OT in, 24 steps out
+INPUTS, HORIZON, DEEP = 1, 24, (64, 64, 64, 64)  # the ett recipe: OT in, 24 steps out
 
 
 def params(features, inputs=INPUTS, horizon=HORIZON):
@@ -23,6 +23,6 @@ def equal_width():
 
 
 def get_sweep():
-  return {"config": "experiments/ett.py",
-          "zip": {"model.features": [DEEP, (equal_width(),)]},
+  return {"config": "ett",
+          "zip": {"model.hidden_sizes": [DEEP, (equal_width(),)]},
           "seeds": [0, 1, 2]}

@@ -5,7 +5,7 @@
 
 
 def get_sweep():
-  return {"config": "experiments/ett.py",
+  return {"config": "ett",
           "grid": {"model.dropout": [0.0, 0.2, 0.5],
                    "model.recurrent_dropout": [0.0, 0.2, 0.5]},
           "seeds": [0, 1, 2]}

@@ -5,7 +5,7 @@
 
 
 def get_sweep():
-  return {"config": "experiments/ett.py",
-          "grid": {"model.kernel_init": ["glorot_uniform", "lecun_normal"],
-                   "model.forget_bias": [0.0, 1.0]},
+  return {"config": "ett",
+          "grid": {"model.cell.kernel_init": ["glorot_uniform", "lecun_normal"],
+                   "model.cell.forget_bias": [0.0, 1.0]},
           "seeds": [0, 1, 2]}

@@ -7,7 +7,7 @@ SGD needs a larger learning rate than AdamW, so the optimizer and its rate are z
 
 
 def get_sweep():
-  return {"config": "experiments/ett.py",
+  return {"config": "ett",
           "grid": {"train.clip_norm": [0.0, 1.0]},  # 0 = no clipping
           "zip": {"train.optimizer": ["sgd", "adamw"],
                   "train.learning_rate": [3e-2, 1e-3]},

@@ -5,7 +5,7 @@
 
 
 def get_sweep():
-  return {"config": "experiments/ett.py",
+  return {"config": "ett",
           "grid": {"train.weight_decay": [0.0, 1e-4, 1e-2]},
           # No penalty, L1 alone, L2 alone: zipped, so the two are never combined.
           "zip": {"train.l1": [0.0, 1e-5, 0.0], "train.l2": [0.0, 0.0, 1e-4]},

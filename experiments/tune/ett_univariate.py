@@ -1,4 +1,4 @@
-"""TPE search over the ETTh1 univariate 24-step recipe (experiments/ett/univariate.py:24).
+"""TPE search over the ETTh1 univariate 24-step recipe (the ett_univariate:24 recipe).
 
   flaxlstm tune experiments/tune/ett_univariate.py --workdir runs/tune_ett_univariate
 
@@ -12,9 +12,9 @@ on 2 CPU cores (early stopping), so 20 trials take about 15 minutes.
 
 def get_tune():
   return {
-      "config": "experiments/ett/univariate.py:24",
+      "config": "ett_univariate:24",
       "space": {
-          "model.features": {"choice": [(32,), (64,), (128,), (64, 64)]},
+          "model.hidden_sizes": {"choice": [(32,), (64,), (128,), (64, 64)]},
           "model.dropout": {"uniform": [0.0, 0.5]},
           "model.recurrent_dropout": {"uniform": [0.0, 0.5]},
           "train.learning_rate": {"loguniform": [3e-4, 3e-3]},

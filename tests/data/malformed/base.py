@@ -17,7 +17,7 @@ def get_config(arg=None):
   c.data.path = str(HERE / (arg or "valid.csv"))
   c.data.target = ("y",)
   c.data.lookback, c.data.horizon, c.data.seasonal_period = 24, 6, 12
-  c.model.features = (8,)
+  c.model.hidden_sizes = (8,)
   c.train.batch_size, c.train.eval_batch_size = 16, 64
   c.train.max_steps, c.train.eval_every_steps, c.train.log_every_steps = 4, 2, 2
   return c

@@ -5,5 +5,5 @@ from flaxlstm import config as config_lib
 
 def get_config(arg=None):
   c = config_lib.default_config()
-  c.model.features = (int("sixty-four"),)
+  c.model.hidden_sizes = (int("sixty-four"),)
   return c

@@ -1,0 +1,491 @@
+"""The config schema, declared once: a frozen dataclass per section.
+
+Each field of these specs is one config key: its default is the schema's default, its
+comment says what it means. `default_config()` builds the `ml_collections.ConfigDict`
+that experiment files edit from them; `to_spec(config)` validates a ConfigDict and turns it
+back into a `RunSpec`, which is what the code takes (data, model, trainer, mesh): no module
+declares a default of its own.
+
+The cell's options (`model.cell.*`) are not listed here: they are the fields of
+`flaxlstm.nn.cell.CellOptions`, read from it, so an option added to the cell is a config
+key at once. Choice tables (scalers, fills, splits, initializers, losses, optimizers) live
+with the code that uses them; validation reads them from there.
+
+Messages name the key and the value: ``config key 'data.lookback' = 0: must be > 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import ml_collections
+from ml_collections import config_dict
+
+from flaxlstm.errors import InputError
+
+
+def _cell_fields() -> tuple[dataclasses.Field, ...]:
+  """The cell options (`model.cell.*`): the fields of `flaxlstm.nn.cell.CellOptions`."""
+  from flaxlstm.nn import cell  # already imported by `import flaxlstm`
+  return cell.CELL_OPTIONS
+
+
+class _Spec:
+  """Checks its values when it is made (`check`), so a spec is valid by construction."""
+
+  _SECTION: ClassVar[str] = ""
+
+  def __post_init__(self) -> None:
+    self.check(_Checker(self._SECTION, self))
+
+  def check(self, c: _Checker) -> None:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec(_Spec):
+  """Train-time augmentation of the input windows (data/augment.py); 0 = off."""
+
+  _SECTION: ClassVar[str] = "data.augment."
+
+  jitter: float = 0.0  # Std of Gaussian noise added to every input value.
+  scaling: float = 0.0  # Std of a per-window, per-feature scale factor around 1.
+  magnitude_warp: float = 0.0  # Std of a smooth per-window warp curve around 1.
+  window_slice: float = 0.0  # Share of the window cropped and stretched back, in [0, 1).
+
+  def check(self, c: _Checker) -> None:
+    for key in ("jitter", "scaling", "magnitude_warp"):
+      c.non_negative(key)
+    c.probability("window_slice")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec(_Spec):
+  """Where the series comes from and how it is split, scaled and windowed (data/)."""
+
+  _SECTION: ClassVar[str] = "data."
+
+  path: str = ""  # CSV or Parquet file; "" = the bundled ETTh1.csv.
+  date_column: str = "date"  # Timestamp column; "" = the table has none.
+  features: tuple[str, ...] = ()  # Input columns; () = every column except the date.
+  target: tuple[str, ...] = ("OT",)  # Columns to forecast.
+  lookback: int = 96  # Input window length (rows).
+  horizon: int = 24  # Steps forecast per window.
+  split: str = "fractions"  # "fractions" | "rows" | "ett" (12/4/4 months, see DESIGN.md).
+  split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # Train/val/test shares of rows.
+  # split="rows": row boundaries (train_end, val_end[, test_end]): train = [0, train_end),
+  # val = [train_end, val_end), test = [val_end, test_end or the last row].
+  split_rows: tuple[int, ...] = ()
+  scaler: str = "standard"  # Fit on train rows: "standard" | "robust" | "minmax" | "none".
+  scale_target: bool = True  # Also scale the target columns (metrics reported both ways).
+  fill: str = "none"  # Missing values: "none" (reject them) | "ffill" | "interpolate".
+  seasonal_period: int = 24  # Rows per season, for the seasonal-naive baseline (24 = daily).
+  augment: AugmentSpec = dataclasses.field(default_factory=lambda: AugmentSpec())
+
+  def check(self, c: _Checker) -> None:
+    from flaxlstm.data import io, scaling, series  # the tables live with their code
+    for key in ("lookback", "horizon", "seasonal_period"):
+      c.positive(key)
+    for key in ("lookback", "horizon"):
+      c.at_most(key, 2**20)
+    c.choice("split", series.SPLITS)
+    c.choice("scaler", scaling.SCALERS)
+    c.choice("fill", io.FILLS)
+    c.check("target", bool(self.target), "must name at least one column")
+    for key in ("features", "target"):
+      names = getattr(self, key)
+      c.check(key, all(names) and len(set(names)) == len(names),
+              "column names must be non-empty and distinct")
+    fractions = self.split_fractions
+    c.check("split_fractions",
+            len(fractions) == 3 and all(f > 0 for f in fractions) and sum(fractions) <= 1 + 1e-9,
+            "must be three shares (train, val, test), each > 0, summing to at most 1")
+    rows = self.split_rows
+    if self.split == "rows":
+      c.check("split_rows",
+              len(rows) in (2, 3) and rows[0] > 0 and all(a < b for a, b in zip(rows, rows[1:])),
+              "split='rows' needs increasing row boundaries (train_end, val_end[, test_end])")
+    else:
+      # Setting boundaries but forgetting split=rows would silently split by fractions.
+      c.check("split_rows", not rows, "is only used with data.split='rows'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(_Spec):
+  """The forecaster (forecast/model.py): an LSTM encoder, a dense head."""
+
+  _SECTION: ClassVar[str] = "model."
+
+  hidden_sizes: tuple[int, ...] = (64,)  # Hidden units of each stacked LSTM layer.
+  # The cell's options, resolved (initializer functions, dtypes): one (name, value) pair
+  # per `CellOptions` field. The config holds them by name under `model.cell`.
+  cell: tuple[tuple[str, Any], ...] = dataclasses.field(default_factory=lambda: tuple(
+      (f.name, f.default) for f in _cell_fields()))
+  dropout: float = 0.0  # Variational dropout on each LSTM layer's inputs.
+  recurrent_dropout: float = 0.0  # Variational dropout on the recurrent state h.
+  inter_layer_dropout: float = 0.0  # Dropout between stacked layers.
+  dense_dropout: float = 0.0  # Dropout before the output head.
+  bidirectional: bool = False  # Read the lookback window both ways.
+  remat: bool = False  # Recompute activations in the backward pass to save memory.
+  unroll: int = 1  # Time steps unrolled per scan iteration.
+  predict_delta: bool = False  # Predict the change from the last observed target value.
+  linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
+
+  @property
+  def cell_options(self) -> dict[str, Any]:
+    """The cell options as `StackedLSTM` keyword arguments."""
+    return dict(self.cell)
+
+  def check(self, c: _Checker) -> None:
+    c.check("hidden_sizes", bool(self.hidden_sizes) and all(n > 0 for n in self.hidden_sizes),
+            "must be one or more layer sizes > 0")
+    c.check("hidden_sizes", all(n <= 2**16 for n in self.hidden_sizes),
+            "layer sizes must be <= 65536")
+    for key in ("dropout", "recurrent_dropout", "inter_layer_dropout", "dense_dropout"):
+      c.probability(key)
+    c.check("unroll", self.unroll >= 1, "must be >= 1")
+    proj = self.cell_options.get("proj_features")
+    if proj is not None:
+      c.check("cell.proj_features", 1 <= proj <= 2**16,
+              "must be None (no projection) or in [1, 65536]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec(_Spec):
+  """Optimization, early stopping, evaluation and checkpoints (train/)."""
+
+  _SECTION: ClassVar[str] = "train."
+
+  batch_size: int = 32  # Global batch size (split over devices and hosts).
+  eval_batch_size: int = 256  # Global batch size for val/test.
+  max_epochs: int = 100  # Epoch budget.
+  max_steps: int = 0  # Step budget; 0 = no limit (the epoch budget decides).
+  learning_rate: float = 1e-3  # Peak learning rate.
+  # "constant" | "cosine"; cosine decays to 1% of the peak over the budget: max_steps if > 0,
+  # else max_epochs * steps_per_epoch.
+  schedule: str = "constant"
+  warmup_steps: int = 0  # Linear warmup from 0 to the peak learning rate.
+  weight_decay: float = 1e-4  # Decoupled weight decay (AdamW; SGD adds it to the gradient).
+  clip_norm: float = 1.0  # Clip gradients to this global norm; 0 = off.
+  optimizer: str = "adamw"  # "adamw" | "sgd".
+  momentum: float = 0.9  # SGD momentum.
+  l1: float = 0.0  # L1 penalty on kernels, added to the loss.
+  l2: float = 0.0  # L2 penalty on kernels, added to the loss.
+  loss: str = "mse"  # "mse" | "mae" | "huber" (on scaled values).
+  huber_delta: float = 1.0  # Huber transition point.
+  patience: int = 10  # Evaluations without val improvement before stopping; 0 = never.
+  min_delta: float = 0.0  # Smallest val-loss decrease that counts as an improvement.
+  restore_best: bool = True  # Evaluate and export the best checkpoint, not the last.
+  keep_best: int = 2  # Best checkpoints kept on disk.
+  eval_every_steps: int = 0  # Validate every N steps; 0 = once per epoch.
+  log_every_steps: int = 50  # Train-metric logging interval.
+  # Steps whose loss or gradient is NaN/inf are skipped (no update); more than this many
+  # stops the run with an error naming the step.
+  max_nonfinite_steps: int = 10
+
+  def check(self, c: _Checker) -> None:
+    from flaxlstm.train import optim  # the tables live with their code
+    for key in ("batch_size", "eval_batch_size"):
+      c.at_most(key, 2**20)
+    for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every_steps",
+                "learning_rate", "huber_delta"):
+      c.positive(key)
+    for key in ("max_steps", "warmup_steps", "patience", "weight_decay", "clip_norm", "l1",
+                "l2", "min_delta", "eval_every_steps", "max_nonfinite_steps"):
+      c.non_negative(key)
+    c.probability("momentum")
+    c.check("keep_best", self.keep_best >= 1, "must be >= 1")
+    c.choice("schedule", optim.SCHEDULES)
+    c.choice("optimizer", optim.OPTIMIZERS)
+    c.choice("loss", optim.LOSSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec(_Spec):
+  """The device mesh (parallel.py); -1 = all remaining devices. The global batch is split
+  over data x fsdp; params and optimizer state over fsdp (FSDP); the LSTM gate axis over
+  model."""
+
+  _SECTION: ClassVar[str] = "mesh."
+
+  data: int = -1
+  fsdp: int = 1
+  model: int = 1
+
+  def check(self, c: _Checker) -> None:
+    for axis in ("data", "fsdp", "model"):
+      c.check(axis, getattr(self, axis) == -1 or getattr(self, axis) >= 1,
+              "must be -1 (all remaining) or >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec(_Spec):
+  """A whole run: what `train_and_evaluate` takes, built by `to_spec(config)`."""
+
+  _SECTION: ClassVar[str] = ""
+
+  seed: int = 0  # Root of every random key (init, dropout, shuffling, augmentation).
+  data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec())
+  model: ModelSpec = dataclasses.field(default_factory=lambda: ModelSpec())
+  train: TrainSpec = dataclasses.field(default_factory=lambda: TrainSpec())
+  mesh: MeshSpec = dataclasses.field(default_factory=lambda: MeshSpec())
+
+  def check(self, c: _Checker) -> None:
+    c.check("seed", 0 <= self.seed < 2**31, "must be in [0, 2**31)")
+
+
+# Keys of earlier versions: a config naming one is told the new name (and a run directory
+# written by an earlier version is read with its keys moved, see `migrate`).
+RENAMED = {
+    "model.features": "model.hidden_sizes",
+    "model.forget_bias": "model.cell.forget_bias",
+    "model.kernel_init": "model.cell.kernel_init",
+    "model.recurrent_init": "model.cell.recurrent_kernel_init",
+    "model.proj_features": "model.cell.proj_features",
+    "model.layer_norm": "model.cell.layer_norm",
+    "model.dtype": "model.cell.dtype",
+}
+
+
+# ---- spec <-> ConfigDict ----------------------------------------------------------------------
+def _cell_config_value(f: dataclasses.Field, value: Any) -> Any:
+  """A cell option as the config holds it: a name for an initializer or dtype."""
+  choices = f.metadata.get("choices")
+  if choices is not None:
+    return next(name for name, v in choices.items() if v is value)
+  if value is None:
+    return config_dict.placeholder(f.metadata["kind"])
+  return value
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The whole schema with its defaults (unlocked, so experiment files can edit it)."""
+  return to_config(RunSpec())
+
+
+def to_config(spec: Any) -> ml_collections.ConfigDict:
+  """A spec (a `RunSpec` or one of its sections) as the ConfigDict that `to_spec` reads."""
+  config = ml_collections.ConfigDict()
+  for f in dataclasses.fields(spec):
+    value = getattr(spec, f.name)
+    if dataclasses.is_dataclass(value):
+      config[f.name] = to_config(value)
+    elif f.name == "cell" and isinstance(spec, ModelSpec):
+      config.cell = ml_collections.ConfigDict(
+          {cf.name: _cell_config_value(cf, dict(value)[cf.name]) for cf in _cell_fields()})
+    else:
+      config[f.name] = value
+  return config
+
+
+def to_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> RunSpec:
+  """Validates a config and returns it as a `RunSpec`.
+
+  Raises:
+    InputError: an unknown, renamed or missing key, a value of the wrong type or out of
+      range; one line naming the key and the value.
+  """
+  check_keys(config)
+  flat = flatten(config)
+  for key, default in flatten(default_config()).items():
+    check_type(key, flat[key], default)
+  spec = _from_config(RunSpec, config, "")
+  return spec
+
+
+def _from_config(cls: type, config: Any, prefix: str) -> Any:
+  """A spec of class `cls` from its ConfigDict section (checked by the spec itself)."""
+  values = {}
+  for f in dataclasses.fields(cls):
+    raw = config[f.name]
+    kind = _SUBSPECS.get((cls, f.name))
+    if kind is not None:
+      values[f.name] = _from_config(kind, raw, f"{prefix}{f.name}.")
+    elif f.name == "cell" and cls is ModelSpec:
+      values[f.name] = _cell_from_config(raw, f"{prefix}cell.")
+    else:
+      values[f.name] = tuple(raw) if isinstance(raw, list) else raw
+  return cls(**values)  # checks itself
+
+
+def _cell_from_config(config: Any, prefix: str) -> tuple[tuple[str, Any], ...]:
+  out = []
+  for f in _cell_fields():
+    value = config[f.name]
+    choices = f.metadata.get("choices")
+    if choices is not None:
+      if value not in choices:
+        shown = ", ".join(repr(n) if not n else n for n in choices)
+        raise InputError(f"config key '{prefix}{f.name}' = {value!r}: must be one of {shown}")
+      value = choices[value]
+    out.append((f.name, value))
+  return tuple(out)
+
+
+class _Checker:
+  """Range and choice checks on one spec, worded with the full config key."""
+
+  def __init__(self, prefix: str, spec: Any):
+    self.prefix, self.spec = prefix, spec
+
+  def _value(self, key: str) -> Any:
+    if key.startswith("cell."):
+      return self.spec.cell_options[key[len("cell."):]]
+    return getattr(self.spec, key)
+
+  def check(self, key: str, ok: bool, requirement: str) -> None:
+    if not ok:
+      raise InputError(f"config key '{self.prefix}{key}' = {self._value(key)!r}: {requirement}")
+
+  def positive(self, key: str) -> None:
+    self.check(key, self._value(key) > 0, "must be > 0")
+
+  def non_negative(self, key: str) -> None:
+    self.check(key, self._value(key) >= 0, "must be >= 0")
+
+  def probability(self, key: str) -> None:
+    self.check(key, 0 <= self._value(key) < 1, "must be in [0, 1)")
+
+  def at_most(self, key: str, bound: int) -> None:
+    # Upper bounds keep absurd sizes from reaching JAX as overflow tracebacks.
+    self.check(key, self._value(key) <= bound, f"must be <= 2**{int(math.log2(bound))}")
+
+  def choice(self, key: str, choices: Sequence[str]) -> None:
+    self.check(key, self._value(key) in choices, f"must be one of {', '.join(choices)}")
+
+
+# Which fields of which spec are specs themselves.
+_SUBSPECS = {(DataSpec, "augment"): AugmentSpec, (RunSpec, "data"): DataSpec,
+             (RunSpec, "model"): ModelSpec, (RunSpec, "train"): TrainSpec,
+             (RunSpec, "mesh"): MeshSpec}
+
+
+# ---- keys and types ------------------------------------------------------------------------
+# Element types of tuple keys whose default is empty, so an override such as
+# `data.features=1,2` still yields column names rather than ints.
+ELEMENT_TYPES = {"data.features": str, "data.split_rows": int}
+
+
+def flatten(config: ml_collections.ConfigDict | Mapping[str, Any],
+            prefix: str = "") -> dict[str, Any]:
+  """Returns {"a.b.c": value} for every leaf of a (nested) config."""
+  flat = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):  # ConfigDict isn't one.
+      flat.update(flatten(value, f"{name}."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def check_keys(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
+  """Rejects keys outside the schema (typos like train.lr, renamed keys) and missing keys."""
+  schema = flatten(default_config())
+  flat = flatten(config)
+  for key in flat:
+    if key not in schema:
+      raise InputError(unknown_key_message(key, schema))
+  for key in schema:
+    if key not in flat:
+      raise InputError(
+          f"config key '{key}' is missing (start from flaxlstm.config.default_config())")
+
+
+def check_type(key: str, value: Any, default: Any) -> None:
+  """Rejects a value whose type differs from the schema default's, and non-finite floats.
+
+  ConfigDict checks types on assignment but lets a bool pass for an int and any list for
+  a tuple; these are the checks it does not make.
+  """
+  if isinstance(default, tuple):
+    element_type = element_type_of(key, default)
+    ok = isinstance(value, (tuple, list)) and (
+        element_type is None or all(_is_a(v, element_type) for v in value))
+  elif default is None:  # an optional value (a placeholder): None or its type
+    ok = value is None or _is_a(value, _placeholder_type(key))
+  else:
+    ok = _is_a(value, type(default))
+  if not ok:
+    raise InputError(
+        f"config key '{key}': expected {type_name(key, default)}, got {_shown(value)}")
+  values = value if isinstance(value, (tuple, list)) else (value,)
+  if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+    raise InputError(f"config key '{key}' = {_shown(value)}: must be finite")
+
+
+def _shown(value: Any) -> str:
+  return repr(tuple(value)) if isinstance(value, list) else repr(value)
+
+
+def _placeholder_type(key: str) -> type:
+  section, _, leaf = key.rpartition(".")
+  node = default_config()
+  for name in section.split("."):
+    node = node[name]
+  return node.get_type(leaf)
+
+
+def _is_a(value: Any, kind: type) -> bool:
+  """isinstance, except that bools are not numbers and ints pass as floats."""
+  if isinstance(value, bool) and kind is not bool:
+    return False
+  return isinstance(value, (int, float) if kind is float else kind)
+
+
+def element_type_of(key: str, default: tuple[Any, ...]) -> type | None:
+  """The element type of a tuple key, or None when nothing says (then it is inferred)."""
+  return type(default[0]) if default else ELEMENT_TYPES.get(key)
+
+
+def type_name(key: str, default: Any) -> str:
+  if isinstance(default, tuple):
+    element_type = element_type_of(key, default)
+    return f"a tuple of {element_type.__name__}" if element_type else "a tuple"
+  if default is None:
+    return f"{_placeholder_type(key).__name__} or None"
+  return type(default).__name__
+
+
+def unknown_key_message(key: str, known: Mapping[str, Any]) -> str:
+  """Names the unknown key and the key the user probably meant: its new name if it was
+  renamed, else a close match."""
+  import difflib
+  if key in RENAMED:
+    return f"config key '{key}' was renamed to '{RENAMED[key]}'"
+  section, _, leaf = key.rpartition(".")
+  # Abbreviations (lr, wd, bs) match the initials of snake_case names; difflib misses them.
+  guesses = [name for name in known
+             if name.rpartition(".")[0] == section
+             and "".join(p[0] for p in name.rpartition(".")[2].split("_")) == leaf]
+  guesses += difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+  message = f"unknown config key '{key}'"
+  if guesses:
+    message += f" (did you mean '{guesses[0]}'?)"
+  return message
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+  """A config dict written by an earlier version (a run's config.json) with its renamed
+  keys moved to their new names (`RENAMED`), values converted where their meaning moved."""
+  flat = flatten(data)
+  if not any(key in flat for key in RENAMED):
+    return data
+  moved: dict[str, Any] = {}
+  for key, value in flat.items():
+    if key == "model.proj_features":
+      value = value or None  # 0 meant "no projection"; the cell says None
+    elif key == "model.dtype" and value == "float32":
+      value = ""  # the compute dtype of float32 params, as the default now says
+    moved[RENAMED.get(key, key)] = value
+  nested: dict[str, Any] = {}
+  for key, value in moved.items():
+    *parents, leaf = key.split(".")
+    node = nested
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return nested

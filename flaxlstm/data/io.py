@@ -1,0 +1,311 @@
+"""Reading tables: CSV or Parquet into a validated DataFrame, with one-line errors.
+
+Every problem with user input raises :class:`flaxlstm.errors.InputError` with a one-line
+message that names the file, column, row/value or config key; `tests/data/malformed/`
+holds a corpus of them. Host-side only: numpy and pandas, never jax, so data problems
+surface before any device is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flaxlstm.errors import InputError
+
+_DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
+_CSV_SUFFIXES = (".csv",)
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+# data.fill: what to do with missing values (see `load_frame`).
+FILLS = ("none", "ffill", "interpolate")
+
+
+# ---- messages ---------------------------------------------------------------------------------
+def error(message: str) -> InputError:
+  """Builds an InputError whose message is guaranteed to be one line."""
+  return InputError(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
+
+
+def short(value: Any, limit: int = 40) -> str:
+  """repr() of a value, cut short so a bad cell cannot flood the message."""
+  if isinstance(value, np.generic):
+    value = value.item()  # 5, not np.int64(5).
+  text = repr(value)
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def list_names(names: Sequence[Any], limit: int = 12) -> str:
+  """Comma-separated names, truncated: files can have thousands of columns."""
+  shown = ", ".join(str(n) for n in list(names)[:limit])
+  if len(names) > limit:
+    shown += f", ... ({len(names) - limit} more)"
+  return shown
+
+
+# ---- files --------------------------------------------------------------------------------------
+def bundled_dataset_path(name: str = "ETTh1") -> str:
+  """Returns the path of a dataset shipped inside the package.
+
+  Args:
+    name: dataset name without extension; ``"ETTh1"`` is the one bundled today.
+
+  Returns:
+    Absolute path of ``flaxlstm/datasets/<name>.csv``.
+
+  Raises:
+    InputError: if no dataset of that name is bundled.
+  """
+  path = _DATASETS_DIR / f"{name}.csv"
+  if not path.is_file():
+    available = sorted(p.stem for p in _DATASETS_DIR.glob("*.csv"))
+    raise error(f"no bundled dataset named {name!r} (bundled: {list_names(available)})")
+  return str(path)
+
+
+def data_file(path: str | os.PathLike | None) -> Path:
+  """The absolute path of the file a ``data.path`` value names ("" = the bundled ETTh1)."""
+  return Path(os.path.abspath(_resolve_path(path)))
+
+
+def _resolve_path(path: str | os.PathLike | None) -> Path:
+  if path is None or str(path) == "":
+    return Path(bundled_dataset_path())
+  try:
+    return Path(path).expanduser()
+  except RuntimeError as e:  # "~user" with no such user
+    raise error(f"data path {path}: {e}") from None
+
+
+def _file_kind(path: Path) -> str:
+  suffix = path.suffix.lower()
+  if suffix in _CSV_SUFFIXES:
+    return "csv"
+  if suffix in _PARQUET_SUFFIXES:
+    return "parquet"
+  raise error(f"unsupported data file extension {path.suffix or '(none)'!r} for {path}: "
+               "use .csv, .parquet or .pq")
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, str]:
+  """Reads a CSV or Parquet file into a DataFrame with a fresh RangeIndex.
+
+  Returns:
+    The frame and the file kind ("csv" or "parquet"), which decides how rows are named
+    in messages.
+  """
+  if not path.exists():
+    raise error(f"data file not found: {path}")
+  if not path.is_file():
+    raise error(f"data path is not a file: {path}")
+  kind = _file_kind(path)
+  try:
+    if kind == "csv":
+      # low_memory=False: type inference over the whole column, so a stray string late
+      # in the file makes the column object-typed instead of a chunk-wise mixed warning.
+      frame = pd.read_csv(path, low_memory=False)
+    else:
+      frame = pd.read_parquet(path)
+  except ImportError as e:
+    raise error(f"reading Parquet file {path} needs pyarrow: "
+                 f"pip install 'flaxlstm[parquet]' ({e})") from None
+  except pd.errors.EmptyDataError:
+    raise error(f"data file is empty: {path}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Parser, decoding and Arrow errors have many types; all mean "cannot read it".
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise error(f"cannot read data file {path}: {first_line}") from None
+  if kind == "parquet" and any(name is not None for name in frame.index.names):
+    # A frame saved with df.set_index("date").to_parquet() keeps its dates in a named
+    # index; make them an ordinary column again so date_column finds them. Unnamed
+    # indexes (e.g. left over from slicing before saving) are dropped: they are row
+    # labels, not data.
+    clash = [n for n in frame.index.names if n in frame.columns]
+    if clash:
+      raise error(f"{path} has both an index and a column named {clash[0]!r}")
+    frame = frame.reset_index()
+  frame = frame.reset_index(drop=True)
+  frame.columns = [str(c).strip() for c in frame.columns]
+  seen = set()
+  for c in frame.columns:
+    if c in seen:
+      raise error(f"{path} has two columns named {c!r}")
+    seen.add(c)
+  if len(frame) == 0:
+    raise error(f"data file has no data rows: {path}")
+  return frame, kind
+
+
+# ---- validation ---------------------------------------------------------------------------------
+def _row_label(row: int, kind: str) -> str:
+  """Names a row both as a 0-based data row and, for CSV, as the file line to open."""
+  if kind == "csv":
+    return f"row {row} (line {row + 2})"
+  return f"row {row}"
+
+
+def _check_columns(frame: pd.DataFrame, wanted: Sequence[str], path: Path,
+                   date_column: str | None) -> None:
+  existing = list(frame.columns)
+  if date_column and date_column not in existing:
+    raise error(f"date column {date_column!r} not found in {path} "
+                 f"(columns: {list_names(existing)}); set data.date_column='' for a file "
+                 "without dates")
+  for name in wanted:
+    if name not in existing:
+      raise error(f"column {name!r} not found in {path} (columns: {list_names(existing)})")
+
+
+def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarray:
+  """Parses, then checks a timestamp column is complete, strictly increasing and unique."""
+  missing = np.flatnonzero(raw.isna().to_numpy())
+  if missing.size:
+    raise error(f"missing timestamp in date column {column!r} of {path} at "
+                 f"{_row_label(int(missing[0]), kind)}")
+  if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+    # pandas would read integers as nanoseconds since 1970 and silently produce 1970
+    # dates; refuse rather than guess the unit.
+    raise error(f"date column {column!r} of {path} holds numbers, not timestamps "
+                 f"({_row_label(0, kind)}: {short(raw.iloc[0])}); write ISO timestamps "
+                 "or set data.date_column=''")
+  with warnings.catch_warnings():
+    # "Could not infer format" warnings are noise: failures are reported below.
+    warnings.simplefilter("ignore")
+    try:
+      # utc=True: naive stamps stay as they are and aware ones (even with mixed offsets)
+      # become comparable UTC instants.
+      parsed = pd.to_datetime(raw, utc=True)
+    except (ValueError, TypeError, OverflowError):
+      # The fast path infers one format from the first value; retry value by value so
+      # that we can name the first stamp that really does not parse.
+      parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+  bad = np.flatnonzero(parsed.isna().to_numpy())
+  if bad.size:
+    row = int(bad[0])
+    raise error(f"unparseable timestamp {short(raw.iloc[row])} in date column {column!r} "
+                 f"of {path} at {_row_label(row, kind)}")
+  dates = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+  steps = np.diff(dates.astype(np.int64))
+  bad = np.flatnonzero(steps <= 0)
+  if bad.size:
+    row = int(bad[0]) + 1
+    this, before = pd.Timestamp(dates[row]), pd.Timestamp(dates[row - 1])
+    if steps[row - 1] == 0:
+      raise error(f"duplicated timestamp {this} in date column {column!r} of {path} at "
+                   f"{_row_label(row, kind)} (same as the row before)")
+    raise error(f"timestamps not sorted in date column {column!r} of {path}: "
+                 f"{this} at {_row_label(row, kind)} comes after {before} in the row "
+                 "before; sort the file by time")
+  return dates
+
+
+def _numeric_column(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarray:
+  """Converts one column to float64, naming the first cell that is not a number."""
+  if pd.api.types.is_bool_dtype(raw):
+    return raw.to_numpy(dtype=np.float64)
+  if pd.api.types.is_numeric_dtype(raw):
+    return raw.to_numpy(dtype=np.float64)
+  coerced = pd.to_numeric(raw, errors="coerce")
+  bad = np.flatnonzero((coerced.isna() & raw.notna()).to_numpy())
+  if bad.size:
+    row = int(bad[0])
+    raise error(f"non-numeric value {short(raw.iloc[row])} in column {column!r} of {path} "
+                 f"at {_row_label(row, kind)}")
+  return coerced.to_numpy(dtype=np.float64)
+
+
+def _fill_column(values: np.ndarray, fill: str) -> np.ndarray:
+  """Fills missing values; infinities count as missing because they are sensor faults."""
+  if fill == "none":
+    return values
+  series = pd.Series(np.where(np.isinf(values), np.nan, values))
+  if fill == "ffill":
+    series = series.ffill()
+  else:
+    # Linear in row position (not in time): rows are assumed evenly spaced, and the
+    # edges, which have no neighbour on one side, take the nearest observed value.
+    series = series.interpolate(method="linear").ffill().bfill()
+  return series.to_numpy(dtype=np.float64)
+
+
+def _check_finite(values: np.ndarray, path: Path, column: str, kind: str,
+                  fill: str) -> None:
+  bad = np.flatnonzero(~np.isfinite(values))
+  if not bad.size:
+    return
+  row = int(bad[0])
+  where = f"in column {column!r} of {path} at {_row_label(row, kind)}"
+  if fill == "none":
+    what = "missing value (NaN)" if np.isnan(values[row]) else f"infinite value ({values[row]})"
+    raise error(f"{what} {where}; set data.fill='ffill' or 'interpolate' to fill gaps")
+  hint = ("nothing before it to carry forward; use data.fill='interpolate'"
+          if fill == "ffill" else "the column has no observed value at all")
+  raise error(f"missing value {where} remains after data.fill={fill!r} ({hint})")
+
+
+def validate_frame(frame: pd.DataFrame, path: Path, kind: str, *,
+                    date_column: str | None, columns: Sequence[str], fill: str,
+                    check_constant: bool) -> pd.DataFrame:
+  """Validates and cleans the selected columns of a freshly read frame."""
+  if fill not in FILLS:
+    raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
+  _check_columns(frame, columns, path, date_column)
+  out = {}
+  if date_column:
+    out[date_column] = _parse_dates(frame[date_column], path, date_column, kind)
+  for name in columns:
+    values = _fill_column(_numeric_column(frame[name], path, name, kind), fill)
+    _check_finite(values, path, name, kind, fill)
+    if check_constant and values.size and np.all(values == values[0]):
+      # A constant column carries no signal and breaks scaling (zero variance), and is
+      # almost always a wrong column choice, so stop early.
+      raise error(f"column {name!r} of {path} is constant (every value is {values[0]:g}); "
+                   "drop it from data.features / data.target")
+    out[name] = values
+  return pd.DataFrame(out)
+
+
+def load_frame(path: str | os.PathLike | None, *, date_column: str | None,
+               columns: Sequence[str] | None = None, fill: str = "none",
+               check_constant: bool = True) -> pd.DataFrame:
+  """Reads and validates a CSV or Parquet table.
+
+  Args:
+    path: a ``.csv``, ``.parquet`` or ``.pq`` file; empty or None means the bundled ETTh1.
+    date_column: name of the timestamp column, or ""/None for a file without dates.
+      Timestamps must parse, be present on every row, strictly increase and be unique.
+      Timezone-aware stamps are converted to UTC; the result is naive ``datetime64[ns]``.
+    columns: numeric columns to load, in this order; None or empty means every column
+      except the date column.
+    fill: ``"none"`` (any NaN/inf is an error), ``"ffill"`` (carry the last value
+      forward) or ``"interpolate"`` (linear in row position, edges take the nearest
+      value). With a fill, infinities are treated as missing too. Missing values left
+      after the fill (e.g. leading NaNs with ffill) are still an error.
+    check_constant: reject columns whose values are all equal. Turn off for short
+      inference files, where a constant stretch is legitimate.
+
+  Returns:
+    A DataFrame with a RangeIndex in file order: the date column (if any) as
+    ``datetime64[ns]``, then ``columns`` as float64 with no NaN or inf.
+
+  Raises:
+    InputError: for a missing/unreadable/empty file, an unsupported extension, a missing
+      column, a non-numeric cell, NaN/inf, a bad timestamp, unsorted or duplicated
+      timestamps, or a constant column. The message is one line and names the file,
+      column and row (for CSV also the 1-based file line).
+  """
+  resolved = _resolve_path(path)
+  frame, kind = read_table(resolved)
+  wanted = _default_columns(frame, date_column) if not columns else list(columns)
+  return validate_frame(frame, resolved, kind, date_column=date_column or None,
+                         columns=wanted, fill=fill, check_constant=check_constant)
+
+
+def _default_columns(frame: pd.DataFrame, date_column: str | None) -> list[str]:
+  return [c for c in frame.columns if c != date_column]

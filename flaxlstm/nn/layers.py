@@ -1,0 +1,210 @@
+"""LSTM layers over `(batch, time, features)`: `LSTM`, `Bidirectional`, `StackedLSTM`."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from flaxlstm.nn.cell import CellOptions, LSTMCell, cell_options
+from flaxlstm.nn.recurrence import lstm_recurrence
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def _dropout_mask(rng: Array, rate: float, shape: tuple[int, ...], dtype) -> Array:
+  """Inverted-dropout multiplier: 0 with probability `rate`, else 1 / (1 - rate)."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+  return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+
+
+def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
+  """Reverses `(B, T, ...)` along time; with `seq_lengths`, each sequence's valid prefix is
+  reversed in place and its padding stays where it is (so flipping twice is the identity)."""
+  if seq_lengths is None:
+    return jnp.flip(x, axis=1)
+  t = jnp.arange(x.shape[1])[None, :]
+  lengths = seq_lengths[:, None]
+  idx = jnp.where(t < lengths, lengths - 1 - t, t)
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+class LSTM(CellOptions):
+  """One LSTM layer over `(*batch, time, features)`, with the input projection hoisted.
+
+  The parameter tree is exactly that of `flax.linen.RNN(LSTMCell(...))`: `{'cell': {...}}`,
+  so parameters move freely between `LSTMCell`, `nn.RNN` and this layer with identical
+  outputs. The recurrence is a `lax.scan` over a pure step function (kernels.py); the
+  `W x + b` matmul for all time steps runs once, before the loop.
+
+  Attributes:
+    features: hidden size H.
+    return_sequences: return all outputs `(*batch, T, R)`; else only the last one
+      `(*batch, R)` (with `seq_lengths`, each sequence's own last output).
+    return_carry: also return the final carry: `(carry, outputs)`.
+    reverse: run from the end of each sequence to its start; outputs stay in input order
+      (like `nn.RNN(..., reverse=True, keep_order=True)`).
+    unroll: `lax.scan` unroll factor.
+    dropout: variational dropout on the inputs (one mask per sequence for all steps).
+    recurrent_dropout: variational dropout on the fed-back `h` (Gal & Ghahramani, 2016).
+    remat: recompute the loop in chunks in the backward pass so saved activations grow like
+      sqrt(T) rather than T (long sequences).
+    deterministic: disables dropout; can also be passed to `__call__`.
+    The `CellOptions` attributes (`features`, `forget_bias`, ...) configure the cell.
+
+  Dropout randomness comes from the `'dropout'` RNG stream only.
+  """
+
+  return_sequences: bool = True
+  return_carry: bool = False
+  reverse: bool = False
+  unroll: int = 1
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  remat: bool = False
+  deterministic: bool | None = None
+
+  def make_cell(self) -> LSTMCell:
+    return LSTMCell(self.features, **cell_options(self), name="cell")
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, initial_carry: tuple[Array, Array] | None = None,
+               seq_lengths: Array | None = None, deterministic: bool | None = None,
+               reverse: bool | None = None):
+    if inputs.ndim < 2:
+      raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
+    reverse = self.reverse if reverse is None else reverse
+    cell = self.make_cell()
+    batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
+    x = inputs.reshape((-1, t, d))  # any number of batch dims -> one
+    b = x.shape[0]
+    p = cell.parameters(d)
+
+    if initial_carry is None:
+      carry = cell.initialize_carry(jax.random.key(0), (b, d))
+    else:
+      carry = jax.tree.map(lambda a: a.reshape((b, -1)), initial_carry)
+      carry = (carry[0].astype(cell.state_dtype), carry[1].astype(cell.compute_dtype))
+
+    lengths = None
+    if seq_lengths is not None:
+      lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((b,))
+      # Zero the padding: NaN/inf there would otherwise poison the gradients through the
+      # hoisted projection, although the outputs ignore those steps.
+      x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
+
+    h_mask = None
+    if self.dropout or self.recurrent_dropout:
+      deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+      if not deterministic:
+        if self.dropout:
+          x = x * _dropout_mask(self.make_rng("dropout"), self.dropout, (b, 1, d), x.dtype)
+        if self.recurrent_dropout:
+          h_mask = _dropout_mask(self.make_rng("dropout"), self.recurrent_dropout,
+                                 carry[1].shape, cell.compute_dtype)
+
+    if reverse:
+      x = flip_sequences(x, lengths)
+    # Time-major inside the loop: each step then reads one contiguous (B, ...) slab.
+    xt = jnp.swapaxes(x, 0, 1)
+    mask = None
+    if lengths is not None:
+      mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
+    carry, ys = lstm_recurrence(cell, p, carry, xt, mask=mask, h_mask=h_mask,
+                                unroll=self.unroll, remat=self.remat)
+
+    carry_out = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
+    if self.return_sequences:
+      ys = jnp.swapaxes(ys, 0, 1)
+      if reverse:
+        ys = flip_sequences(ys, lengths)
+      out = ys.reshape(batch_shape + ys.shape[1:])
+    else:
+      out = carry_out[1]  # h at each sequence's own last step (masked steps keep the carry)
+    return (carry_out, out) if self.return_carry else out
+
+
+def _concat(a: Array, b: Array) -> Array:
+  return jnp.concatenate([a, b], axis=-1)
+
+
+class Bidirectional(nn.Module):
+  """Runs `forward_rnn` and `backward_rnn` (called with `reverse=True`) and merges outputs.
+
+  Works with `LSTM` layers; the backward outputs are in input order. With
+  `return_sequences=False` layers, the merge is of the forward layer's last output and the
+  backward layer's output at time 0 (its last step). If the layers have `return_carry=True`,
+  returns `((forward_carry, backward_carry), merged)`.
+  """
+
+  forward_rnn: nn.Module
+  backward_rnn: nn.Module
+  merge_fn: Callable[[Array, Array], Array] = _concat
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
+               deterministic: bool | None = None, initial_carry=None):
+    kw = {} if deterministic is None else {"deterministic": deterministic}
+    fwd_carry, bwd_carry = (None, None) if initial_carry is None else initial_carry
+    fwd = self.forward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=fwd_carry, **kw)
+    bwd = self.backward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=bwd_carry,
+                            reverse=True, **kw)
+    if getattr(self.forward_rnn, "return_carry", False):
+      (cf, yf), (cb, yb) = fwd, bwd
+      return (cf, cb), self.merge_fn(yf, yb)
+    return self.merge_fn(fwd, bwd)
+
+
+class StackedLSTM(CellOptions):
+  """A stack of `LSTM` layers (optionally bidirectional), e.g. `features=(512, 256)`.
+
+  Attributes:
+    features: hidden size of each layer, bottom to top.
+    dropout: each layer's variational input dropout (Keras' `dropout`).
+    recurrent_dropout: each layer's variational recurrent dropout.
+    inter_layer_dropout: ordinary dropout on the outputs of every layer but the last
+      (PyTorch `nn.LSTM`'s `dropout`).
+    return_sequences: the top layer returns all steps, else its last output.
+    bidirectional: each layer is a `Bidirectional` pair (outputs concatenated: 2x width).
+    unroll, remat: passed to every `LSTM` layer; so are the `CellOptions`.
+  """
+
+  features: Sequence[int] = (512, 256)  # type: ignore[assignment]  # one width per layer
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  inter_layer_dropout: float = 0.0
+  return_sequences: bool = True
+  bidirectional: bool = False
+  unroll: int = 1
+  remat: bool = False
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
+               deterministic: bool | None = None) -> Array:
+    if not self.features:
+      raise ValueError("StackedLSTM needs at least one layer in `features`")
+    uses_dropout = self.dropout or self.recurrent_dropout or self.inter_layer_dropout
+    if uses_dropout:
+      deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    x = inputs
+    n = len(self.features)
+    for i, h in enumerate(self.features):
+      last = i == n - 1
+      layer_kw = dict(
+          return_sequences=self.return_sequences or not last, unroll=self.unroll,
+          dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, remat=self.remat,
+          **cell_options(self))
+      if self.bidirectional:
+        layer = Bidirectional(LSTM(h, parent=None, **layer_kw),  # adopted by the pair
+                              LSTM(h, parent=None, **layer_kw), name=f"bilstm_{i}")
+      else:
+        layer = LSTM(h, name=f"lstm_{i}", **layer_kw)
+      x = layer(x, seq_lengths=seq_lengths, deterministic=deterministic)
+      if not last and self.inter_layer_dropout:
+        x = nn.Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
+    return x

@@ -1,0 +1,19 @@
+"""ETTh1 multivariate (Informer protocol): all 7 columns in, all 7 forecast; the argument
+is the horizon.
+
+  flaxlstm train --config ett_multivariate:48 --workdir runs/ett_m48
+
+Same split, scaling and metrics as `ett_univariate` (MSE/MAE averaged over the 7 scaled
+columns).
+"""
+
+from flaxlstm.recipes import ett_univariate
+
+COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+
+
+def get_config(arg: str | None = None):
+  config = ett_univariate.get_config(arg or "24")
+  config.data.features = COLUMNS
+  config.data.target = COLUMNS
+  return config

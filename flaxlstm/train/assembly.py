@@ -1,0 +1,112 @@
+"""What a run is built from: `assemble(spec)` -> the data, the model, the optimizer, the
+mesh and the step counts (`Setup`). Writes nothing; every data error is raised here,
+before a workdir is touched."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flaxlstm import parallel
+from flaxlstm.config.schema import RunSpec
+from flaxlstm.data import augment, series, windows
+from flaxlstm.data.scaling import FittedScalers
+from flaxlstm.errors import InputError
+from flaxlstm.forecast.model import Forecaster
+from flaxlstm.train.optim import make_optimizer
+from flaxlstm.train.step import TrainState
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from one `RunSpec` (see `assemble`)."""
+
+  spec: RunSpec
+  data: series.SeriesData
+  model: Forecaster
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+  mesh: Any
+  _abstract: Any = dataclasses.field(default=None, repr=False)
+
+  def _init_fn(self) -> Callable[[], TrainState]:
+    x, _ = windows.gather_windows(self.data, self.data.window_starts("train")[:1])
+    y_last = self.data.y[:1]
+
+    def init():
+      key = jax.random.fold_in(jax.random.key(self.spec.seed), 0)
+      params = self.model.init(key, x, y_last, deterministic=True)["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+    return init
+
+  def abstract_state(self) -> Any:
+    """Shapes, dtypes and target shardings of the train state (no memory allocated)."""
+    if self._abstract is None:  # traced once: init is not free for large models
+      shapes = jax.eval_shape(self._init_fn())
+      self._abstract = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+          parallel.state_shardings(self.mesh, shapes))
+    return self._abstract
+
+  def state_sharding(self) -> Any:
+    return jax.tree.map(lambda a: a.sharding, self.abstract_state())
+
+  def train_batch(self, step: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(x, y, y_last)` of optimizer step `step`, as global arrays split over the mesh.
+
+    A pure function of (seed, step): the batch's windows (`windows.batch_for_step`) and
+    the augmentation draw. Each process gathers only its own rows of the global batch,
+    except that augmentation is drawn for the whole batch so that it does not depend on how
+    many processes share it.
+    """
+    spec, data = self.spec, self.data
+    bs = spec.train.batch_size
+    starts = windows.batch_for_step(data.window_starts("train"), bs, spec.seed, step)
+    mine = parallel.local_batch_slice(self.mesh, bs)
+    if augment.is_on(spec.data.augment):
+      x, y = windows.gather_windows(data, starts)
+      x = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[mine]
+      y = y[mine]
+    else:
+      x, y = windows.gather_windows(data, starts[mine])
+    y_last = data.y[starts[mine] - 1]
+    return tuple(parallel.host_to_global(self.mesh, a, bs) for a in (x, y, y_last))
+
+  def init_state(self) -> TrainState:
+    """Fresh parameters, created directly in their shards (no full copy on one device)."""
+    return jax.jit(self._init_fn(), out_shardings=self.state_sharding())()
+
+
+def assemble(spec: RunSpec, devices: list | None = None,
+             scalers: FittedScalers | None = None) -> Setup:
+  """The data, model, optimizer and step counts of `spec`; writes nothing.
+
+  `scalers`: a finished run's saved scalers, used instead of fitting new ones.
+  """
+  # Random bits independent of how arrays are sharded: dropout masks are then the same on
+  # any mesh (the default in current JAX; set so older versions agree).
+  jax.config.update("jax_threefry_partitionable", True)
+  mesh = parallel.make_mesh(spec.mesh, devices)
+  n_split = parallel.batch_size_per_step(mesh)
+  for key in ("batch_size", "eval_batch_size"):
+    if getattr(spec.train, key) % n_split:
+      raise InputError(f"train.{key}={getattr(spec.train, key)} must be a multiple of the "
+                       f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)")
+  data = series.prepare(spec.data, scalers=scalers)
+  n_train = len(data.window_starts("train"))
+  bs = spec.train.batch_size
+  if n_train < bs:
+    raise InputError(f"train.batch_size={bs} is larger than the {n_train} training windows")
+  steps_per_epoch = windows.steps_per_epoch(n_train, bs)
+  total = steps_per_epoch * spec.train.max_epochs
+  if spec.train.max_steps:
+    total = min(total, spec.train.max_steps)
+  model = Forecaster(horizon=data.horizon, n_targets=len(data.target_names), spec=spec.model)
+  return Setup(spec, data, model, make_optimizer(spec.train, total), steps_per_epoch, total,
+               mesh)

@@ -1,0 +1,107 @@
+"""Scoring a model during and after training: validation with early stopping, the final
+metrics beside the baselines, and the plots."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxlstm.data import windows
+from flaxlstm.data.series import SeriesData
+from flaxlstm.forecast import baselines
+from flaxlstm.forecast.metrics import split_metrics
+from flaxlstm.report import Reporter
+from flaxlstm.train.assembly import Setup
+from flaxlstm.train.checkpoint import Checkpoints, LoopState, NoIntact
+from flaxlstm.train.optim import pointwise_loss
+from flaxlstm.train.step import predict_windows
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+  """Validation and early stopping.
+
+  Called at an evaluation step, it scores the params on every validation window, logs the
+  metrics, saves the params as a best checkpoint when the validation loss improved by more
+  than `train.min_delta`, and sets `loop.stopped_early` after `train.patience` evaluations
+  without improvement. The counters live in `loop`, so they resume with it.
+  """
+
+  def __init__(self, setup: Setup, predict_fn: Callable, reporter: Reporter,
+               ckpts: Checkpoints):
+    self.setup, self.predict_fn, self.reporter, self.ckpts = setup, predict_fn, reporter, ckpts
+    self.every = setup.spec.train.eval_every_steps or setup.steps_per_epoch
+    self.starts = setup.data.window_starts("val")
+    self.targets = jnp.asarray(windows.gather_windows(setup.data, self.starts)[1])
+
+  def due(self, step: int) -> bool:
+    return step % self.every == 0 or step == self.setup.total_steps
+
+  def __call__(self, loop: LoopState, params: Any) -> None:
+    setup, spec = self.setup, self.setup.spec.train
+    pred = predict_windows(self.predict_fn, params, setup.data, self.starts,
+                           spec.eval_batch_size, setup.mesh)
+    val_loss = float(pointwise_loss(spec.loss, jnp.asarray(pred), self.targets,
+                                    spec.huber_delta).mean())
+    self.reporter.log(loop.step, "val",
+                      {"loss": val_loss, **split_metrics(setup.data, self.starts, pred)},
+                      epoch=(loop.step - 1) // setup.steps_per_epoch)
+    if np.isfinite(val_loss) and val_loss < loop.best_val - spec.min_delta:
+      loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
+      self.ckpts.save_best(loop.step, params, val_loss)
+    else:
+      loop.bad_evals += 1
+    if spec.patience and loop.bad_evals >= spec.patience:
+      loop.stopped_early = True
+
+  def final_params(self, params: Any) -> Any:
+    """The params to report: the best checkpoint's (`train.restore_best`), else `params`."""
+    if not self.setup.spec.train.restore_best:
+      return params
+    try:
+      best = self.ckpts.restore_best_params(self.setup.abstract_state().params)
+    except NoIntact as e:
+      log.warning(f"{e}; scoring the last params instead of the best")
+      best = None
+    return params if best is None else best
+
+
+def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict, np.ndarray]:
+  """Val/test metrics and baselines, and the test predictions (for the plots)."""
+  out: dict[str, Any] = {}
+  pred = np.zeros((0,))
+  for split in ("val", "test"):
+    starts = setup.data.window_starts(split)
+    pred = predict_windows(predict_fn, params, setup.data, starts,
+                           setup.spec.train.eval_batch_size, setup.mesh)
+    out[split] = split_metrics(setup.data, starts, pred)
+  out["baselines"] = baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
+  return out, pred
+
+
+def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
+  """The training summary fields of metrics.json, from the loop's bookkeeping."""
+  return dict(steps=loop.step, epochs=loop.step / setup.steps_per_epoch,
+              best_step=loop.best_step, stopped_early=loop.stopped_early,
+              nonfinite_steps=loop.nonfinite_steps, train_wall_time_s=loop.wall_time_s,
+              params_count=int(sum(p.size for p in jax.tree.leaves(params))))
+
+
+def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> None:
+  """Learning curves and test forecasts vs actuals (process 0; no device work here)."""
+  if not reporter.enabled:
+    return
+  starts = data.window_starts("test")
+  _, y = windows.gather_windows(data, starts)
+  naive = baselines.naive_forecast(data, starts)
+  reporter.plot_learning_curves()
+  reporter.plot_forecast(
+      data.inverse_targets(y), data.inverse_targets(test_pred), name="forecast_test.png",
+      title=f"test set: {', '.join(data.target_names)}", target_name=data.target_names[0],
+      baselines={"naive": data.inverse_targets(naive)},
+      dates=None if data.dates is None else data.dates[starts])

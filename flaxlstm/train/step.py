@@ -1,0 +1,97 @@
+"""The jitted steps: one train step (forward, backward, clip, update) and prediction.
+
+The same functions run on one device or many: inputs are split over the mesh's batch axes,
+the state as its shardings say (replicated, FSDP, gate-sharded), and XLA inserts the
+collectives. Dropout keys are threefry-partitionable, so masks do not depend on the mesh
+either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxlstm import parallel
+from flaxlstm.config.schema import TrainSpec
+from flaxlstm.data import windows
+from flaxlstm.data.series import SeriesData
+from flaxlstm.forecast.model import Forecaster
+from flaxlstm.train.optim import penalty, pointwise_loss
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+def make_train_step(model: Forecaster, tx: optax.GradientTransformation, spec: TrainSpec,
+                    seed: int, mesh, state_sharding) -> Callable:
+  """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated.
+
+  A non-finite loss or gradient skips the update (params and optimizer state unchanged),
+  so NaNs never reach the weights; `metrics["nonfinite"]` tells the host, which counts.
+  """
+  base_key = jax.random.key(seed)
+
+  def train_step(state: TrainState, x, y, y_last):
+    dropout_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
+
+    def loss_fn(params):
+      pred = model.apply({"params": params}, x, y_last, deterministic=False,
+                         rngs={"dropout": dropout_key})
+      data_loss = pointwise_loss(spec.loss, pred, y, spec.huber_delta).mean()
+      return data_loss + penalty(params, spec.l1, spec.l2), data_loss
+
+    (loss, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": grad_norm,
+               "nonfinite": ~finite}
+    return TrainState(step=state.step + 1, params=keep(params, state.params),
+                      opt_state=keep(opt_state, state.opt_state)), metrics
+
+  b2, b3 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_sharding, b3, b3, b2),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)))
+
+
+def make_predict_fn(model: Forecaster, mesh=None) -> Callable:
+  """Jitted `(params, x, y_last) -> predictions`, replicated so every host can read them."""
+  out = None if mesh is None else parallel.replicated(mesh)
+  return jax.jit(lambda params, x, y_last: model.apply(
+      {"params": params}, x, y_last, deterministic=True), out_shardings=out)
+
+
+def predict_windows(predict_fn: Callable, params: Any, data: SeriesData, starts: np.ndarray,
+                    batch_size: int, mesh=None) -> np.ndarray:
+  """Scaled predictions `(N, horizon, n_targets)` for windows starting at `starts`.
+
+  Batches come from `windows.eval_batches`: in order, the last one padded so that one
+  compiled function serves all. With a `mesh`, each process gathers only its own rows of
+  every batch.
+  """
+  positions, mask = windows.eval_batches(len(starts), batch_size)
+  out = []
+  for pos, real in zip(positions, mask):
+    idx = starts[pos]
+    if mesh is None:
+      x, y_last = windows.gather_inputs(data, idx), data.y[idx - 1]
+    else:
+      mine = idx[parallel.local_batch_slice(mesh, batch_size)]
+      x = parallel.host_to_global(mesh, windows.gather_inputs(data, mine), batch_size)
+      y_last = parallel.host_to_global(mesh, data.y[mine - 1], batch_size)
+    out.append(np.asarray(predict_fn(params, x, y_last))[real])
+  return np.concatenate(out) if out else np.zeros((0, data.horizon, len(data.target_names)))

@@ -1,0 +1,225 @@
+"""Sweeps: expansion and names, dry run, SLURM script, and a real tiny sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import pytest
+
+from flaxlstm import cli
+from flaxlstm.search import results, runner
+from flaxlstm.search import sweep as sweep_lib
+from flaxlstm.errors import InputError
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _write_sweep(path: pathlib.Path, spec: dict) -> str:
+  path.write_text(f"def get_sweep():\n  return {spec!r}\n")
+  return str(path)
+
+
+def test_expand_product_zip_and_seeds():
+  sweep = sweep_lib.expand({
+      "config": "base.py", "overrides": ["train.max_steps=10"],
+      "grid": {"model.dropout": [0.0, 0.2], "model.hidden_sizes": [(64,), (32, 32)]},
+      "zip": {"train.optimizer": ["sgd", "adamw"], "train.learning_rate": [0.05, 1e-3]},
+      "seeds": [0, 1]})
+  assert len(sweep.runs) == 2 * 2 * 2 * 2
+  assert sweep.dims == [("model.dropout",), ("model.hidden_sizes",),
+                        ("train.optimizer", "train.learning_rate")]
+  first = sweep.runs[0]
+  assert first.name == ("model.dropout=0.0,model.hidden_sizes=64,train.optimizer=sgd,"
+                        "train.learning_rate=0.05,seed=0")
+  assert first.overrides == ("train.max_steps=10", "model.dropout=0.0", "model.hidden_sizes=64,",
+                             "train.optimizer=sgd", "train.learning_rate=0.05", "seed=0")
+  # Zipped keys vary together: sgd always with 0.05, adamw with 0.001.
+  pairs = {(r.setting["train.optimizer"], r.setting["train.learning_rate"]) for r in sweep.runs}
+  assert pairs == {("sgd", 0.05), ("adamw", 1e-3)}
+  names = [r.name for r in sweep.runs]
+  assert len(set(names)) == len(names)
+  assert "model.hidden_sizes=32-32" in names[-1]
+  # Stable: the same spec gives the same names in the same order.
+  again = sweep_lib.expand({
+      "config": "base.py", "overrides": ["train.max_steps=10"],
+      "grid": {"model.dropout": [0.0, 0.2], "model.hidden_sizes": [(64,), (32, 32)]},
+      "zip": {"train.optimizer": ["sgd", "adamw"], "train.learning_rate": [0.05, 1e-3]},
+      "seeds": [0, 1]})
+  assert [r.name for r in again.runs] == names
+
+
+def test_expand_defaults_to_one_seed_and_formats_values():
+  sweep = sweep_lib.expand({"config": "b.py", "grid": {"data.scale_target": [True, False]}})
+  assert [r.name for r in sweep.runs] == ["data.scale_target=true,seed=0",
+                                          "data.scale_target=false,seed=0"]
+  assert sweep.runs[1].overrides == ("data.scale_target=false", "seed=0")
+  only_seeds = sweep_lib.expand({"config": "b.py", "seeds": [3, 4]})
+  assert [r.name for r in only_seeds.runs] == ["seed=3", "seed=4"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"model.dropout": [0.0]}}, "'config'"),
+    ({"config": "b.py", "grid": {"model.dropuot": [0.0]}}, "unknown config key"),
+    ({"config": "b.py", "grid": {"seed": [0, 1]}}, "with 'seeds'"),
+    ({"config": "b.py", "zip": {"model.dropout": [0.0], "train.l1": [0.0, 1.0]}},
+     "same length"),
+    ({"config": "b.py", "grid": {"model.dropout": []}}, "non-empty"),
+    ({"config": "b.py", "seeds": [0, 0]}, "duplicates"),
+    ({"config": "b.py", "grids": {}}, "unknown sweep keys"),
+    ({"config": "b.py", "grid": {"model.dropout": [0.1, 0.10]}}, "two runs get the name"),
+])
+def test_expand_rejects_bad_specs(spec, message):
+  with pytest.raises(InputError, match=message):
+    sweep_lib.expand(spec)
+
+
+def test_shipped_ablation_sweeps_load():
+  files = sorted((REPO / "experiments" / "sweeps").glob("*.py"))
+  assert {f.stem for f in files} >= {"deep_vs_wide", "dropout", "regularization",
+                                     "optimizer", "target_scaling", "init"}
+  for f in files:
+    sweep = sweep_lib.load_sweep(f)
+    assert {r.seed for r in sweep.runs} == {0, 1, 2}
+    assert sweep.config == "ett"
+  deep = sweep_lib.load_sweep(REPO / "experiments" / "sweeps" / "deep_vs_wide.py")
+  widths = [r.setting["model.hidden_sizes"] for r in deep.runs[::3]]
+  assert widths[0] == (64, 64, 64, 64) and len(widths[1]) == 1 and widths[1][0] > 64
+
+
+def test_dry_run_and_slurm(tmp_path, capsys):
+  path = _write_sweep(tmp_path / "s.py", {"config": "ett",
+                                          "grid": {"model.dropout": [0.0, 0.2]},
+                                          "seeds": [0, 1]})
+  workdir = tmp_path / "runs"
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--dry-run"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4
+  assert "-m flaxlstm.cli train --quiet --config ett" in lines[0]
+  assert f"--workdir {workdir}/model.dropout=0.2,seed=1" in lines[3]
+  assert lines[3].endswith("--config.model.dropout=0.2 --config.seed=1")
+  assert not workdir.exists()  # a dry run writes nothing
+
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--slurm", "--parallel", "2"]) == 0
+  script = capsys.readouterr().out
+  assert (workdir / "sweep.sbatch").read_text() == script
+  assert "#SBATCH --array=0-3%2" in script
+  assert 'case "$SLURM_ARRAY_TASK_ID" in' in script
+  assert "  3) [ -f " in script and "srun flaxlstm train --quiet" in script
+  assert script.count("srun flaxlstm train") == 4
+
+
+def test_bad_sweep_file_is_an_input_error(tmp_path, capsys):
+  path = _write_sweep(tmp_path / "s.py", {"config": "b.py", "grid": {"model.lr": [1]}})
+  assert cli.main(["sweep", path, "--dry-run"]) == 2
+  assert "error: sweep file" in capsys.readouterr().err
+
+
+def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, capsys):
+  # Two good settings and one that fails inside its own subprocess: a batch larger than
+  # the training set is a valid config but not for this data.
+  path = _write_sweep(tmp_path / "tiny_sweep.py", {
+      "config": tiny["exp"], "overrides": ["train.max_steps=10"],
+      "grid": {"train.batch_size": [16, 32, 1024]}, "seeds": [0]})
+  workdir = tmp_path / "runs"
+  args = ["sweep", path, "--workdir", str(workdir), "--parallel", "2"]
+  assert cli.main(args) == 1
+  out, err = capsys.readouterr()
+  good = ["train.batch_size=16,seed=0", "train.batch_size=32,seed=0"]
+  bad = "train.batch_size=1024,seed=0"
+  for name in good:
+    assert (workdir / name / "metrics.json").is_file()
+  assert not (workdir / bad).exists()  # nothing is written before the data validates
+  assert f"FAILED  {bad}" in out and "1 of 3 runs failed" in err
+  failures = (workdir / "failures.txt").read_text()
+  assert failures.startswith(bad) and "error: train.batch_size=1024 is larger" in failures
+
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["name"] for r in rows] == good + [bad]
+  assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+  for r in rows[:2]:
+    assert float(r["test_mse"]) > 0 and float(r["naive_test_mse"]) > 0
+    assert int(r["params_count"]) > 0 and r["seed"] == "0" and r["train.batch_size"]
+  table = (workdir / "results.md").read_text()
+  assert table.splitlines()[0].startswith("| train.batch_size | runs | val_mse | test_mse")
+  assert "1 of 3 runs have no results" in table
+  assert (workdir / "train.batch_size.png").stat().st_size > 0
+
+  # Rerun: the finished runs are skipped (their metrics untouched), the bad one fails again.
+  stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good]
+  assert cli.main(args + ["--quiet"]) == 1
+  assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good] == stamps
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--dry-run"]) == 0
+  dry = capsys.readouterr().out.strip().splitlines()
+  assert [l.startswith("# done: ") for l in dry] == [True, True, False]
+
+  # Aggregation alone works from the files and reports no new failures.
+  (workdir / "results.csv").unlink()
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--aggregate-only"]) == 0
+  assert (workdir / "results.csv").is_file()
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"overrides": ["train.lr=1"]}, "base config"),
+    ({"overrides": ["train.max_steps=-3"]}, "base config"),
+    ({"grid": {"model.dropout": [0.0, 1.5]}}, "run model.dropout=1.5,seed=0: config key"),
+    ({"overrides": ["data.path=/no/such/file.csv"]}, "data file not found"),
+])
+def test_every_run_is_validated_before_any_is_launched(tiny, tmp_path, capsys, spec,
+                                                       fragment):
+  path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"], **spec})
+  workdir = tmp_path / "runs"
+  for mode in ([], ["--dry-run"], ["--slurm"]):
+    assert cli.main(["sweep", path, "--workdir", str(workdir), *mode]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sweep file") and fragment in err and err.count("\n") == 1
+    assert not workdir.exists()  # nothing launched, nothing written
+
+
+def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
+  import shlex
+  import subprocess
+  path = _write_sweep(tmp_path / "s.py", {"config": "ett",
+                                          "grid": {"model.dropout": [0.0, 0.2]}})
+  workdir = tmp_path / "my runs" / "drop out"
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--slurm"]) == 0
+  script = (workdir / "sweep.sbatch").read_text()
+  # sbatch splits an #SBATCH line at blanks unless quoted, as a shell does.
+  output = [l for l in script.splitlines() if l.startswith("#SBATCH --output")][0]
+  assert shlex.split(output)[1] == f"--output={workdir}/logs/slurm-%A_%a.out"
+  # The case body under bash, with a stand-in srun that records its arguments.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
+  (bin_dir / "srun").chmod(0o755)
+  record = tmp_path / "args.txt"
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1",
+         "SRUN_ARGS": str(record)}
+  done = subprocess.run(["bash", str(workdir / "sweep.sbatch")], env=env, cwd=REPO,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  args = record.read_text().splitlines()
+  assert args[args.index("--workdir") + 1] == f"{workdir}/model.dropout=0.2,seed=0"
+
+
+def test_a_second_runner_on_a_busy_sweep_is_refused(tiny, tmp_path, capsys):
+  from flaxlstm.train import workdir as workdir_lib
+  path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"],
+                                          "overrides": ["train.max_steps=5"]})
+  workdir = tmp_path / "runs"
+  workdir.mkdir()
+  with workdir_lib.Lock(workdir, "another sweep runner"):
+    assert cli.main(["sweep", path, "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "is in use by pid" in err and err.count("\n") == 1
+  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_NAME]
+
+
+def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
+  run = runner.Run("seed=0", {}, 0, ("seed=0",))
+  (tmp_path / "seed=0").mkdir()
+  for text in ('{"val": {"mse": 0.1', "[1]", '{"val": {}, "test": {}}'):
+    (tmp_path / "seed=0" / "metrics.json").write_text(text)
+    assert not runner.is_done(tmp_path, run)  # rerunning the sweep rewrites it
+    assert results.result_row(tmp_path, run, {})["status"] == "damaged"

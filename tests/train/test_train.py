@@ -1,0 +1,167 @@
+"""End to end: training lowers the loss, early stopping, bit-identical resume, the CLI."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from flaxlstm import cli
+from flaxlstm import config as config_lib
+from flaxlstm import train as train_lib
+from flaxlstm.data import augment, scaling
+from flaxlstm.train.assembly import assemble
+from flaxlstm.train.checkpoint import Checkpoints
+
+
+def _config(tiny, *overrides):
+  return config_lib.load_config(tiny["exp"], list(overrides))
+
+
+def _best_params(workdir):
+  config = config_lib.config_from_json(open(os.path.join(workdir, "config.json")).read())
+  run = assemble(config_lib.to_spec(config))
+  return train_lib.restore_params(workdir, jax.tree.map(np.asarray,
+                                                                run.init_state().params))
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
+  wd = str(tmp_path / "run")
+  m = train_lib.train_and_evaluate(_config(tiny), wd)
+  val = [r["loss"] for r in _lines(wd) if r["split"] == "val"]
+  assert val[-1] < 0.5 * val[0]
+  assert m["val"]["mse"] < m["baselines"]["naive"]["val"]["mse"]  # a seasonal series
+  for name in ("config.json", "metrics.json", "metrics.jsonl", "scalers.json",
+               "learning_curves.png", "forecast_test.png"):
+    assert os.path.getsize(os.path.join(wd, name)) > 0, name
+  assert os.listdir(os.path.join(wd, "tensorboard"))
+  saved = json.load(open(os.path.join(wd, "metrics.json")))
+  assert set(saved) >= {"val", "test", "baselines"}
+  assert set(saved["test"]) >= {"mse", "mae", "rmse", "mse_original", "mae_original"}
+  assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear"}
+  # Original-unit metrics are the scaled ones times the target's variance.
+  scale = scaling.load_scalers(os.path.join(wd, "scalers.json")).target_scaler.scale_[0]
+  np.testing.assert_allclose(saved["test"]["mse_original"], saved["test"]["mse"] * scale**2,
+                             rtol=1e-4)
+
+
+def test_early_stopping_stops_and_restores_the_best_params(tiny, tmp_path):
+  # A learning rate this large without clipping makes validation worse after the first
+  # evaluation, so patience 2 must stop the run and the best (first) params come back.
+  wd = str(tmp_path / "run")
+  m = train_lib.train_and_evaluate(
+      _config(tiny, "train.learning_rate=0.5", "train.clip_norm=0", "train.patience=2",
+              "train.max_steps=200", "train.eval_every_steps=5"), wd)
+  assert m["stopped_early"] and m["steps"] < 200
+  val = {r["step"]: r["mse"] for r in _lines(wd) if r["split"] == "val"}
+  best_step = min(val, key=val.get)
+  assert m["best_step"] == best_step
+  assert m["steps"] == best_step + 2 * 5
+  np.testing.assert_allclose(m["val"]["mse"], val[best_step], rtol=1e-6)
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
+  overrides = ("model.dropout=0.1", "model.recurrent_dropout=0.1", "data.augment.jitter=0.05",
+               "train.max_steps=30")
+  ref = str(tmp_path / "ref")
+  ref_metrics = train_lib.train_and_evaluate(_config(tiny, *overrides), ref)
+
+  wd = str(tmp_path / "interrupted")
+  real_augment = augment.augment
+
+  def dies_at(step):
+    calls = []
+
+    def dying_augment(*args):
+      calls.append(1)
+      if len(calls) == step:
+        raise _Interrupt()
+      return real_augment(*args)
+    return dying_augment
+
+  # Killed at step 7, before the first checkpoint (step 10): the rerun starts over, and
+  # the lines logged at step 5 must not be left to appear twice.
+  monkeypatch.setattr(augment, "augment", dies_at(7))
+  with pytest.raises(_Interrupt):
+    train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
+  assert [r["step"] for r in _lines(wd)] == [5] and not os.path.exists(
+      os.path.join(wd, "checkpoints", "latest", "10"))
+  # Then at step 17, mid-way between the checkpoints at steps 10 and 20.
+  monkeypatch.setattr(augment, "augment", dies_at(17))
+  with pytest.raises(_Interrupt):
+    train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
+  monkeypatch.setattr(augment, "augment", real_augment)
+  with Checkpoints(os.path.join(wd, "checkpoints"), read_only=True) as ckpts:
+    assert ckpts.steps("latest") == [10]
+
+  metrics = train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
+  for key in ("val", "test", "steps", "best_step"):
+    assert metrics[key] == ref_metrics[key], key
+  for a, b in zip(jax.tree.leaves(_best_params(wd)), jax.tree.leaves(_best_params(ref))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The log holds each step once: lines written after the checkpoint were dropped.
+  steps = [(r["step"], r["split"]) for r in _lines(wd)]
+  assert steps == [(r["step"], r["split"]) for r in _lines(ref)]
+
+
+def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(tiny, tmp_path):
+  wd = str(tmp_path / "run")
+  first = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
+  again = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
+  assert again["val"] == first["val"] and again["steps"] == 10
+  with pytest.raises(Exception, match="another config.*train.learning_rate"):
+    train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10",
+                                         "train.learning_rate=0.5"), wd)
+
+
+def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  assert cli.main(["train", "--config", tiny["exp"], "--workdir", wd, "--quiet",
+                   "--config.train.max_steps=20"]) == 0
+  assert json.load(open(os.path.join(wd, "config.json")))["train"]["max_steps"] == 20
+  assert cli.main(["evaluate", "--workdir", wd]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  assert printed["test"] == json.load(open(os.path.join(wd, "metrics.json")))["test"]
+
+  out = str(tmp_path / "preds.csv")
+  assert cli.main(["predict", "--workdir", wd, "--data", tiny["csv"], "--out", out]) == 0
+  preds = pd.read_csv(out)
+  assert list(preds.columns) == ["origin", "step", "date", "y"] and len(preds) == 6
+  assert preds["date"].iloc[0] == "2020-01-26 00:00:00"  # the hour after the last row
+  # Original units: the forecast lives on the scale of the series, not of the scaled data.
+  series = pd.read_csv(tiny["csv"])["y"]
+  assert series.min() - 1 < preds["y"].mean() < series.max() + 1
+
+  out_all = str(tmp_path / "all.csv")
+  assert cli.main(["predict", "--workdir", wd, "--data", tiny["csv"], "--out", out_all,
+                   "--all-windows"]) == 0
+  every = pd.read_csv(out_all)
+  assert len(every) == (600 - 24 + 1) * 6 and "y_actual" in every.columns
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--config.train.lr=1"], "unknown config key 'train.lr'"),
+    (["--config.model.dropout=1.5"], "model.dropout"),
+    (["--config.data.target=nope"], "'nope'"),
+    (["--config.data.path=/does/not/exist.csv"], "not found"),
+    (["--config.data.lookback=500"], "too short"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, capsys, argv,
+                                                             fragment):
+  wd = tmp_path / "run"
+  code = cli.main(["train", "--config", tiny["exp"], "--workdir", str(wd), "--quiet"] + argv)
+  err = capsys.readouterr().err
+  assert code == 2
+  assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+  assert not wd.exists()
