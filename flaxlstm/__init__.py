@@ -4,17 +4,24 @@ The public API is the neural-network core; importing it stays light (no orbax, s
 pandas or matplotlib), so researchers can drop the cell into their own models.
 """
 
-from flaxlstm.nn import (LSTM, Bidirectional, LSTMCell, StackedLSTM, flip_sequences,
-                         from_flax_params, from_torch_lstm)
+from flaxlstm.nn import (
+  LSTM,
+  Bidirectional,
+  LSTMCell,
+  StackedLSTM,
+  flip_sequences,
+  from_flax_params,
+  from_torch_lstm,
+)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LSTMCell",
-    "LSTM",
-    "StackedLSTM",
-    "Bidirectional",
-    "flip_sequences",
-    "from_flax_params",
-    "from_torch_lstm",
+__all__ = [  # the LSTM library's public API (flaxlstm.nn)
+  "LSTMCell",
+  "LSTM",
+  "StackedLSTM",
+  "Bidirectional",
+  "flip_sequences",
+  "from_flax_params",
+  "from_torch_lstm",
 ]

@@ -1,6 +1,6 @@
 """`flaxlstm train | evaluate | predict | sweep | tune` — a thin shell over the library.
 
-  flaxlstm train [--config experiments/ett.py[:ARG]] [--workdir runs/x] [--resume]
+  flaxlstm train [--config ett[:ARG] | FILE.py[:ARG]] [--workdir runs/x] [--resume]
                  [--force] [--allow-changed-data] [--quiet] [--config.section.key=value ...]
   flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers]
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
@@ -37,78 +37,128 @@ DEFAULT_EXPERIMENT = "ett"
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="flaxlstm", description="Train LSTM forecasters.")
   common = argparse.ArgumentParser(add_help=False)
-  common.add_argument("--verbose", "-v", action="store_true",
-                      help="also print what the library logs at INFO level")
+  common.add_argument(
+    "--verbose", "-v", action="store_true", help="also print what the library logs at INFO level"
+  )
   sub = p.add_subparsers(dest="command", required=True)
-  t = sub.add_parser("train", help="train (or resume) a run", parents=[common],
-                     epilog="Any config field can be overridden: --config.train.batch_size=64")
-  t.add_argument("--config", default=None,
-                 help=f"a packaged recipe NAME[:ARG] ({DEFAULT_EXPERIMENT}, ett_univariate:"
-                      "168, ...; default: the packaged default experiment, "
-                      f"{DEFAULT_EXPERIMENT}), an experiment file.py[:ARG], or a run's "
-                      "config.json")
+  t = sub.add_parser(
+    "train",
+    help="train (or resume) a run",
+    parents=[common],
+    epilog="Any config field can be overridden: --config.train.batch_size=64",
+  )
+  t.add_argument(
+    "--config",
+    default=None,
+    help=f"a packaged recipe NAME[:ARG] ({DEFAULT_EXPERIMENT}, ett_univariate:"
+    "168, ...; default: the packaged default experiment, "
+    f"{DEFAULT_EXPERIMENT}), an experiment file.py[:ARG], or a run's "
+    "config.json",
+  )
   t.add_argument("--workdir", default=None, help="run directory (default: runs/<name>-<time>)")
-  t.add_argument("--resume", action="store_true",
-                 help="require an existing run in --workdir (rerunning resumes anyway)")
-  t.add_argument("--force", action="store_true",
-                 help="train into a non-empty directory that is not a flaxlstm run "
-                      "(files with a run's names are overwritten)")
-  t.add_argument("--allow-changed-data", action="store_true",
-                 help="resume or finish a run although its data file has changed since "
-                      "it was trained (recorded in metrics.json)")
-  t.add_argument("--quiet", action="store_true",
-                 help="no progress bar or summary (warnings and errors still print)")
+  t.add_argument(
+    "--resume",
+    action="store_true",
+    help="require an existing run in --workdir (rerunning resumes anyway)",
+  )
+  t.add_argument(
+    "--force",
+    action="store_true",
+    help="train into a non-empty directory that is not a flaxlstm run "
+    "(files with a run's names are overwritten)",
+  )
+  t.add_argument(
+    "--allow-changed-data",
+    action="store_true",
+    help="resume or finish a run although its data file has changed since "
+    "it was trained (recorded in metrics.json)",
+  )
+  t.add_argument(
+    "--quiet",
+    action="store_true",
+    help="no progress bar or summary (warnings and errors still print)",
+  )
   d = t.add_argument_group("multi-process (see launch/)")
-  d.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() with JAX's cluster auto-detection "
-                      "(SLURM, TPU VMs); implied under srun with several tasks")
+  d.add_argument(
+    "--distributed",
+    action="store_true",
+    help="call jax.distributed.initialize() with JAX's cluster auto-detection "
+    "(SLURM, TPU VMs); implied under srun with several tasks",
+  )
   d.add_argument("--coordinator", help="host:port of process 0 (explicit multi-process)")
   d.add_argument("--num_processes", type=int)
   d.add_argument("--process_id", type=int)
   d.add_argument("--local_devices", type=int, help="CPU devices per process (CPU only)")
-  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run",
-                     parents=[common])
+  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run", parents=[common])
   e.add_argument("--workdir", required=True)
-  e.add_argument("--allow-changed-data", action="store_true",
-                 help="score the data file although it is not the one the run was "
-                      "trained on (recorded in metrics.json)")
-  e.add_argument("--refit-scalers", action="store_true",
-                 help="fit the scalers again on the training rows and save scalers.json "
-                      "(a run without one, or with a legacy scalers.pkl)")
-  pr = sub.add_parser("predict", help="forecast a new file with a trained run",
-                      parents=[common])
+  e.add_argument(
+    "--allow-changed-data",
+    action="store_true",
+    help="score the data file although it is not the one the run was "
+    "trained on (recorded in metrics.json)",
+  )
+  e.add_argument(
+    "--refit-scalers",
+    action="store_true",
+    help="fit the scalers again on the training rows and save scalers.json "
+    "(a run without one, or with a legacy scalers.pkl)",
+  )
+  pr = sub.add_parser("predict", help="forecast a new file with a trained run", parents=[common])
   pr.add_argument("--workdir", required=True)
   pr.add_argument("--data", required=True, help="CSV/Parquet with the run's columns")
   pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
-  pr.add_argument("--all-windows", action="store_true",
-                  help="forecast from every position, not only from the end of the file")
+  pr.add_argument(
+    "--all-windows",
+    action="store_true",
+    help="forecast from every position, not only from the end of the file",
+  )
   pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-  sw = sub.add_parser("sweep", help="run a sweep file's grid of runs and aggregate them",
-                      description="See flaxlstm/search/sweep.py for the sweep file format.",
-                      parents=[common])
+  sw = sub.add_parser(
+    "sweep",
+    help="run a sweep file's grid of runs and aggregate them",
+    description="See flaxlstm/search/sweep.py for the sweep file format.",
+    parents=[common],
+  )
   sw.add_argument("sweep_file", help="experiments/sweeps/NAME.py (defines get_sweep())")
   sw.add_argument("--workdir", default=None, help="sweep directory (default: runs/NAME)")
   sw.add_argument("--parallel", type=int, default=1, help="runs trained at a time")
   mode = sw.add_mutually_exclusive_group()
   mode.add_argument("--dry-run", action="store_true", help="print the run commands only")
-  mode.add_argument("--slurm", action="store_true",
-                    help="print and write WORKDIR/sweep.sbatch, a SLURM job array; run nothing")
-  mode.add_argument("--aggregate-only", action="store_true",
-                    help="only (re)write results.csv, results.md and the plots")
+  mode.add_argument(
+    "--slurm",
+    action="store_true",
+    help="print and write WORKDIR/sweep.sbatch, a SLURM job array; run nothing",
+  )
+  mode.add_argument(
+    "--aggregate-only",
+    action="store_true",
+    help="only (re)write results.csv, results.md and the plots",
+  )
   sw.add_argument("--quiet", action="store_true", help="no per-run progress lines")
-  tu = sub.add_parser("tune", help="search hyperparameters (random or TPE) over a tune file",
-                      description="See flaxlstm/search/tune.py for the tune file format.",
-                      parents=[common])
+  tu = sub.add_parser(
+    "tune",
+    help="search hyperparameters (random or TPE) over a tune file",
+    description="See flaxlstm/search/tune.py for the tune file format.",
+    parents=[common],
+  )
   tu.add_argument("tune_file", help="experiments/tune/NAME.py (defines get_tune())")
   tu.add_argument("--workdir", default=None, help="search directory (default: runs/NAME)")
-  tu.add_argument("--parallel", type=int, default=1,
-                  help="trials trained at a time, in rounds (TPE proposes each round from "
-                       "the results of the earlier ones)")
-  tu.add_argument("--trials", type=int, default=None,
-                  help="trials in all, instead of the file's (a larger number extends a "
-                       "finished search)")
-  tu.add_argument("--dry-run", action="store_true",
-                  help="print the trial commands known so far; run nothing")
+  tu.add_argument(
+    "--parallel",
+    type=int,
+    default=1,
+    help="trials trained at a time, in rounds (TPE proposes each round from "
+    "the results of the earlier ones)",
+  )
+  tu.add_argument(
+    "--trials",
+    type=int,
+    default=None,
+    help="trials in all, instead of the file's (a larger number extends a finished search)",
+  )
+  tu.add_argument(
+    "--dry-run", action="store_true", help="print the trial commands known so far; run nothing"
+  )
   tu.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
   return p
 
@@ -120,9 +170,9 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     a = argv[i]
     if a.startswith("--config."):
       if "=" in a:
-        overrides.append(a[len("--config."):])
+        overrides.append(a[len("--config.") :])
       elif i + 1 < len(argv):
-        overrides.append(a[len("--config."):] + "=" + argv[i + 1])
+        overrides.append(a[len("--config.") :] + "=" + argv[i + 1])
         i += 1
       else:
         raise InputError(f"{a} needs a value: {a}=VALUE")
@@ -136,8 +186,9 @@ def _summary(metrics: dict) -> str:
   lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
   rows = [("lstm", metrics)] + list(metrics.get("baselines", {}).items())
   for name, m in rows:
-    lines.append(f"{name:<16}" + "".join(
-        f"{m[s][k]:>10.4f}" for s in ("val", "test") for k in ("mse", "mae")))
+    lines.append(
+      f"{name:<16}" + "".join(f"{m[s][k]:>10.4f}" for s in ("val", "test") for k in ("mse", "mae"))
+    )
   return "\n".join(lines)
 
 
@@ -145,29 +196,39 @@ def _train(args, overrides: list[str]) -> int:
   from flaxlstm import config as config_lib  # imported late: `--help` stays instant
   from flaxlstm import parallel
   from flaxlstm.search import runner
+
   runner.follow_parent()  # a run of a sweep or tune stops when its runner dies
   spec = DEFAULT_EXPERIMENT if args.config is None else args.config
   config = config_lib.load_config(spec, overrides)
   # Before anything asks JAX for its devices: join the other processes, if any.
   if args.distributed or args.coordinator or args.num_processes:
     distributed = parallel.initialize_distributed(
-        args.coordinator, args.num_processes, args.process_id, args.local_devices, force=True)
+      args.coordinator, args.num_processes, args.process_id, args.local_devices, force=True
+    )
   else:
     distributed = parallel.initialize_distributed()
   from flaxlstm import train as train_lib
+
   workdir = args.workdir
   if workdir is None:
     name = os.path.splitext(os.path.basename(spec.split(":")[0]))[0]
     workdir = os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
   try:
     metrics = train_lib.train_and_evaluate(
-        config, workdir, resume=True if args.resume else None, quiet=args.quiet,
-        force=args.force, allow_changed_data=args.allow_changed_data)
+      config,
+      workdir,
+      resume=True if args.resume else None,
+      quiet=args.quiet,
+      force=args.force,
+      allow_changed_data=args.allow_changed_data,
+    )
   finally:
     if distributed:  # leave together, or the last one out waits on the coordinator
       import jax
+
       jax.distributed.shutdown()
   import jax
+
   if not args.quiet and jax.process_index() == 0:
     print(_summary(metrics))
     print(f"run written to {workdir}")
@@ -186,14 +247,20 @@ def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
 def _sweep(args) -> int:
   from flaxlstm.search import runner  # imported late: `--help` stays instant
   from flaxlstm.search import sweep as sweep_lib
+
   sweep = sweep_lib.load_sweep(args.sweep_file)
   name, workdir = _name_and_workdir(args.sweep_file, args)
   if args.dry_run:
     print("\n".join(runner.dry_run_lines(sweep.config, sweep.runs, workdir)))
     return 0
   if args.slurm:
-    script = runner.slurm_script(sweep.config, sweep.runs, workdir, name=name,
-                                 parallel=args.parallel if args.parallel > 1 else 0)
+    script = runner.slurm_script(
+      sweep.config,
+      sweep.runs,
+      workdir,
+      name=name,
+      parallel=args.parallel if args.parallel > 1 else 0,
+    )
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     with open(os.path.join(workdir, "sweep.sbatch"), "w") as f:
       f.write(script)
@@ -202,6 +269,7 @@ def _sweep(args) -> int:
     return 0
   if args.aggregate_only:
     from flaxlstm.train import workdir as workdir_lib
+
     os.makedirs(workdir, exist_ok=True)
     with workdir_lib.Lock(workdir, "flaxlstm sweep --aggregate-only"):
       sweep_lib.aggregate(sweep, workdir)
@@ -211,14 +279,18 @@ def _sweep(args) -> int:
   if not args.quiet:
     print(f"results in {os.path.join(workdir, 'results.md')}")
   if failures:
-    print(f"error: {len(failures)} of {len(sweep.runs)} runs failed "
-          f"(see {os.path.join(workdir, 'failures.txt')})", file=sys.stderr)
+    print(
+      f"error: {len(failures)} of {len(sweep.runs)} runs failed "
+      f"(see {os.path.join(workdir, 'failures.txt')})",
+      file=sys.stderr,
+    )
     return 1
   return 0
 
 
 def _tune(args) -> int:
   from flaxlstm.search import tune as tune_lib  # imported late: `--help` stays instant
+
   tune = tune_lib.load_tune(args.tune_file, trials=args.trials)
   _, workdir = _name_and_workdir(args.tune_file, args)
   if args.dry_run:
@@ -230,8 +302,10 @@ def _tune(args) -> int:
     print(f"error: all {outcome.trials} trials failed (see {failures})", file=sys.stderr)
     return 1
   if outcome.failed:  # A search may stray into failing settings; the best still stands.
-    print(f"warning: {outcome.failed} of {outcome.trials} trials failed (see {failures})",
-          file=sys.stderr)
+    print(
+      f"warning: {outcome.failed} of {outcome.trials} trials failed (see {failures})",
+      file=sys.stderr,
+    )
   return 0
 
 
@@ -300,19 +374,21 @@ class _QuietForeignThreads:
 
   def write(self, text: str) -> int:
     thread = threading.current_thread()
-    buffer = self._pending.get(thread.ident)
+    ident = thread.ident or 0
+    buffer = self._pending.get(ident)
     if buffer is None:
       if not (thread.name.startswith("Dummy-") and text.startswith("Traceback")):
         return self.stream.write(text)
-      buffer = self._pending[thread.ident] = []
+      buffer = self._pending[ident] = []
     buffer.append(text)
     block = "".join(buffer)
     last = block.splitlines()[-1] if block.strip() else ""
     if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
-      del self._pending[thread.ident]  # the exception line: the traceback is complete
+      del self._pending[ident]  # the exception line: the traceback is complete
       if last == _LOOP_CLOSED:
-        _HELD.emit(logging.LogRecord("tensorstore", logging.ERROR, "", 0, "%s",
-                                     (block.rstrip(),), None))
+        _HELD.emit(
+          logging.LogRecord("tensorstore", logging.ERROR, "", 0, "%s", (block.rstrip(),), None)
+        )
       else:
         self.stream.write(block)
     return len(text)
@@ -381,13 +457,16 @@ def _main(argv: list[str]) -> int:
     if args.command == "tune":
       return _tune(args)
     from flaxlstm import train as train_lib
+
     if args.command == "evaluate":
-      metrics = train_lib.evaluate(args.workdir, allow_changed_data=args.allow_changed_data,
-                                   refit_scalers=args.refit_scalers)
+      metrics = train_lib.evaluate(
+        args.workdir, allow_changed_data=args.allow_changed_data, refit_scalers=args.refit_scalers
+      )
       print(json.dumps(metrics, indent=2))
       return 0
-    n = train_lib.predict_file(args.workdir, args.data, args.out,
-                               all_windows=args.all_windows, overwrite=args.overwrite)
+    n = train_lib.predict_file(
+      args.workdir, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
+    )
     print(f"wrote {n} forecasts to {args.out}")
     return 0
   except InputError as e:
@@ -404,6 +483,7 @@ def _main(argv: list[str]) -> int:
     return 130
   except OSError as e:
     from flaxlstm.train import workdir as workdir_lib
+
     if not workdir_lib.is_disk_full(e):
       raise
     where = f" writing {e.filename}" if e.filename else ""

@@ -29,6 +29,9 @@ class Preempted(Stopped):
   written."""
 
   def __init__(self, signum: int, step: int):
-    super().__init__(signum, f"stopped by signal {signum} at step {step}; checkpoint saved, "
-                     "rerun the same command to resume")
+    super().__init__(
+      signum,
+      f"stopped by signal {signum} at step {step}; checkpoint saved, "
+      "rerun the same command to resume",
+    )
     self.step = step

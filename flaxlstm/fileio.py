@@ -35,8 +35,7 @@ def read_text(path: str | os.PathLike[str], what: str) -> str:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise InputError(f"{what} {path} is not UTF-8 text (byte {e.start}); it is damaged"
-                     ) from None
+    raise InputError(f"{what} {path} is not UTF-8 text (byte {e.start}); it is damaged") from None
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -48,8 +47,7 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
     raise InputError(f"{what} {os.fspath(path)} is not valid JSON ({e}); it is damaged") from None
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, *,
-                 replace: bool = True) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bool = True) -> None:
   """Writes `path` whole or not at all: a temporary sibling, fsync, then a rename.
 
   On any failure the temporary file is removed and `path` is untouched. The file gets
@@ -61,8 +59,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *,
   path = os.fspath(path)
   if isinstance(data, str):
     data = data.encode("utf-8")
-  tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                     f".{os.path.basename(path)}.{os.getpid()}.{next(_TMP_NUMBERS)}.tmp")
+  tmp = os.path.join(
+    os.path.dirname(os.path.abspath(path)),
+    f".{os.path.basename(path)}.{os.getpid()}.{next(_TMP_NUMBERS)}.tmp",
+  )
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(fd, "wb") as f:

@@ -19,15 +19,21 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flaxlstm.errors import InputError
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 # Parameters whose last axis is the fused 4H gate axis (see cell.py).
-_GATE_AXIS_PARAMS = ("input_kernel", "recurrent_kernel", "bias", "input_ln_scale",
-                     "recurrent_ln_scale")
+_GATE_AXIS_PARAMS = (
+  "input_kernel",
+  "recurrent_kernel",
+  "bias",
+  "input_ln_scale",
+  "recurrent_ln_scale",
+)
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
@@ -38,19 +44,23 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n_devices % known:
-      raise InputError(f"mesh: {n_devices} devices do not divide into "
-                       f"{dict(zip(AXES, sizes))}")
+      raise InputError(f"mesh: {n_devices} devices do not divide into {dict(zip(AXES, sizes))}")
     sizes[sizes.index(-1)] = n_devices // known
   if math.prod(sizes) != n_devices:
-    raise InputError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"but {n_devices} are available")
+    raise InputError(
+      f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
+      f"but {n_devices} are available"
+    )
   if min(sizes) > 1:
     # Measured with jax 0.10.2 on CPU: with all three axes split, XLA's partitioner gives
     # LSTM gradients that differ from one device's by ~10% (forward pass correct), while
     # every two-axis layout matches. Refuse rather than train on wrong gradients.
-    raise InputError(f"mesh {dict(zip(AXES, sizes))}: splitting data, fsdp and model all "
-                     "at once is not supported (wrong gradients from XLA); use at most two")
-  return tuple(sizes)
+    raise InputError(
+      f"mesh {dict(zip(AXES, sizes))}: splitting data, fsdp and model all "
+      "at once is not supported (wrong gradients from XLA); use at most two"
+    )
+  data, fsdp, model = sizes
+  return data, fsdp, model
 
 
 def make_mesh(mesh_cfg, devices: list | None = None) -> Mesh:
@@ -97,14 +107,18 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
   parameter and its Adam moments identically.
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, a: NamedSharding(mesh, _leaf_spec(path, tuple(np.shape(a)), mesh)),
-      abstract_state)
+    lambda path, a: NamedSharding(mesh, _leaf_spec(path, tuple(np.shape(a)), mesh)), abstract_state
+  )
 
 
 def local_batch_slice(mesh: Mesh, global_batch: int) -> slice:
   """The rows of a global batch that this process's devices hold (contiguous)."""
   sharding = batch_sharding(mesh, 1)
-  rows = [idx[0] for idx in sharding.addressable_devices_indices_map((global_batch,)).values()]
+  rows = [
+    idx[0]
+    for idx in sharding.addressable_devices_indices_map((global_batch,)).values()
+    if idx is not None
+  ]
   lo = min(r.start or 0 for r in rows)
   hi = max(global_batch if r.stop is None else r.stop for r in rows)
   return slice(lo, hi)
@@ -114,7 +128,8 @@ def host_to_global(mesh: Mesh, local: np.ndarray, global_batch: int) -> jax.Arra
   """Assembles the global batch array from this process's rows (`local_batch_slice`)."""
   sharding = batch_sharding(mesh, local.ndim)
   return jax.make_array_from_process_local_data(
-      sharding, local, (global_batch,) + tuple(local.shape[1:]))
+    sharding, local, (global_batch,) + tuple(local.shape[1:])
+  )
 
 
 # ---- multi-host ------------------------------------------------------------------------------
@@ -127,9 +142,13 @@ def _env_says_multiprocess() -> bool:
   return len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, local_devices: int | None = None,
-                           force: bool = False) -> bool:
+def initialize_distributed(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_devices: int | None = None,
+  force: bool = False,
+) -> bool:
   """Starts JAX's multi-controller runtime when this is one process of several.
 
   With explicit `coordinator`/`num_processes`/`process_id` (what `launch/local.sh` passes)
@@ -144,6 +163,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if local_devices:
     jax.config.update("jax_num_cpu_devices", local_devices)
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+  )
   return True

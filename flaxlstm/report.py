@@ -21,7 +21,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import tqdm
@@ -46,9 +46,9 @@ class Reporter:
   def __init__(self, workdir: str | os.PathLike[str], *, enabled: bool = True):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
-    self._metrics = None  # Append handle, opened on the first log.
-    self._tensorboard = None  # SummaryWriter, created on the first log.
-    self._purge_step = None  # Set by truncate_after: TensorBoard hides events >= it.
+    self._metrics: IO[str] | None = None  # Append handle, opened on the first log.
+    self._tensorboard: _EventFile | None = None  # Event file, created on the first log.
+    self._purge_step: int | None = None  # Set by truncate_after: TensorBoard hides >= it.
 
   def write_config(self, config, run_record: Mapping[str, Any] | None = None) -> None:
     """Writes ``config.json``: the config, and under ``_run`` what the run was trained on
@@ -130,8 +130,9 @@ class Reporter:
           good.append((text if text.endswith("\n") else text + "\n", record))
     return good, bad
 
-  def plot_learning_curves(self, metric: str = "loss",
-                           name: str = "learning_curves.png") -> pathlib.Path | None:
+  def plot_learning_curves(
+    self, metric: str = "loss", name: str = "learning_curves.png"
+  ) -> pathlib.Path | None:
     """Plots train and val ``metric`` against the step from metrics.jsonl.
 
     Also draws the learning rate on a second panel when train lines carry ``lr``.
@@ -142,21 +143,23 @@ class Reporter:
     records = self.read_metrics()
     curves = {}
     for split in ("train", "val"):
-      points = [(r["step"], r[metric]) for r in records
-                if r.get("split") == split and metric in r]
+      points = [(r["step"], r[metric]) for r in records if r.get("split") == split and metric in r]
       if points:
         curves[split] = np.array(points, dtype=float).T
     if not curves:
       return None
-    lr = np.array([(r["step"], r["lr"]) for r in records
-                   if r.get("split") == "train" and "lr" in r], dtype=float).T
+    lr = np.array(
+      [(r["step"], r["lr"]) for r in records if r.get("split") == "train" and "lr" in r],
+      dtype=float,
+    ).T
     panels = 2 if lr.size else 1
     fig = figure(figsize=(9, 4 + 2 * (panels - 1)))
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
-                        height_ratios=[3, 1][:panels])
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False, height_ratios=[3, 1][:panels])
     ax = axes[0, 0]
-    styles = {"train": dict(color="tab:blue", lw=1, alpha=0.8),
-              "val": dict(color="tab:orange", lw=2, marker="o", ms=3)}
+    styles = {
+      "train": dict(color="tab:blue", lw=1, alpha=0.8),
+      "val": dict(color="tab:orange", lw=2, marker="o", ms=3),
+    }
     for split, (steps, values) in curves.items():
       ax.plot(steps, values, label=f"{split} {metric}", **styles[split])
     if "val" in curves:
@@ -164,9 +167,15 @@ class Reporter:
       finite = np.isfinite(values)
       if finite.any():
         best = np.flatnonzero(finite)[np.argmin(values[finite])]
-        ax.scatter([steps[best]], [values[best]], s=80, facecolors="none",
-                   edgecolors="black", zorder=3,
-                   label=f"best val {values[best]:.4g} @ step {steps[best]:.0f}")
+        ax.scatter(
+          [steps[best]],
+          [values[best]],
+          s=80,
+          facecolors="none",
+          edgecolors="black",
+          zorder=3,
+          label=f"best val {values[best]:.4g} @ step {steps[best]:.0f}",
+        )
     every = np.concatenate([values for _, values in curves.values()])
     every = every[np.isfinite(every)]
     # Losses shrink by orders of magnitude; a log axis keeps the tail readable.
@@ -183,12 +192,20 @@ class Reporter:
     axes[-1, 0].set_xlabel("step")
     return self._save_figure(fig, name)
 
-  def plot_forecast(self, y_true: Any, y_pred: Any, *, name: str = "forecast_test.png",
-                    title: str = "Test forecast",
-                    baselines: Mapping[str, Any] | None = None, dates: Any = None,
-                    target_index: int = 0, target_name: str | None = None,
-                    max_windows: int = 500, example: int | None = None
-                    ) -> pathlib.Path | None:
+  def plot_forecast(
+    self,
+    y_true: Any,
+    y_pred: Any,
+    *,
+    name: str = "forecast_test.png",
+    title: str = "Test forecast",
+    baselines: Mapping[str, Any] | None = None,
+    dates: Any = None,
+    target_index: int = 0,
+    target_name: str | None = None,
+    max_windows: int = 500,
+    example: int | None = None,
+  ) -> pathlib.Path | None:
     """Plots forecasts against the truth over consecutive windows.
 
     Three panels: the one-step-ahead forecast across the first ``max_windows`` windows
@@ -234,21 +251,33 @@ class Reporter:
     ax1.set_xlabel("forecast date" if dates is not None else "window")
     ax1.set_ylabel(label)
 
-    when = f" starting {x[example]}" if dates is not None else ""
+    when = f" starting {_timestamp(x[example])}" if dates is not None else ""
     ax2.plot(lead, y_true[example], color="black", lw=1.5, marker="o", ms=3, label="actual")
-    ax2.plot(lead, y_pred[example], color="tab:red", lw=1.3, marker="o", ms=3,
-             label="model")
+    ax2.plot(lead, y_pred[example], color="tab:red", lw=1.3, marker="o", ms=3, label="model")
     for (k, v), color in zip(baselines.items(), colors):
       ax2.plot(lead, v[example], color=color, lw=1, ls="--", label=k)
     ax2.set_title(f"Full horizon, window {example}{when}")
     ax2.set_xlabel("lead time (steps)")
     ax2.set_ylabel(label)
 
-    ax3.plot(lead, np.nanmean(np.abs(y_pred - y_true), axis=0), color="tab:red",
-             marker="o", ms=3, label="model")
+    ax3.plot(
+      lead,
+      np.nanmean(np.abs(y_pred - y_true), axis=0),
+      color="tab:red",
+      marker="o",
+      ms=3,
+      label="model",
+    )
     for (k, v), color in zip(baselines.items(), colors):
-      ax3.plot(lead, np.nanmean(np.abs(v - y_true), axis=0), color=color, ls="--",
-               marker="o", ms=3, label=k)
+      ax3.plot(
+        lead,
+        np.nanmean(np.abs(v - y_true), axis=0),
+        color=color,
+        ls="--",
+        marker="o",
+        ms=3,
+        label=k,
+      )
     ax3.set_title(f"MAE by lead time, all {len(y_true)} windows")
     ax3.set_xlabel("lead time (steps)")
     ax3.set_ylabel("MAE")
@@ -326,14 +355,18 @@ class _EventFile:
     # attempt before it would otherwise reopen (and truncate) that attempt's file.
     self._file = EventsWriter(str(logdir / "events"), filename_suffix=f".{os.getpid()}")
     if purge_step is not None:
-      self._file.write_event(event_pb2.Event(
-          step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      self._file.write_event(
+        event_pb2.Event(
+          step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        )
+      )
 
   def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
     now = time.time()
     for name, value in values.items():
-      self._file.write_event(self._event(
-          summary=self._scalar(f"{prefix}/{name}", value), step=step, wall_time=now))
+      self._file.write_event(
+        self._event(summary=self._scalar(f"{prefix}/{name}", value), step=step, wall_time=now)
+      )
     self._file.flush()
 
   def close(self) -> None:
@@ -350,8 +383,7 @@ class Progress:
   def __init__(self, total: int | None, *, enabled: bool = True, desc: str = ""):
     self._bar = None
     if enabled and sys.stderr.isatty():
-      self._bar = tqdm.tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True,
-                            leave=False)
+      self._bar = tqdm.tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
 
   def update(self, n: int = 1, **postfix: Any) -> None:
     """Advances by ``n`` steps and shows ``postfix`` (numbers formatted to 4 digits)."""
@@ -380,9 +412,16 @@ def figure(**kwargs: Any):
   that clobbers a notebook's backend; a bare Figure needs neither and is freed like any
   object.
   """
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # matplotlib loads on the first plot
 
   return Figure(**kwargs)
+
+
+def _timestamp(value: Any) -> str:
+  """A date as people write it ("2017-11-03 10:00"), not numpy's nanosecond ISO form."""
+  if isinstance(value, np.datetime64):
+    return np.datetime_as_string(value, unit="m").replace("T", " ")
+  return str(value)
 
 
 def _as_3d(values: Any) -> np.ndarray:

@@ -3,7 +3,7 @@
 # multi-controller runtime as a cluster, for trying multi-host runs (and what tests use).
 #
 #   launch/local.sh N [--dry-run] [flaxlstm train arguments ...]
-#   LOCAL_DEVICES=4 launch/local.sh 2 --config experiments/ett.py --workdir runs/two_hosts
+#   LOCAL_DEVICES=4 launch/local.sh 2 --config ett --workdir runs/two_hosts
 #
 # Env: LOCAL_DEVICES (CPU devices per process), PORT (coordinator port, default random),
 # PYTHON (interpreter with flaxlstm installed, default python3).

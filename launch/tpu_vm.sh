@@ -3,7 +3,7 @@
 # jax.distributed.initialize() finds the other workers from the TPU metadata.
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE [--dry-run] [flaxlstm train arguments ...]
-#   launch/tpu_vm.sh my-v4-32 us-central2-b --config experiments/ett.py --workdir gs://b/runs/x
+#   launch/tpu_vm.sh my-v4-32 us-central2-b --config ett --workdir gs://b/runs/x
 #
 # Env: REPO_DIR (checkout on the workers, default ~/flaxlstm). flaxlstm must be installed
 # there on every worker, e.g. once with the same script: --command "pip install -e ~/flaxlstm".

@@ -38,8 +38,20 @@ def np_lstm_step(x, c, h, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, h_mask=No
   return c_new, h_new
 
 
-def np_lstm_layer(x, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, c0=None, h0=None,
-                  reverse=False, x_mask=None, h_mask=None):
+def np_lstm_layer(
+  x,
+  w_ih,
+  w_hh,
+  b_ih=None,
+  b_hh=None,
+  w_hr=None,
+  *,
+  c0=None,
+  h0=None,
+  reverse=False,
+  x_mask=None,
+  h_mask=None,
+):
   """Runs `np_lstm_step` over `x` `(B, T, D)`; returns `(ys (B, T, R), (c, h))`.
 
   `reverse` runs from the last step to the first and returns the outputs in input order.
@@ -64,13 +76,18 @@ def np_lstm_layer(x, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, c0=None, h0
 def torch_layer_weights(state_dict, layer=0, reverse=False):
   """The `np_lstm_layer` weight arguments of one layer/direction of a torch state dict."""
   sfx = f"_l{layer}" + ("_reverse" if reverse else "")
-  return (state_dict["weight_ih" + sfx], state_dict["weight_hh" + sfx],
-          state_dict.get("bias_ih" + sfx), state_dict.get("bias_hh" + sfx),
-          state_dict.get("weight_hr" + sfx))
+  return (
+    state_dict["weight_ih" + sfx],
+    state_dict["weight_hh" + sfx],
+    state_dict.get("bias_ih" + sfx),
+    state_dict.get("bias_hh" + sfx),
+    state_dict.get("weight_hr" + sfx),
+  )
 
 
-def random_torch_state_dict(seed, input_size, hidden, num_layers=2, proj_size=0,
-                            bidirectional=False, bias=True, scale=0.5):
+def random_torch_state_dict(
+  seed, input_size, hidden, num_layers=2, proj_size=0, bidirectional=False, bias=True, scale=0.5
+):
   """A random `nn.LSTM(...).state_dict()` (as NumPy float32 arrays), no torch needed."""
   rng = np.random.default_rng(seed)
   rec = proj_size or hidden
@@ -96,13 +113,19 @@ def fused_to_torch(p, forget_bias=0.0):
   p = {k: np.asarray(v, np.float64) for k, v in p.items()}
   b = p["bias"].copy()
   n = b.shape[0] // 4
-  b[n:2 * n] += forget_bias
-  return (p["input_kernel"].T, p["recurrent_kernel"].T, b, None,
-          p["projection_kernel"].T if "projection_kernel" in p else None)
+  b[n : 2 * n] += forget_bias
+  return (
+    p["input_kernel"].T,
+    p["recurrent_kernel"].T,
+    b,
+    None,
+    p["projection_kernel"].T if "projection_kernel" in p else None,
+  )
 
 
 class NumpyLSTM:
   """Namespace handed to tests by the `np_ref` fixture."""
+
   step = staticmethod(np_lstm_step)
   layer = staticmethod(np_lstm_layer)
   torch_layer_weights = staticmethod(torch_layer_weights)
@@ -140,8 +163,9 @@ def tiny(tmp_path_factory):
   t = np.arange(600)
   y = np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=t.size) + 0.002 * t
   x = np.cos(2 * np.pi * t / 12) + 0.1 * rng.normal(size=t.size)
-  frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=t.size, freq="h"),
-                        "x": x, "y": y})
+  frame = pd.DataFrame(
+    {"date": pd.date_range("2020-01-01", periods=t.size, freq="h"), "x": x, "y": y}
+  )
   csv = root / "series.csv"
   frame.to_csv(csv, index=False)
   exp = root / "tiny.py"

@@ -48,17 +48,20 @@ def _ett_format_file(path: pathlib.Path, rows: int = 14400) -> pathlib.Path:
   t = np.arange(rows)
   frame = pd.DataFrame({"date": pd.date_range("2018-01-01", periods=rows, freq="h")})
   for i, name in enumerate(COLUMNS):
-    frame[name] = (10 + i + np.sin(2 * np.pi * t / 24 + i) + 0.1 * t / rows
-                   + 0.2 * rng.standard_normal(rows))
+    frame[name] = (
+      10 + i + np.sin(2 * np.pi * t / 24 + i) + 0.1 * t / rows + 0.2 * rng.standard_normal(rows)
+    )
   frame.to_csv(path, index=False)
   return path
 
 
+@pytest.mark.slow
 def test_ett_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   other = _ett_format_file(tmp_path / "ETTlike.csv")
   config = config_lib.load_config(
-      "ett_multivariate:24",
-      [f"data.path={other}", "train.max_steps=2", "model.hidden_sizes=8,", "train.batch_size=16"])
+    "ett_multivariate:24",
+    [f"data.path={other}", "train.max_steps=2", "model.hidden_sizes=8,", "train.batch_size=16"],
+  )
   workdir = tmp_path / "run"
   metrics = train_lib.train_and_evaluate(config, str(workdir))
   assert np.isfinite(metrics["test"]["mse"])

@@ -19,15 +19,22 @@ EIGHT = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 def _worker(*args):
-  out = subprocess.run([sys.executable, WORKER, *args], capture_output=True, text=True,
-                       timeout=600, cwd=ROOT)
+  out = subprocess.run(
+    [sys.executable, WORKER, *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _cli(*args, env=None):
-  out = subprocess.run([sys.executable, "-m", "flaxlstm.cli", "train", "--quiet", *args],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+  out = subprocess.run(
+    [sys.executable, "-m", "flaxlstm.cli", "train", "--quiet", *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+    env=env,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -41,6 +48,7 @@ def layouts(tiny):
   return _worker("layouts", tiny["exp"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["data8", "fsdp8", "data4_model2", "fsdp4_model2"])
 def test_layouts_give_the_same_losses_and_params_as_one_device(layouts, name):
   ref, got = layouts["single"], layouts[name]
@@ -50,6 +58,7 @@ def test_layouts_give_the_same_losses_and_params_as_one_device(layouts, name):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_fsdp_holds_an_eighth_of_the_state_per_device(layouts):
   fsdp, data = layouts["fsdp8"], layouts["data8"]
   # Replicated: every device holds everything; FSDP: about 1/8 (tiny leftovers such as a
@@ -69,6 +78,7 @@ def test_mesh_errors_are_clear():
     parallel.mesh_shape(mesh(2, 2, 2), 8)
 
 
+@pytest.mark.slow
 def test_elastic_resume_from_8_devices_onto_2(tiny, tmp_path):
   out = _worker("elastic", tiny["exp"], str(tmp_path / "run"))
   resumed, straight = out["resumed"], out["straight"]
@@ -77,19 +87,33 @@ def test_elastic_resume_from_8_devices_onto_2(tiny, tmp_path):
     np.testing.assert_allclose(resumed[split]["mse"], straight[split]["mse"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_in_one(tiny, tmp_path):
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   env = {**os.environ, "LOCAL_DEVICES": "4", "PYTHON": sys.executable, "XLA_FLAGS": ""}
-  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "local.sh"), "2", "--config",
-                        tiny["exp"], "--workdir", two, "--quiet",
-                        "--config.train.max_steps=10"],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+  out = subprocess.run(
+    [
+      "bash",
+      os.path.join(ROOT, "launch", "local.sh"),
+      "2",
+      "--config",
+      tiny["exp"],
+      "--workdir",
+      two,
+      "--quiet",
+      "--config.train.max_steps=10",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+    env=env,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.count("+ ") == 2  # the script prints each command it runs
   _cli("--config", tiny["exp"], "--workdir", one, "--config.train.max_steps=10", env=EIGHT)
   for split in ("val", "test"):
-    np.testing.assert_allclose(_metrics(two)[split]["mse"], _metrics(one)[split]["mse"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(_metrics(two)[split]["mse"], _metrics(one)[split]["mse"], rtol=1e-5)
   # Only process 0 writes metrics: each step is logged once.
   with open(os.path.join(two, "metrics.jsonl")) as f:
     steps = [(r["step"], r["split"]) for r in map(json.loads, f)]
@@ -98,21 +122,34 @@ def test_two_processes_match_one_and_resume_in_one(tiny, tmp_path):
   for wd in (two, one):
     _cli("--config", tiny["exp"], "--workdir", wd, "--config.train.max_steps=20", env=EIGHT)
   assert _metrics(two)["steps"] == 20
-  np.testing.assert_allclose(_metrics(two)["test"]["mse"], _metrics(one)["test"]["mse"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(_metrics(two)["test"]["mse"], _metrics(one)["test"]["mse"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("script, args, expected", [
-    ("local.sh", ["3", "--dry-run", "--workdir", "runs/x"],
-     "--num_processes 3 --process_id 2"),
-    ("slurm.sbatch", ["--workdir", "runs/x"], "srun --kill-on-bad-exit=1 flaxlstm train "
-                                              "--distributed --workdir runs/x"),
-    ("tpu_vm.sh", ["my-tpu", "zone-a", "--dry-run", "--workdir", "runs/x"],
-     "--worker=all --command cd ~/flaxlstm && GLIBC_TUNABLES=glibc.malloc.hugetlb=1 flaxlstm train --distributed --workdir runs/x"),
-])
+@pytest.mark.parametrize(
+  "script, args, expected",
+  [
+    ("local.sh", ["3", "--dry-run", "--workdir", "runs/x"], "--num_processes 3 --process_id 2"),
+    (
+      "slurm.sbatch",
+      ["--workdir", "runs/x"],
+      "srun --kill-on-bad-exit=1 flaxlstm train --distributed --workdir runs/x",
+    ),
+    (
+      "tpu_vm.sh",
+      ["my-tpu", "zone-a", "--dry-run", "--workdir", "runs/x"],
+      "--worker=all --command cd ~/flaxlstm && GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+      "flaxlstm train --distributed --workdir runs/x",
+    ),
+  ],
+)
 def test_launch_scripts_print_their_command_in_dry_run(script, args, expected):
   env = {**os.environ, "DRY_RUN": "1"}
-  out = subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args],
-                       capture_output=True, text=True, timeout=60, env=env)
+  out = subprocess.run(
+    ["bash", os.path.join(ROOT, "launch", script), *args],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=env,
+  )
   assert out.returncode == 0, out.stderr
   assert expected in out.stdout

@@ -24,10 +24,11 @@ def _assert_png(path):
 
 def test_import_is_light():
   # The trainer imports report on every host; plotting and TensorBoard load on first use.
-  code = ("import json, sys, flaxlstm; before = set(sys.modules); import flaxlstm.report; "
-          "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True)
+  code = (
+    "import json, sys, flaxlstm; before = set(sys.modules); import flaxlstm.report; "
+    "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert not {"jax", "matplotlib", "tensorboardX"} & set(json.loads(out.stdout))
 
 
@@ -38,8 +39,9 @@ def test_log_writes_jsonl_and_tensorboard(tmp_path):
     # Each line is on disk as soon as it is logged (a sweep may be reading it).
     assert len(_lines(tmp_path / "run")) == 2
   assert _lines(tmp_path / "run") == [
-      {"step": 0, "split": "train", "epoch": 0, "loss": 1.5},
-      {"step": 10, "split": "val", "loss": 1.25, "mae": 0.5}]
+    {"step": 0, "split": "train", "epoch": 0, "loss": 1.5},
+    {"step": 10, "split": "val", "loss": 1.25, "mae": 0.5},
+  ]
   events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
   assert len(events) == 1 and events[0].stat().st_size > 0
 
@@ -91,8 +93,13 @@ def test_plots(tmp_path):
   y_pred = y_true + 0.1 * rng.normal(size=y_true.shape)
   dates = np.datetime64("2018-01-01T00") + np.arange(300).astype("timedelta64[h]")
   path = reporter.plot_forecast(
-      y_true, y_pred, baselines={"naive": np.zeros_like(y_true)}, dates=dates,
-      target_name="OT", title="ETTh1 test")
+    y_true,
+    y_pred,
+    baselines={"naive": np.zeros_like(y_true)},
+    dates=dates,
+    target_name="OT",
+    title="ETTh1 test",
+  )
   assert path.name == "forecast_test.png"
   _assert_png(path)
   # 2-D inputs (one target) and no dates work too.
@@ -120,3 +127,19 @@ def test_progress_off_a_terminal_is_silent(capsys, enabled):
     for _ in range(10):
       progress.update(loss=0.5)
   assert capsys.readouterr().err == ""
+
+
+def test_forecast_title_shows_a_readable_date(tmp_path, monkeypatch):
+  titles = []
+  real = report.Reporter._save_figure
+
+  def keep_titles(self, fig, name):
+    titles.extend(ax.get_title() for ax in fig.axes)
+    return real(self, fig, name)
+
+  monkeypatch.setattr(report.Reporter, "_save_figure", keep_titles)
+  y = np.zeros((10, 4, 1))
+  dates = np.datetime64("2017-11-03T10:00:00.000000000") + np.arange(10).astype("timedelta64[h]")
+  report.Reporter(tmp_path).plot_forecast(y, y, dates=dates, example=0)
+  assert "Full horizon, window 0 starting 2017-11-03 10:00" in titles
+  assert not any("T10:00:00" in t for t in titles)

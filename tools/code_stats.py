@@ -19,13 +19,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _files(rev: str | None) -> dict[str, str]:
   if rev is None:
-    return {str(p.relative_to(ROOT)): p.read_text()
-            for p in sorted((ROOT / "flaxlstm").rglob("*.py"))}
-  names = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "flaxlstm"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.split()
-  return {n: subprocess.run(["git", "show", f"{rev}:{n}"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-          for n in sorted(names) if n.endswith(".py")}
+    return {
+      str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "flaxlstm").rglob("*.py"))
+    }
+  names = subprocess.run(
+    ["git", "ls-tree", "-r", "--name-only", rev, "flaxlstm"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.split()
+  return {
+    n: subprocess.run(
+      ["git", "show", f"{rev}:{n}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for n in sorted(names)
+    if n.endswith(".py")
+  }
 
 
 def main() -> None:
@@ -43,7 +53,7 @@ def main() -> None:
         functions.append((node.end_lineno - node.lineno + 1, f"{name}:{node.name}"))
   print(f"| **total ({len(files)} files)** | {sum(len(t.splitlines()) for t in files.values())} |")
   print("\n| longest functions | lines |\n|---|---:|")
-  for length, where in sorted(functions, reverse=True)[:args.top]:
+  for length, where in sorted(functions, reverse=True)[: args.top]:
     print(f"| {where} | {length} |")
 
 

@@ -37,8 +37,9 @@ def kernels_at(rev: str):
   """The fused recurrence at git revision `rev`, imported as a standalone module."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   for path in _KERNEL_PATHS:
-    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
-                           text=True)
+    shown = subprocess.run(
+      ["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True
+    )
     if shown.returncode == 0:
       break
   else:
@@ -85,8 +86,10 @@ def main(argv=None) -> int:
   print("| variant | best s | median s | page faults / step | memory |")
   print("|---|---|---|---|---|")
   for name, peer in peers.items():
-    print(f"| {name} | {min(times[name]):.4f} | {statistics.median(times[name]):.4f} | "
-          f"{statistics.median(faults[name]):.0f} | {bench._fmt_mem(peer.memory)} |")
+    print(
+      f"| {name} | {min(times[name]):.4f} | {statistics.median(times[name]):.4f} | "
+      f"{statistics.median(faults[name]):.0f} | {bench._fmt_mem(peer.memory)} |"
+    )
   return 0
 
 

@@ -17,9 +17,14 @@ import jax
 import jax.numpy as jnp
 
 # (rows B, contraction K, columns N, scan steps T) of the benchmark shapes' per-step dots.
-SHAPES = {"seed layer 1 fwd": (32, 520, 2048, 64), "seed layer 1 bwd": (32, 2048, 512, 64),
-          "seed layer 2 fwd": (32, 256, 1024, 64), "seed layer 2 bwd": (32, 1024, 256, 64),
-          "large layer 1 fwd": (64, 1056, 4096, 32), "large bwd": (64, 4096, 1024, 32)}
+SHAPES = {
+  "seed layer 1 fwd": (32, 520, 2048, 64),
+  "seed layer 1 bwd": (32, 2048, 512, 64),
+  "seed layer 2 fwd": (32, 256, 1024, 64),
+  "seed layer 2 bwd": (32, 1024, 256, 64),
+  "large layer 1 fwd": (64, 1056, 4096, 32),
+  "large bwd": (64, 4096, 1024, 32),
+}
 
 
 def _timed(f, *args) -> float:
@@ -32,8 +37,8 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--reps", type=int, default=15)
   args = ap.parse_args()
-  batch_major = jax.jit(lambda a, w: jax.lax.scan(lambda c, x: (c, x @ w), 0., a)[1])
-  feature_major = jax.jit(lambda a, w: jax.lax.scan(lambda c, x: (c, w @ x), 0., a)[1])
+  batch_major = jax.jit(lambda a, w: jax.lax.scan(lambda c, x: (c, x @ w), 0.0, a)[1])
+  feature_major = jax.jit(lambda a, w: jax.lax.scan(lambda c, x: (c, w @ x), 0.0, a)[1])
   print("| dot | B x K x N, T steps | batch-major GFLOP/s | feature-major GFLOP/s |")
   print("|---|---|---|---|")
   key = jax.random.key(0)
@@ -48,8 +53,10 @@ def main():
       bm.append(_timed(batch_major, a, w))
       fm.append(_timed(feature_major, a_t, w_t))
     flops = 2 * b * k * n * t / 1e9
-    print(f"| {name} | {b} x {k} x {n}, {t} | {flops / min(bm):.0f} | {flops / min(fm):.0f} |",
-          flush=True)
+    print(
+      f"| {name} | {b} x {k} x {n}, {t} | {flops / min(bm):.0f} | {flops / min(fm):.0f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,10 @@ class Shape:
 
 
 SHAPES = {
-    "seed": Shape(32, 64, 8, (512, 256)),
-    "large": Shape(64, 256, 32, (1024, 1024), steps=10, warmup=2),
-    "long": Shape(32, 2048, 8, (512, 256), remat=True, steps=5, warmup=1),
-    "tiny": Shape(4, 8, 3, (16, 8), steps=3, warmup=1),
+  "seed": Shape(32, 64, 8, (512, 256)),
+  "large": Shape(64, 256, 32, (1024, 1024), steps=10, warmup=2),
+  "long": Shape(32, 2048, 8, (512, 256), remat=True, steps=5, warmup=1),
+  "tiny": Shape(4, 8, 3, (16, 8), steps=3, warmup=1),
 }
 ALL_PEERS = ("flaxlstm", "flax", "keras", "torch")
 LR, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, 1.0
@@ -88,7 +88,7 @@ class GemmProbe:
   name = "gemm"
 
   def __init__(self, n: int):
-    self.flops = 2.0 * n ** 3
+    self.flops = 2.0 * n**3
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
     self._f, self._a = jax.jit(lambda a, b: a @ b), a
     self.step()
@@ -102,8 +102,16 @@ def optax_chain() -> optax.GradientTransformation:
   peers)."""
   from flaxlstm.config import TrainSpec
   from flaxlstm.train import optim
-  spec = TrainSpec(learning_rate=LR, warmup_steps=0, schedule="constant", optimizer="adamw",
-                   weight_decay=WEIGHT_DECAY, clip_norm=CLIP, momentum=0.0)
+
+  spec = TrainSpec(
+    learning_rate=LR,
+    warmup_steps=0,
+    schedule="constant",
+    optimizer="adamw",
+    weight_decay=WEIGHT_DECAY,
+    clip_norm=CLIP,
+    momentum=0.0,
+  )
   return optim.make_optimizer(spec, total_steps=1000)
 
 
@@ -111,9 +119,11 @@ def _jax_memory(compiled) -> dict:
   m = compiled.memory_analysis()
   if m is None:
     return {}
-  return {"temp_mb": m.temp_size_in_bytes / 2**20,
-          "args_mb": m.argument_size_in_bytes / 2**20,
-          "out_mb": m.output_size_in_bytes / 2**20}
+  return {
+    "temp_mb": m.temp_size_in_bytes / 2**20,
+    "args_mb": m.argument_size_in_bytes / 2**20,
+    "out_mb": m.output_size_in_bytes / 2**20,
+  }
 
 
 class JaxPeer:
@@ -151,8 +161,10 @@ class JaxPeer:
 def make_flaxlstm(s: Shape, x, y) -> JaxPeer:
   from flaxlstm.config import ModelSpec
   from flaxlstm.forecast.model import Forecaster
-  model = Forecaster(horizon=1, n_targets=1,
-                     spec=ModelSpec(hidden_sizes=tuple(s.layers), remat=s.remat))
+
+  model = Forecaster(
+    horizon=1, n_targets=1, spec=ModelSpec(hidden_sizes=tuple(s.layers), remat=s.remat)
+  )
   return JaxPeer("flaxlstm", model, x, y)
 
 
@@ -176,6 +188,7 @@ class KerasPeer:
 
   def __init__(self, s: Shape, x, y):
     import keras
+
     if keras.backend.backend() != "jax":
       raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}, not 'jax'")
     keras.utils.set_random_seed(0)
@@ -184,8 +197,7 @@ class KerasPeer:
       layers.append(keras.layers.LSTM(h, return_sequences=i < len(s.layers) - 1))
     layers.append(keras.layers.Dense(1))
     model = keras.Sequential(layers)
-    opt = keras.optimizers.AdamW(learning_rate=LR, weight_decay=WEIGHT_DECAY,
-                                 global_clipnorm=CLIP)
+    opt = keras.optimizers.AdamW(learning_rate=LR, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP)
     opt.exclude_from_weight_decay(var_names=["bias"])
     model.compile(optimizer=opt, loss="mse", jit_compile=True)
     self._model, self._x, self._y = model, x, y
@@ -209,6 +221,7 @@ class TorchPeer:
 
   def __init__(self, s: Shape, x, y):
     import torch
+
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     self.torch = torch
@@ -218,7 +231,8 @@ class TorchPeer:
         super().__init__()
         dims = (s.features,) + s.layers
         self.lstms = torch.nn.ModuleList(
-            torch.nn.LSTM(dims[i], dims[i + 1], batch_first=True) for i in range(len(s.layers)))
+          torch.nn.LSTM(dims[i], dims[i + 1], batch_first=True) for i in range(len(s.layers))
+        )
         self.head = torch.nn.Linear(s.layers[-1], 1)
 
       def forward(self, x):
@@ -229,8 +243,10 @@ class TorchPeer:
     self.model = Net()
     decay = [p for n, p in self.model.named_parameters() if "weight" in n]
     no_decay = [p for n, p in self.model.named_parameters() if "weight" not in n]
-    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=LR)
+    self.opt = torch.optim.AdamW(
+      [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+      lr=LR,
+    )
     self._x, self._y = torch.from_numpy(x), torch.from_numpy(y)
     self.compile_s = 0.0  # eager
     # Memory: bytes of the tensors autograd saves for the backward pass (activations and
@@ -257,10 +273,10 @@ class TorchPeer:
 
 
 FACTORIES: dict[str, tuple[str, Callable]] = {
-    "flaxlstm": ("flaxlstm", make_flaxlstm),
-    "flax": ("flax", make_flax),
-    "keras": ("keras", KerasPeer),
-    "torch": ("torch", TorchPeer),
+  "flaxlstm": ("flaxlstm", make_flaxlstm),
+  "flax": ("flax", make_flax),
+  "keras": ("keras", KerasPeer),
+  "torch": ("torch", TorchPeer),
 }
 
 
@@ -278,8 +294,9 @@ def machine() -> str:
 
 def allocator_env() -> str:
   """Allocator settings in force: they change every peer's step time (see BENCHMARKS.md)."""
-  keys = sorted(k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")
-                or k == "LD_PRELOAD")
+  keys = sorted(
+    k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_") or k == "LD_PRELOAD"
+  )
   return " ".join(f"{k}={os.environ[k]}" for k in keys) or "glibc malloc defaults"
 
 
@@ -298,8 +315,9 @@ def _minor_faults() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_interleaved(peers: dict[str, Any], warmup: int, steps: int,
-                     log: Callable[[str], None] | None = None):
+def time_interleaved(
+  peers: dict[str, Any], warmup: int, steps: int, log: Callable[[str], None] | None = None
+):
   """Times `peer.step()` interleaved (peer A, peer B, ..., then the next step), so that slow
   drifts of a shared machine hit every peer alike. Returns `(times, faults)`: per peer name,
   the seconds and the page faults of each timed step."""
@@ -338,8 +356,9 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
   for n in notes:
     log(f"[{name}] {n}")
   built.append(GemmProbe(gemm_n))
-  times, faults = time_interleaved({peer.name: peer for peer in built}, s.warmup, s.steps,
-                                   lambda msg: log(f"[{name}] {msg}"))
+  times, faults = time_interleaved(
+    {peer.name: peer for peer in built}, s.warmup, s.steps, lambda msg: log(f"[{name}] {msg}")
+  )
   flops = lstm_train_flops(s)
   gemm_t = times.pop("gemm")
   probe = built.pop()
@@ -348,17 +367,28 @@ def run_shape(name: str, s: Shape, peers: list[str], gemm_n: int, log) -> list[d
   rows = []
   for peer in built:
     m = med[peer.name]
-    row = {"shape": name, "peer": peer.name, "batch": s.batch, "time": s.time,
-           "features": s.features, "layers": list(s.layers), "remat": s.remat,
-           "steps": s.steps, "median_s": m, "min_s": min(times[peer.name]),
-           "gflops": flops / m / 1e9, "gemm_gflops": gemm / 1e9,
-           "gemm_fraction": flops / m / gemm,
-           "gflops_best": flops / min(times[peer.name]) / 1e9,
-           "gemm_gflops_best": gemm_best / 1e9,
-           "gemm_fraction_best": flops / min(times[peer.name]) / gemm_best,
-           "compile_s": peer.compile_s,
-           "page_faults_per_step": statistics.median(faults[peer.name]),
-           "memory": peer.memory, "allocator": allocator_env()}
+    row = {
+      "shape": name,
+      "peer": peer.name,
+      "batch": s.batch,
+      "time": s.time,
+      "features": s.features,
+      "layers": list(s.layers),
+      "remat": s.remat,
+      "steps": s.steps,
+      "median_s": m,
+      "min_s": min(times[peer.name]),
+      "gflops": flops / m / 1e9,
+      "gemm_gflops": gemm / 1e9,
+      "gemm_fraction": flops / m / gemm,
+      "gflops_best": flops / min(times[peer.name]) / 1e9,
+      "gemm_gflops_best": gemm_best / 1e9,
+      "gemm_fraction_best": flops / min(times[peer.name]) / gemm_best,
+      "compile_s": peer.compile_s,
+      "page_faults_per_step": statistics.median(faults[peer.name]),
+      "memory": peer.memory,
+      "allocator": allocator_env(),
+    }
     if "flaxlstm" in med:
       row["flaxlstm_speedup"] = m / med["flaxlstm"]  # > 1: flaxlstm is faster
       # Best-of-N ratio: load from other processes only ever slows a step down, so on a
@@ -388,11 +418,22 @@ def long_scaling(peers_rows: list[dict], log, steps: int = 3) -> list[dict]:
         peer.step()
         ts.append(time.perf_counter() - t0)
       m = statistics.median(ts)
-      rows.append({"shape": "long-scaling", "peer": "flaxlstm", "time": t, "remat": remat,
-                   "median_s": m, "us_per_step_per_t": m / t * 1e6,
-                   "compile_s": peer.compile_s, "memory": peer.memory})
-      log(f"[long-scaling] T={t} remat={remat}: {m:.3f} s, compile {peer.compile_s:.2f} s, "
-          f"temp {peer.memory.get('temp_mb', float('nan')):.1f} MB")
+      rows.append(
+        {
+          "shape": "long-scaling",
+          "peer": "flaxlstm",
+          "time": t,
+          "remat": remat,
+          "median_s": m,
+          "us_per_step_per_t": m / t * 1e6,
+          "compile_s": peer.compile_s,
+          "memory": peer.memory,
+        }
+      )
+      log(
+        f"[long-scaling] T={t} remat={remat}: {m:.3f} s, compile {peer.compile_s:.2f} s, "
+        f"temp {peer.memory.get('temp_mb', float('nan')):.1f} MB"
+      )
       del peer
   return rows
 
@@ -408,8 +449,12 @@ def _fmt_mem(mem: dict) -> str:
 def markdown(rows: list[dict], command: str) -> str:
   env = allocator_env()
   prefix = "" if env == "glibc malloc defaults" else env + " "
-  lines = [f"Command: `{prefix}{command}`", "",
-           f"Machine: {machine()}; {json.dumps(versions())}; allocator: {env}", ""]
+  lines = [
+    f"Command: `{prefix}{command}`",
+    "",
+    f"Machine: {machine()}; {json.dumps(versions())}; allocator: {env}",
+    "",
+  ]
   shapes = []
   for r in rows:
     if r["shape"] not in shapes:
@@ -417,34 +462,47 @@ def markdown(rows: list[dict], command: str) -> str:
   for shape in shapes:
     rs = [r for r in rows if r["shape"] == shape]
     if shape == "long-scaling":
-      lines += ["#### long-scaling (flaxlstm, seed layers, B=32)", "",
-                "| T | remat | step s | us per step per T | compile s | memory |",
-                "|---|---|---|---|---|---|"]
+      lines += [
+        "#### long-scaling (flaxlstm, seed layers, B=32)",
+        "",
+        "| T | remat | step s | us per step per T | compile s | memory |",
+        "|---|---|---|---|---|---|",
+      ]
       for r in rs:
-        lines.append(f"| {r['time']} | {r['remat']} | {r['median_s']:.3f} | "
-                     f"{r['us_per_step_per_t']:.0f} | {r['compile_s']:.2f} | "
-                     f"{_fmt_mem(r['memory'])} |")
+        lines.append(
+          f"| {r['time']} | {r['remat']} | {r['median_s']:.3f} | "
+          f"{r['us_per_step_per_t']:.0f} | {r['compile_s']:.2f} | "
+          f"{_fmt_mem(r['memory'])} |"
+        )
       lines.append("")
       continue
     timed = [r for r in rs if "peer" in r]
     if timed:
       r0 = timed[0]
-      lines += [f"#### {shape}: B={r0['batch']}, T={r0['time']}, D={r0['features']}, "
-                f"layers={r0['layers']}, remat={r0['remat']}, median of {r0['steps']} steps"
-                f" (GEMM probe: {r0['gemm_gflops']:.1f} GFLOP/s median, "
-                f"{r0['gemm_gflops_best']:.1f} best)",
-                "", "| peer | median s | min s | flaxlstm speedup (median / min) | "
-                "GFLOP/s (median / best) | of GEMM rate (median / best) | compile s | memory | "
-                "page faults per step |",
-                "|---|---|---|---|---|---|---|---|---|"]
+      lines += [
+        f"#### {shape}: B={r0['batch']}, T={r0['time']}, D={r0['features']}, "
+        f"layers={r0['layers']}, remat={r0['remat']}, median of {r0['steps']} steps"
+        f" (GEMM probe: {r0['gemm_gflops']:.1f} GFLOP/s median, "
+        f"{r0['gemm_gflops_best']:.1f} best)",
+        "",
+        "| peer | median s | min s | flaxlstm speedup (median / min) | "
+        "GFLOP/s (median / best) | of GEMM rate (median / best) | compile s | memory | "
+        "page faults per step |",
+        "|---|---|---|---|---|---|---|---|---|",
+      ]
       for r in timed:
-        sp = (f"{r['flaxlstm_speedup']:.2f}x / {r['flaxlstm_speedup_min']:.2f}x"
-              if "flaxlstm_speedup" in r else "-")
-        lines.append(f"| {r['peer']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {sp} | "
-                     f"{r['gflops']:.1f} / {r['gflops_best']:.1f} | "
-                     f"{r['gemm_fraction']:.0%} / {r['gemm_fraction_best']:.0%} | "
-                     f"{r['compile_s']:.2f} | "
-                     f"{_fmt_mem(r['memory'])} | {r.get('page_faults_per_step', 0):.0f} |")
+        sp = (
+          f"{r['flaxlstm_speedup']:.2f}x / {r['flaxlstm_speedup_min']:.2f}x"
+          if "flaxlstm_speedup" in r
+          else "-"
+        )
+        lines.append(
+          f"| {r['peer']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {sp} | "
+          f"{r['gflops']:.1f} / {r['gflops_best']:.1f} | "
+          f"{r['gemm_fraction']:.0%} / {r['gemm_fraction_best']:.0%} | "
+          f"{r['compile_s']:.2f} | "
+          f"{_fmt_mem(r['memory'])} | {r.get('page_faults_per_step', 0):.0f} |"
+        )
     for r in rs:
       if "note" in r:
         lines.append(f"\n{r['note']}")
@@ -458,10 +516,17 @@ def main(argv=None) -> int:
   ap.add_argument("--peers", default=",".join(ALL_PEERS))
   ap.add_argument("--steps", type=int, default=None, help="timed steps (default per shape)")
   ap.add_argument("--warmup", type=int, default=None)
-  ap.add_argument("--scaling", action="store_true",
-                  help="with --shape long: also time flaxlstm at T=256..2048 (remat on/off)")
-  ap.add_argument("--gemm-size", type=int, default=2048,
-                  help="n of the n x n x n float32 matmul that measures the GEMM rate")
+  ap.add_argument(
+    "--scaling",
+    action="store_true",
+    help="with --shape long: also time flaxlstm at T=256..2048 (remat on/off)",
+  )
+  ap.add_argument(
+    "--gemm-size",
+    type=int,
+    default=2048,
+    help="n of the n x n x n float32 matmul that measures the GEMM rate",
+  )
   ap.add_argument("--out", default=None, help="append a markdown section to this file")
   ap.add_argument("--json", default=None, help="append JSON lines to this file")
   args = ap.parse_args(argv)
@@ -480,8 +545,9 @@ def main(argv=None) -> int:
   rows = []
   for name in shapes:
     s = SHAPES[name]
-    s = dataclasses.replace(s, steps=args.steps or s.steps,
-                            warmup=s.warmup if args.warmup is None else args.warmup)
+    s = dataclasses.replace(
+      s, steps=args.steps or s.steps, warmup=s.warmup if args.warmup is None else args.warmup
+    )
     rows += run_shape(name, s, peers, args.gemm_size, log)
     if name == "long" and args.scaling:
       rows += long_scaling(rows, log)
@@ -492,8 +558,9 @@ def main(argv=None) -> int:
       for r in rows:
         f.write(json.dumps(r) + "\n")
   if args.out:
-    cmd = "python " + " ".join([os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None
-                                                               else argv))
+    cmd = "python " + " ".join(
+      [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv)
+    )
     with open(args.out, "a") as f:
       f.write("\n" + markdown(rows, cmd) + "\n")
   return 0

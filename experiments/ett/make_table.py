@@ -23,12 +23,14 @@ HERE = pathlib.Path(__file__).parent
 README = HERE.parent / "README.md"
 START, END = "<!-- ett-table:start -->", "<!-- ett-table:end -->"
 # Informer (Zhou et al., AAAI 2021), Table 1, ETTh1 univariate MSE.
-PAPER_MSE = {"LSTMa": {24: 0.114, 48: 0.193, 168: 0.236, 336: 0.590, 720: 0.683},
-             "Informer": {24: 0.098, 48: 0.158, 168: 0.183, 336: 0.222, 720: 0.269}}
+PAPER_MSE = {
+  "LSTMa": {24: 0.114, 48: 0.193, 168: 0.236, 336: 0.590, 720: 0.683},
+  "Informer": {24: 0.098, 48: 0.158, 168: 0.183, 336: 0.222, 720: 0.269},
+}
 
 
 def run_one(setting: str, horizon: int, seed: int, workdir: str) -> dict:
-  config = config_lib.load_config(str(HERE / f"{setting}.py:{horizon}"), [f"seed={seed}"])
+  config = config_lib.load_config(f"ett_{setting}:{horizon}", [f"seed={seed}"])  # packaged
   path = os.path.join(workdir, f"{setting}_{horizon}", f"seed{seed}")
   metrics_file = os.path.join(path, "metrics.json")
   if os.path.isfile(metrics_file):  # finished: read it instead of restoring and re-evaluating
@@ -45,25 +47,29 @@ def _mean_std(values: list[float], digits: int = 4) -> str:
 
 def table(results: dict) -> str:
   """One row per (setting, horizon); `results` maps it to the list of its seeds' metrics."""
-  lines = ["| setting | horizon | seeds | LSTM MSE | LSTM MAE | naive MSE | naive MAE | "
-           "linear MSE | linear MAE | LSTMa (paper) | Informer (paper) | LSTM beats both "
-           "(seeds) | train time |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| setting | horizon | seeds | LSTM MSE | LSTM MAE | naive MSE | naive MAE | "
+    "linear MSE | linear MAE | LSTMa (paper) | Informer (paper) | LSTM beats both "
+    "(seeds) | train time |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for (setting, h), runs in sorted(results.items()):
     base = runs[0]["baselines"]  # identical in every seed: same windows, no randomness
     best = min(base["naive"]["test"]["mse"], base["linear"]["test"]["mse"])
     mse = [m["test"]["mse"] for m in runs]
     mae = [m["test"]["mae"] for m in runs]
     wins = sum(v < best for v in mse)
-    paper = [f"{PAPER_MSE[k][h]:.3f}" if setting == "univariate" else "-"
-             for k in ("LSTMa", "Informer")]
+    paper = [
+      f"{PAPER_MSE[k][h]:.3f}" if setting == "univariate" else "-" for k in ("LSTMa", "Informer")
+    ]
     lines.append(
-        f"| {setting} | {h} | {len(runs)} | {_mean_std(mse)} | {_mean_std(mae)} | "
-        f"{base['naive']['test']['mse']:.4f} | {base['naive']['test']['mae']:.4f} | "
-        f"{base['linear']['test']['mse']:.4f} | {base['linear']['test']['mae']:.4f} | "
-        f"{paper[0]} | {paper[1]} | {'yes' if statistics.mean(mse) < best else 'no'} "
-        f"({wins}/{len(runs)}) | "
-        f"{statistics.mean(m['train_wall_time_s'] for m in runs):.0f} s |")
+      f"| {setting} | {h} | {len(runs)} | {_mean_std(mse)} | {_mean_std(mae)} | "
+      f"{base['naive']['test']['mse']:.4f} | {base['naive']['test']['mae']:.4f} | "
+      f"{base['linear']['test']['mse']:.4f} | {base['linear']['test']['mae']:.4f} | "
+      f"{paper[0]} | {paper[1]} | {'yes' if statistics.mean(mse) < best else 'no'} "
+      f"({wins}/{len(runs)}) | "
+      f"{statistics.mean(m['train_wall_time_s'] for m in runs):.0f} s |"
+    )
   return "\n".join(lines)
 
 
@@ -81,10 +87,20 @@ def main():
         t0 = time.perf_counter()
         m = run_one(setting, h, seed, args.workdir)
         results.setdefault((setting, h), []).append(m)
-        print(setting, h, f"seed={seed}", json.dumps(
-            {"test": m["test"]["mse"], "naive": m["baselines"]["naive"]["test"]["mse"],
-             "linear": m["baselines"]["linear"]["test"]["mse"],
-             "wall_s": round(time.perf_counter() - t0)}), flush=True)
+        print(
+          setting,
+          h,
+          f"seed={seed}",
+          json.dumps(
+            {
+              "test": m["test"]["mse"],
+              "naive": m["baselines"]["naive"]["test"]["mse"],
+              "linear": m["baselines"]["linear"]["test"]["mse"],
+              "wall_s": round(time.perf_counter() - t0),
+            }
+          ),
+          flush=True,
+        )
   text = README.read_text() if README.exists() else f"{START}\n{END}\n"
   head, rest = text.split(START)
   _, tail = rest.split(END)

@@ -1,6 +1,6 @@
 """(a) Deep-narrow vs shallow-wide at equal parameter count: 4x64 vs 1xW.
 
-  flaxlstm sweep experiments/sweeps/deep_vs_wide.py --parallel 2
+flaxlstm sweep experiments/sweeps/deep_vs_wide.py --parallel 2
 """
 
 import math
@@ -23,6 +23,8 @@ def equal_width():
 
 
 def get_sweep():
-  return {"config": "ett",
-          "zip": {"model.hidden_sizes": [DEEP, (equal_width(),)]},
-          "seeds": [0, 1, 2]}
+  return {
+    "config": "ett",
+    "zip": {"model.hidden_sizes": [DEEP, (equal_width(),)]},
+    "seeds": [0, 1, 2],
+  }

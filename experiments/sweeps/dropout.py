@@ -1,11 +1,12 @@
 """(b) Input dropout and recurrent (variational) dropout levels.
 
-  flaxlstm sweep experiments/sweeps/dropout.py --parallel 2
+flaxlstm sweep experiments/sweeps/dropout.py --parallel 2
 """
 
 
 def get_sweep():
-  return {"config": "ett",
-          "grid": {"model.dropout": [0.0, 0.2, 0.5],
-                   "model.recurrent_dropout": [0.0, 0.2, 0.5]},
-          "seeds": [0, 1, 2]}
+  return {
+    "config": "ett",
+    "grid": {"model.dropout": [0.0, 0.2, 0.5], "model.recurrent_dropout": [0.0, 0.2, 0.5]},
+    "seeds": [0, 1, 2],
+  }

@@ -1,11 +1,15 @@
 """(f) Input-kernel initialization (Glorot vs LeCun) x forget-gate bias 0 vs 1.
 
-  flaxlstm sweep experiments/sweeps/init.py --parallel 2
+flaxlstm sweep experiments/sweeps/init.py --parallel 2
 """
 
 
 def get_sweep():
-  return {"config": "ett",
-          "grid": {"model.cell.kernel_init": ["glorot_uniform", "lecun_normal"],
-                   "model.cell.forget_bias": [0.0, 1.0]},
-          "seeds": [0, 1, 2]}
+  return {
+    "config": "ett",
+    "grid": {
+      "model.cell.kernel_init": ["glorot_uniform", "lecun_normal"],
+      "model.cell.forget_bias": [0.0, 1.0],
+    },
+    "seeds": [0, 1, 2],
+  }

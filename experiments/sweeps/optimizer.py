@@ -7,8 +7,9 @@ SGD needs a larger learning rate than AdamW, so the optimizer and its rate are z
 
 
 def get_sweep():
-  return {"config": "ett",
-          "grid": {"train.clip_norm": [0.0, 1.0]},  # 0 = no clipping
-          "zip": {"train.optimizer": ["sgd", "adamw"],
-                  "train.learning_rate": [3e-2, 1e-3]},
-          "seeds": [0, 1, 2]}
+  return {
+    "config": "ett",
+    "grid": {"train.clip_norm": [0.0, 1.0]},  # 0 = no clipping
+    "zip": {"train.optimizer": ["sgd", "adamw"], "train.learning_rate": [3e-2, 1e-3]},
+    "seeds": [0, 1, 2],
+  }

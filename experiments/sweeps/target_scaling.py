@@ -7,6 +7,4 @@ Metrics are compared on the scaled values either way (metrics.json has both).
 
 
 def get_sweep():
-  return {"config": "ett",
-          "grid": {"data.scale_target": [True, False]},
-          "seeds": [0, 1, 2]}
+  return {"config": "ett", "grid": {"data.scale_target": [True, False]}, "seeds": [0, 1, 2]}

@@ -12,17 +12,17 @@ on 2 CPU cores (early stopping), so 20 trials take about 15 minutes.
 
 def get_tune():
   return {
-      "config": "ett_univariate:24",
-      "space": {
-          "model.hidden_sizes": {"choice": [(32,), (64,), (128,), (64, 64)]},
-          "model.dropout": {"uniform": [0.0, 0.5]},
-          "model.recurrent_dropout": {"uniform": [0.0, 0.5]},
-          "train.learning_rate": {"loguniform": [3e-4, 3e-3]},
-          "train.weight_decay": {"loguniform": [1e-6, 1e-2]},
-          "train.batch_size": {"int": [32, 128], "step": 32},
-      },
-      "trials": 20,
-      "metric": "val_mse",
-      "algorithm": "tpe",
-      "seed": 0,
+    "config": "ett_univariate:24",
+    "space": {
+      "model.hidden_sizes": {"choice": [(32,), (64,), (128,), (64, 64)]},
+      "model.dropout": {"uniform": [0.0, 0.5]},
+      "model.recurrent_dropout": {"uniform": [0.0, 0.5]},
+      "train.learning_rate": {"loguniform": [3e-4, 3e-3]},
+      "train.weight_decay": {"loguniform": [1e-6, 1e-2]},
+      "train.batch_size": {"int": [32, 128], "step": 32},
+    },
+    "trials": 20,
+    "metric": "val_mse",
+    "algorithm": "tpe",
+    "seed": 0,
   }

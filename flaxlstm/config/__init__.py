@@ -7,16 +7,58 @@ Light to import (no pandas, sklearn, orbax or matplotlib): sweeps validate every
 config before they start anything.
 """
 
-from flaxlstm.config.loading import (RUN_RECORD_KEY, apply_override, config_from_json,
-                                     config_to_json, load_config, load_config_file,
-                                     load_python, parse_value, recipe_names, resolve_spec,
-                                     split_run_record)
-from flaxlstm.config.schema import (RENAMED, AugmentSpec, DataSpec, MeshSpec, ModelSpec,
-                                    RunSpec, TrainSpec, check_keys, default_config, flatten,
-                                    to_config, to_spec, unknown_key_message)
+from flaxlstm.config.loading import (
+  RUN_RECORD_KEY,
+  apply_override,
+  config_from_json,
+  config_to_json,
+  load_config,
+  load_config_file,
+  load_python,
+  parse_value,
+  recipe_names,
+  resolve_spec,
+  split_run_record,
+)
+from flaxlstm.config.schema import (
+  RENAMED,
+  AugmentSpec,
+  DataSpec,
+  MeshSpec,
+  ModelSpec,
+  RunSpec,
+  TrainSpec,
+  check_keys,
+  default_config,
+  flatten,
+  to_config,
+  to_spec,
+  unknown_key_message,
+)
 
-__all__ = ["RUN_RECORD_KEY", "RENAMED", "AugmentSpec", "DataSpec", "MeshSpec", "ModelSpec",
-           "RunSpec", "TrainSpec", "apply_override", "check_keys", "config_from_json",
-           "config_to_json", "default_config", "flatten", "load_config", "load_config_file",
-           "load_python", "parse_value", "recipe_names", "resolve_spec", "split_run_record",
-           "to_config", "to_spec", "unknown_key_message"]
+__all__ = [
+  "RUN_RECORD_KEY",
+  "RENAMED",
+  "AugmentSpec",
+  "DataSpec",
+  "MeshSpec",
+  "ModelSpec",
+  "RunSpec",
+  "TrainSpec",
+  "apply_override",
+  "check_keys",
+  "config_from_json",
+  "config_to_json",
+  "default_config",
+  "flatten",
+  "load_config",
+  "load_config_file",
+  "load_python",
+  "parse_value",
+  "recipe_names",
+  "resolve_spec",
+  "split_run_record",
+  "to_config",
+  "to_spec",
+  "unknown_key_message",
+]

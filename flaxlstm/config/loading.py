@@ -52,15 +52,19 @@ def resolve_spec(spec: str) -> tuple[pathlib.Path, str | None]:
   if match is not None:
     path = RECIPES_DIR / f"{match.group(1)}.py"
     if not path.is_file() or match.group(1).startswith("_"):
-      raise InputError(f"no packaged recipe named '{match.group(1)}' (packaged: "
-                       f"{', '.join(recipe_names())}); or give a path to a .py file")
+      raise InputError(
+        f"no packaged recipe named '{match.group(1)}' (packaged: "
+        f"{', '.join(recipe_names())}); or give a path to a .py file"
+      )
     return path, match.group(2)
-  raise InputError(f"config file '{spec}': expected path.py, path.py:arg or a .json (or a "
-                   "packaged recipe's name)")
+  raise InputError(
+    f"config file '{spec}': expected path.py, path.py:arg or a .json (or a packaged recipe's name)"
+  )
 
 
-def load_python(path: str | pathlib.Path, *, kind: str, function: str,
-                args: tuple[Any, ...] = ()) -> Any:
+def load_python(
+  path: str | pathlib.Path, *, kind: str, function: str, args: tuple[Any, ...] = ()
+) -> Any:
   """Imports a Python spec file (experiment, sweep or tune) and returns `function(*args)`.
 
   Whatever the file does wrong (missing, syntax error, no such function, raising) is the
@@ -97,25 +101,23 @@ def load_python(path: str | pathlib.Path, *, kind: str, function: str,
     raise InputError(f"{where}: {function}() raised {describe(e)}") from e
 
 
-def load_config_file(path: str | pathlib.Path,
-                     arg: str | None = None) -> ml_collections.ConfigDict:
+def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
   """Runs ``get_config()`` (or ``get_config(arg)``) of a Python config file.
 
   No overrides and no validation: experiment files use this to extend a sibling file.
   """
-  config = load_python(path, kind="config", function="get_config",
-                       args=() if arg is None else (arg,))
+  config = load_python(
+    path, kind="config", function="get_config", args=() if arg is None else (arg,)
+  )
   where = f"config file '{pathlib.Path(path)}'"
   if isinstance(config, Mapping) and not isinstance(config, ml_collections.ConfigDict):
     config = ml_collections.ConfigDict(config)
   if not isinstance(config, ml_collections.ConfigDict):
-    raise InputError(
-        f"{where}: get_config() returned {type(config).__name__}, not a ConfigDict")
+    raise InputError(f"{where}: get_config() returned {type(config).__name__}, not a ConfigDict")
   return config
 
 
-def load_config(spec: str | None,
-                overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(spec: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Builds, overrides and validates the config for a run.
 
   Args:
@@ -198,8 +200,7 @@ def parse_value(key: str, text: str, default: Any, kind: type | None = None) -> 
       return tuple(_infer(item) for item in items)
     return tuple(_parse_scalar(item, element_type) for item in items)
   except ValueError:
-    wanted = (f"{kind.__name__} or None" if kind is not None
-              else schema.type_name(key, default))
+    wanted = f"{kind.__name__} or None" if kind is not None else schema.type_name(key, default)
     raise InputError(f"config key '{key}': expected {wanted}, got {text!r}") from None
 
 
@@ -238,8 +239,9 @@ def _unquote(text: str) -> str:
 
 
 # ---- config.json ---------------------------------------------------------------------------------
-def config_to_json(config: ml_collections.ConfigDict,
-                   run_record: Mapping[str, Any] | None = None) -> str:
+def config_to_json(
+  config: ml_collections.ConfigDict, run_record: Mapping[str, Any] | None = None
+) -> str:
   """Serializes a config (tuples become JSON lists; config_from_json restores them).
 
   `run_record`: written under ``RUN_RECORD_KEY`` (a run's config.json).

@@ -30,6 +30,7 @@ from flaxlstm.errors import InputError
 def _cell_fields() -> tuple[dataclasses.Field, ...]:
   """The cell options (`model.cell.*`): the fields of `flaxlstm.nn.cell.CellOptions`."""
   from flaxlstm.nn import cell  # already imported by `import flaxlstm`
+
   return cell.CELL_OPTIONS
 
 
@@ -87,6 +88,7 @@ class DataSpec(_Spec):
 
   def check(self, c: _Checker) -> None:
     from flaxlstm.data import io, scaling, series  # the tables live with their code
+
     for key in ("lookback", "horizon", "seasonal_period"):
       c.positive(key)
     for key in ("lookback", "horizon"):
@@ -97,17 +99,24 @@ class DataSpec(_Spec):
     c.check("target", bool(self.target), "must name at least one column")
     for key in ("features", "target"):
       names = getattr(self, key)
-      c.check(key, all(names) and len(set(names)) == len(names),
-              "column names must be non-empty and distinct")
+      c.check(
+        key,
+        all(names) and len(set(names)) == len(names),
+        "column names must be non-empty and distinct",
+      )
     fractions = self.split_fractions
-    c.check("split_fractions",
-            len(fractions) == 3 and all(f > 0 for f in fractions) and sum(fractions) <= 1 + 1e-9,
-            "must be three shares (train, val, test), each > 0, summing to at most 1")
+    c.check(
+      "split_fractions",
+      len(fractions) == 3 and all(f > 0 for f in fractions) and sum(fractions) <= 1 + 1e-9,
+      "must be three shares (train, val, test), each > 0, summing to at most 1",
+    )
     rows = self.split_rows
     if self.split == "rows":
-      c.check("split_rows",
-              len(rows) in (2, 3) and rows[0] > 0 and all(a < b for a, b in zip(rows, rows[1:])),
-              "split='rows' needs increasing row boundaries (train_end, val_end[, test_end])")
+      c.check(
+        "split_rows",
+        len(rows) in (2, 3) and rows[0] > 0 and all(a < b for a, b in zip(rows, rows[1:])),
+        "split='rows' needs increasing row boundaries (train_end, val_end[, test_end])",
+      )
     else:
       # Setting boundaries but forgetting split=rows would silently split by fractions.
       c.check("split_rows", not rows, "is only used with data.split='rows'")
@@ -122,8 +131,9 @@ class ModelSpec(_Spec):
   hidden_sizes: tuple[int, ...] = (64,)  # Hidden units of each stacked LSTM layer.
   # The cell's options, resolved (initializer functions, dtypes): one (name, value) pair
   # per `CellOptions` field. The config holds them by name under `model.cell`.
-  cell: tuple[tuple[str, Any], ...] = dataclasses.field(default_factory=lambda: tuple(
-      (f.name, f.default) for f in _cell_fields()))
+  cell: tuple[tuple[str, Any], ...] = dataclasses.field(
+    default_factory=lambda: tuple((f.name, f.default) for f in _cell_fields())
+  )
   dropout: float = 0.0  # Variational dropout on each LSTM layer's inputs.
   recurrent_dropout: float = 0.0  # Variational dropout on the recurrent state h.
   inter_layer_dropout: float = 0.0  # Dropout between stacked layers.
@@ -140,17 +150,22 @@ class ModelSpec(_Spec):
     return dict(self.cell)
 
   def check(self, c: _Checker) -> None:
-    c.check("hidden_sizes", bool(self.hidden_sizes) and all(n > 0 for n in self.hidden_sizes),
-            "must be one or more layer sizes > 0")
-    c.check("hidden_sizes", all(n <= 2**16 for n in self.hidden_sizes),
-            "layer sizes must be <= 65536")
+    c.check(
+      "hidden_sizes",
+      bool(self.hidden_sizes) and all(n > 0 for n in self.hidden_sizes),
+      "must be one or more layer sizes > 0",
+    )
+    c.check(
+      "hidden_sizes", all(n <= 2**16 for n in self.hidden_sizes), "layer sizes must be <= 65536"
+    )
     for key in ("dropout", "recurrent_dropout", "inter_layer_dropout", "dense_dropout"):
       c.probability(key)
     c.check("unroll", self.unroll >= 1, "must be >= 1")
     proj = self.cell_options.get("proj_features")
     if proj is not None:
-      c.check("cell.proj_features", 1 <= proj <= 2**16,
-              "must be None (no projection) or in [1, 65536]")
+      c.check(
+        "cell.proj_features", 1 <= proj <= 2**16, "must be None (no projection) or in [1, 65536]"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,13 +203,30 @@ class TrainSpec(_Spec):
 
   def check(self, c: _Checker) -> None:
     from flaxlstm.train import optim  # the tables live with their code
+
     for key in ("batch_size", "eval_batch_size"):
       c.at_most(key, 2**20)
-    for key in ("batch_size", "eval_batch_size", "max_epochs", "log_every_steps",
-                "learning_rate", "huber_delta"):
+    for key in (
+      "batch_size",
+      "eval_batch_size",
+      "max_epochs",
+      "log_every_steps",
+      "learning_rate",
+      "huber_delta",
+    ):
       c.positive(key)
-    for key in ("max_steps", "warmup_steps", "patience", "weight_decay", "clip_norm", "l1",
-                "l2", "min_delta", "eval_every_steps", "max_nonfinite_steps"):
+    for key in (
+      "max_steps",
+      "warmup_steps",
+      "patience",
+      "weight_decay",
+      "clip_norm",
+      "l1",
+      "l2",
+      "min_delta",
+      "eval_every_steps",
+      "max_nonfinite_steps",
+    ):
       c.non_negative(key)
     c.probability("momentum")
     c.check("keep_best", self.keep_best >= 1, "must be >= 1")
@@ -217,8 +249,11 @@ class MeshSpec(_Spec):
 
   def check(self, c: _Checker) -> None:
     for axis in ("data", "fsdp", "model"):
-      c.check(axis, getattr(self, axis) == -1 or getattr(self, axis) >= 1,
-              "must be -1 (all remaining) or >= 1")
+      c.check(
+        axis,
+        getattr(self, axis) == -1 or getattr(self, axis) >= 1,
+        "must be -1 (all remaining) or >= 1",
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +275,13 @@ class RunSpec(_Spec):
 # Keys of earlier versions: a config naming one is told the new name (and a run directory
 # written by an earlier version is read with its keys moved, see `migrate`).
 RENAMED = {
-    "model.features": "model.hidden_sizes",
-    "model.forget_bias": "model.cell.forget_bias",
-    "model.kernel_init": "model.cell.kernel_init",
-    "model.recurrent_init": "model.cell.recurrent_kernel_init",
-    "model.proj_features": "model.cell.proj_features",
-    "model.layer_norm": "model.cell.layer_norm",
-    "model.dtype": "model.cell.dtype",
+  "model.features": "model.hidden_sizes",
+  "model.forget_bias": "model.cell.forget_bias",
+  "model.kernel_init": "model.cell.kernel_init",
+  "model.recurrent_init": "model.cell.recurrent_kernel_init",
+  "model.proj_features": "model.cell.proj_features",
+  "model.layer_norm": "model.cell.layer_norm",
+  "model.dtype": "model.cell.dtype",
 }
 
 
@@ -275,7 +310,8 @@ def to_config(spec: Any) -> ml_collections.ConfigDict:
       config[f.name] = to_config(value)
     elif f.name == "cell" and isinstance(spec, ModelSpec):
       config.cell = ml_collections.ConfigDict(
-          {cf.name: _cell_config_value(cf, dict(value)[cf.name]) for cf in _cell_fields()})
+        {cf.name: _cell_config_value(cf, dict(value)[cf.name]) for cf in _cell_fields()}
+      )
     else:
       config[f.name] = value
   return config
@@ -333,7 +369,7 @@ class _Checker:
 
   def _value(self, key: str) -> Any:
     if key.startswith("cell."):
-      return self.spec.cell_options[key[len("cell."):]]
+      return self.spec.cell_options[key[len("cell.") :]]
     return getattr(self.spec, key)
 
   def check(self, key: str, ok: bool, requirement: str) -> None:
@@ -353,14 +389,18 @@ class _Checker:
     # Upper bounds keep absurd sizes from reaching JAX as overflow tracebacks.
     self.check(key, self._value(key) <= bound, f"must be <= 2**{int(math.log2(bound))}")
 
-  def choice(self, key: str, choices: Sequence[str]) -> None:
+  def choice(self, key: str, choices: Sequence[str] | Mapping[str, Any]) -> None:
     self.check(key, self._value(key) in choices, f"must be one of {', '.join(choices)}")
 
 
 # Which fields of which spec are specs themselves.
-_SUBSPECS = {(DataSpec, "augment"): AugmentSpec, (RunSpec, "data"): DataSpec,
-             (RunSpec, "model"): ModelSpec, (RunSpec, "train"): TrainSpec,
-             (RunSpec, "mesh"): MeshSpec}
+_SUBSPECS = {
+  (DataSpec, "augment"): AugmentSpec,
+  (RunSpec, "data"): DataSpec,
+  (RunSpec, "model"): ModelSpec,
+  (RunSpec, "train"): TrainSpec,
+  (RunSpec, "mesh"): MeshSpec,
+}
 
 
 # ---- keys and types ------------------------------------------------------------------------
@@ -369,8 +409,9 @@ _SUBSPECS = {(DataSpec, "augment"): AugmentSpec, (RunSpec, "data"): DataSpec,
 ELEMENT_TYPES = {"data.features": str, "data.split_rows": int}
 
 
-def flatten(config: ml_collections.ConfigDict | Mapping[str, Any],
-            prefix: str = "") -> dict[str, Any]:
+def flatten(
+  config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = ""
+) -> dict[str, Any]:
   """Returns {"a.b.c": value} for every leaf of a (nested) config."""
   flat = {}
   for key, value in config.items():
@@ -392,7 +433,8 @@ def check_keys(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
   for key in schema:
     if key not in flat:
       raise InputError(
-          f"config key '{key}' is missing (start from flaxlstm.config.default_config())")
+        f"config key '{key}' is missing (start from flaxlstm.config.default_config())"
+      )
 
 
 def check_type(key: str, value: Any, default: Any) -> None:
@@ -404,14 +446,14 @@ def check_type(key: str, value: Any, default: Any) -> None:
   if isinstance(default, tuple):
     element_type = element_type_of(key, default)
     ok = isinstance(value, (tuple, list)) and (
-        element_type is None or all(_is_a(v, element_type) for v in value))
+      element_type is None or all(_is_a(v, element_type) for v in value)
+    )
   elif default is None:  # an optional value (a placeholder): None or its type
     ok = value is None or _is_a(value, _placeholder_type(key))
   else:
     ok = _is_a(value, type(default))
   if not ok:
-    raise InputError(
-        f"config key '{key}': expected {type_name(key, default)}, got {_shown(value)}")
+    raise InputError(f"config key '{key}': expected {type_name(key, default)}, got {_shown(value)}")
   values = value if isinstance(value, (tuple, list)) else (value,)
   if any(isinstance(v, float) and not math.isfinite(v) for v in values):
     raise InputError(f"config key '{key}' = {_shown(value)}: must be finite")
@@ -454,13 +496,17 @@ def unknown_key_message(key: str, known: Mapping[str, Any]) -> str:
   """Names the unknown key and the key the user probably meant: its new name if it was
   renamed, else a close match."""
   import difflib
+
   if key in RENAMED:
     return f"config key '{key}' was renamed to '{RENAMED[key]}'"
   section, _, leaf = key.rpartition(".")
   # Abbreviations (lr, wd, bs) match the initials of snake_case names; difflib misses them.
-  guesses = [name for name in known
-             if name.rpartition(".")[0] == section
-             and "".join(p[0] for p in name.rpartition(".")[2].split("_")) == leaf]
+  guesses = [
+    name
+    for name in known
+    if name.rpartition(".")[0] == section
+    and "".join(p[0] for p in name.rpartition(".")[2].split("_")) == leaf
+  ]
   guesses += difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
   message = f"unknown config key '{key}'"
   if guesses:

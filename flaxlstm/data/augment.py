@@ -34,8 +34,12 @@ def _catmull_rom(knots: np.ndarray, length: int) -> np.ndarray:
   t = (u - seg)[None, :, None]
   idx = lambda k: np.clip(seg + k, 0, n_knots - 1)  # Clamped ends repeat the edge knot.
   p0, p1, p2, p3 = (knots[:, idx(k), :] for k in (-1, 0, 1, 2))
-  return 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-                + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+  return 0.5 * (
+    (2 * p1)
+    + (-p0 + p2) * t
+    + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+    + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+  )
 
 
 def is_on(spec: AugmentSpec) -> bool:
@@ -79,14 +83,15 @@ def augment(x: np.ndarray, spec: AugmentSpec, rng: np.random.Generator) -> np.nd
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, length - 1)
     w = (pos - lo)[:, :, None].astype(np.float32)
-    x = (np.take_along_axis(x, lo[:, :, None], axis=1) * (1 - w)
-         + np.take_along_axis(x, hi[:, :, None], axis=1) * w)
+    x = (
+      np.take_along_axis(x, lo[:, :, None], axis=1) * (1 - w)
+      + np.take_along_axis(x, hi[:, :, None], axis=1) * w
+    )
   if spec.magnitude_warp:
     knots = rng.normal(1.0, spec.magnitude_warp, size=(batch, 6, n_features))
     x = x * _catmull_rom(knots, length).astype(np.float32)
   if spec.scaling:
-    x = x * rng.normal(1.0, spec.scaling, size=(batch, 1, n_features)).astype(
-        np.float32)
+    x = x * rng.normal(1.0, spec.scaling, size=(batch, 1, n_features)).astype(np.float32)
   if spec.jitter:
     x = x + rng.normal(0.0, spec.jitter, size=x.shape).astype(np.float32)
   return x.astype(np.float32, copy=False)

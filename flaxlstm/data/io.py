@@ -89,8 +89,10 @@ def _file_kind(path: Path) -> str:
     return "csv"
   if suffix in _PARQUET_SUFFIXES:
     return "parquet"
-  raise error(f"unsupported data file extension {path.suffix or '(none)'!r} for {path}: "
-               "use .csv, .parquet or .pq")
+  raise error(
+    f"unsupported data file extension {path.suffix or '(none)'!r} for {path}: "
+    "use .csv, .parquet or .pq"
+  )
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, str]:
@@ -113,12 +115,12 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
     else:
       frame = pd.read_parquet(path)
   except ImportError as e:
-    raise error(f"reading Parquet file {path} needs pyarrow: "
-                 f"pip install 'flaxlstm[parquet]' ({e})") from None
+    raise error(
+      f"reading Parquet file {path} needs pyarrow: pip install 'flaxlstm[parquet]' ({e})"
+    ) from None
   except pd.errors.EmptyDataError:
     raise error(f"data file is empty: {path}") from None
-  except Exception as e:  # pylint: disable=broad-except
-    # Parser, decoding and Arrow errors have many types; all mean "cannot read it".
+  except Exception as e:  # parser, decoding and Arrow errors: all mean unreadable
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise error(f"cannot read data file {path}: {first_line}") from None
   if kind == "parquet" and any(name is not None for name in frame.index.names):
@@ -150,13 +152,16 @@ def _row_label(row: int, kind: str) -> str:
   return f"row {row}"
 
 
-def _check_columns(frame: pd.DataFrame, wanted: Sequence[str], path: Path,
-                   date_column: str | None) -> None:
+def _check_columns(
+  frame: pd.DataFrame, wanted: Sequence[str], path: Path, date_column: str | None
+) -> None:
   existing = list(frame.columns)
   if date_column and date_column not in existing:
-    raise error(f"date column {date_column!r} not found in {path} "
-                 f"(columns: {list_names(existing)}); set data.date_column='' for a file "
-                 "without dates")
+    raise error(
+      f"date column {date_column!r} not found in {path} "
+      f"(columns: {list_names(existing)}); set data.date_column='' for a file "
+      "without dates"
+    )
   for name in wanted:
     if name not in existing:
       raise error(f"column {name!r} not found in {path} (columns: {list_names(existing)})")
@@ -166,14 +171,18 @@ def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarr
   """Parses, then checks a timestamp column is complete, strictly increasing and unique."""
   missing = np.flatnonzero(raw.isna().to_numpy())
   if missing.size:
-    raise error(f"missing timestamp in date column {column!r} of {path} at "
-                 f"{_row_label(int(missing[0]), kind)}")
+    raise error(
+      f"missing timestamp in date column {column!r} of {path} at "
+      f"{_row_label(int(missing[0]), kind)}"
+    )
   if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
     # pandas would read integers as nanoseconds since 1970 and silently produce 1970
     # dates; refuse rather than guess the unit.
-    raise error(f"date column {column!r} of {path} holds numbers, not timestamps "
-                 f"({_row_label(0, kind)}: {short(raw.iloc[0])}); write ISO timestamps "
-                 "or set data.date_column=''")
+    raise error(
+      f"date column {column!r} of {path} holds numbers, not timestamps "
+      f"({_row_label(0, kind)}: {short(raw.iloc[0])}); write ISO timestamps "
+      "or set data.date_column=''"
+    )
   with warnings.catch_warnings():
     # "Could not infer format" warnings are noise: failures are reported below.
     warnings.simplefilter("ignore")
@@ -188,8 +197,10 @@ def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarr
   bad = np.flatnonzero(parsed.isna().to_numpy())
   if bad.size:
     row = int(bad[0])
-    raise error(f"unparseable timestamp {short(raw.iloc[row])} in date column {column!r} "
-                 f"of {path} at {_row_label(row, kind)}")
+    raise error(
+      f"unparseable timestamp {short(raw.iloc[row])} in date column {column!r} "
+      f"of {path} at {_row_label(row, kind)}"
+    )
   dates = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
   steps = np.diff(dates.astype(np.int64))
   bad = np.flatnonzero(steps <= 0)
@@ -197,11 +208,15 @@ def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarr
     row = int(bad[0]) + 1
     this, before = pd.Timestamp(dates[row]), pd.Timestamp(dates[row - 1])
     if steps[row - 1] == 0:
-      raise error(f"duplicated timestamp {this} in date column {column!r} of {path} at "
-                   f"{_row_label(row, kind)} (same as the row before)")
-    raise error(f"timestamps not sorted in date column {column!r} of {path}: "
-                 f"{this} at {_row_label(row, kind)} comes after {before} in the row "
-                 "before; sort the file by time")
+      raise error(
+        f"duplicated timestamp {this} in date column {column!r} of {path} at "
+        f"{_row_label(row, kind)} (same as the row before)"
+      )
+    raise error(
+      f"timestamps not sorted in date column {column!r} of {path}: "
+      f"{this} at {_row_label(row, kind)} comes after {before} in the row "
+      "before; sort the file by time"
+    )
   return dates
 
 
@@ -215,8 +230,10 @@ def _numeric_column(raw: pd.Series, path: Path, column: str, kind: str) -> np.nd
   bad = np.flatnonzero((coerced.isna() & raw.notna()).to_numpy())
   if bad.size:
     row = int(bad[0])
-    raise error(f"non-numeric value {short(raw.iloc[row])} in column {column!r} of {path} "
-                 f"at {_row_label(row, kind)}")
+    raise error(
+      f"non-numeric value {short(raw.iloc[row])} in column {column!r} of {path} "
+      f"at {_row_label(row, kind)}"
+    )
   return coerced.to_numpy(dtype=np.float64)
 
 
@@ -234,8 +251,7 @@ def _fill_column(values: np.ndarray, fill: str) -> np.ndarray:
   return series.to_numpy(dtype=np.float64)
 
 
-def _check_finite(values: np.ndarray, path: Path, column: str, kind: str,
-                  fill: str) -> None:
+def _check_finite(values: np.ndarray, path: Path, column: str, kind: str, fill: str) -> None:
   bad = np.flatnonzero(~np.isfinite(values))
   if not bad.size:
     return
@@ -244,14 +260,24 @@ def _check_finite(values: np.ndarray, path: Path, column: str, kind: str,
   if fill == "none":
     what = "missing value (NaN)" if np.isnan(values[row]) else f"infinite value ({values[row]})"
     raise error(f"{what} {where}; set data.fill='ffill' or 'interpolate' to fill gaps")
-  hint = ("nothing before it to carry forward; use data.fill='interpolate'"
-          if fill == "ffill" else "the column has no observed value at all")
+  hint = (
+    "nothing before it to carry forward; use data.fill='interpolate'"
+    if fill == "ffill"
+    else "the column has no observed value at all"
+  )
   raise error(f"missing value {where} remains after data.fill={fill!r} ({hint})")
 
 
-def validate_frame(frame: pd.DataFrame, path: Path, kind: str, *,
-                    date_column: str | None, columns: Sequence[str], fill: str,
-                    check_constant: bool) -> pd.DataFrame:
+def validate_frame(
+  frame: pd.DataFrame,
+  path: Path,
+  kind: str,
+  *,
+  date_column: str | None,
+  columns: Sequence[str],
+  fill: str,
+  check_constant: bool,
+) -> pd.DataFrame:
   """Validates and cleans the selected columns of a freshly read frame."""
   if fill not in FILLS:
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
@@ -265,15 +291,22 @@ def validate_frame(frame: pd.DataFrame, path: Path, kind: str, *,
     if check_constant and values.size and np.all(values == values[0]):
       # A constant column carries no signal and breaks scaling (zero variance), and is
       # almost always a wrong column choice, so stop early.
-      raise error(f"column {name!r} of {path} is constant (every value is {values[0]:g}); "
-                   "drop it from data.features / data.target")
+      raise error(
+        f"column {name!r} of {path} is constant (every value is {values[0]:g}); "
+        "drop it from data.features / data.target"
+      )
     out[name] = values
   return pd.DataFrame(out)
 
 
-def load_frame(path: str | os.PathLike | None, *, date_column: str | None,
-               columns: Sequence[str] | None = None, fill: str = "none",
-               check_constant: bool = True) -> pd.DataFrame:
+def load_frame(
+  path: str | os.PathLike | None,
+  *,
+  date_column: str | None,
+  columns: Sequence[str] | None = None,
+  fill: str = "none",
+  check_constant: bool = True,
+) -> pd.DataFrame:
   """Reads and validates a CSV or Parquet table.
 
   Args:
@@ -303,8 +336,15 @@ def load_frame(path: str | os.PathLike | None, *, date_column: str | None,
   resolved = _resolve_path(path)
   frame, kind = read_table(resolved)
   wanted = _default_columns(frame, date_column) if not columns else list(columns)
-  return validate_frame(frame, resolved, kind, date_column=date_column or None,
-                         columns=wanted, fill=fill, check_constant=check_constant)
+  return validate_frame(
+    frame,
+    resolved,
+    kind,
+    date_column=date_column or None,
+    columns=wanted,
+    fill=fill,
+    check_constant=check_constant,
+  )
 
 
 def _default_columns(frame: pd.DataFrame, date_column: str | None) -> list[str]:

@@ -20,20 +20,23 @@ from flaxlstm import fileio
 from flaxlstm.data.io import error, short
 
 # data.scaler: the sklearn class of each kind ("none": no scaling).
-SCALERS = {"standard": "StandardScaler", "robust": "RobustScaler", "minmax": "MinMaxScaler",
-           "none": None}
+SCALERS = {
+  "standard": "StandardScaler",
+  "robust": "RobustScaler",
+  "minmax": "MinMaxScaler",
+  "none": None,
+}
 _SCALERS_FORMAT = "flaxlstm.scalers/2"  # /1 was a pickle
 
 # What a fitted scaler is, as plain numbers: the statistics sklearn's `transform` and
 # `inverse_transform` read, per kind. Saved as JSON and set back onto a fresh scaler of
 # the same kind, so loading a run's scalers never executes anything (a pickle could).
 _SCALER_STATE = {
-    "standard": ("mean_", "var_", "scale_"),
-    "robust": ("center_", "scale_"),
-    "minmax": ("min_", "scale_", "data_min_", "data_max_", "data_range_"),
+  "standard": ("mean_", "var_", "scale_"),
+  "robust": ("center_", "scale_"),
+  "minmax": ("min_", "scale_", "data_min_", "data_max_", "data_range_"),
 }
-_SCALER_COUNTS = {"standard": ("n_samples_seen_",), "robust": (),
-                  "minmax": ("n_samples_seen_",)}
+_SCALER_COUNTS = {"standard": ("n_samples_seen_",), "robust": (), "minmax": ("n_samples_seen_",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +63,14 @@ class FittedScalers:
 
   def to_json(self) -> str:
     """The scalers as JSON: kind, columns and each scaler's statistics (exact floats)."""
-    payload = {"format": _SCALERS_FORMAT, "kind": self.kind,
-               "feature_names": list(self.feature_names),
-               "target_names": list(self.target_names),
-               "features": _scaler_state(self.kind, self.feature_scaler),
-               "targets": _scaler_state(self.kind, self.target_scaler)}
+    payload = {
+      "format": _SCALERS_FORMAT,
+      "kind": self.kind,
+      "feature_names": list(self.feature_names),
+      "target_names": list(self.target_names),
+      "features": _scaler_state(self.kind, self.feature_scaler),
+      "targets": _scaler_state(self.kind, self.target_scaler),
+    }
     return json.dumps(payload, indent=1, allow_nan=False) + "\n"
 
   def save(self, path: str | os.PathLike) -> None:
@@ -76,8 +82,9 @@ class FittedScalers:
 def _scaler_state(kind: str, scaler: Any) -> dict[str, Any] | None:
   if scaler is None:
     return None
-  state = {name: np.asarray(getattr(scaler, name), np.float64).tolist()
-           for name in _SCALER_STATE[kind]}
+  state = {
+    name: np.asarray(getattr(scaler, name), np.float64).tolist() for name in _SCALER_STATE[kind]
+  }
   state.update({name: int(getattr(scaler, name)) for name in _SCALER_COUNTS[kind]})
   return state
 
@@ -92,9 +99,13 @@ def _rebuild_scaler(kind: str, state: Any, n_columns: int, where: str) -> Any:
   scaler = make_scaler(kind)
   for name in _SCALER_STATE[kind]:
     values = state[name]
-    if (not isinstance(values, list) or len(values) != n_columns
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v) for v in values)):
+    if (
+      not isinstance(values, list)
+      or len(values) != n_columns
+      or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+      )
+    ):
       raise error(f"{where}: {name} must be {n_columns} finite numbers")
     setattr(scaler, name, np.asarray(values, np.float64))
   for name in _SCALER_COUNTS[kind]:
@@ -120,24 +131,24 @@ def load_scalers(path: str | os.PathLike) -> FittedScalers:
   """
   path = Path(path)
   if path.suffix == ".pkl":
-    raise error(f"{path} is a pickle, which flaxlstm no longer loads (unpickling can run "
-                 "code); re-create the run's scalers.json with `flaxlstm evaluate --workdir "
-                 f"{path.parent} --refit-scalers`")
+    raise error(
+      f"{path} is a pickle, which flaxlstm no longer loads (unpickling can run "
+      "code); re-create the run's scalers.json with `flaxlstm evaluate --workdir "
+      f"{path.parent} --refit-scalers`"
+    )
   if not path.exists():
     raise error(f"scalers file not found: {path}")
   payload = fileio.read_json(path, "scalers file")
   where = f"scalers file {path}"
   if not isinstance(payload, dict) or payload.get("format") != _SCALERS_FORMAT:
-    raise error(f"{path} is not a flaxlstm scalers file (expected format "
-                 f"{_SCALERS_FORMAT!r})")
+    raise error(f"{path} is not a flaxlstm scalers file (expected format {_SCALERS_FORMAT!r})")
   kind = payload.get("kind")
   if kind not in SCALERS:
     raise error(f"{where}: kind must be one of {', '.join(SCALERS)}, got {short(kind)}")
   names = {}
   for key in ("feature_names", "target_names"):
     value = payload.get(key)
-    if (not isinstance(value, list) or not value
-        or not all(isinstance(n, str) and n for n in value)):
+    if not isinstance(value, list) or not value or not all(isinstance(n, str) and n for n in value):
       raise error(f"{where}: {key} must be a non-empty list of column names")
     names[key] = tuple(value)
   scalers = {}
@@ -147,18 +158,23 @@ def load_scalers(path: str | os.PathLike) -> FittedScalers:
       raise error(f"{where}: scaler 'none' has no {part} statistics")
     if part == "features" and kind != "none" and state is None:
       raise error(f"{where}: the {kind} feature statistics are missing")
-    scalers[part] = None if kind == "none" else _rebuild_scaler(
-        kind, state, len(names[key]), f"{where}, {part}")
-  return FittedScalers(kind=kind, feature_scaler=scalers["features"],
-                       target_scaler=scalers["targets"],
-                       feature_names=names["feature_names"],
-                       target_names=names["target_names"])
+    scalers[part] = (
+      None if kind == "none" else _rebuild_scaler(kind, state, len(names[key]), f"{where}, {part}")
+    )
+  return FittedScalers(
+    kind=kind,
+    feature_scaler=scalers["features"],
+    target_scaler=scalers["targets"],
+    feature_names=names["feature_names"],
+    target_names=names["target_names"],
+  )
 
 
 def make_scaler(kind: str) -> Any:
   """An unfitted sklearn scaler of `kind`, None for "none" (sklearn loads here, on first
   use, not when the module is imported)."""
   from sklearn import preprocessing
+
   name = SCALERS[kind]
   return None if name is None else getattr(preprocessing, name)()
 

@@ -84,9 +84,13 @@ class SeriesData:
 
   @property
   def scalers(self) -> FittedScalers:
-    return FittedScalers(kind=self.scaler_kind, feature_scaler=self.feature_scaler,
-                         target_scaler=self.target_scaler,
-                         feature_names=self.feature_names, target_names=self.target_names)
+    return FittedScalers(
+      kind=self.scaler_kind,
+      feature_scaler=self.feature_scaler,
+      target_scaler=self.target_scaler,
+      feature_names=self.feature_names,
+      target_names=self.target_names,
+    )
 
   def save_scalers(self, path: str | os.PathLike) -> None:
     """Saves the fitted scalers and column names atomically (see ``load_scalers``)."""
@@ -99,13 +103,13 @@ class SeriesData:
     """
     y_scaled = np.asarray(y_scaled)
     if y_scaled.ndim == 0 or y_scaled.shape[-1] != self.n_targets:
-      raise ValueError(f"expected a last axis of {self.n_targets} targets, got shape "
-                       f"{y_scaled.shape}")
+      raise ValueError(
+        f"expected a last axis of {self.n_targets} targets, got shape {y_scaled.shape}"
+      )
     if self.target_scaler is None:
       return y_scaled.astype(np.float32)
     flat = y_scaled.reshape(-1, self.n_targets).astype(np.float64)
-    return self.target_scaler.inverse_transform(flat).reshape(y_scaled.shape).astype(
-        np.float32)
+    return self.target_scaler.inverse_transform(flat).reshape(y_scaled.shape).astype(np.float32)
 
   def window_starts(self, split: str) -> np.ndarray:
     """Indices of every window (stride 1) whose targets lie in ``split``.
@@ -132,21 +136,24 @@ class SeriesData:
     return np.arange(first, last + 1, dtype=np.int64)
 
 
-
 def split_bounds(spec: DataSpec, n_rows: int) -> dict[str, tuple[int, int]]:
   """The train/val/test row ranges of `spec.split` for a file of `n_rows` rows."""
   if spec.split == "ett":
     if n_rows < ETT_BOUNDS["test"][1]:
-      raise error(f"data.split='ett' needs at least {ETT_BOUNDS['test'][1]} rows "
-                  f"(12/4/4 months of 30 days, hourly), the file has {n_rows}")
+      raise error(
+        f"data.split='ett' needs at least {ETT_BOUNDS['test'][1]} rows "
+        f"(12/4/4 months of 30 days, hourly), the file has {n_rows}"
+      )
     return dict(ETT_BOUNDS)
   if spec.split == "rows":
     ends = tuple(spec.split_rows)
     if len(ends) == 2:
       ends += (n_rows,)  # Without test_end the test split runs to the end of the file.
     if not 0 < ends[0] < ends[1] < ends[2] <= n_rows:
-      raise error(f"data.split_rows must satisfy 0 < train_end < val_end < test_end <= "
-                  f"{n_rows} (the number of rows), got {ends}")
+      raise error(
+        f"data.split_rows must satisfy 0 < train_end < val_end < test_end <= "
+        f"{n_rows} (the number of rows), got {ends}"
+      )
   else:
     train_end = int(n_rows * spec.split_fractions[0])
     val_end = train_end + int(n_rows * spec.split_fractions[1])
@@ -158,21 +165,25 @@ def _check_lengths(bounds: dict[str, tuple[int, int]], spec: DataSpec, n_rows: i
   """Requires at least one window per split (train: inputs inside train rows too)."""
   sizes = {name: stop - start for name, (start, stop) in bounds.items()}
   lookback, horizon = spec.lookback, spec.horizon
-  if (sizes["train"] >= lookback + horizon and sizes["val"] >= horizon
-      and sizes["test"] >= horizon):
+  if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and sizes["test"] >= horizon:
     return
-  raise error(f"series too short: data.lookback={lookback} + data.horizon={horizon} need "
-              f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
-              f"but data.split={spec.split!r} gives train={sizes['train']}, "
-              f"val={sizes['val']}, test={sizes['test']} (of {n_rows} rows)")
+  raise error(
+    f"series too short: data.lookback={lookback} + data.horizon={horizon} need "
+    f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
+    f"but data.split={spec.split!r} gives train={sizes['train']}, "
+    f"val={sizes['val']}, test={sizes['test']} (of {n_rows} rows)"
+  )
 
 
-def _columns(spec: DataSpec, frame_columns: Sequence[str],
-             date_column: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _columns(
+  spec: DataSpec, frame_columns: Sequence[str], date_column: str | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
   features = spec.features or tuple(c for c in frame_columns if c != date_column)
   if date_column and date_column in features + spec.target:
-    raise error(f"date column {date_column!r} cannot be a feature or target; "
-                "check data.features / data.target")
+    raise error(
+      f"date column {date_column!r} cannot be a feature or target; "
+      "check data.features / data.target"
+    )
   return features, spec.target
 
 
@@ -199,11 +210,13 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     for name in names:
       if name not in raw.columns:
         # Checked here, not only in validate_frame, so the message names the config key.
-        raise error(f"column {name!r} ({key}) not found in {path} "
-                    f"(columns: {list_names(list(raw.columns))})")
+        raise error(
+          f"column {name!r} ({key}) not found in {path} (columns: {list_names(list(raw.columns))})"
+        )
   columns = list(dict.fromkeys(features + targets))
-  frame = io.validate_frame(raw, path, kind, date_column=date_column, columns=columns,
-                            fill=spec.fill, check_constant=True)
+  frame = io.validate_frame(
+    raw, path, kind, date_column=date_column, columns=columns, fill=spec.fill, check_constant=True
+  )
   n_rows = len(frame)
   bounds = split_bounds(spec, n_rows)
   _check_lengths(bounds, spec, n_rows)
@@ -221,24 +234,35 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
       target_scaler.fit(y_raw[train])
   else:
     if (tuple(scalers.feature_names), tuple(scalers.target_names)) != (features, targets):
-      raise error(f"the saved scalers were fitted on features "
-                  f"[{list_names(scalers.feature_names)}] and targets "
-                  f"[{list_names(scalers.target_names)}] but data.features/data.target "
-                  f"select [{list_names(features)}] and [{list_names(targets)}]")
+      raise error(
+        f"the saved scalers were fitted on features "
+        f"[{list_names(scalers.feature_names)}] and targets "
+        f"[{list_names(scalers.target_names)}] but data.features/data.target "
+        f"select [{list_names(features)}] and [{list_names(targets)}]"
+      )
     feature_scaler, target_scaler = scalers.feature_scaler, scalers.target_scaler
     scaler_kind = scalers.kind
 
   return SeriesData(
-      x=transform(feature_scaler, x_raw), y=transform(target_scaler, y_raw),
-      y_raw=y_raw.astype(np.float32),
-      dates=frame[date_column].to_numpy() if date_column else None,
-      feature_names=features, target_names=targets, lookback=spec.lookback,
-      horizon=spec.horizon, bounds=bounds, feature_scaler=feature_scaler,
-      target_scaler=target_scaler, scaler_kind=scaler_kind, source=str(path))
+    x=transform(feature_scaler, x_raw),
+    y=transform(target_scaler, y_raw),
+    y_raw=y_raw.astype(np.float32),
+    dates=frame[date_column].to_numpy() if date_column else None,
+    feature_names=features,
+    target_names=targets,
+    lookback=spec.lookback,
+    horizon=spec.horizon,
+    bounds=bounds,
+    feature_scaler=feature_scaler,
+    target_scaler=target_scaler,
+    scaler_kind=scaler_kind,
+    source=str(path),
+  )
 
 
-def prepare_inference(spec: DataSpec, scalers: FittedScalers, *,
-                      path: str | os.PathLike | None = None) -> SeriesData:
+def prepare_inference(
+  spec: DataSpec, scalers: FittedScalers, *, path: str | os.PathLike | None = None
+) -> SeriesData:
   """Prepares a NEW file with a finished run's scalers (for ``flaxlstm predict``).
 
   Nothing is fitted and nothing is split: the result has one range ``bounds["all"] =
@@ -266,12 +290,21 @@ def prepare_inference(spec: DataSpec, scalers: FittedScalers, *,
   has_targets = all(t in raw.columns for t in targets)
   columns = list(dict.fromkeys(features + (targets if has_targets else ())))
   # No constant check: a short inference file may legitimately hold a flat stretch.
-  frame = io.validate_frame(raw, resolved, kind, date_column=date_column, columns=columns,
-                            fill=spec.fill, check_constant=False)
+  frame = io.validate_frame(
+    raw,
+    resolved,
+    kind,
+    date_column=date_column,
+    columns=columns,
+    fill=spec.fill,
+    check_constant=False,
+  )
   n_rows = len(frame)
   if n_rows < spec.lookback:
-    raise error(f"series too short: {resolved} has {n_rows} rows but data.lookback="
-                f"{spec.lookback} rows of inputs are needed")
+    raise error(
+      f"series too short: {resolved} has {n_rows} rows but data.lookback="
+      f"{spec.lookback} rows of inputs are needed"
+    )
   x_raw = frame[list(features)].to_numpy(np.float64)
   if has_targets:
     y_raw = frame[list(targets)].to_numpy(np.float64)
@@ -280,9 +313,18 @@ def prepare_inference(spec: DataSpec, scalers: FittedScalers, *,
     y_raw = np.full((n_rows, len(targets)), np.nan)
     y = y_raw.astype(np.float32)
   return SeriesData(
-      x=transform(scalers.feature_scaler, x_raw), y=y, y_raw=y_raw.astype(np.float32),
-      dates=frame[date_column].to_numpy() if date_column else None,
-      feature_names=features, target_names=targets, lookback=spec.lookback,
-      horizon=spec.horizon, bounds={"all": (0, n_rows)},
-      feature_scaler=scalers.feature_scaler, target_scaler=scalers.target_scaler,
-      scaler_kind=scalers.kind, source=str(resolved), has_targets=has_targets)
+    x=transform(scalers.feature_scaler, x_raw),
+    y=y,
+    y_raw=y_raw.astype(np.float32),
+    dates=frame[date_column].to_numpy() if date_column else None,
+    feature_names=features,
+    target_names=targets,
+    lookback=spec.lookback,
+    horizon=spec.horizon,
+    bounds={"all": (0, n_rows)},
+    feature_scaler=scalers.feature_scaler,
+    target_scaler=scalers.target_scaler,
+    scaler_kind=scalers.kind,
+    source=str(resolved),
+    has_targets=has_targets,
+  )

@@ -53,8 +53,14 @@ def steps_per_epoch(n_windows: int, batch_size: int, drop_last: bool = True) -> 
   return -(-n_windows // batch_size)
 
 
-def epoch_batches(n_windows: int, batch_size: int, seed: int, epoch: int,
-                  shuffle: bool = True, drop_last: bool = True) -> np.ndarray:
+def epoch_batches(
+  n_windows: int,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  shuffle: bool = True,
+  drop_last: bool = True,
+) -> np.ndarray:
   """Positions (into a split's ``window_starts``) of every batch of one epoch.
 
   The order is a pure function of ``(seed, epoch)``: each epoch gets its own permutation
@@ -89,8 +95,14 @@ def epoch_batches(n_windows: int, batch_size: int, seed: int, epoch: int,
   return order[: n_batches * batch_size].reshape(n_batches, batch_size)
 
 
-def batch_for_step(starts: np.ndarray, batch_size: int, seed: int, step: int,
-                   shuffle: bool = True, drop_last: bool = True) -> np.ndarray:
+def batch_for_step(
+  starts: np.ndarray,
+  batch_size: int,
+  seed: int,
+  step: int,
+  shuffle: bool = True,
+  drop_last: bool = True,
+) -> np.ndarray:
   """Window starts of global train step ``step``: a pure function of (seed, step).
 
   ``epoch = step // steps_per_epoch`` and the batch is row ``step % steps_per_epoch``
@@ -102,8 +114,10 @@ def batch_for_step(starts: np.ndarray, batch_size: int, seed: int, step: int,
   starts = np.asarray(starts, dtype=np.int64)
   per_epoch = steps_per_epoch(len(starts), batch_size, drop_last)
   if per_epoch == 0:
-    raise error(f"the train split has {len(starts)} windows, fewer than one batch of "
-                 f"{batch_size}; lower the batch size or use more training rows")
+    raise error(
+      f"the train split has {len(starts)} windows, fewer than one batch of "
+      f"{batch_size}; lower the batch size or use more training rows"
+    )
   epoch, index = divmod(step, per_epoch)
   positions = epoch_batches(len(starts), batch_size, seed, epoch, shuffle, drop_last)
   return starts[positions[index]]

@@ -10,6 +10,7 @@ from flaxlstm.data.io import error, short
 from flaxlstm.data.series import SeriesData
 from flaxlstm.forecast.metrics import split_metrics
 
+
 def naive_forecast(data: SeriesData, starts: np.ndarray) -> np.ndarray:
   """Repeats the last observed target (row ``i - 1``) over the horizon.
 
@@ -21,8 +22,7 @@ def naive_forecast(data: SeriesData, starts: np.ndarray) -> np.ndarray:
   return np.repeat(last[:, None, :], data.horizon, axis=1)
 
 
-def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray,
-                            period: int) -> np.ndarray:
+def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray, period: int) -> np.ndarray:
   """Repeats the last observed season: ``y_hat[i + h] = y[i + h - period*ceil((h+1)/period)]``.
 
   Args:
@@ -37,10 +37,15 @@ def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray,
   Raises:
     InputError: if ``period`` is not in ``[1, lookback]``.
   """
-  if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or not (
-      1 <= period <= data.lookback):
-    raise error(f"data.seasonal_period must be an integer in [1, data.lookback="
-                 f"{data.lookback}], got {short(period)}")
+  if (
+    isinstance(period, bool)
+    or not isinstance(period, (int, np.integer))
+    or not (1 <= period <= data.lookback)
+  ):
+    raise error(
+      f"data.seasonal_period must be an integer in [1, data.lookback="
+      f"{data.lookback}], got {short(period)}"
+    )
   starts = np.asarray(starts, dtype=np.int64)
   h = np.arange(data.horizon, dtype=np.int64)
   offsets = h - period * ((h + period) // period)  # (h+period)//period == ceil((h+1)/period)
@@ -61,6 +66,7 @@ def linear_forecaster(data: SeriesData, alpha: float = 1.0):
   or None when the problem is larger than ``LINEAR_MAX_INPUTS`` inputs.
   """
   from sklearn.linear_model import Ridge  # sklearn loads on first use
+
   if data.lookback * data.n_features > LINEAR_MAX_INPUTS:
     return None
   starts = data.window_starts("train")
@@ -84,6 +90,10 @@ def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> d
   linear = linear_forecaster(data)
   if linear is not None:
     forecasters["linear"] = linear
-  return {name: {split: split_metrics(data, data.window_starts(split),
-                                      f(data.window_starts(split))) for split in splits}
-          for name, f in forecasters.items()}
+  return {
+    name: {
+      split: split_metrics(data, data.window_starts(split), f(data.window_starts(split)))
+      for split in splits
+    }
+    for name, f in forecasters.items()
+  }

@@ -6,8 +6,6 @@ directories).
 
 from __future__ import annotations
 
-
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -40,8 +38,7 @@ class Forecaster(nn.Module):
   spec: ModelSpec = ModelSpec()
 
   @nn.compact
-  def __call__(self, x: Array, y_last: Array | None = None, *,
-               deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, y_last: Array | None = None, *, deterministic: bool = True) -> Array:
     spec = self.spec
     if spec.predict_delta:
       if y_last is None:
@@ -51,23 +48,32 @@ class Forecaster(nn.Module):
       x = x - x[..., -1:, :]
     cell = spec.cell_options
     h = StackedLSTM(
-        features=spec.hidden_sizes, dropout=spec.dropout,
-        recurrent_dropout=spec.recurrent_dropout,
-        inter_layer_dropout=spec.inter_layer_dropout, return_sequences=False,
-        bidirectional=spec.bidirectional, unroll=spec.unroll, remat=spec.remat, **cell,
-        name="encoder")(x, deterministic=deterministic)
+      features=spec.hidden_sizes,
+      dropout=spec.dropout,
+      recurrent_dropout=spec.recurrent_dropout,
+      inter_layer_dropout=spec.inter_layer_dropout,
+      return_sequences=False,
+      bidirectional=spec.bidirectional,
+      unroll=spec.unroll,
+      remat=spec.remat,
+      **cell,
+      name="encoder",
+    )(x, deterministic=deterministic)
     h = nn.Dropout(spec.dense_dropout)(h, deterministic=deterministic)
     # With predict_delta the head starts at zero, so the untrained model *is* the naive
     # forecast and training can only move it where the data says corrections help.
     head_init = initializers.zeros_init() if spec.predict_delta else cell["kernel_init"]
-    y = nn.Dense(self.horizon * self.n_targets, kernel_init=head_init, dtype=cell["dtype"],
-                 name="head")(h)
+    y = nn.Dense(
+      self.horizon * self.n_targets, kernel_init=head_init, dtype=cell["dtype"], name="head"
+    )(h)
     if spec.linear_skip:
       # LSTNet's autoregressive highway (Lai et al., 2018): a linear map from the whole
       # window to the forecast, so the LSTM only has to model what a linear model cannot.
-      y = y + nn.Dense(self.horizon * self.n_targets, kernel_init=initializers.zeros_init(),
-                       name="linear_skip")(x.reshape(x.shape[:-2] + (-1,)))
+      y = y + nn.Dense(
+        self.horizon * self.n_targets, kernel_init=initializers.zeros_init(), name="linear_skip"
+      )(x.reshape(x.shape[:-2] + (-1,)))
     y = y.astype(jnp.float32).reshape(h.shape[:-1] + (self.horizon, self.n_targets))
     if spec.predict_delta:
+      assert y_last is not None  # checked above
       y = y + y_last[..., None, :]
     return y

@@ -8,5 +8,12 @@ from flaxlstm.nn.cell import LSTMCell
 from flaxlstm.nn.convert import from_flax_params, from_torch_lstm
 from flaxlstm.nn.layers import LSTM, Bidirectional, StackedLSTM, flip_sequences
 
-__all__ = ["LSTMCell", "LSTM", "StackedLSTM", "Bidirectional", "flip_sequences",
-           "from_flax_params", "from_torch_lstm"]
+__all__ = [
+  "LSTMCell",
+  "LSTM",
+  "StackedLSTM",
+  "Bidirectional",
+  "flip_sequences",
+  "from_flax_params",
+  "from_torch_lstm",
+]

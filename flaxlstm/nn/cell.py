@@ -64,21 +64,22 @@ def _layer_norm(z: Array, scale: Array, groups: int, bias: Array | None = None) 
 # Initializers and dtypes an option may name (e.g. in a config file): each option's
 # choices, and the schema's values for them, come from these tables.
 INITIALIZERS: dict[str, Initializer] = {
-    "glorot_uniform": initializers.glorot_uniform(),
-    "glorot_normal": initializers.glorot_normal(),
-    "lecun_uniform": initializers.lecun_uniform(),
-    "lecun_normal": initializers.lecun_normal(),
-    "he_uniform": initializers.he_uniform(),
-    "he_normal": initializers.he_normal(),
-    "orthogonal": initializers.orthogonal(),
-    "zeros": initializers.zeros_init(),
+  "glorot_uniform": initializers.glorot_uniform(),
+  "glorot_normal": initializers.glorot_normal(),
+  "lecun_uniform": initializers.lecun_uniform(),
+  "lecun_normal": initializers.lecun_normal(),
+  "he_uniform": initializers.he_uniform(),
+  "he_normal": initializers.he_normal(),
+  "orthogonal": initializers.orthogonal(),
+  "zeros": initializers.zeros_init(),
 }
 # "" is the compute dtype's default: that of the parameters.
 DTYPES: dict[str, Any] = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _option(default: Any, *, choices: Mapping[str, Any] | None = None,
-            kind: type | None = None) -> Any:
+def _option(
+  default: Any, *, choices: Mapping[str, Any] | None = None, kind: type | None = None
+) -> Any:
   """A cell option: its default, and for a config file the table its names come from
   (`choices`) or the type of a value that may be None (`kind`)."""
   metadata = {"choices": choices} if choices is not None else {"kind": kind} if kind else {}
@@ -106,8 +107,7 @@ class CellOptions(nn.Module):
 
   features: int
   kernel_init: Initializer = _option(INITIALIZERS["glorot_uniform"], choices=INITIALIZERS)
-  recurrent_kernel_init: Initializer = _option(INITIALIZERS["orthogonal"],
-                                               choices=INITIALIZERS)
+  recurrent_kernel_init: Initializer = _option(INITIALIZERS["orthogonal"], choices=INITIALIZERS)
   bias_init: Initializer = _option(INITIALIZERS["zeros"], choices=INITIALIZERS)
   forget_bias: float = 1.0
   proj_features: int | None = _option(None, kind=int)
@@ -118,7 +118,8 @@ class CellOptions(nn.Module):
 
 # The option fields, in declaration order (`features` is each layer's own).
 CELL_OPTIONS: tuple[dataclasses.Field, ...] = tuple(
-    f for f in dataclasses.fields(CellOptions) if f.name not in ("features", "parent", "name"))
+  f for f in dataclasses.fields(CellOptions) if f.name not in ("features", "parent", "name")
+)
 
 
 def cell_options(module: CellOptions) -> dict[str, Any]:
@@ -173,24 +174,29 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
     h4 = 4 * self.features
     rec_in = self.proj_features or self.features
     p = {
-        "input_kernel": self.param(
-            "input_kernel", per_gate(self.kernel_init), (in_features, h4), self.param_dtype),
-        "recurrent_kernel": self.param(
-            "recurrent_kernel", per_gate(self.recurrent_kernel_init), (rec_in, h4),
-            self.param_dtype),
-        "bias": self.param("bias", self.bias_init, (h4,), self.param_dtype),
+      "input_kernel": self.param(
+        "input_kernel", per_gate(self.kernel_init), (in_features, h4), self.param_dtype
+      ),
+      "recurrent_kernel": self.param(
+        "recurrent_kernel", per_gate(self.recurrent_kernel_init), (rec_in, h4), self.param_dtype
+      ),
+      "bias": self.param("bias", self.bias_init, (h4,), self.param_dtype),
     }
     if self.proj_features:
       p["projection_kernel"] = self.param(
-          "projection_kernel", self.projection_init, (self.features, self.proj_features),
-          self.param_dtype)
+        "projection_kernel",
+        self.projection_init,
+        (self.features, self.proj_features),
+        self.param_dtype,
+      )
     if self.layer_norm:
       ones = initializers.ones_init()
       p["input_ln_scale"] = self.param("input_ln_scale", ones, (h4,), self.param_dtype)
       p["recurrent_ln_scale"] = self.param("recurrent_ln_scale", ones, (h4,), self.param_dtype)
       p["cell_ln_scale"] = self.param("cell_ln_scale", ones, (self.features,), self.param_dtype)
       p["cell_ln_bias"] = self.param(
-          "cell_ln_bias", initializers.zeros_init(), (self.features,), self.param_dtype)
+        "cell_ln_bias", initializers.zeros_init(), (self.features,), self.param_dtype
+      )
     return p
 
   # ---- pure math (no Flax scope access: safe inside lax.scan / custom_vjp) ---------------
@@ -216,12 +222,13 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
       z = _layer_norm(z, p["input_ln_scale"], 4)
     bias = jnp.asarray(p["bias"])  # params may arrive as NumPy (device_get, checkpoints)
     if self.forget_bias:
-      bias = bias.at[self.features:2 * self.features].add(self.forget_bias)
+      bias = bias.at[self.features : 2 * self.features].add(self.forget_bias)
     return z + bias.astype(dt)
 
   @nn.nowrap
-  def recur(self, p: Mapping[str, Array], carry: Carry, zx: Array,
-            h_mask: Array | None = None) -> tuple[Carry, Array]:
+  def recur(
+    self, p: Mapping[str, Array], carry: Carry, zx: Array, h_mask: Array | None = None
+  ) -> tuple[Carry, Array]:
     """One step from input pre-activations `zx` (see `project`). `h_mask` scales the h fed
     back (variational recurrent dropout: one mask per sequence, the same at every step)."""
     dt = self.compute_dtype
@@ -233,9 +240,9 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
     z = zx + zh
     n = self.features
     i = self.gate_fn(z[..., :n])
-    f = self.gate_fn(z[..., n:2 * n])
-    g = self.activation_fn(z[..., 2 * n:3 * n])
-    o = self.gate_fn(z[..., 3 * n:])
+    f = self.gate_fn(z[..., n : 2 * n])
+    g = self.activation_fn(z[..., 2 * n : 3 * n])
+    o = self.gate_fn(z[..., 3 * n :])
     new_c = f.astype(c.dtype) * c + (i * g).astype(c.dtype)
     c_out = new_c
     if self.layer_norm:
@@ -257,8 +264,7 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
     batch = tuple(input_shape[:-1])
     key_c, key_h = jax.random.split(rng)
     c = self.carry_init(key_c, batch + (self.features,), self.state_dtype)
-    h = self.carry_init(key_h, batch + (self.proj_features or self.features,),
-                        self.compute_dtype)
+    h = self.carry_init(key_h, batch + (self.proj_features or self.features,), self.compute_dtype)
     return c, h
 
   @property

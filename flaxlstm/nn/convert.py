@@ -25,7 +25,7 @@ def _unfold_forget_bias(bias: np.ndarray, forget_bias: float) -> np.ndarray:
   # source computed.
   bias = bias.copy()
   n = bias.shape[-1] // 4
-  bias[n:2 * n] -= forget_bias
+  bias[n : 2 * n] -= forget_bias
   return bias
 
 
@@ -45,12 +45,16 @@ def from_flax_params(params: Mapping[str, Any], *, forget_bias: float = 1.0) -> 
     b = np.concatenate([_np(params[f"h{g}"]["bias"]) for g in GATES], axis=-1)
   except KeyError as e:
     raise ValueError(f"not Flax LSTM cell params: missing {e}") from None
-  return {"input_kernel": jnp.asarray(wi), "recurrent_kernel": jnp.asarray(wh),
-          "bias": jnp.asarray(_unfold_forget_bias(b, forget_bias))}
+  return {
+    "input_kernel": jnp.asarray(wi),
+    "recurrent_kernel": jnp.asarray(wh),
+    "bias": jnp.asarray(_unfold_forget_bias(b, forget_bias)),
+  }
 
 
-def from_torch_lstm(state_dict: Mapping[str, Any], layer: int = 0, *, reverse: bool = False,
-                    forget_bias: float = 1.0) -> dict:
+def from_torch_lstm(
+  state_dict: Mapping[str, Any], layer: int = 0, *, reverse: bool = False, forget_bias: float = 1.0
+) -> dict:
   """Converts one layer of a PyTorch `nn.LSTM` state dict (NumPy arrays) to `LSTMCell` params.
 
   Reads `weight_ih_l{layer}` (4H, D), `weight_hh_l{layer}` (4H, R), `bias_ih_l{layer}`,
@@ -69,9 +73,11 @@ def from_torch_lstm(state_dict: Mapping[str, Any], layer: int = 0, *, reverse: b
   for name in ("bias_ih", "bias_hh"):  # bias=False LSTMs have neither
     if name + sfx in state_dict:
       b = b + _np(state_dict[name + sfx])
-  p = {"input_kernel": jnp.asarray(wi.T), "recurrent_kernel": jnp.asarray(wh.T),
-       "bias": jnp.asarray(_unfold_forget_bias(b, forget_bias))}
+  p = {
+    "input_kernel": jnp.asarray(wi.T),
+    "recurrent_kernel": jnp.asarray(wh.T),
+    "bias": jnp.asarray(_unfold_forget_bias(b, forget_bias)),
+  }
   if "weight_hr" + sfx in state_dict:
     p["projection_kernel"] = jnp.asarray(_np(state_dict["weight_hr" + sfx]).T)
   return p
-

@@ -72,9 +72,15 @@ class LSTM(CellOptions):
     return LSTMCell(self.features, **cell_options(self), name="cell")
 
   @nn.compact
-  def __call__(self, inputs: Array, *, initial_carry: tuple[Array, Array] | None = None,
-               seq_lengths: Array | None = None, deterministic: bool | None = None,
-               reverse: bool | None = None):
+  def __call__(
+    self,
+    inputs: Array,
+    *,
+    initial_carry: tuple[Array, Array] | None = None,
+    seq_lengths: Array | None = None,
+    deterministic: bool | None = None,
+    reverse: bool | None = None,
+  ):
     if inputs.ndim < 2:
       raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
     reverse = self.reverse if reverse is None else reverse
@@ -104,8 +110,9 @@ class LSTM(CellOptions):
         if self.dropout:
           x = x * _dropout_mask(self.make_rng("dropout"), self.dropout, (b, 1, d), x.dtype)
         if self.recurrent_dropout:
-          h_mask = _dropout_mask(self.make_rng("dropout"), self.recurrent_dropout,
-                                 carry[1].shape, cell.compute_dtype)
+          h_mask = _dropout_mask(
+            self.make_rng("dropout"), self.recurrent_dropout, carry[1].shape, cell.compute_dtype
+          )
 
     if reverse:
       x = flip_sequences(x, lengths)
@@ -114,8 +121,9 @@ class LSTM(CellOptions):
     mask = None
     if lengths is not None:
       mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
-    carry, ys = lstm_recurrence(cell, p, carry, xt, mask=mask, h_mask=h_mask,
-                                unroll=self.unroll, remat=self.remat)
+    carry, ys = lstm_recurrence(
+      cell, p, carry, xt, mask=mask, h_mask=h_mask, unroll=self.unroll, remat=self.remat
+    )
 
     carry_out = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
     if self.return_sequences:
@@ -146,13 +154,20 @@ class Bidirectional(nn.Module):
   merge_fn: Callable[[Array, Array], Array] = _concat
 
   @nn.compact
-  def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
-               deterministic: bool | None = None, initial_carry=None):
+  def __call__(
+    self,
+    inputs: Array,
+    *,
+    seq_lengths: Array | None = None,
+    deterministic: bool | None = None,
+    initial_carry=None,
+  ):
     kw = {} if deterministic is None else {"deterministic": deterministic}
     fwd_carry, bwd_carry = (None, None) if initial_carry is None else initial_carry
     fwd = self.forward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=fwd_carry, **kw)
-    bwd = self.backward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=bwd_carry,
-                            reverse=True, **kw)
+    bwd = self.backward_rnn(
+      inputs, seq_lengths=seq_lengths, initial_carry=bwd_carry, reverse=True, **kw
+    )
     if getattr(self.forward_rnn, "return_carry", False):
       (cf, yf), (cb, yb) = fwd, bwd
       return (cf, cb), self.merge_fn(yf, yb)
@@ -184,8 +199,9 @@ class StackedLSTM(CellOptions):
   deterministic: bool | None = None
 
   @nn.compact
-  def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
-               deterministic: bool | None = None) -> Array:
+  def __call__(
+    self, inputs: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
+  ) -> Array:
     if not self.features:
       raise ValueError("StackedLSTM needs at least one layer in `features`")
     uses_dropout = self.dropout or self.recurrent_dropout or self.inter_layer_dropout
@@ -196,12 +212,20 @@ class StackedLSTM(CellOptions):
     for i, h in enumerate(self.features):
       last = i == n - 1
       layer_kw = dict(
-          return_sequences=self.return_sequences or not last, unroll=self.unroll,
-          dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, remat=self.remat,
-          **cell_options(self))
+        return_sequences=self.return_sequences or not last,
+        unroll=self.unroll,
+        dropout=self.dropout,
+        recurrent_dropout=self.recurrent_dropout,
+        remat=self.remat,
+        **cell_options(self),
+      )
+      layer: nn.Module
       if self.bidirectional:
-        layer = Bidirectional(LSTM(h, parent=None, **layer_kw),  # adopted by the pair
-                              LSTM(h, parent=None, **layer_kw), name=f"bilstm_{i}")
+        layer = Bidirectional(
+          LSTM(h, parent=None, **layer_kw),  # adopted by the pair
+          LSTM(h, parent=None, **layer_kw),
+          name=f"bilstm_{i}",
+        )
       else:
         layer = LSTM(h, name=f"lstm_{i}", **layer_kw)
       x = layer(x, seq_lengths=seq_lengths, deterministic=deterministic)

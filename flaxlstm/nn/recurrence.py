@@ -67,7 +67,8 @@ def _gate_consts(n: int, dtype) -> tuple[Array, Array]:
 
 
 def _split4(a: Array, axis: int) -> tuple[Array, Array, Array, Array]:
-  return tuple(jnp.split(a, 4, axis=axis))
+  i, f, g, o = jnp.split(a, 4, axis=axis)
+  return i, f, g, o
 
 
 def _swap(a: Array) -> Array:
@@ -107,8 +108,12 @@ def _read_slot(buf: Array, t: Array) -> Array:
   write depends on it. XLA does not fuse across a `cond`. Its predicate is always true, but
   XLA cannot prove that, so it keeps the `cond`. `tests/test_kernels.py` checks that no
   per-step copy is left."""
-  return jax.lax.cond(t >= 0, lambda b: jax.lax.dynamic_index_in_dim(b, t, keepdims=False),
-                      lambda b: jnp.zeros(b.shape[1:], b.dtype), buf)
+  return jax.lax.cond(
+    t >= 0,
+    lambda b: jax.lax.dynamic_index_in_dim(b, t, keepdims=False),
+    lambda b: jnp.zeros(b.shape[1:], b.dtype),
+    buf,
+  )
 
 
 def _inloop_projection(d: int, h: int) -> bool:
@@ -193,8 +198,9 @@ def _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save):
     return (c_new, h_new, buf), out
 
   carry0 = (tr(c0), tr(h0), xs if in_place else None)
-  (c, h, buf), out = jax.lax.scan(step, carry0, (None if in_place else xs, ms, steps),
-                                  unroll=unroll)
+  (c, h, buf), out = jax.lax.scan(
+    step, carry0, (None if in_place else xs, ms, steps), unroll=unroll
+  )
   if not save:
     return (tr(c), tr(h)), tr(out), None
   ys, acts, cs, hs = out
@@ -227,8 +233,9 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   def step(carry, inp):
     dc, dh, dhm, buf = carry
     dy, c, hp, m, t = inp
-    cp = jnp.where(t > 0, jax.lax.dynamic_index_in_dim(cs, jnp.maximum(t - 1, 0), keepdims=False),
-                   c_init)
+    cp = jnp.where(
+      t > 0, jax.lax.dynamic_index_in_dim(cs, jnp.maximum(t - 1, 0), keepdims=False), c_init
+    )
     a = _read_slot(buf, t)
     gh, gc = dh + dy, dc
     if m is not None:  # masked steps passed the carry through and output 0
@@ -253,10 +260,12 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
 
   dhm0 = None if hm is None else jnp.zeros(h_prev.shape[1:], h_prev.dtype)
   (dc0, dh0, dhm, dzs), _ = jax.lax.scan(
-      step, (tr(dc_t), tr(dh_t), dhm0, acts),
-      (tr(dys), cs, h_prev if hm is not None else None, ms,
-       jnp.arange(acts.shape[0])),
-      reverse=True, unroll=unroll)
+    step,
+    (tr(dc_t), tr(dh_t), dhm0, acts),
+    (tr(dys), cs, h_prev if hm is not None else None, ms, jnp.arange(acts.shape[0])),
+    reverse=True,
+    unroll=unroll,
+  )
   # cuDNN's scheme: the weight gradients of all time steps are single large matmuls, over
   # the gate gradients as `(T*B, 4H)` rows.
   dz2 = tr(dzs).reshape(-1, n4)
@@ -293,17 +302,29 @@ _fused_recurrence.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_supported(cell: Any) -> bool:
   """Whether `cell`'s configuration runs on the fused custom-VJP path."""
-  return (not cell.layer_norm and not cell.proj_features
-          and cell.gate_fn is jax.nn.sigmoid and cell.activation_fn is jnp.tanh
-          and jnp.dtype(cell.compute_dtype) == jnp.float32
-          and jnp.dtype(cell.state_dtype) == jnp.float32)
+  return (
+    not cell.layer_norm
+    and not cell.proj_features
+    and cell.gate_fn is jax.nn.sigmoid
+    and cell.activation_fn is jnp.tanh
+    and jnp.dtype(cell.compute_dtype) == jnp.float32
+    and jnp.dtype(cell.state_dtype) == jnp.float32
+  )
 
 
 # ---- public entry point ------------------------------------------------------------------------
-def lstm_recurrence(cell: Any, p: dict, carry: tuple[Array, Array], x: Array, *,
-                    mask: Array | None = None, h_mask: Array | None = None,
-                    unroll: int = 1, remat: bool = False,
-                    implementation: str = "auto") -> tuple[tuple[Array, Array], Array]:
+def lstm_recurrence(
+  cell: Any,
+  p: dict,
+  carry: tuple[Array, Array],
+  x: Array,
+  *,
+  mask: Array | None = None,
+  h_mask: Array | None = None,
+  unroll: int = 1,
+  remat: bool = False,
+  implementation: str = "auto",
+) -> tuple[tuple[Array, Array], Array]:
   """Runs `cell` over time-major `x` `(T, B, D)` from `carry`; returns `(carry, ys)`.
 
   Args:
@@ -323,22 +344,32 @@ def lstm_recurrence(cell: Any, p: dict, carry: tuple[Array, Array], x: Array, *,
     raise ValueError(f"unknown implementation {implementation!r}")
   fused = fused_supported(cell)
   if implementation == "fused" and not fused:
-    raise ValueError("the fused LSTM path needs float32, no layer_norm, no proj_features and "
-                     "the default sigmoid/tanh gates")
+    raise ValueError(
+      "the fused LSTM path needs float32, no layer_norm, no proj_features and "
+      "the default sigmoid/tanh gates"
+    )
   fused = fused and implementation != "autodiff"
 
   if fused:
     # jnp.asarray: parameters may be NumPy arrays (a restored checkpoint, `device_get`).
-    w, u, b = (jnp.asarray(p[k], jnp.float32)
-               for k in ("input_kernel", "recurrent_kernel", "bias"))
+    w, u, b = (jnp.asarray(p[k], jnp.float32) for k in ("input_kernel", "recurrent_kernel", "bias"))
     if cell.forget_bias:  # what `cell.project` adds; folded into the bias once
       n = cell.features
-      b = b.at[n:2 * n].add(cell.forget_bias)
+      b = b.at[n : 2 * n].add(cell.forget_bias)
 
     def run(carry, x_chunk, m_chunk):
       c, h = carry
-      return _fused_recurrence(w, b, u, c.astype(jnp.float32), h.astype(jnp.float32),
-                               x_chunk.astype(jnp.float32), m_chunk, h_mask, unroll)
+      return _fused_recurrence(
+        w,
+        b,
+        u,
+        c.astype(jnp.float32),
+        h.astype(jnp.float32),
+        x_chunk.astype(jnp.float32),
+        m_chunk,
+        h_mask,
+        unroll,
+      )
   else:
     step = _masked_step(cell, p, h_mask)
 

@@ -9,14 +9,22 @@ import pathlib
 import re
 from typing import Any, Sequence
 
-import numpy as np
-
 from flaxlstm import report
 from flaxlstm.search.runner import Run, read_failures, read_metrics, short_value
 
 # Metrics columns of results.csv, read from each run's metrics.json.
-METRICS_COLUMNS = ("val_mse", "val_mae", "test_mse", "test_mae", "naive_test_mse",
-                   "test_mse_vs_naive", "params_count", "epochs", "steps", "train_wall_time_s")
+METRICS_COLUMNS = (
+  "val_mse",
+  "val_mae",
+  "test_mse",
+  "test_mae",
+  "naive_test_mse",
+  "test_mse_vs_naive",
+  "params_count",
+  "epochs",
+  "steps",
+  "train_wall_time_s",
+)
 # Columns summarized (mean ± std over seeds) in a sweep's results.md.
 _SUMMARY = ("val_mse", "test_mse", "test_mae", "naive_test_mse")
 
@@ -30,11 +38,18 @@ def result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dic
   m = read_metrics(path)
   if m is not None:
     naive = m.get("baselines", {}).get("naive", {}).get("test", {}).get("mse", math.nan)
-    row.update(val_mse=m["val"]["mse"], val_mae=m["val"]["mae"], test_mse=m["test"]["mse"],
-               test_mae=m["test"]["mae"], naive_test_mse=naive,
-               test_mse_vs_naive=m["test"]["mse"] / naive if naive else math.nan,
-               params_count=m.get("params_count"), epochs=m.get("epochs"),
-               steps=m.get("steps"), train_wall_time_s=m.get("train_wall_time_s"))
+    row.update(
+      val_mse=m["val"]["mse"],
+      val_mae=m["val"]["mae"],
+      test_mse=m["test"]["mse"],
+      test_mae=m["test"]["mae"],
+      naive_test_mse=naive,
+      test_mse_vs_naive=m["test"]["mse"] / naive if naive else math.nan,
+      params_count=m.get("params_count"),
+      epochs=m.get("epochs"),
+      steps=m.get("steps"),
+      train_wall_time_s=m.get("train_wall_time_s"),
+    )
     row["status"] = "ok"
   elif path.exists():
     row["status"] = "damaged"  # metrics.json unreadable: rerunning the sweep rewrites it
@@ -48,8 +63,9 @@ def _table_value(value: Any) -> Any:
   return short_value(value) if isinstance(value, (tuple, list)) else value
 
 
-def sweep_tables(runs: Sequence[Run], dims: Sequence[tuple[str, ...]],
-                 workdir: pathlib.Path) -> Any:
+def sweep_tables(
+  runs: Sequence[Run], dims: Sequence[tuple[str, ...]], workdir: pathlib.Path
+) -> Any:
   """Writes results.csv, results.md and one PNG per swept dimension (`dims`: one key per
   grid key, the zip keys as one group); returns the table."""
   import pandas as pd  # only for the tables
@@ -101,10 +117,12 @@ def _plot(table, dim: tuple[str, ...], keys: list[str], path: pathlib.Path) -> N
   """
   ok = table[table["status"] == "ok"]
   others = [k for k in keys if k not in dim]
-  x_labels = list(dict.fromkeys(
-      "/".join(str(v) for v in row) for row in table[list(dim)].itertuples(index=False)))
+  x_labels = list(
+    dict.fromkeys("/".join(str(v) for v in row) for row in table[list(dim)].itertuples(index=False))
+  )
   numeric = len(dim) == 1 and all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in table[dim[0]])
+    isinstance(v, (int, float)) and not isinstance(v, bool) for v in table[dim[0]]
+  )
   fig = report.figure(figsize=(10, 4))
   for i, metric in enumerate(("val_mse", "test_mse")):
     ax = fig.add_subplot(1, 2, i + 1)
@@ -113,10 +131,11 @@ def _plot(table, dim: tuple[str, ...], keys: list[str], path: pathlib.Path) -> N
       line_key = line_key if isinstance(line_key, tuple) else (line_key,)
       stats = group.groupby(list(dim), sort=False)[metric].agg(["mean", "std"]).reset_index()
       labels = ["/".join(str(v) for v in row) for row in stats[list(dim)].itertuples(index=False)]
-      xs = stats[dim[0]] if numeric else [x_labels.index(l) for l in labels]
+      xs = stats[dim[0]] if numeric else [x_labels.index(label) for label in labels]
       label = ", ".join(f"{k}={v}" for k, v in zip(others, line_key)) or None
-      ax.errorbar(xs, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                  label=label)
+      ax.errorbar(
+        xs, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=label
+      )
     if not numeric:
       ax.set_xticks(range(len(x_labels)), x_labels, rotation=20)
     ax.set_xlabel(" / ".join(dim))

@@ -43,18 +43,19 @@ from flaxlstm.train import workdir as workdir_lib
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One training run of a sweep or a tune search."""
+
   name: str  # Folder name under the search workdir, e.g. "model.dropout=0.2,seed=1".
   setting: dict[str, Any]  # Searched key -> value (without the seed).
   seed: int
   overrides: tuple[str, ...]  # "key=value" strings: the fixed ones, the searched ones, seed.
 
 
-def check_runs(base: str, fixed: Sequence[str],
-               runs: Sequence[tuple[str, Sequence[str]]]) -> None:
+def check_runs(base: str, fixed: Sequence[str], runs: Sequence[tuple[str, Sequence[str]]]) -> None:
   """Builds and validates the config of every run before any is launched: the base
   experiment with the fixed overrides, then each run's overrides, and that its data file
   exists. One InputError naming the base or the run, instead of N failed runs."""
   from flaxlstm.data import io  # pandas: only for the runners, not for --help
+
   try:
     config_lib.load_config(base, list(fixed))
   except InputError as e:
@@ -69,12 +70,23 @@ def check_runs(base: str, fixed: Sequence[str],
       raise InputError(f"run {name}: data file not found: {path}")
 
 
-def train_command(config: str, run: Run, workdir: str | os.PathLike[str],
-                  program: Sequence[str] = (sys.executable, "-m", "flaxlstm.cli")) -> list[str]:
+def train_command(
+  config: str,
+  run: Run,
+  workdir: str | os.PathLike[str],
+  program: Sequence[str] = (sys.executable, "-m", "flaxlstm.cli"),
+) -> list[str]:
   """The `flaxlstm train` command line of one run of base experiment `config`."""
-  return [*program, "train", "--quiet", "--config", config,
-          "--workdir", str(pathlib.Path(workdir) / run.name),
-          *(f"--config.{o}" for o in run.overrides)]
+  return [
+    *program,
+    "train",
+    "--quiet",
+    "--config",
+    config,
+    "--workdir",
+    str(pathlib.Path(workdir) / run.name),
+    *(f"--config.{o}" for o in run.overrides),
+  ]
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -85,8 +97,9 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
   except (OSError, ValueError):
     return None
   ok = isinstance(metrics, dict) and all(
-      isinstance(metrics.get(s), dict) and isinstance(metrics[s].get("mse"), (int, float))
-      for s in ("val", "test"))
+    isinstance(metrics.get(s), dict) and isinstance(metrics[s].get("mse"), (int, float))
+    for s in ("val", "test")
+  )
   return metrics if ok else None
 
 
@@ -94,8 +107,15 @@ def is_done(workdir: str | os.PathLike[str], run: Run) -> bool:
   return read_metrics(pathlib.Path(workdir) / run.name / "metrics.json") is not None
 
 
-def train_runs(config: str, runs: Sequence[Run], workdir: pathlib.Path, children: Children,
-               *, parallel: int, quiet: bool) -> dict[str, str]:
+def train_runs(
+  config: str,
+  runs: Sequence[Run],
+  workdir: pathlib.Path,
+  children: Children,
+  *,
+  parallel: int,
+  quiet: bool,
+) -> dict[str, str]:
   """Trains the unfinished `runs` of base experiment `config` as `children`; returns
   {failed run: last error line}.
 
@@ -106,8 +126,10 @@ def train_runs(config: str, runs: Sequence[Run], workdir: pathlib.Path, children
   logs.mkdir(parents=True, exist_ok=True)
   todo = [r for r in runs if not is_done(workdir, r)]
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-  say(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already done, "
-      f"{len(todo)} to train ({parallel} at a time)")
+  say(
+    f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already done, "
+    f"{len(todo)} to train ({parallel} at a time)"
+  )
 
   def launch(run: Run) -> tuple[int | None, float]:
     # A run an earlier runner started may still be finishing its checkpoint (that runner
@@ -117,8 +139,12 @@ def train_runs(config: str, runs: Sequence[Run], workdir: pathlib.Path, children
     t0 = time.perf_counter()
     with open(logs / f"{run.name}.log", "w") as out:
       # stderr to the same log: the last line of a failed run is its `error: ...` message.
-      code = children.run(train_command(config, run, workdir), stdout=out,
-                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+      code = children.run(
+        train_command(config, run, workdir),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+      )
     return code, time.perf_counter() - t0
 
   failures = {}
@@ -194,8 +220,7 @@ class Children:
 
   def __enter__(self) -> Children:
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._forward)
-                        for s in (signal.SIGTERM, signal.SIGINT)}
+      self._previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def __exit__(self, *exc_info: Any) -> None:
@@ -238,17 +263,19 @@ class Children:
 
   def raise_if_stopped(self, what: str) -> None:
     if self.signum:
-      raise Stopped(self.signum, f"{what} stopped by signal {self.signum}; the runs that "
-                    "were training saved checkpoints, rerun the same command to resume")
+      raise Stopped(
+        self.signum,
+        f"{what} stopped by signal {self.signum}; the runs that "
+        "were training saved checkpoints, rerun the same command to resume",
+      )
 
 
 def _last_line(path: pathlib.Path) -> str:
-  lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+  lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
   return lines[-1] if lines else "(no output)"
 
 
-def write_failures(workdir: pathlib.Path, runs: Sequence[Run],
-                   failures: dict[str, str]) -> None:
+def write_failures(workdir: pathlib.Path, runs: Sequence[Run], failures: dict[str, str]) -> None:
   """Lists failed runs in `workdir/failures.txt` in the order of `runs` (removed when
   none)."""
   path = workdir / "failures.txt"
@@ -276,8 +303,9 @@ def dry_run_lines(config: str, runs: Sequence[Run], workdir: str | os.PathLike[s
   return lines
 
 
-def slurm_script(config: str, runs: Sequence[Run], workdir: str | os.PathLike[str], *,
-                 name: str, parallel: int = 0) -> str:
+def slurm_script(
+  config: str, runs: Sequence[Run], workdir: str | os.PathLike[str], *, name: str, parallel: int = 0
+) -> str:
   """A SLURM job array: task i trains run i (`sbatch WORKDIR/sweep.sbatch`).
 
   Each task is one single-process run, so this does not go through launch/slurm.sbatch
@@ -287,17 +315,17 @@ def slurm_script(config: str, runs: Sequence[Run], workdir: str | os.PathLike[st
   n = len(runs)
   throttle = f"%{parallel}" if parallel > 0 else ""
   lines = [
-      "#!/bin/bash",
-      f"# Sweep {name}: {n} runs, task i trains run i. Submit from the directory the paths",
-      "# below are relative to; afterwards aggregate with `flaxlstm sweep ... --aggregate-only`.",
-      f"#SBATCH --job-name={_sbatch_quote(name)}",
-      f"#SBATCH --array=0-{n - 1}{throttle}",
-      "#SBATCH --ntasks=1",
-      "#SBATCH --cpus-per-task=4",
-      "#SBATCH --time=04:00:00",
-      f"#SBATCH --output={_sbatch_quote(str(workdir / 'logs' / 'slurm-%A_%a.out'))}",
-      "set -euo pipefail",
-      'case "$SLURM_ARRAY_TASK_ID" in',
+    "#!/bin/bash",
+    f"# Sweep {name}: {n} runs, task i trains run i. Submit from the directory the paths",
+    "# below are relative to; afterwards aggregate with `flaxlstm sweep ... --aggregate-only`.",
+    f"#SBATCH --job-name={_sbatch_quote(name)}",
+    f"#SBATCH --array=0-{n - 1}{throttle}",
+    "#SBATCH --ntasks=1",
+    "#SBATCH --cpus-per-task=4",
+    "#SBATCH --time=04:00:00",
+    f"#SBATCH --output={_sbatch_quote(str(workdir / 'logs' / 'slurm-%A_%a.out'))}",
+    "set -euo pipefail",
+    'case "$SLURM_ARRAY_TASK_ID" in',
   ]
   for i, run in enumerate(runs):
     done = shlex.quote(str(workdir / run.name / "metrics.json"))
@@ -310,6 +338,8 @@ def slurm_script(config: str, runs: Sequence[Run], workdir: str | os.PathLike[st
 def _sbatch_quote(value: str) -> str:
   """An #SBATCH option value: sbatch splits these lines at blanks unless double-quoted."""
   if any(c in value for c in '"\n\\'):
-    raise InputError(f"{value!r} cannot be written into an sbatch directive (it holds a "
-                     "quote, backslash or newline); choose another --workdir or name")
+    raise InputError(
+      f"{value!r} cannot be written into an sbatch directive (it holds a "
+      "quote, backslash or newline); choose another --workdir or name"
+    )
   return f'"{value}"' if any(c.isspace() for c in value) or not value else value

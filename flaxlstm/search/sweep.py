@@ -42,6 +42,7 @@ _SWEEP_KEYS = ("config", "overrides", "grid", "zip", "seeds")
 @dataclasses.dataclass
 class Sweep:
   """A loaded sweep file: its base config, the expanded runs and the swept dimensions."""
+
   config: str
   runs: list[Run]
   # Swept dimensions: one key per grid key, all zip keys as one group (varied together).
@@ -56,8 +57,11 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
   spec_dict = config_lib.load_python(path, kind="sweep", function="get_sweep")
   try:
     sweep = expand(spec_dict)
-    runner.check_runs(sweep.config, tuple(spec_dict.get("overrides", ())),
-                      [(r.name, r.overrides) for r in sweep.runs])
+    runner.check_runs(
+      sweep.config,
+      tuple(spec_dict.get("overrides", ())),
+      [(r.name, r.overrides) for r in sweep.runs],
+    )
   except InputError as e:
     raise InputError(f"{where}: {e}") from None
   return sweep
@@ -127,8 +131,9 @@ def run_name(setting: dict[str, Any], seed: int) -> str:
   return re.sub(r"[^A-Za-z0-9._,=+-]", "_", ",".join(parts))
 
 
-def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 1,
-              quiet: bool = False) -> dict[str, str]:
+def run_sweep(
+  sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 1, quiet: bool = False
+) -> dict[str, str]:
   """Trains the unfinished runs, `parallel` at a time; returns {failed run: last error line}.
 
   Failures are also written to `workdir/failures.txt` (removed when none are left), and
@@ -139,8 +144,9 @@ def run_sweep(sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, "flaxlstm sweep"), runner.Children() as children:
-    failures = runner.train_runs(sweep.config, sweep.runs, workdir, children,
-                                 parallel=parallel, quiet=quiet)
+    failures = runner.train_runs(
+      sweep.config, sweep.runs, workdir, children, parallel=parallel, quiet=quiet
+    )
     children.raise_if_stopped("sweep")
     runner.write_failures(workdir, sweep.runs, failures)
     aggregate(sweep, workdir)

@@ -52,12 +52,11 @@ import numpy as np
 
 from flaxlstm import config as config_lib
 from flaxlstm import fileio
+from flaxlstm.errors import InputError
 from flaxlstm.search import results, runner
 from flaxlstm.search import sweep as sweep_lib
 from flaxlstm.search.runner import Run
 from flaxlstm.train import workdir as workdir_lib
-from flaxlstm.errors import InputError
-
 
 _TUNE_KEYS = ("config", "overrides", "space", "trials", "metric", "algorithm", "seed")
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -68,13 +67,21 @@ ALGORITHMS = ("tpe", "random")
 # (its trials would not be trials of this search). `trials` may change: it extends a search.
 _IDENTITY = ("config", "overrides", "space", "metric", "algorithm", "seed")
 # results.md columns after the searched keys, and how their floats are shown.
-_TABLE = {"val_mse": ".4f", "val_mae": ".4f", "test_mse": ".4f", "test_mae": ".4f",
-          "params_count": "d", "epochs": ".3g", "train_wall_time_s": ".0f"}
+_TABLE = {
+  "val_mse": ".4f",
+  "val_mae": ".4f",
+  "test_mse": ".4f",
+  "test_mae": ".4f",
+  "params_count": "d",
+  "epochs": ".3g",
+  "train_wall_time_s": ".0f",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Dist:
   """Where one searched key's values come from (see the module docstring)."""
+
   kind: str  # One of KINDS.
   choices: tuple[Any, ...] = ()  # kind "choice".
   low: float = 0.0  # Other kinds: the range; for "int", high is the largest reachable value.
@@ -86,6 +93,7 @@ class Dist:
 @dataclasses.dataclass(frozen=True)
 class Tune:
   """A loaded tune file."""
+
   config: str
   overrides: tuple[str, ...]
   space: dict[str, Dist]
@@ -99,6 +107,7 @@ class Tune:
 @dataclasses.dataclass(frozen=True)
 class Trial:
   """One proposed setting of the searched keys; trains in WORKDIR/<name>."""
+
   number: int
   params: dict[str, Any]
 
@@ -110,6 +119,7 @@ class Trial:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
   """What `run_tune` did: trials in the search, how many failed, the best (best.json)."""
+
   trials: int
   failed: int
   best: dict[str, Any] | None
@@ -129,10 +139,18 @@ def load_tune(path: str | os.PathLike[str], trials: int | None = None) -> Tune:
     # then each choice and both ends of each range, so a value no run can take is one
     # error now rather than the failure of every trial that draws it.
     base = config_lib.load_config(tune.config, tune.overrides)
-    runner.check_runs(tune.config, tune.overrides, [
-        (f"space '{key}' value {runner.format_value(v)}",
-         tune.overrides + (f"{key}={runner.format_value(v)}",))
-        for key, dist in tune.space.items() for v in _extremes(dist)])
+    runner.check_runs(
+      tune.config,
+      tune.overrides,
+      [
+        (
+          f"space '{key}' value {runner.format_value(v)}",
+          tune.overrides + (f"{key}={runner.format_value(v)}",),
+        )
+        for key, dist in tune.space.items()
+        for v in _extremes(dist)
+      ],
+    )
   except InputError as e:
     raise InputError(f"{where}: {e}") from None
   if tune.algorithm == "tpe":
@@ -162,8 +180,9 @@ def parse(spec: Any) -> Tune:
   if not isinstance(space, dict) or not space:
     raise InputError("'space' must be a non-empty dict of config key -> distribution")
   schema = config_lib.flatten(config_lib.default_config())
-  fixed = {o.partition("=")[0].strip().removeprefix("--").removeprefix("config.")
-           for o in overrides}
+  fixed = {
+    o.partition("=")[0].strip().removeprefix("--").removeprefix("config.") for o in overrides
+  }
   dists = {}
   for key, dist in space.items():
     if key == "seed":
@@ -174,12 +193,13 @@ def parse(spec: Any) -> Tune:
       raise InputError(f"space: '{key}' is also fixed in 'overrides'")
     dists[key] = _parse_dist(key, dist, schema[key])
   trials = spec.get("trials")
-  if not _is_int(trials) or trials < 1:
+  if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
     raise InputError(f"'trials' must be an int >= 1, got {trials!r}")
   metric = spec.get("metric", "val_mse")
   if metric not in METRICS:
-    raise InputError(f"'metric' must be one of {list(METRICS)} (never a test metric), "
-                     f"got {metric!r}")
+    raise InputError(
+      f"'metric' must be one of {list(METRICS)} (never a test metric), got {metric!r}"
+    )
   algorithm = spec.get("algorithm", "tpe")
   if algorithm not in ALGORITHMS:
     raise InputError(f"'algorithm' must be one of {list(ALGORITHMS)}, got {algorithm!r}")
@@ -198,8 +218,9 @@ def _parse_dist(key: str, dist: Any, default: Any) -> Dist:
   kind = kinds[0]
   unknown = sorted(set(dist) - {kind, *_OPTIONS[kind]})
   if unknown:
-    raise InputError(f"{where}: unknown options {unknown} for '{kind}' "
-                     f"(allowed: {list(_OPTIONS[kind])})")
+    raise InputError(
+      f"{where}: unknown options {unknown} for '{kind}' (allowed: {list(_OPTIONS[kind])})"
+    )
   values = dist[kind]
   if kind == "choice":
     if not isinstance(values, (list, tuple)) or not values:
@@ -211,14 +232,20 @@ def _parse_dist(key: str, dist: Any, default: Any) -> Dist:
   # Ranges draw numbers; a float drawn for an int key would fail every trial.
   if not _is_number(default) or (kind != "int" and not isinstance(default, float)):
     wanted = "ints" if kind == "int" else "floats"
-    raise InputError(f"{where} holds {type(default).__name__} values, '{kind}' draws "
-                     f"{wanted}; use 'choice'")
+    raise InputError(
+      f"{where} holds {type(default).__name__} values, '{kind}' draws {wanted}; use 'choice'"
+    )
   is_bound = _is_int if kind == "int" else _is_number
-  if (not isinstance(values, (list, tuple)) or len(values) != 2
-      or not all(is_bound(v) for v in values) or not values[0] < values[1]):
+  if (
+    not isinstance(values, (list, tuple))
+    or len(values) != 2
+    or not all(is_bound(v) for v in values)
+    or not values[0] < values[1]
+  ):
     bounds = "ints" if kind == "int" else "numbers"
-    raise InputError(f"{where}: '{kind}' must be [low, high], {bounds} with low < high, "
-                     f"got {values!r}")
+    raise InputError(
+      f"{where}: '{kind}' must be [low, high], {bounds} with low < high, got {values!r}"
+    )
   low, high = values
   if kind == "loguniform" and low <= 0:
     raise InputError(f"{where}: 'loguniform' needs low > 0, got {low!r}")
@@ -255,7 +282,7 @@ def _sample(dist: Dist, rng: np.random.Generator) -> Any:
   if dist.kind == "choice":
     return dist.choices[int(rng.integers(len(dist.choices)))]
   if dist.kind == "int" and not dist.log:
-    return int(dist.low + dist.step * rng.integers((dist.high - dist.low) // dist.step + 1))
+    return int(dist.low + dist.step * rng.integers(int((dist.high - dist.low) // dist.step) + 1))
   if dist.kind == "int":  # Log scale: uniform in log over [low, high + 1), rounded down.
     value = math.exp(rng.uniform(math.log(dist.low), math.log(dist.high + 1)))
     return int(min(math.floor(value), dist.high))
@@ -292,7 +319,8 @@ class TpeSearch:
 
   def __init__(self, tune: Tune, recorded: int):
     optuna = _import_optuna()
-    self.tune, self._optuna, self._asked = tune, optuna, {}
+    self.tune, self._optuna = tune, optuna
+    self._asked: dict[int, Any] = {}
     self.distributions = _distributions(optuna, tune.space)
     # Seeded by (seed, trials recorded so far): seeded by `seed` alone, a search resumed
     # during TPE's random start-up phase would propose trial 0's values again.
@@ -319,9 +347,14 @@ class TpeSearch:
       else:
         self.study.tell(asked, value)
       return
-    self.study.add_trial(self._optuna.trial.create_trial(
-        state=state.FAIL if value is None else state.COMPLETE, value=value,
-        params=_to_optuna(self.tune.space, trial.params), distributions=self.distributions))
+    self.study.add_trial(
+      self._optuna.trial.create_trial(
+        state=state.FAIL if value is None else state.COMPLETE,
+        value=value,
+        params=_to_optuna(self.tune.space, trial.params),
+        distributions=self.distributions,
+      )
+    )
 
 
 def make_search(tune: Tune, recorded: int) -> RandomSearch | TpeSearch:
@@ -333,8 +366,9 @@ def _import_optuna():
   try:
     import optuna
   except ImportError:
-    raise InputError("algorithm 'tpe' needs optuna: pip install 'flaxlstm[tune]' "
-                     "(or use algorithm 'random')") from None
+    raise InputError(
+      "algorithm 'tpe' needs optuna: pip install 'flaxlstm[tune]' (or use algorithm 'random')"
+    ) from None
   # Optuna logs every tell at INFO; the search prints its own progress lines.
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   return optuna
@@ -356,8 +390,9 @@ def _distributions(optuna, space: dict[str, Dist]) -> dict[str, Any]:
 
 
 def _to_optuna(space: dict[str, Dist], params: dict[str, Any]) -> dict[str, Any]:
-  return {k: space[k].choices.index(v) if space[k].kind == "choice" else v
-          for k, v in params.items()}
+  return {
+    k: space[k].choices.index(v) if space[k].kind == "choice" else v for k, v in params.items()
+  }
 
 
 def _from_optuna(space: dict[str, Dist], params: dict[str, Any]) -> dict[str, Any]:
@@ -365,12 +400,12 @@ def _from_optuna(space: dict[str, Dist], params: dict[str, Any]) -> dict[str, An
     if dist.kind == "choice":
       return dist.choices[param]
     return param if dist.kind == "int" else _tidy(dist, param)
+
   return {k: value(space[k], params[k]) for k in space}
 
 
 # ---- the store ------------------------------------------------------------------------------
-def open_store(tune: Tune, workdir: str | os.PathLike[str], *,
-               create: bool = True) -> list[Trial]:
+def open_store(tune: Tune, workdir: str | os.PathLike[str], *, create: bool = True) -> list[Trial]:
   """Checks that `workdir` holds this search (writing tune.json if it is new, unless
   `create` is false) and returns its recorded trials."""
   workdir = pathlib.Path(workdir)
@@ -382,8 +417,9 @@ def open_store(tune: Tune, workdir: str | os.PathLike[str], *,
       raise InputError(f"tune store {path} is not a JSON object; it is damaged")
     changed = [k for k in _IDENTITY if stored.get(k) != identity[k]]
     if changed:
-      raise InputError(f"'{workdir}' holds a search with another {', '.join(changed)}; "
-                       "use another --workdir")
+      raise InputError(
+        f"'{workdir}' holds a search with another {', '.join(changed)}; use another --workdir"
+      )
   elif create:
     workdir.mkdir(parents=True, exist_ok=True)
     fileio.write_atomic(path, json.dumps(identity, indent=2) + "\n")
@@ -445,14 +481,23 @@ def _from_json(space: dict[str, Dist], params: dict[str, Any]) -> dict[str, Any]
 def _record(workdir: pathlib.Path, trial: Trial) -> None:
   """Appends a trial to trials.jsonl before it trains: a kill leaves it to be retrained."""
   with open(workdir / "trials.jsonl", "a") as f:
-    f.write(json.dumps({"trial": trial.number, "name": trial.name,
-                        "params": _jsonable(trial.params)}) + "\n")
+    f.write(
+      json.dumps({"trial": trial.number, "name": trial.name, "params": _jsonable(trial.params)})
+      + "\n"
+    )
 
 
 def _runs(tune: Tune, trials: Sequence[Trial]) -> list[Run]:
   """The trials as runs of the runner, which trains, skips and tabulates them."""
-  return [Run(t.name, dict(t.params), tune.run_seed, tune.overrides + tuple(
-      f"{k}={runner.format_value(v)}" for k, v in t.params.items())) for t in trials]
+  return [
+    Run(
+      t.name,
+      dict(t.params),
+      tune.run_seed,
+      tune.overrides + tuple(f"{k}={runner.format_value(v)}" for k, v in t.params.items()),
+    )
+    for t in trials
+  ]
 
 
 def _value(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
@@ -466,8 +511,9 @@ def _value(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
 
 
 # ---- running --------------------------------------------------------------------------------
-def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
-             quiet: bool = False) -> Outcome:
+def run_tune(
+  tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1, quiet: bool = False
+) -> Outcome:
   """Runs the search to `tune.trials` trials, `parallel` per round; writes the results.
 
   Holds the search directory's lock; SIGTERM/SIGINT are passed on to the trials training,
@@ -479,36 +525,45 @@ def run_tune(tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1,
     return _run_tune(tune, workdir, children, parallel=parallel, quiet=quiet)
 
 
-def _run_tune(tune: Tune, workdir: pathlib.Path, children: runner.Children, *,
-              parallel: int, quiet: bool) -> Outcome:
+def _run_tune(
+  tune: Tune, workdir: pathlib.Path, children: runner.Children, *, parallel: int, quiet: bool
+) -> Outcome:
   trials = open_store(tune, workdir)
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   search = make_search(tune, len(trials))
-  values = {t.number: _value(tune, workdir, t)
-            for t, run in zip(trials, _runs(tune, trials))
-            if runner.is_done(workdir, run)}
+  values = {
+    t.number: _value(tune, workdir, t)
+    for t, run in zip(trials, _runs(tune, trials))
+    if runner.is_done(workdir, run)
+  }
   for trial in trials:  # Rebuilds the TPE study from the finished trials.
     if trial.number in values:
       search.report(trial, values[trial.number])
   # Recorded but unfinished (killed, or failed last time): retrained with the same values.
   pending = [t for t in trials if t.number not in values and t.number < tune.trials]
-  failures = {k: v for k, v in runner.read_failures(workdir).items()
-              if k in {t.name for t in pending}}
-  say(f"tune: {tune.algorithm}, {tune.trials} trials ({len(values)} done, {len(pending)} "
-      f"to retrain), minimizing {tune.metric}, {parallel} at a time")
+  failures = {
+    k: v for k, v in runner.read_failures(workdir).items() if k in {t.name for t in pending}
+  }
+  say(
+    f"tune: {tune.algorithm}, {tune.trials} trials ({len(values)} done, {len(pending)} "
+    f"to retrain), minimizing {tune.metric}, {parallel} at a time"
+  )
   ran = False
   while True:
     batch, pending = pending[:parallel], pending[parallel:]
     if not batch:
-      batch = [Trial(n, search.propose(n)) for n in
-               range(len(trials), min(tune.trials, len(trials) + parallel))]
+      batch = [
+        Trial(n, search.propose(n))
+        for n in range(len(trials), min(tune.trials, len(trials) + parallel))
+      ]
       if not batch:
         break
       for trial in batch:
         _record(workdir, trial)
       trials += batch
-    failed = runner.train_runs(tune.config, _runs(tune, batch), workdir, children,
-                                  parallel=parallel, quiet=True)
+    failed = runner.train_runs(
+      tune.config, _runs(tune, batch), workdir, children, parallel=parallel, quiet=True
+    )
     children.raise_if_stopped("tune")  # the stopped trials are recorded: rerun resumes them
     for trial in batch:
       values[trial.number] = value = _value(tune, workdir, trial)
@@ -516,8 +571,7 @@ def _run_tune(tune: Tune, workdir: pathlib.Path, children: runner.Children, *,
       failures.pop(trial.name, None)
       if trial.name in failed:
         failures[trial.name] = failed[trial.name]
-      say(_progress_line(tune, trial, values, failures, len(values), max(tune.trials,
-                                                                        len(trials))))
+      say(_progress_line(tune, trial, values, failures, len(values), max(tune.trials, len(trials))))
     # train_runs listed this round's failures only; list the whole search's.
     runner.write_failures(workdir, _runs(tune, trials), failures)
     aggregate(tune, workdir, trials, failures)  # After every round: watch a long search.
@@ -526,13 +580,21 @@ def _run_tune(tune: Tune, workdir: pathlib.Path, children: runner.Children, *,
     aggregate(tune, workdir, trials, failures)
   best = _read_best(workdir)
   if best is not None:
-    say(f"best: {best['name']} {tune.metric}={best['value']:.4g} "
-        f"(see {workdir / 'results.md'} and best.json)")
+    say(
+      f"best: {best['name']} {tune.metric}={best['value']:.4g} "
+      f"(see {workdir / 'results.md'} and best.json)"
+    )
   return Outcome(len(trials), len(failures), best)
 
 
-def _progress_line(tune: Tune, trial: Trial, values: dict[int, float | None],
-                   failures: dict[str, str], done: int, total: int) -> str:
+def _progress_line(
+  tune: Tune,
+  trial: Trial,
+  values: dict[int, float | None],
+  failures: dict[str, str],
+  done: int,
+  total: int,
+) -> str:
   head = f"[{done}/{total}]"
   if trial.name in failures:
     return f"{head} FAILED  {trial.name}: {failures[trial.name]}"
@@ -540,7 +602,7 @@ def _progress_line(tune: Tune, trial: Trial, values: dict[int, float | None],
   finite = {n: v for n, v in values.items() if v is not None}
   best = min(finite, key=lambda n: (finite[n], n)) if finite else None
   shown = "nan" if value is None else f"{value:.4g}"
-  tail = f"  (best {finite[best]:.4g}, {Trial(best, {}).name})" if finite else ""
+  tail = f"  (best {finite[best]:.4g}, {Trial(best, {}).name})" if best is not None else ""
   return f"{head} ok      {trial.name}  {tune.metric}={shown}{tail}"
 
 
@@ -558,18 +620,21 @@ def dry_run_lines(tune: Tune, workdir: str | os.PathLike[str]) -> list[str]:
 
 
 # ---- results --------------------------------------------------------------------------------
-def aggregate(tune: Tune, workdir: str | os.PathLike[str], trials: Sequence[Trial],
-              failures: dict[str, str]) -> "pandas.DataFrame":
+def aggregate(
+  tune: Tune, workdir: str | os.PathLike[str], trials: Sequence[Trial], failures: dict[str, str]
+) -> Any:
   """Writes results.csv, results.md, best.json and trials.png; returns the table."""
   import pandas as pd  # only for the tables
 
   workdir = pathlib.Path(workdir)
   runs = _runs(tune, trials)
-  rows = [{"trial": t.number} | results.result_row(workdir, run, failures)
-          for t, run in zip(trials, runs)]
+  rows = [
+    {"trial": t.number} | results.result_row(workdir, run, failures) for t, run in zip(trials, runs)
+  ]
   columns = ["trial", "name", *tune.space, *results.METRICS_COLUMNS, "status"]
   table = pd.DataFrame(rows, columns=columns).astype(
-      {"params_count": "Int64", "steps": "Int64"})  # Integers even with failed rows.
+    {"params_count": "Int64", "steps": "Int64"}
+  )  # Integers even with failed rows.
   table.to_csv(workdir / "results.csv", index=False)
   ranked = _ranked(tune, table)
   (workdir / "results.md").write_text(_markdown(tune, table, ranked))
@@ -586,9 +651,12 @@ def _ranked(tune: Tune, table):
 
 def _markdown(tune: Tune, table, ranked) -> str:
   header = ["rank", "trial", *tune.space, *_TABLE]
-  lines = [f"{tune.algorithm} search, {len(table)} trials, by {tune.metric} "
-           "(lower is better)", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines = [
+    f"{tune.algorithm} search, {len(table)} trials, by {tune.metric} (lower is better)",
+    "",
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" * len(header),
+  ]
   for rank, row in enumerate(ranked.to_dict("records"), 1):
     cells = [str(rank), row["name"]] + [_cell(row[k], ".4g") for k in tune.space]
     cells += [_cell(row[k], _TABLE[k]) for k in _TABLE]
@@ -608,8 +676,9 @@ def _cell(value: Any, spec: str) -> str:
   return format(value, spec) if isinstance(value, float) else str(value)
 
 
-def _write_best(tune: Tune, workdir: pathlib.Path, trials: Sequence[Trial],
-                runs: Sequence[Run], ranked) -> None:
+def _write_best(
+  tune: Tune, workdir: pathlib.Path, trials: Sequence[Trial], runs: Sequence[Run], ranked
+) -> None:
   """best.json: the best trial and how to retrain it; removed while no trial has a metric."""
   path = workdir / "best.json"
   if ranked.empty:
@@ -620,14 +689,24 @@ def _write_best(tune: Tune, workdir: pathlib.Path, trials: Sequence[Trial],
   trial, run = trials[index], runs[index]
   # A fresh workdir, with progress output: rerunning into the trial's own folder would
   # only find it finished.
-  command = [a for a in runner.train_command(
-      tune.config, dataclasses.replace(run, name="best"), workdir, program=("flaxlstm",))
-             if a != "--quiet"]
-  best = {"trial": trial.number, "name": trial.name, "metric": tune.metric,
-          "value": float(row[tune.metric]), "params": _jsonable(trial.params),
-          "metrics": {k: float(row[k]) for k in ("val_mse", "val_mae", "test_mse", "test_mae")},
-          "config": tune.config, "overrides": list(run.overrides),
-          "command": shlex.join(command)}
+  command = [
+    a
+    for a in runner.train_command(
+      tune.config, dataclasses.replace(run, name="best"), workdir, program=("flaxlstm",)
+    )
+    if a != "--quiet"
+  ]
+  best = {
+    "trial": trial.number,
+    "name": trial.name,
+    "metric": tune.metric,
+    "value": float(row[tune.metric]),
+    "params": _jsonable(trial.params),
+    "metrics": {k: float(row[k]) for k in ("val_mse", "val_mae", "test_mse", "test_mae")},
+    "config": tune.config,
+    "overrides": list(run.overrides),
+    "command": shlex.join(command),
+  }
   path.write_text(json.dumps(best, indent=2) + "\n")
 
 
@@ -651,12 +730,17 @@ def _plot(tune: Tune, table, path: pathlib.Path) -> None:
   ax = fig.add_subplot(1, 1, 1)
   ax.plot(numbers, values, "o", color="tab:blue", label=tune.metric)
   # fmin skips NaN, so a failed trial neither resets nor ends the running best.
-  ax.step(numbers, np.fmin.accumulate(values), where="post", color="black",
-          label="running best")
+  ax.step(numbers, np.fmin.accumulate(values), where="post", color="black", label="running best")
   failed = numbers[np.isnan(values)]
   if failed.size:
-    ax.plot(failed, np.full(failed.size, 0.03), "x", color="tab:red", label="failed",
-            transform=ax.get_xaxis_transform())
+    ax.plot(
+      failed,
+      np.full(failed.size, 0.03),
+      "x",
+      color="tab:red",
+      label="failed",
+      transform=ax.get_xaxis_transform(),
+    )
   finite = values[np.isfinite(values)]
   # One diverged trial can be 100x the rest; a log axis keeps the good ones apart.
   if finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:

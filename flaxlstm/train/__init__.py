@@ -1,14 +1,14 @@
 """Training and the commands on a finished run:
 
-  loop.py        train_and_evaluate(config, workdir): the loop
-  assembly.py    assemble(spec): data, model, optimizer, mesh, step counts
-  step.py        the jitted train and predict steps
-  optim.py       optimizers, schedules, losses, penalties
-  evaluation.py  validation and early stopping, final metrics, plots
-  preemption.py  SIGTERM/SIGINT as a stop request
-  checkpoint.py  orbax checkpoints: latest and best, digests, fallbacks
-  workdir.py     run directories: lock, fingerprints, refusal before any write
-  inference.py   evaluate / predict on a finished run
+loop.py        train_and_evaluate(config, workdir): the loop
+assembly.py    assemble(spec): data, model, optimizer, mesh, step counts
+step.py        the jitted train and predict steps
+optim.py       optimizers, schedules, losses, penalties
+evaluation.py  validation and early stopping, final metrics, plots
+preemption.py  SIGTERM/SIGINT as a stop request
+checkpoint.py  orbax checkpoints: latest and best, digests, fallbacks
+workdir.py     run directories: lock, fingerprints, refusal before any write
+inference.py   evaluate / predict on a finished run
 """
 
 from flaxlstm.train.inference import evaluate, predict_file, restore_params

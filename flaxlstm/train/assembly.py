@@ -41,8 +41,10 @@ class Setup:
     def init():
       key = jax.random.fold_in(jax.random.key(self.spec.seed), 0)
       params = self.model.init(key, x, y_last, deterministic=True)["params"]
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
+      return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)
+      )
+
     return init
 
   def abstract_state(self) -> Any:
@@ -50,8 +52,10 @@ class Setup:
     if self._abstract is None:  # traced once: init is not free for large models
       shapes = jax.eval_shape(self._init_fn())
       self._abstract = jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-          parallel.state_shardings(self.mesh, shapes))
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        shapes,
+        parallel.state_shardings(self.mesh, shapes),
+      )
     return self._abstract
 
   def state_sharding(self) -> Any:
@@ -76,15 +80,17 @@ class Setup:
     else:
       x, y = windows.gather_windows(data, starts[mine])
     y_last = data.y[starts[mine] - 1]
-    return tuple(parallel.host_to_global(self.mesh, a, bs) for a in (x, y, y_last))
+    to_global = lambda a: parallel.host_to_global(self.mesh, a, bs)
+    return to_global(x), to_global(y), to_global(y_last)
 
   def init_state(self) -> TrainState:
     """Fresh parameters, created directly in their shards (no full copy on one device)."""
     return jax.jit(self._init_fn(), out_shardings=self.state_sharding())()
 
 
-def assemble(spec: RunSpec, devices: list | None = None,
-             scalers: FittedScalers | None = None) -> Setup:
+def assemble(
+  spec: RunSpec, devices: list | None = None, scalers: FittedScalers | None = None
+) -> Setup:
   """The data, model, optimizer and step counts of `spec`; writes nothing.
 
   `scalers`: a finished run's saved scalers, used instead of fitting new ones.
@@ -96,8 +102,10 @@ def assemble(spec: RunSpec, devices: list | None = None,
   n_split = parallel.batch_size_per_step(mesh)
   for key in ("batch_size", "eval_batch_size"):
     if getattr(spec.train, key) % n_split:
-      raise InputError(f"train.{key}={getattr(spec.train, key)} must be a multiple of the "
-                       f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)")
+      raise InputError(
+        f"train.{key}={getattr(spec.train, key)} must be a multiple of the "
+        f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)"
+      )
   data = series.prepare(spec.data, scalers=scalers)
   n_train = len(data.window_starts("train"))
   bs = spec.train.batch_size
@@ -108,5 +116,4 @@ def assemble(spec: RunSpec, devices: list | None = None,
   if spec.train.max_steps:
     total = min(total, spec.train.max_steps)
   model = Forecaster(horizon=data.horizon, n_targets=len(data.target_names), spec=spec.model)
-  return Setup(spec, data, model, make_optimizer(spec.train, total), steps_per_epoch, total,
-               mesh)
+  return Setup(spec, data, model, make_optimizer(spec.train, total), steps_per_epoch, total, mesh)

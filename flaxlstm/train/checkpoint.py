@@ -42,13 +42,14 @@ _INTEGRITY = "integrity"
 @dataclasses.dataclass
 class LoopState:
   """Host-side bookkeeping saved beside the arrays (resume continues exactly from it)."""
-  step: int = 0                      # optimizer steps done
-  best_val: float = float("inf")     # best validation loss so far
-  best_step: int = -1                # step at which it was reached
-  bad_evals: int = 0                 # evaluations since the last improvement (early stopping)
-  stopped_early: bool = False        # early stopping ended the run
-  nonfinite_steps: int = 0           # updates skipped for a non-finite loss or gradient
-  wall_time_s: float = 0.0           # training time accumulated over all sessions
+
+  step: int = 0  # optimizer steps done
+  best_val: float = float("inf")  # best validation loss so far
+  best_step: int = -1  # step at which it was reached
+  bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+  stopped_early: bool = False  # early stopping ended the run
+  nonfinite_steps: int = 0  # updates skipped for a non-finite loss or gradient
+  wall_time_s: float = 0.0  # training time accumulated over all sessions
 
   @classmethod
   def from_json(cls, raw: Any) -> LoopState:
@@ -65,11 +66,18 @@ class LoopState:
       if kind is bool:
         ok = isinstance(value, bool)
       elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and (
-            value >= 0 or name == "best_step")
+        ok = (
+          isinstance(value, int)
+          and not isinstance(value, bool)
+          and (value >= 0 or name == "best_step")
+        )
       else:  # floats: best_val may be inf (nothing validated yet), never NaN
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and not math.isnan(value) and (value >= 0 or name == "best_val"))
+        ok = (
+          isinstance(value, (int, float))
+          and not isinstance(value, bool)
+          and not math.isnan(value)
+          and (value >= 0 or name == "best_val")
+        )
       if not ok:
         raise ValueError(f"loop metadata field {name!r} has a bad value {value!r}")
       values[name] = value
@@ -100,13 +108,21 @@ class Checkpoints:
     self.read_only = read_only
     self.latest = self._manager("latest", ("state", "loop"), max_to_keep=2)
     self.best = self._manager(
-        "best", ("params",), max_to_keep=keep_best, best_fn=lambda m: m["val_loss"],
-        best_mode="min", keep_checkpoints_without_metrics=False)
+      "best",
+      ("params",),
+      max_to_keep=keep_best,
+      best_fn=lambda m: m["val_loss"],
+      best_mode="min",
+      keep_checkpoints_without_metrics=False,
+    )
 
   def _manager(self, kind: str, items: tuple[str, ...], **options) -> Any:
     path = os.path.join(self.directory, kind)
-    handlers = {"state": ocp.StandardCheckpointHandler,
-                "params": ocp.StandardCheckpointHandler, "loop": ocp.JsonCheckpointHandler}
+    handlers = {
+      "state": ocp.StandardCheckpointHandler,
+      "params": ocp.StandardCheckpointHandler,
+      "loop": ocp.JsonCheckpointHandler,
+    }
     item_handlers = {name: handlers[name]() for name in items}
     if self.read_only:
       if not os.path.isdir(path):
@@ -114,25 +130,34 @@ class Checkpoints:
       # Not orbax's read_only mode, which logs warnings on every open: a manager that is
       # never asked to save, and keeps everything (no max_to_keep), writes nothing.
       options.pop("max_to_keep")
-      opts = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False,
-                                          **options)
+      opts = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False, **options)
     else:
       # Two kept in latest/ so that a crash while the newest is finalized still leaves one.
       # cleanup_tmp_directories: a save cut short (kill -9, full disk) leaves an orbax
       # temporary folder; the next run removes it.
-      opts = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
-                                          cleanup_tmp_directories=True, **options)
+      opts = ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True, **options
+      )
     return ocp.CheckpointManager(path, options=opts, item_handlers=item_handlers)
 
   # ---- saving ---------------------------------------------------------------------------------
   def save(self, loop: LoopState, state: Any) -> None:
     """Saves the full training `state` (a pytree) and `loop` as the latest checkpoint."""
-    self._save(self.latest, "latest", loop.step, dict(
-        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(dataclasses.asdict(loop))))
+    self._save(
+      self.latest,
+      "latest",
+      loop.step,
+      dict(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(dataclasses.asdict(loop))),
+    )
 
   def save_best(self, step: int, params: Any, val_loss: float) -> None:
-    self._save(self.best, "best", step, dict(params=ocp.args.StandardSave(params)),
-               metrics={"val_loss": float(val_loss)})
+    self._save(
+      self.best,
+      "best",
+      step,
+      dict(params=ocp.args.StandardSave(params)),
+      metrics={"val_loss": float(val_loss)},
+    )
 
   def _save(self, manager, kind: str, step: int, items: dict, **kwargs) -> None:
     if self.read_only:
@@ -154,8 +179,9 @@ class Checkpoints:
     for name in os.listdir(folder):  # orbax has deleted the steps it no longer keeps
       if name.endswith(".json") and name[:-5] not in kept:
         os.remove(os.path.join(folder, name))
-    fileio.write_atomic(os.path.join(folder, f"{step}.json"),
-                             json.dumps(_digest(_step_dir(manager, step)), indent=1))
+    fileio.write_atomic(
+      os.path.join(folder, f"{step}.json"), json.dumps(_digest(_step_dir(manager, step)), indent=1)
+    )
 
   # ---- reading --------------------------------------------------------------------------------
   def steps(self, kind: str = "latest") -> list[int]:
@@ -169,32 +195,46 @@ class Checkpoints:
     skipped with a warning and the next older one is tried; a checkpoint of another model
     (shapes differ) is an InputError.
     """
+
     def load(step):
       loop = LoopState.from_json(self._loop_json(step))
-      out = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()))
+      out = self.latest.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
+        ),
+      )
       return loop, out["state"]
+
     return self._newest_intact("latest", "state", load, abstract_state.params, "params")
 
   def latest_loop(self) -> LoopState | None:
     """The bookkeeping of the newest intact latest step (None if there is none)."""
-    return self._newest_intact("latest", "loop", lambda s: LoopState.from_json(
-        self._loop_json(s)), None, None)
+    return self._newest_intact(
+      "latest", "loop", lambda s: LoopState.from_json(self._loop_json(s)), None, None
+    )
 
   def restore_best_params(self, abstract_params: Any) -> Any | None:
     """Params of the best intact step (then the other kept ones, best first)."""
+
     def load(step):
-      return self.best.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params)))["params"]
-    return self._newest_intact("best", "params", load, abstract_params, None,
-                               order=self._best_order())
+      return self.best.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+      )["params"]
+
+    return self._newest_intact(
+      "best", "params", load, abstract_params, None, order=self._best_order()
+    )
 
   def restore_latest_params(self, abstract_params: Any) -> Any | None:
     """Params of the newest intact full checkpoint (a run that never validated)."""
+
     def load(step):
-      raw = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))["state"]["params"]
+      raw = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+        "state"
+      ]["params"]
       return jax.tree.map(lambda a, b: np.asarray(b, a.dtype), abstract_params, raw)
+
     return self._newest_intact("latest", "state", load, abstract_params, "params")
 
   def restore_params(self, abstract_params: Any) -> Any | None:
@@ -202,8 +242,9 @@ class Checkpoints:
     try:
       params = self.restore_best_params(abstract_params)
     except NoIntact:
-      log.warning(f"no best checkpoint in {self.directory} is intact; using the newest "
-                  "intact latest one")
+      log.warning(
+        f"no best checkpoint in {self.directory} is intact; using the newest intact latest one"
+      )
       params = None
     return self.restore_latest_params(abstract_params) if params is None else params
 
@@ -218,9 +259,15 @@ class Checkpoints:
     path = os.path.join(_step_dir(self.latest, step), "loop", "metadata")
     return fileio.read_json(path, "checkpoint loop metadata")
 
-  def _newest_intact(self, kind: str, item: str, load: Callable[[int], Any],
-                     abstract_params: Any, params_key: str | None,
-                     order: list[int] | None = None) -> Any:
+  def _newest_intact(
+    self,
+    kind: str,
+    item: str,
+    load: Callable[[int], Any],
+    abstract_params: Any,
+    params_key: str | None,
+    order: list[int] | None = None,
+  ) -> Any:
     manager = self.latest if kind == "latest" else self.best
     if manager is None:
       return None
@@ -233,19 +280,21 @@ class Checkpoints:
         if abstract_params is not None:
           mismatch = _mismatch(manager, step, item, params_key, abstract_params)
           if mismatch:
-            raise Mismatch(f"checkpoint {where} does not match this config ({mismatch}); "
-                           "use a new --workdir")
+            raise Mismatch(
+              f"checkpoint {where} does not match this config ({mismatch}); use a new --workdir"
+            )
         return load(step)
       except Mismatch:
         raise
-      except Exception as e:  # pylint: disable=broad-except
-        # orbax and TensorStore raise many types for unreadable files; all mean "damaged".
+      except Exception as e:  # orbax and TensorStore raise many types: all mean damaged
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
       log.warning(f"checkpoint {where} is damaged ({reason}); trying an older one")
       damaged.append(step)
     if damaged:
-      raise NoIntact(f"no intact checkpoint in {manager.directory} (damaged steps: "
-                     f"{sorted(damaged)}); remove it or use a new --workdir")
+      raise NoIntact(
+        f"no intact checkpoint in {manager.directory} (damaged steps: "
+        f"{sorted(damaged)}); remove it or use a new --workdir"
+      )
     return None
 
   def _verify(self, manager, kind: str, step: int) -> None:
@@ -256,9 +305,9 @@ class Checkpoints:
     current = _digest(_step_dir(manager, step))
     if recorded != current:
       changed = sorted(set(recorded) ^ set(current)) or sorted(
-          k for k in recorded if recorded[k] != current.get(k))
-      raise Damaged(f"{changed[0] if changed else 'a file'} differs from its recorded "
-                    "SHA-256")
+        k for k in recorded if recorded[k] != current.get(k)
+      )
+      raise Damaged(f"{changed[0] if changed else 'a file'} differs from its recorded SHA-256")
 
   def close(self) -> None:
     for manager in (self.latest, self.best):
@@ -281,12 +330,17 @@ def _check_room(directory: str, items: dict) -> None:
   room for the metadata.
   """
   needed = 2**20 + sum(
-      getattr(leaf, "nbytes", 0) for arg in items.values()
-      for leaf in jax.tree.leaves(getattr(arg, "item", None)))
+    getattr(leaf, "nbytes", 0)
+    for arg in items.values()
+    for leaf in jax.tree.leaves(getattr(arg, "item", None))
+  )
   free = shutil.disk_usage(directory).free
   if free < needed:
-    raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free, a "
-                  f"checkpoint needs about {needed}", directory)
+    raise OSError(
+      errno.ENOSPC,
+      f"No space left on device: {free} bytes free, a checkpoint needs about {needed}",
+      directory,
+    )
 
 
 def _step_dir(manager, step: int) -> str:
@@ -307,8 +361,7 @@ def _digest(folder: str) -> dict[str, str]:
   return dict(sorted(out.items()))
 
 
-def _mismatch(manager, step: int, item: str, params_key: str | None,
-              abstract_params: Any) -> str:
+def _mismatch(manager, step: int, item: str, params_key: str | None, abstract_params: Any) -> str:
   """'' if the step's saved params fit `abstract_params`, else the first difference.
 
   Read from orbax's metadata (shapes only), so a checkpoint of another model is named
@@ -318,10 +371,14 @@ def _mismatch(manager, step: int, item: str, params_key: str | None,
   tree = getattr(meta, "tree", meta)
   if params_key is not None:
     tree = tree[params_key]
-  saved = {jax.tree_util.keystr(p): tuple(a.shape)
-           for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  wanted = {jax.tree_util.keystr(p): tuple(a.shape)
-            for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  saved = {
+    jax.tree_util.keystr(p): tuple(a.shape)
+    for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+  wanted = {
+    jax.tree_util.keystr(p): tuple(a.shape)
+    for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
   for key in sorted(set(saved) | set(wanted)):
     if key not in saved:
       return f"param {key} is not in the checkpoint"

@@ -32,8 +32,7 @@ class Evaluator:
   without improvement. The counters live in `loop`, so they resume with it.
   """
 
-  def __init__(self, setup: Setup, predict_fn: Callable, reporter: Reporter,
-               ckpts: Checkpoints):
+  def __init__(self, setup: Setup, predict_fn: Callable, reporter: Reporter, ckpts: Checkpoints):
     self.setup, self.predict_fn, self.reporter, self.ckpts = setup, predict_fn, reporter, ckpts
     self.every = setup.spec.train.eval_every_steps or setup.steps_per_epoch
     self.starts = setup.data.window_starts("val")
@@ -44,13 +43,18 @@ class Evaluator:
 
   def __call__(self, loop: LoopState, params: Any) -> None:
     setup, spec = self.setup, self.setup.spec.train
-    pred = predict_windows(self.predict_fn, params, setup.data, self.starts,
-                           spec.eval_batch_size, setup.mesh)
-    val_loss = float(pointwise_loss(spec.loss, jnp.asarray(pred), self.targets,
-                                    spec.huber_delta).mean())
-    self.reporter.log(loop.step, "val",
-                      {"loss": val_loss, **split_metrics(setup.data, self.starts, pred)},
-                      epoch=(loop.step - 1) // setup.steps_per_epoch)
+    pred = predict_windows(
+      self.predict_fn, params, setup.data, self.starts, spec.eval_batch_size, setup.mesh
+    )
+    val_loss = float(
+      pointwise_loss(spec.loss, jnp.asarray(pred), self.targets, spec.huber_delta).mean()
+    )
+    self.reporter.log(
+      loop.step,
+      "val",
+      {"loss": val_loss, **split_metrics(setup.data, self.starts, pred)},
+      epoch=(loop.step - 1) // setup.steps_per_epoch,
+    )
     if np.isfinite(val_loss) and val_loss < loop.best_val - spec.min_delta:
       loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
       self.ckpts.save_best(loop.step, params, val_loss)
@@ -77,8 +81,9 @@ def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict
   pred = np.zeros((0,))
   for split in ("val", "test"):
     starts = setup.data.window_starts(split)
-    pred = predict_windows(predict_fn, params, setup.data, starts,
-                           setup.spec.train.eval_batch_size, setup.mesh)
+    pred = predict_windows(
+      predict_fn, params, setup.data, starts, setup.spec.train.eval_batch_size, setup.mesh
+    )
     out[split] = split_metrics(setup.data, starts, pred)
   out["baselines"] = baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
   return out, pred
@@ -86,10 +91,15 @@ def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict
 
 def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
   """The training summary fields of metrics.json, from the loop's bookkeeping."""
-  return dict(steps=loop.step, epochs=loop.step / setup.steps_per_epoch,
-              best_step=loop.best_step, stopped_early=loop.stopped_early,
-              nonfinite_steps=loop.nonfinite_steps, train_wall_time_s=loop.wall_time_s,
-              params_count=int(sum(p.size for p in jax.tree.leaves(params))))
+  return dict(
+    steps=loop.step,
+    epochs=loop.step / setup.steps_per_epoch,
+    best_step=loop.best_step,
+    stopped_early=loop.stopped_early,
+    nonfinite_steps=loop.nonfinite_steps,
+    train_wall_time_s=loop.wall_time_s,
+    params_count=int(sum(p.size for p in jax.tree.leaves(params))),
+  )
 
 
 def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> None:
@@ -101,7 +111,11 @@ def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> 
   naive = baselines.naive_forecast(data, starts)
   reporter.plot_learning_curves()
   reporter.plot_forecast(
-      data.inverse_targets(y), data.inverse_targets(test_pred), name="forecast_test.png",
-      title=f"test set: {', '.join(data.target_names)}", target_name=data.target_names[0],
-      baselines={"naive": data.inverse_targets(naive)},
-      dates=None if data.dates is None else data.dates[starts])
+    data.inverse_targets(y),
+    data.inverse_targets(test_pred),
+    name="forecast_test.png",
+    title=f"test set: {', '.join(data.target_names)}",
+    target_name=data.target_names[0],
+    baselines={"naive": data.inverse_targets(naive)},
+    dates=None if data.dates is None else data.dates[starts],
+  )

@@ -41,13 +41,16 @@ def run_scalers(workdir: str) -> scaling.FittedScalers:
     legacy = os.path.join(workdir, "scalers.pkl")
     if os.path.lexists(legacy):
       return scaling.load_scalers(legacy)  # refuses, saying how to re-create them
-    raise InputError(f"{workdir} has no scalers.json; re-create it with `flaxlstm evaluate "
-                     f"--workdir {workdir} --refit-scalers`")
+    raise InputError(
+      f"{workdir} has no scalers.json; re-create it with `flaxlstm evaluate "
+      f"--workdir {workdir} --refit-scalers`"
+    )
   return scaling.load_scalers(path)
 
 
-def evaluate(workdir: str, *, allow_changed_data: bool = False,
-             refit_scalers: bool = False) -> dict:
+def evaluate(
+  workdir: str, *, allow_changed_data: bool = False, refit_scalers: bool = False
+) -> dict:
   """Recomputes a run's final metrics from its checkpoint; writes `metrics.json`.
 
   The data must be the bytes the run was trained on (`allow_changed_data`: score other
@@ -60,11 +63,14 @@ def evaluate(workdir: str, *, allow_changed_data: bool = False,
   lock = workdir_lib.Lock(workdir, "flaxlstm evaluate")
   with lock:
     data_now = workdir_lib.fingerprint(io.data_file(config.data.path))
-    warning = workdir_lib.check_same_data(record, data_now, workdir=workdir,
-                                          allow_changed=allow_changed_data)
+    warning = workdir_lib.check_same_data(
+      record, data_now, workdir=workdir, allow_changed=allow_changed_data
+    )
     if record is None:
-      warning = (f"{workdir} records no data fingerprint (trained by an older flaxlstm); "
-                 f"scoring {data_now['path']} as it is now")
+      warning = (
+        f"{workdir} records no data fingerprint (trained by an older flaxlstm); "
+        f"scoring {data_now['path']} as it is now"
+      )
     scalers = None if refit_scalers else run_scalers(workdir)
     setup = assemble(config_lib.to_spec(config), scalers=scalers)
     with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
@@ -74,8 +80,7 @@ def evaluate(workdir: str, *, allow_changed_data: bool = False,
       raise InputError(f"{workdir} holds no checkpoint")
     if warning:
       log.warning(warning)
-    metrics, _ = evaluation.final_metrics(setup, params,
-                                          make_predict_fn(setup.model, setup.mesh))
+    metrics, _ = evaluation.final_metrics(setup, params, make_predict_fn(setup.model, setup.mesh))
     metrics.update(evaluation.summary(setup, loop or LoopState(), params), data=data_now)
     reporter = Reporter(workdir, enabled=jax.process_index() == 0)
     if refit_scalers and reporter.enabled:
@@ -84,8 +89,9 @@ def evaluate(workdir: str, *, allow_changed_data: bool = False,
   return metrics
 
 
-def predict_file(workdir: str, data_path: str, out_path: str, *,
-                 all_windows: bool = False, overwrite: bool = False) -> int:
+def predict_file(
+  workdir: str, data_path: str, out_path: str, *, all_windows: bool = False, overwrite: bool = False
+) -> int:
   """Forecasts `data_path` with a trained run; writes a CSV in original units.
 
   By default one forecast: the `horizon` steps after the file's last row. With
@@ -95,15 +101,19 @@ def predict_file(workdir: str, data_path: str, out_path: str, *,
   over `data_path` or a file of the run, never over an existing file unless `overwrite`.
   """
   import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
-  out = workdir_lib.check_output(out_path, inputs=(data_path,), workdir=workdir,
-                                 overwrite=overwrite)
+
+  out = workdir_lib.check_output(
+    out_path, inputs=(data_path,), workdir=workdir, overwrite=overwrite
+  )
   config, _ = workdir_lib.read_run_config(workdir)
   scalers = run_scalers(workdir)
   spec = config_lib.to_spec(config)
   data = series.prepare_inference(spec.data, scalers, path=data_path)
   if config.model.predict_delta and not data.has_targets:
-    raise InputError(f"{data_path} lacks the target column(s) {list(data.target_names)}, "
-                     "which this model (model.predict_delta) needs as inputs")
+    raise InputError(
+      f"{data_path} lacks the target column(s) {list(data.target_names)}, "
+      "which this model (model.predict_delta) needs as inputs"
+    )
   model = Forecaster(horizon=data.horizon, n_targets=len(data.target_names), spec=spec.model)
   x0 = np.zeros((1, data.lookback, len(data.feature_names)), np.float32)
   y0 = np.zeros((1, len(data.target_names)), np.float32)
@@ -114,8 +124,9 @@ def predict_file(workdir: str, data_path: str, out_path: str, *,
     starts = np.arange(data.lookback, n + 1, dtype=np.int64)
   else:
     starts = np.array([n], np.int64)
-  pred = data.inverse_targets(predict_windows(
-      make_predict_fn(model), params, data, starts, config.train.eval_batch_size))
+  pred = data.inverse_targets(
+    predict_windows(make_predict_fn(model), params, data, starts, config.train.eval_batch_size)
+  )
   rows = []
   step_delta = None
   if data.dates is not None and n > 1:
@@ -129,8 +140,7 @@ def predict_file(workdir: str, data_path: str, out_path: str, *,
       for k, name in enumerate(data.target_names):
         row[name] = float(pred[w, h, k])
         if data.has_targets and all_windows:
-          row[f"{name}_actual"] = (float(data.y_raw[start + h, k]) if start + h < n
-                                   else float("nan"))
+          row[f"{name}_actual"] = float(data.y_raw[start + h, k]) if start + h < n else float("nan")
       rows.append(row)
   text = pd.DataFrame(rows).to_csv(index=False)
   try:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import jax
 import ml_collections
@@ -32,10 +32,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | config_lib.RunSpec, workdir: str,
-                       *, resume: bool | None = None, quiet: bool = True,
-                       devices: list | None = None, force: bool = False,
-                       allow_changed_data: bool = False) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict | config_lib.RunSpec,
+  workdir: str,
+  *,
+  resume: bool | None = None,
+  quiet: bool = True,
+  devices: list | None = None,
+  force: bool = False,
+  allow_changed_data: bool = False,
+) -> dict:
   """Trains a forecaster as `config` (a ConfigDict or a `RunSpec`) says, in `workdir`;
   returns the final metrics.
 
@@ -62,25 +68,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict | config_lib.RunSpec, w
     try:
       if claim is not None:
         claim.open()
-      state_bytes = sum(a.size * a.dtype.itemsize
-                        for a in jax.tree.leaves(setup.abstract_state()))
+      state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(setup.abstract_state()))
       warning = workdir_lib.check_for_training(
-          workdir, spec, state_bytes=state_bytes, resume=resume, force=force,
-          data_now=data_now, allow_changed_data=allow_changed_data)
+        workdir,
+        spec,
+        state_bytes=state_bytes,
+        resume=resume,
+        force=force,
+        data_now=data_now,
+        allow_changed_data=allow_changed_data,
+      )
     except InputError as e:
       error = e
     workdir_lib.agree(error)
     with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
       restored = ckpts.restore(setup.abstract_state())  # onto this mesh, whatever it was on
     if restored is not None and resume is False:
-      raise InputError(f"workdir {workdir} already holds a run; resume it or use a new "
-                       "--workdir")
+      raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
   except BaseException:
     if claim is not None:
       claim.abandon()  # a refusal leaves the workdir as it was
     raise
   if warning and is_main:
     log.warning(warning)
+  if is_main:
+    log.info(
+      f"{workdir}: resuming from step {restored[0].step}"
+      if restored is not None
+      else f"{workdir}: training from scratch, {setup.total_steps} steps"
+    )
   try:
     return _train(setup, workdir, restored, data_now, quiet=quiet)
   finally:
@@ -101,15 +117,18 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
       reporter.write_config(config_lib.to_config(spec), {"data": data_now})
       if is_main:
         data.save_scalers(os.path.join(workdir, "scalers.json"))
-      ckpts = _closing(stack, Checkpoints(os.path.join(workdir, "checkpoints"),
-                                          spec.train.keep_best))
+      ckpts = _closing(
+        stack, Checkpoints(os.path.join(workdir, "checkpoints"), spec.train.keep_best)
+      )
       state = setup.init_state() if state is None else state
-      train_step = make_train_step(setup.model, setup.tx, spec.train, spec.seed, setup.mesh,
-                                   setup.state_sharding())
+      train_step = make_train_step(
+        setup.model, setup.tx, spec.train, spec.seed, setup.mesh, setup.state_sharding()
+      )
       predict_fn = make_predict_fn(setup.model, setup.mesh)
       evaluate = evaluation.Evaluator(setup, predict_fn, reporter, ckpts)
-      progress = _closing(stack, Progress(setup.total_steps, enabled=is_main and not quiet,
-                                          desc="train"))
+      progress = _closing(
+        stack, Progress(setup.total_steps, enabled=is_main and not quiet, desc="train")
+      )
       train_log = _TrainLog(setup, reporter, progress, evaluate.every)
       stop = stack.enter_context(stop_signals())
       progress.update(loop.step)
@@ -140,9 +159,12 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
       return metrics
   except Exception as e:
     if workdir_lib.is_disk_full(e):
-      hint = (f"the newest intact checkpoint is step {saved}; free space and rerun the same "
-              "command to resume" if saved is not None else
-              "no checkpoint was saved yet; free space and rerun the same command")
+      hint = (
+        f"the newest intact checkpoint is step {saved}; free space and rerun the same "
+        "command to resume"
+        if saved is not None
+        else "no checkpoint was saved yet; free space and rerun the same command"
+      )
       raise workdir_lib.disk_full_error(e, workdir, hint) from None
     raise
 
@@ -163,17 +185,20 @@ class _TrainLog:
       self.reporter.log(loop.step, "train", {"nonfinite_steps": loop.nonfinite_steps})
       if loop.nonfinite_steps > spec.max_nonfinite_steps:
         raise TrainingError(
-            f"non-finite loss or gradients at step {loop.step} (update skipped; "
-            f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
-            f"{spec.max_nonfinite_steps}); the last checkpoint holds finite params")
+          f"non-finite loss or gradients at step {loop.step} (update skipped; "
+          f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
+          f"{spec.max_nonfinite_steps}); the last checkpoint holds finite params"
+        )
     else:
       self.loss_sum, self.loss_n = self.loss_sum + m["loss"], self.loss_n + 1
-    if self.loss_n and (loop.step % spec.log_every_steps == 0
-                        or loop.step % self.eval_every == 0):
+    if self.loss_n and (loop.step % spec.log_every_steps == 0 or loop.step % self.eval_every == 0):
       train_loss = float(self.loss_sum) / self.loss_n
-      self.reporter.log(loop.step, "train", {"loss": train_loss,
-                                             "grad_norm": float(m["grad_norm"])},
-                        epoch=(loop.step - 1) // self.setup.steps_per_epoch)
+      self.reporter.log(
+        loop.step,
+        "train",
+        {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
+        epoch=(loop.step - 1) // self.setup.steps_per_epoch,
+      )
       self.progress.update(0, loss=f"{train_loss:.4f}")
       self.loss_sum, self.loss_n = 0.0, 0
     self.progress.update(1)
@@ -182,6 +207,7 @@ class _TrainLog:
 def _closing(stack: contextlib.ExitStack, thing: T) -> T:
   """Closes `thing` when `stack` unwinds. If an error is already on its way out, a
   failure to close (a flush on a full disk) must not replace it."""
+
   def exit_(exc_type, exc, tb) -> bool:
     try:
       thing.close()  # type: ignore[attr-defined]
@@ -189,5 +215,6 @@ def _closing(stack: contextlib.ExitStack, thing: T) -> T:
       if exc_type is None:
         raise
     return False
+
   stack.push(exit_)
   return thing

@@ -22,18 +22,24 @@ LOSSES = ("mse", "mae", "huber")
 def decay_mask(params: Any) -> Any:
   """True for weight matrices (decayed, penalized); False for biases and norm parameters."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params)
+    lambda path, _: str(getattr(path[-1], "key", "")).endswith("kernel"), params
+  )
 
 
 def learning_rate_schedule(spec: TrainSpec, total_steps: int) -> optax.Schedule:
   lr, warmup = spec.learning_rate, min(spec.warmup_steps, max(total_steps - 1, 0))
   if spec.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=lr * 0.01)
+      init_value=0.0 if warmup else lr,
+      peak_value=lr,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=lr * 0.01,
+    )
   if warmup:
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   return optax.constant_schedule(lr)
 
 
@@ -42,8 +48,9 @@ def make_optimizer(spec: TrainSpec, total_steps: int) -> optax.GradientTransform
   schedule = learning_rate_schedule(spec, total_steps)
   if spec.optimizer == "sgd":
     opt = optax.chain(
-        optax.add_decayed_weights(spec.weight_decay, mask=decay_mask),
-        optax.sgd(schedule, momentum=spec.momentum or None))
+      optax.add_decayed_weights(spec.weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=spec.momentum or None),
+    )
   else:
     opt = optax.adamw(schedule, weight_decay=spec.weight_decay, mask=decay_mask)
   if spec.clip_norm:
@@ -62,8 +69,7 @@ def pointwise_loss(kind: str, pred: Array, target: Array, huber_delta: float = 1
 
 def penalty(params: Any, l1: float, l2: float) -> Array:
   """L1/L2 terms over the weight matrices (the same leaves weight decay applies to)."""
-  leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params)))
-            if m]
+  leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if m]
   total = jnp.zeros((), jnp.float32)
   if l1:
     total += l1 * sum(jnp.abs(p).sum() for p in leaves)

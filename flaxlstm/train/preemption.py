@@ -24,6 +24,7 @@ class StopRequest:
     # All processes must stop after the same step, or the others would wait forever in the
     # next step's collectives: agree on "any process was signalled".
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.int32(self.signum))))
 
 

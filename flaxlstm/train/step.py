@@ -33,8 +33,14 @@ class TrainState:
   opt_state: Any
 
 
-def make_train_step(model: Forecaster, tx: optax.GradientTransformation, spec: TrainSpec,
-                    seed: int, mesh, state_sharding) -> Callable:
+def make_train_step(
+  model: Forecaster,
+  tx: optax.GradientTransformation,
+  spec: TrainSpec,
+  seed: int,
+  mesh,
+  state_sharding,
+) -> Callable:
   """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated.
 
   A non-finite loss or gradient skips the update (params and optimizer state unchanged),
@@ -46,8 +52,9 @@ def make_train_step(model: Forecaster, tx: optax.GradientTransformation, spec: T
     dropout_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
 
     def loss_fn(params):
-      pred = model.apply({"params": params}, x, y_last, deterministic=False,
-                         rngs={"dropout": dropout_key})
+      pred = model.apply(
+        {"params": params}, x, y_last, deterministic=False, rngs={"dropout": dropout_key}
+      )
       data_loss = pointwise_loss(spec.loss, pred, y, spec.huber_delta).mean()
       return data_loss + penalty(params, spec.l1, spec.l2), data_loss
 
@@ -57,26 +64,39 @@ def make_train_step(model: Forecaster, tx: optax.GradientTransformation, spec: T
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": grad_norm,
-               "nonfinite": ~finite}
-    return TrainState(step=state.step + 1, params=keep(params, state.params),
-                      opt_state=keep(opt_state, state.opt_state)), metrics
+    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
+    return TrainState(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+    ), metrics
 
   b2, b3 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
-  return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(state_sharding, b3, b3, b2),
-                 out_shardings=(state_sharding, parallel.replicated(mesh)))
+  return jax.jit(
+    train_step,
+    donate_argnums=0,
+    in_shardings=(state_sharding, b3, b3, b2),
+    out_shardings=(state_sharding, parallel.replicated(mesh)),
+  )
 
 
 def make_predict_fn(model: Forecaster, mesh=None) -> Callable:
   """Jitted `(params, x, y_last) -> predictions`, replicated so every host can read them."""
   out = None if mesh is None else parallel.replicated(mesh)
-  return jax.jit(lambda params, x, y_last: model.apply(
-      {"params": params}, x, y_last, deterministic=True), out_shardings=out)
+  return jax.jit(
+    lambda params, x, y_last: model.apply({"params": params}, x, y_last, deterministic=True),
+    out_shardings=out,
+  )
 
 
-def predict_windows(predict_fn: Callable, params: Any, data: SeriesData, starts: np.ndarray,
-                    batch_size: int, mesh=None) -> np.ndarray:
+def predict_windows(
+  predict_fn: Callable,
+  params: Any,
+  data: SeriesData,
+  starts: np.ndarray,
+  batch_size: int,
+  mesh=None,
+) -> np.ndarray:
   """Scaled predictions `(N, horizon, n_targets)` for windows starting at `starts`.
 
   Batches come from `windows.eval_batches`: in order, the last one padded so that one
@@ -87,6 +107,8 @@ def predict_windows(predict_fn: Callable, params: Any, data: SeriesData, starts:
   out = []
   for pos, real in zip(positions, mask):
     idx = starts[pos]
+    x: Any
+    y_last: Any
     if mesh is None:
       x, y_last = windows.gather_inputs(data, idx), data.y[idx - 1]
     else:

@@ -44,8 +44,16 @@ LOCK_NAME = ".flaxlstm.lock"
 # checkpoints are what resume needs (a run whose config.json was lost is still a run).
 RUN_MARKERS = ("config.json", "checkpoints")
 # The files a run owns; `flaxlstm predict --out` never writes over one of them.
-RUN_FILES = ("config.json", "scalers.json", "scalers.pkl", "metrics.json", "metrics.jsonl",
-             LOCK_NAME, "learning_curves.png", "forecast_test.png")
+RUN_FILES = (
+  "config.json",
+  "scalers.json",
+  "scalers.pkl",
+  "metrics.json",
+  "metrics.jsonl",
+  LOCK_NAME,
+  "learning_curves.png",
+  "forecast_test.png",
+)
 RUN_DIRS = ("checkpoints", "tensorboard")
 # Errors that mean "the disk cannot take more", whatever wrote: Python, orbax, TensorStore.
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -97,13 +105,16 @@ class Lock:
       except BlockingIOError:
         holder = _read_holder(fd)
         os.close(fd)
-        raise InputError(f"{self.directory} is in use by {holder}; wait for it to finish, or "
-                         "use another --workdir") from None
+        raise InputError(
+          f"{self.directory} is in use by {holder}; wait for it to finish, or use another --workdir"
+        ) from None
       except OSError as e:
         os.close(fd)
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-          log.warning(f"cannot lock {self.directory} ({e.strerror}): this filesystem has no "
-                "file locks, so nothing stops a second process from writing it")
+          log.warning(
+            f"cannot lock {self.directory} ({e.strerror}): this filesystem has no "
+            "file locks, so nothing stops a second process from writing it"
+          )
           return self
         raise
       # A holder that refused removes a lock file it created; if that happened between our
@@ -117,9 +128,17 @@ class Lock:
         continue
       self._fd, self._created = fd, created
       self._previous = b"" if created else _read_all(fd)
-      _write_all(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "command": self.command,
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+      _write_all(
+        fd,
+        json.dumps(
+          {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          }
+        ).encode(),
+      )
       return self
     raise InputError(f"cannot lock {self.directory}: its lock file keeps changing")
 
@@ -171,8 +190,10 @@ def lock_holder(directory: str | os.PathLike[str]) -> str | None:
 def _read_holder(fd: int) -> str:
   try:
     info = json.loads(_read_all(fd) or b"{}")
-    return (f"pid {int(info['pid'])} on {info.get('host', '?')} "
-            f"({info.get('command', 'flaxlstm')}, since {info.get('since', '?')})")
+    return (
+      f"pid {int(info['pid'])} on {info.get('host', '?')} "
+      f"({info.get('command', 'flaxlstm')}, since {info.get('since', '?')})"
+    )
   except (ValueError, KeyError, TypeError, OSError):
     return "another process"  # it has the lock but has not written its name yet
 
@@ -189,7 +210,7 @@ def _write_all(fd: int, data: bytes) -> None:
   os.ftruncate(fd, 0)
   os.lseek(fd, 0, os.SEEK_SET)
   while data:
-    data = data[os.write(fd, data):]
+    data = data[os.write(fd, data) :]
 
 
 class Claim:
@@ -255,7 +276,7 @@ def _remove_dirs(created: list[str]) -> None:
 
 # ---- what a directory is ---------------------------------------------------------------------
 def classify(directory: str | os.PathLike[str]) -> str:
-  """"missing", "empty", "run" (a flaxlstm run) or "foreign" (anything else).
+  """ "missing", "empty", "run" (a flaxlstm run) or "foreign" (anything else).
 
   Raises:
     InputError: the path exists but is not a directory, or cannot be listed.
@@ -313,8 +334,10 @@ def describe_change(recorded: dict[str, Any], current: dict[str, Any]) -> str:
   """'' if both fingerprints name the same bytes, else what differs, for a message."""
   if (recorded.get("size"), recorded.get("sha256")) == (current["size"], current["sha256"]):
     return ""
-  return (f"{recorded.get('size')} -> {current['size']} bytes, sha256 "
-          f"{str(recorded.get('sha256'))[:12]} -> {current['sha256'][:12]}")
+  return (
+    f"{recorded.get('size')} -> {current['size']} bytes, sha256 "
+    f"{str(recorded.get('sha256'))[:12]} -> {current['sha256'][:12]}"
+  )
 
 
 def read_run_config(workdir: str) -> tuple[Any, dict[str, Any] | None]:
@@ -334,23 +357,32 @@ def read_run_config(workdir: str) -> tuple[Any, dict[str, Any] | None]:
   except InputError as e:
     raise InputError(f"{path} is not a flaxlstm run config ({e})") from None
   if record is not None and not _valid_record(record):
-    raise InputError(f"{path}: '{config_lib.RUN_RECORD_KEY}' must hold data.path, "
-                     "data.size and data.sha256; the file is damaged")
+    raise InputError(
+      f"{path}: '{config_lib.RUN_RECORD_KEY}' must hold data.path, "
+      "data.size and data.sha256; the file is damaged"
+    )
   return config, record
 
 
 def _valid_record(record: Any) -> bool:
   data = record.get("data") if isinstance(record, dict) else None
-  return (isinstance(data, dict) and isinstance(data.get("path"), str)
-          and isinstance(data.get("size"), int) and isinstance(data.get("sha256"), str))
+  return (
+    isinstance(data, dict)
+    and isinstance(data.get("path"), str)
+    and isinstance(data.get("size"), int)
+    and isinstance(data.get("sha256"), str)
+  )
 
 
 def config_diff(new: Any, old: Any) -> list[str]:
   """'key: old in workdir vs new now' for each differing config key (sorted)."""
   a = config_lib.flatten(json.loads(config_lib.config_to_json(new)))
   b = config_lib.flatten(json.loads(config_lib.config_to_json(old)))
-  return [f"{k}: {b.get(k)!r} in workdir vs {a.get(k)!r} now"
-          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  return [
+    f"{k}: {b.get(k)!r} in workdir vs {a.get(k)!r} now"
+    for k in sorted(set(a) | set(b))
+    if a.get(k) != b.get(k)
+  ]
 
 
 # Keys a resumed run may change: raising the budget continues training.
@@ -364,24 +396,34 @@ def with_absolute_data_path(spec: config_lib.RunSpec) -> config_lib.RunSpec:
   rerun from elsewhere with the same relative path is told the file differs.
   """
   from flaxlstm.data import io  # pandas: only once a run is being set up
+
   if not spec.data.path:
     return spec
   data = dataclasses.replace(spec.data, path=str(io.data_file(spec.data.path)))
   return dataclasses.replace(spec, data=data)
 
 
-def check_for_training(workdir: str, spec: config_lib.RunSpec, *, state_bytes: int,
-                       resume: bool | None, force: bool, data_now: dict[str, Any],
-                       allow_changed_data: bool) -> str:
+def check_for_training(
+  workdir: str,
+  spec: config_lib.RunSpec,
+  *,
+  state_bytes: int,
+  resume: bool | None,
+  force: bool,
+  data_now: dict[str, Any],
+  allow_changed_data: bool,
+) -> str:
   """Every refusal of `train` that needs no checkpoint: what the directory is, the config
   and the data of the run in it, the free space. Reads only. Returns a warning to print
   ('' if none)."""
   kind = classify(workdir)
   if kind == "foreign" and not force:
-    raise InputError(f"workdir {workdir} is not empty and holds no flaxlstm run (it has "
-                     f"{foreign_entries(workdir)}); use an empty or new --workdir, or pass "
-                     "--force to train into it (files with a run's names are then "
-                     "overwritten)")
+    raise InputError(
+      f"workdir {workdir} is not empty and holds no flaxlstm run (it has "
+      f"{foreign_entries(workdir)}); use an empty or new --workdir, or pass "
+      "--force to train into it (files with a run's names are then "
+      "overwritten)"
+    )
   warning = ""
   if os.path.lexists(os.path.join(workdir, "config.json")):
     old, record = read_run_config(workdir)
@@ -389,13 +431,14 @@ def check_for_training(workdir: str, spec: config_lib.RunSpec, *, state_bytes: i
       # Written by an older flaxlstm, which stored the path as given: the best reading of
       # it is the one the old code made, relative to the working directory.
       old.data.path = os.path.abspath(old.data.path)
-    diffs = [d for d in config_diff(config_lib.to_config(spec), old)
-             if d.split(":")[0] not in _BUDGET_KEYS]
+    diffs = [
+      d for d in config_diff(config_lib.to_config(spec), old) if d.split(":")[0] not in _BUDGET_KEYS
+    ]
     if diffs:
-      raise InputError(f"workdir {workdir} holds a run with another config ({diffs[0]}); "
-                       "use a new --workdir")
-    warning = check_same_data(record, data_now, workdir=workdir,
-                              allow_changed=allow_changed_data)
+      raise InputError(
+        f"workdir {workdir} holds a run with another config ({diffs[0]}); use a new --workdir"
+      )
+    warning = check_same_data(record, data_now, workdir=workdir, allow_changed=allow_changed_data)
   elif resume:
     raise InputError(f"nothing to resume: {workdir} has no config.json")
   # Two latest full states + the best params, with headroom for logs and plots.
@@ -407,13 +450,14 @@ def agree(error: BaseException | None) -> None:
   """Raises on every process if any process refused (the others would otherwise wait
   forever in the next collective for the one that left)."""
   import jax  # only the trainer calls this, with jax loaded
+
   if jax.process_count() > 1:
     import numpy as np
     from jax.experimental import multihost_utils
+
     failed = multihost_utils.process_allgather(np.int32(error is not None))
     if error is None and np.any(failed):
-      raise InputError(f"process {int(np.argmax(failed))} refused the workdir (see its "
-                       "error)")
+      raise InputError(f"process {int(np.argmax(failed))} refused the workdir (see its error)")
   if error is not None:
     raise error
 
@@ -422,8 +466,9 @@ def fail_if_busy(workdir: str) -> None:
   """Refuses at once if another process holds `workdir` (before the data is even read)."""
   holder = lock_holder(workdir)
   if holder is not None:
-    raise InputError(f"{workdir} is in use by {holder}; wait for it to finish, or use "
-                     "another --workdir")
+    raise InputError(
+      f"{workdir} is in use by {holder}; wait for it to finish, or use another --workdir"
+    )
 
 
 def check_free_space(workdir: str, needed_bytes: int) -> None:
@@ -432,12 +477,15 @@ def check_free_space(workdir: str, needed_bytes: int) -> None:
     existing = os.path.dirname(existing)
   free = shutil.disk_usage(existing).free
   if free < needed_bytes:
-    raise InputError(f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
-                     f"need about {needed_bytes / 2**20:.0f} MiB")
+    raise InputError(
+      f"workdir {workdir} has {free / 2**20:.0f} MiB free, but checkpoints "
+      f"need about {needed_bytes / 2**20:.0f} MiB"
+    )
 
 
-def check_same_data(record: dict[str, Any] | None, current: dict[str, Any], *,
-                    workdir: str, allow_changed: bool) -> str:
+def check_same_data(
+  record: dict[str, Any] | None, current: dict[str, Any], *, workdir: str, allow_changed: bool
+) -> str:
   """Compares the data a run recorded with the file as it is now.
 
   Returns '' when they match (or the run recorded nothing), else a warning to print when
@@ -452,16 +500,21 @@ def check_same_data(record: dict[str, Any] | None, current: dict[str, Any], *,
   if record["data"]["path"] != where:
     where = f"{where} (trained on {record['data']['path']})"
   if not allow_changed:
-    raise InputError(f"data file {where} is not the one {workdir} was trained on ({change}); "
-                     "use the original file, or pass --allow-changed-data to recompute on "
-                     "these bytes")
-  return (f"data file {where} changed since {workdir} was trained ({change}); "
-          "recomputing on these bytes as --allow-changed-data asks")
+    raise InputError(
+      f"data file {where} is not the one {workdir} was trained on ({change}); "
+      "use the original file, or pass --allow-changed-data to recompute on "
+      "these bytes"
+    )
+  return (
+    f"data file {where} changed since {workdir} was trained ({change}); "
+    "recomputing on these bytes as --allow-changed-data asks"
+  )
 
 
 # ---- outputs that never destroy inputs ----------------------------------------------------------
-def check_output(out: str, *, inputs: tuple[str, ...] = (), workdir: str | None = None,
-                 overwrite: bool = False) -> str:
+def check_output(
+  out: str, *, inputs: tuple[str, ...] = (), workdir: str | None = None, overwrite: bool = False
+) -> str:
   """Checks that `out` may be written; returns its absolute path. Writes nothing.
 
   Refused: one of `inputs` (same file, also through a link), a file of the run in
@@ -474,15 +527,15 @@ def check_output(out: str, *, inputs: tuple[str, ...] = (), workdir: str | None 
   if os.path.lexists(path):
     for source in inputs:
       if os.path.exists(source) and os.path.exists(path) and os.path.samefile(path, source):
-        raise InputError(f"--out {out} is the input file {source}; writing it would destroy "
-                         "the input")
+        raise InputError(
+          f"--out {out} is the input file {source}; writing it would destroy the input"
+        )
     if workdir is not None and owned_by_run(path, workdir):
       raise InputError(f"--out {out} is a file of the run in {workdir}; name another file")
     if not overwrite:
       raise InputError(f"--out {out} exists; pass --overwrite to replace it")
   elif workdir is not None and owned_by_run(path, workdir):
-    raise InputError(f"--out {out} is inside the run's own folders in {workdir}; name "
-                     "another file")
+    raise InputError(f"--out {out} is inside the run's own folders in {workdir}; name another file")
   parent = os.path.dirname(path)
   while not os.path.lexists(parent):
     parent = os.path.dirname(parent)
@@ -508,15 +561,16 @@ def write_output(path: str, data: bytes | str, *, overwrite: bool) -> None:
     write_atomic(path, data, replace=overwrite)
   except FileExistsError:
     _remove_dirs(created)
-    raise InputError(f"--out {path} appeared while forecasting; pass --overwrite to "
-                     "replace it") from None
+    raise InputError(
+      f"--out {path} appeared while forecasting; pass --overwrite to replace it"
+    ) from None
   except BaseException:
     _remove_dirs(created)
     raise
 
 
 # ---- disk full -------------------------------------------------------------------------------
-def is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException | None) -> bool:
   """True if `error`, or one it was raised from, means the disk (or quota) is full.
 
   Python raises OSError(ENOSPC); orbax and TensorStore raise their own types whose message
@@ -536,12 +590,10 @@ def is_disk_full(error: BaseException) -> bool:
 def disk_full_error(error: BaseException, workdir: str, resume_hint: str) -> TrainingError:
   """The one-line error for a full disk (exit 1: the environment, not the input)."""
   where = ""
-  e = error
+  e: BaseException | None = error
   while e is not None:
     if isinstance(e, OSError) and e.filename:
       where = f", writing {e.filename}"
       break
     e = e.__cause__ or e.__context__
-  return TrainingError(f"disk full in {workdir} (No space left on device{where}); "
-                       f"{resume_hint}")
-
+  return TrainingError(f"disk full in {workdir} (No space left on device{where}); {resume_hint}")

@@ -2,7 +2,6 @@
 validation, renamed keys, JSON."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -10,7 +9,6 @@ import pytest
 
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError
-
 
 
 def _error(spec=None, overrides=()) -> str:
@@ -38,18 +36,28 @@ def test_defaults_validate_and_round_trip_through_the_spec():
 
 def test_cell_options_are_config_keys_by_name():
   from flaxlstm.nn import cell
+
   config = config_lib.default_config()
   assert set(config.model.cell) == {f.name for f in cell.CELL_OPTIONS}
   assert config.model.cell.kernel_init == "glorot_uniform" and config.model.cell.dtype == ""
   assert config.model.cell.proj_features is None
-  spec = config_lib.to_spec(config_lib.load_config(None, [
-      "model.cell.kernel_init=orthogonal", "model.cell.proj_features=4",
-      "model.cell.dtype=bfloat16"]))
+  spec = config_lib.to_spec(
+    config_lib.load_config(
+      None,
+      [
+        "model.cell.kernel_init=orthogonal",
+        "model.cell.proj_features=4",
+        "model.cell.dtype=bfloat16",
+      ],
+    )
+  )
   options = spec.model.cell_options
   assert options["kernel_init"] is cell.INITIALIZERS["orthogonal"]
   assert options["proj_features"] == 4 and options["dtype"] == cell.DTYPES["bfloat16"]
-  assert config_lib.load_config(None, ["model.cell.proj_features=none"]).model.cell[
-      "proj_features"] is None
+  assert (
+    config_lib.load_config(None, ["model.cell.proj_features=none"]).model.cell["proj_features"]
+    is None
+  )
 
 
 def test_specs_are_valid_by_construction():
@@ -69,28 +77,48 @@ def test_a_run_directory_of_an_earlier_version_is_read_with_its_keys_moved():
   model = old["model"]
   cell = model.pop("cell")
   del model["hidden_sizes"]
-  model.update(features=[32, 16], forget_bias=0.0, kernel_init="lecun_normal",
-               recurrent_init=cell["recurrent_kernel_init"], proj_features=0,
-               layer_norm=True, dtype="float32")
+  model.update(
+    features=[32, 16],
+    forget_bias=0.0,
+    kernel_init="lecun_normal",
+    recurrent_init=cell["recurrent_kernel_init"],
+    proj_features=0,
+    layer_norm=True,
+    dtype="float32",
+  )
   config = config_lib.config_from_json(json.dumps(old))
   assert config.model.hidden_sizes == (32, 16)
-  assert (config.model.cell.forget_bias, config.model.cell.kernel_init,
-          config.model.cell.layer_norm) == (0.0, "lecun_normal", True)
+  assert (
+    config.model.cell.forget_bias,
+    config.model.cell.kernel_init,
+    config.model.cell.layer_norm,
+  ) == (0.0, "lecun_normal", True)
   assert config.model.cell.proj_features is None and config.model.cell.dtype == ""
 
 
 def test_import_is_light():
   # The CLI validates configs before paying for jax. flaxlstm/__init__ may import flax for
   # the nn API, so count only what importing config adds on top of the package.
-  code = ("import json, sys, flaxlstm; before = set(sys.modules); import flaxlstm.config; "
-          "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True)
+  code = (
+    "import json, sys, flaxlstm; before = set(sys.modules); import flaxlstm.config; "
+    "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert not {"jax", "flax", "orbax", "sklearn", "pandas"} & set(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize("name", ["ett", "ett:48", "ett_univariate:168", "ett_multivariate:48",
-                                  "seed_example1", "seed_example2", "seed_example3"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "ett",
+    "ett:48",
+    "ett_univariate:168",
+    "ett_multivariate:48",
+    "seed_example1",
+    "seed_example2",
+    "seed_example3",
+  ],
+)
 def test_packaged_recipes_load_by_name(name):
   config = config_lib.load_config(name)
   assert config.data.horizon == int(name.split(":")[1]) if ":" in name else 24
@@ -107,17 +135,26 @@ def test_seed_recipes_build_on_each_other():
   one, two, three = (config_lib.load_config(f"seed_example{i}") for i in (1, 2, 3))
   assert one.model.hidden_sizes == (512, 256) and one.train.learning_rate == 1e-4
   assert (one.data.scaler, one.model.dropout) == ("none", 0.0)
-  assert (two.data.scaler, two.model.dropout, two.model.recurrent_dropout,
-          two.model.dense_dropout) == ("none", 0.2, 0.2, 0.5)
+  assert (
+    two.data.scaler,
+    two.model.dropout,
+    two.model.recurrent_dropout,
+    two.model.dense_dropout,
+  ) == ("none", 0.2, 0.2, 0.5)
   assert (three.data.scaler, three.data.scale_target, three.model.dense_dropout) == (
-      "standard", True, 0.5)
+    "standard",
+    True,
+    0.5,
+  )
 
 
 def test_ett_bad_arg():
   assert "'abc'" in _error("ett:abc")
 
 
-@pytest.mark.parametrize("override, key, value", [
+@pytest.mark.parametrize(
+  "override, key, value",
+  [
     ("train.restore_best=no", "train.restore_best", False),
     ("model.cell.layer_norm=TRUE", "model.cell.layer_norm", True),
     ("model.bidirectional=1", "model.bidirectional", True),
@@ -134,7 +171,8 @@ def test_ett_bad_arg():
     ("data.features=('OT', \"HUFL\")", "data.features", ("OT", "HUFL")),
     ("data.features=", "data.features", ()),
     ("--config.data.augment.jitter=0.05", "data.augment.jitter", 0.05),
-])
+  ],
+)
 def test_overrides_parse(override, key, value):
   config = config_lib.load_config(None, [override])
   got = config_lib.flatten(config)[key]
@@ -152,11 +190,14 @@ def test_empty_default_tuple_inference():
 
 def test_unknown_key_suggests():
   assert _error(None, ["train.lr=0.1"]) == (
-      "unknown config key 'train.lr' (did you mean 'train.learning_rate'?)")
+    "unknown config key 'train.lr' (did you mean 'train.learning_rate'?)"
+  )
   assert "did you mean 'model.hidden_sizes'" in _error(None, ["model.hidden_sizs=3"])
 
 
-@pytest.mark.parametrize("override, expected", [
+@pytest.mark.parametrize(
+  "override, expected",
+  [
     ("train.batch_size=abc", "config key 'train.batch_size': expected int, got 'abc'"),
     ("train.batch_size=1.5", "expected int, got '1.5'"),
     ("train.learning_rate=fast", "expected float, got 'fast'"),
@@ -164,12 +205,15 @@ def test_unknown_key_suggests():
     ("model.hidden_sizes=64,x", "expected a tuple of int, got '64,x'"),
     ("train.batch_size", "expected key=value"),
     ("train=1", "'train' is a section"),
-])
+  ],
+)
 def test_bad_override_values(override, expected):
   assert expected in _error(None, [override])
 
 
-@pytest.mark.parametrize("override, expected", [
+@pytest.mark.parametrize(
+  "override, expected",
+  [
     ("model.dropout=1.0", "config key 'model.dropout' = 1.0: must be in [0, 1)"),
     ("model.recurrent_dropout=-0.1", "'model.recurrent_dropout' = -0.1"),
     ("train.batch_size=0", "config key 'train.batch_size' = 0: must be > 0"),
@@ -186,25 +230,32 @@ def test_bad_override_values(override, expected):
     ("data.split_fractions=0.9,0.1", "'data.split_fractions'"),
     ("data.split=rows", "'data.split_rows' = ()"),
     ("data.split_rows=10,20", "only used with data.split='rows'"),
-])
+  ],
+)
 def test_out_of_range(override, expected):
   assert expected in _error(None, [override])
 
 
 def test_stray_key_in_file(tmp_path):
-  spec = _write(tmp_path, "def get_config():\n"
-                          "  config = config_lib.default_config()\n"
-                          "  config.train.lr = 0.1\n"
-                          "  return config\n")
+  spec = _write(
+    tmp_path,
+    "def get_config():\n"
+    "  config = config_lib.default_config()\n"
+    "  config.train.lr = 0.1\n"
+    "  return config\n",
+  )
   message = _error(spec)
   assert "exp.py" in message and "unknown config key 'train.lr'" in message
 
 
 def test_wrong_type_in_file(tmp_path):
-  spec = _write(tmp_path, "def get_config():\n"
-                          "  config = config_lib.default_config().to_dict()\n"
-                          "  config['train']['batch_size'] = '32'\n"
-                          "  return config\n")
+  spec = _write(
+    tmp_path,
+    "def get_config():\n"
+    "  config = config_lib.default_config().to_dict()\n"
+    "  config['train']['batch_size'] = '32'\n"
+    "  return config\n",
+  )
   assert "config key 'train.batch_size': expected int, got '32'" in _error(spec)
 
 
@@ -218,17 +269,19 @@ def test_config_file_errors(tmp_path):
 
 
 def test_config_file_arg(tmp_path):
-  spec = _write(tmp_path, "def get_config(arg=None):\n"
-                          "  config = config_lib.default_config()\n"
-                          "  config.model.hidden_sizes = tuple(int(n) for n in arg.split('-'))\n"
-                          "  return config\n")
+  spec = _write(
+    tmp_path,
+    "def get_config(arg=None):\n"
+    "  config = config_lib.default_config()\n"
+    "  config.model.hidden_sizes = tuple(int(n) for n in arg.split('-'))\n"
+    "  return config\n",
+  )
   config = config_lib.load_config(spec + ":128-64", ["train.batch_size=8"])
   assert config.model.hidden_sizes == (128, 64) and config.train.batch_size == 8
 
 
 def test_json_round_trip(tmp_path):
-  config = config_lib.load_config("ett:48",
-                                  ["data.features=OT,HUFL", "model.hidden_sizes=32,16"])
+  config = config_lib.load_config("ett:48", ["data.features=OT,HUFL", "model.hidden_sizes=32,16"])
   text = config_lib.config_to_json(config)
   back = config_lib.config_from_json(text)
   assert back.to_dict() == config.to_dict()

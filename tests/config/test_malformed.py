@@ -46,8 +46,7 @@ def _listing(folder: pathlib.Path) -> set[str]:
 
 
 @pytest.mark.parametrize("case", list(_params()))
-def test_malformed_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys,
-                                                                monkeypatch):
+def test_malformed_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
   cwd = tmp_path / "cwd"  # a stray relative write (e.g. runs/) would land here
   cwd.mkdir()
   monkeypatch.chdir(cwd)
@@ -61,14 +60,14 @@ def test_malformed_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, c
   fragment = _expand(case["fragment"], workdir)
   before = _listing(CORPUS)
 
-  code = cli.main(["train", "--config", str(config), "--workdir", str(workdir), "--quiet",
-                   *args])
+  code = cli.main(["train", "--config", str(config), "--workdir", str(workdir), "--quiet", *args])
 
   out, err = capsys.readouterr()
   assert "Traceback" not in out + err
   assert code == 2, f"exit code {code}; stderr: {err!r}"
   assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, (
-      f"stderr is not one `error: ` line: {err!r}")
+    f"stderr is not one `error: ` line: {err!r}"
+  )
   assert fragment in err, f"expected {fragment!r} in {err!r}"
   assert not workdir.exists(), f"workdir was created: {sorted(_listing(workdir))}"
   assert not any(cwd.iterdir()), f"wrote into the cwd: {sorted(_listing(cwd))}"
@@ -99,6 +98,7 @@ def test_base_experiment_and_valid_csv_pass_every_check():
   """The control: without a defect the corpus' base config and data are accepted."""
   from flaxlstm import config as config_lib
   from flaxlstm.data import series
+
   config = config_lib.load_config(str(CORPUS / "base.py"))
   assert config.data.path == str(CORPUS / "valid.csv")
   data = series.prepare(config_lib.to_spec(config).data)

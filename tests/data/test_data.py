@@ -29,12 +29,14 @@ def make_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
   """A small hourly series with two inputs and a target, none of them constant."""
   rng = np.random.default_rng(seed)
   t = np.arange(n)
-  return pd.DataFrame({
+  return pd.DataFrame(
+    {
       "date": pd.date_range("2020-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
       "a": np.sin(t / 5.0) + 0.1 * rng.normal(size=n),
       "b": np.cumsum(rng.normal(size=n)),
       "OT": 20.0 + 3.0 * np.cos(t / 7.0) + rng.normal(size=n),
-  })
+    }
+  )
 
 
 def write_csv(tmp_path: Path, frame: pd.DataFrame, name: str = "series.csv") -> str:
@@ -45,8 +47,9 @@ def write_csv(tmp_path: Path, frame: pd.DataFrame, name: str = "series.csv") -> 
 
 def make_cfg(path: str = "", **overrides) -> DataSpec:
   """The data spec with the schema defaults, shrunk for small synthetic files."""
-  return DataSpec(**{"path": path, "lookback": LOOKBACK, "horizon": HORIZON,
-                     "seasonal_period": 4, **overrides})
+  return DataSpec(
+    **{"path": path, "lookback": LOOKBACK, "horizon": HORIZON, "seasonal_period": 4, **overrides}
+  )
 
 
 def expect_input_error(fragment: str, fn, *args, **kwargs) -> str:
@@ -85,8 +88,7 @@ def test_bundled_dataset_is_shipped_with_attribution():
 
 
 def test_ett_split_gives_informer_bounds_on_bundled_file():
-  data = series.prepare(make_cfg(path="", split="ett", lookback=96, horizon=24,
-                                features=("OT",)))
+  data = series.prepare(make_cfg(path="", split="ett", lookback=96, horizon=24, features=("OT",)))
   assert data.n_rows == 17420
   assert data.bounds == {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
   assert data.feature_names == ("OT",) and data.target_names == ("OT",)
@@ -96,8 +98,9 @@ def test_ett_split_gives_informer_bounds_on_bundled_file():
   assert (len(train), len(val), len(test)) == (8521, 2857, 2857)
   assert train[0] == 96 and val[0] == 8640 and test[0] == 11520
   assert test[-1] + 24 == 14400  # Rows 14400.. are unused.
-  np.testing.assert_allclose(data.feature_scaler.mean_,
-                             data.y_raw[:8640].astype(np.float64).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(
+    data.feature_scaler.mean_, data.y_raw[:8640].astype(np.float64).mean(0), rtol=1e-5
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,12 +108,15 @@ def test_ett_split_gives_informer_bounds_on_bundled_file():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     dict(split="fractions"),
     dict(split="fractions", split_fractions=(0.5, 0.25, 0.25)),
     dict(split="rows", split_rows=(120, 150, 190)),
     dict(split="rows", split_rows=(120, 150)),
-])
+  ],
+)
 def test_splits_never_leak(tmp_path, overrides):
   data = series.prepare(make_cfg(write_csv(tmp_path, make_frame()), **overrides))
   (tr0, tr1), (va0, va1), (te0, te1) = (data.bounds[s] for s in ("train", "val", "test"))
@@ -159,8 +165,14 @@ def test_scalers_are_fit_on_train_rows_only(tmp_path):
 @pytest.mark.parametrize("scaler", ["standard", "robust", "minmax", "none"])
 @pytest.mark.parametrize("scale_target", [True, False])
 def test_inverse_targets_inverts(tmp_path, scaler, scale_target):
-  data = series.prepare(make_cfg(write_csv(tmp_path, make_frame()), scaler=scaler,
-                                scale_target=scale_target, target=("OT", "b")))
+  data = series.prepare(
+    make_cfg(
+      write_csv(tmp_path, make_frame()),
+      scaler=scaler,
+      scale_target=scale_target,
+      target=("OT", "b"),
+    )
+  )
   assert data.x.dtype == data.y.dtype == data.y_raw.dtype == np.float32
   assert data.y.shape == (data.n_rows, 2)
   if scaler == "none" or not scale_target:
@@ -171,8 +183,7 @@ def test_inverse_targets_inverts(tmp_path, scaler, scale_target):
   np.testing.assert_allclose(data.inverse_targets(data.y), data.y_raw, rtol=1e-5, atol=1e-4)
   starts = data.window_starts("val")
   _, y = windows.gather_windows(data, starts)
-  _, y_raw_windows = windows.gather_windows(
-      dataclasses.replace(data, y=data.y_raw), starts)
+  _, y_raw_windows = windows.gather_windows(dataclasses.replace(data, y=data.y_raw), starts)
   np.testing.assert_allclose(data.inverse_targets(y), y_raw_windows, rtol=1e-5, atol=1e-4)
 
 
@@ -196,8 +207,12 @@ def test_scalers_round_trip_and_inference(tmp_path):
   again = series.prepare(cfg, scalers=loaded)
   np.testing.assert_array_equal(again.x, data.x)
   np.testing.assert_array_equal(again.y, data.y)
-  expect_input_error("saved scalers were fitted on features",
-                     series.prepare, make_cfg(cfg.path, features=("a",)), scalers=loaded)
+  expect_input_error(
+    "saved scalers were fitted on features",
+    series.prepare,
+    make_cfg(cfg.path, features=("a",)),
+    scalers=loaded,
+  )
 
   # A new file without the target column: inputs are scaled with the saved scalers.
   new = frame.iloc[150:].drop(columns="OT")
@@ -209,12 +224,18 @@ def test_scalers_round_trip_and_inference(tmp_path):
   future = windows.gather_inputs(inf, np.array([inf.n_rows]))
   np.testing.assert_array_equal(future[0], inf.x[-LOOKBACK:])
   # With targets present, back-test windows are available.
-  inf2 = series.prepare_inference(cfg, loaded, path=write_csv(tmp_path, frame.iloc[150:],
-                                                             "new2.csv"))
+  inf2 = series.prepare_inference(
+    cfg, loaded, path=write_csv(tmp_path, frame.iloc[150:], "new2.csv")
+  )
   assert inf2.has_targets and len(inf2.window_starts("all")) == 50 - LOOKBACK - HORIZON + 1
   np.testing.assert_allclose(inf2.y, data.y[150:], rtol=1e-6)
-  expect_input_error("series too short", series.prepare_inference, cfg, loaded,
-                     path=write_csv(tmp_path, frame.iloc[:3], "tiny.csv"))
+  expect_input_error(
+    "series too short",
+    series.prepare_inference,
+    cfg,
+    loaded,
+    path=write_csv(tmp_path, frame.iloc[:3], "tiny.csv"),
+  )
 
   bad = tmp_path / "bad.json"
   bad.write_bytes(b"{not json")
@@ -222,14 +243,16 @@ def test_scalers_round_trip_and_inference(tmp_path):
   expect_input_error("scalers file not found", scaling.load_scalers, tmp_path / "none.json")
 
 
-@pytest.mark.parametrize("kind, scale_target", [("standard", True), ("robust", True),
-                                                ("minmax", True), ("standard", False),
-                                                ("none", True)])
+@pytest.mark.parametrize(
+  "kind, scale_target",
+  [("standard", True), ("robust", True), ("minmax", True), ("standard", False), ("none", True)],
+)
 def test_saved_scalers_are_plain_json_and_exact(tmp_path, kind, scale_target):
   """Scalers are saved as numbers, not a pickle, and rebuild to the same transform bit for
   bit (JSON keeps every float64 digit)."""
-  cfg = make_cfg(write_csv(tmp_path, make_frame()), features=("a", "b"), scaler=kind,
-                 scale_target=scale_target)
+  cfg = make_cfg(
+    write_csv(tmp_path, make_frame()), features=("a", "b"), scaler=kind, scale_target=scale_target
+  )
   data = series.prepare(cfg)
   path = tmp_path / "scalers.json"
   data.save_scalers(path)
@@ -243,7 +266,9 @@ def test_saved_scalers_are_plain_json_and_exact(tmp_path, kind, scale_target):
   np.testing.assert_array_equal(again.inverse_targets(y), data.inverse_targets(y))
 
 
-@pytest.mark.parametrize("edit, fragment", [
+@pytest.mark.parametrize(
+  "edit, fragment",
+  [
     (lambda p: p.update(format="flaxlstm.scalers/1"), "is not a flaxlstm scalers file"),
     (lambda p: p.update(kind="quantile"), "kind must be one of"),
     (lambda p: p.update(feature_names=[]), "feature_names must be a non-empty list"),
@@ -252,7 +277,8 @@ def test_saved_scalers_are_plain_json_and_exact(tmp_path, kind, scale_target):
     (lambda p: p["features"].pop("var_"), "expected the standard statistics"),
     (lambda p: p["features"].update(n_samples_seen_="many"), "must be a positive integer"),
     (lambda p: p.update(features=None), "feature statistics are missing"),
-])
+  ],
+)
 def test_malformed_scalers_file_is_one_line_naming_it(tmp_path, edit, fragment):
   cfg = make_cfg(write_csv(tmp_path, make_frame()), features=("a", "b"))
   path = tmp_path / "scalers.json"
@@ -274,8 +300,9 @@ def test_legacy_pickled_scalers_are_refused_unread(tmp_path):
   path = tmp_path / "run" / "scalers.pkl"
   path.parent.mkdir()
   path.write_bytes(pickle.dumps(Payload()))
-  message = expect_input_error("is a pickle, which flaxlstm no longer loads",
-                               scaling.load_scalers, path)
+  message = expect_input_error(
+    "is a pickle, which flaxlstm no longer loads", scaling.load_scalers, path
+  )
   assert "--refit-scalers" in message and not marker.exists()
 
 
@@ -307,24 +334,28 @@ def test_fill_fixes_gaps(tmp_path):
   frame.loc[9, "b"] = np.inf
   frame.loc[0, "OT"] = np.nan
   path = write_csv(tmp_path, frame)
-  expect_input_error("remains after data.fill='ffill'", io.load_frame, path,
-                     date_column="date", fill="ffill")
+  expect_input_error(
+    "remains after data.fill='ffill'", io.load_frame, path, date_column="date", fill="ffill"
+  )
   ff = io.load_frame(path, date_column="date", columns=["a", "b"], fill="ffill")
   assert ff.a[5] == ff.a[6] == frame.a[4] and ff.b[9] == frame.b[8]
   lin = io.load_frame(path, date_column="date", fill="interpolate")
-  np.testing.assert_allclose(lin.a[5:7], frame.a[4] + (frame.a[7] - frame.a[4]) * np.array(
-      [1, 2]) / 3)
+  np.testing.assert_allclose(
+    lin.a[5:7], frame.a[4] + (frame.a[7] - frame.a[4]) * np.array([1, 2]) / 3
+  )
   assert lin.OT[0] == frame.OT[1]  # The leading edge takes the nearest value.
   assert np.isfinite(lin[["a", "b", "OT"]].to_numpy()).all()
 
 
 def _bad_cases():
   """(name, frame mutation or file writer, config overrides, expected fragment)."""
+
   def mutate(fn):
     def write(tmp_path):
       frame = make_frame(n=40)
       fn(frame)
       return write_csv(tmp_path, frame)
+
     return write
 
   def set_cell(row, column, value):
@@ -332,6 +363,7 @@ def _bad_cases():
       if not isinstance(value, float):
         frame[column] = frame[column].astype(object)
       frame.loc[row, column] = value
+
     return fn
 
   def swap_dates(frame):
@@ -348,64 +380,78 @@ def _bad_cases():
       path = tmp_path / name
       path.write_text(text)
       return str(path)
+
     return write
 
   good = mutate(lambda frame: None)
   return [
-      ("missing file", lambda tmp_path: str(tmp_path / "nope.csv"), {},
-       "data file not found"),
-      ("extension", raw("a,b\n1,2\n", "series.txt"), {}, "unsupported data file extension"),
-      ("empty file", raw(""), {}, "data file is empty"),
-      ("header only", raw("date,a,OT\n"), {}, "has no data rows"),
-      ("unreadable parquet", raw("not parquet at all", "series.parquet"), {},
-       "cannot read data file"),
-      ("ragged csv", raw("date,a,OT\n2020-01-01,1,2\n2020-01-02,1,2,3,4\n"), {},
-       "cannot read data file"),
-      ("missing column", good, dict(features=("a", "nope")),
-       "column 'nope' (data.features) not found"),
-      ("missing target", good, dict(target=("temp",)),
-       "column 'temp' (data.target) not found"),
-      ("missing date column", good, dict(date_column="when"),
-       "date column 'when' not found"),
-      ("non-numeric", mutate(set_cell(3, "a", "abc")), {},
-       "non-numeric value 'abc' in column 'a'"),
-      ("nan", mutate(set_cell(2, "b", np.nan)), {},
-       "missing value (NaN) in column 'b'"),
-      ("inf", mutate(set_cell(7, "OT", np.inf)), {}, "infinite value (inf) in column 'OT'"),
-      ("leading nan with ffill", mutate(set_cell(0, "a", np.nan)), dict(fill="ffill"),
-       "at row 0 (line 2) remains after data.fill='ffill'"),
-      ("unparseable date", mutate(set_cell(4, "date", "not a date")), {},
-       "unparseable timestamp 'not a date'"),
-      ("missing date", mutate(set_cell(4, "date", np.nan)), {}, "missing timestamp"),
-      ("unsorted dates", mutate(swap_dates), {}, "timestamps not sorted"),
-      ("duplicated dates", mutate(duplicate_date), {}, "duplicated timestamp"),
-      ("constant column", mutate(constant), {},
-       "is constant (every value is 1.5)"),
-      ("too short", good, dict(lookback=30), "series too short: data.lookback=30"),
-      ("too short val", good, dict(split_fractions=(0.9, 0.05, 0.05)),
-       "series too short"),
-      ("fractions sum", good, dict(split_fractions=(0.7, 0.3, 0.2)),
-       "data.split_fractions"),
-      ("fractions sign", good, dict(split_fractions=(0.7, -0.1, 0.2)),
-       "data.split_fractions"),
-      ("split rows order", good, dict(split="rows", split_rows=(30, 20, 40)),
-       "data.split_rows"),
-      ("split rows past end", good, dict(split="rows", split_rows=(20, 30, 41)),
-       "data.split_rows"),
-      ("ett too short", good, dict(split="ett"), "data.split='ett' needs at least 14400"),
-      ("unknown split", good, dict(split="random"), "'data.split' = 'random': must be one of"),
-      ("unknown scaler", good, dict(scaler="zscore"), "'data.scaler' = 'zscore': must be one"),
-      ("unknown fill", good, dict(fill="zero"), "'data.fill' = 'zero': must be one of"),
-      ("bad lookback", good, dict(lookback=0), "'data.lookback' = 0: must be > 0"),
-      ("duplicate feature", good, dict(features=("a", "a")),
-       "column names must be non-empty and distinct"),
+    ("missing file", lambda tmp_path: str(tmp_path / "nope.csv"), {}, "data file not found"),
+    ("extension", raw("a,b\n1,2\n", "series.txt"), {}, "unsupported data file extension"),
+    ("empty file", raw(""), {}, "data file is empty"),
+    ("header only", raw("date,a,OT\n"), {}, "has no data rows"),
+    (
+      "unreadable parquet",
+      raw("not parquet at all", "series.parquet"),
+      {},
+      "cannot read data file",
+    ),
+    (
+      "ragged csv",
+      raw("date,a,OT\n2020-01-01,1,2\n2020-01-02,1,2,3,4\n"),
+      {},
+      "cannot read data file",
+    ),
+    (
+      "missing column",
+      good,
+      dict(features=("a", "nope")),
+      "column 'nope' (data.features) not found",
+    ),
+    ("missing target", good, dict(target=("temp",)), "column 'temp' (data.target) not found"),
+    ("missing date column", good, dict(date_column="when"), "date column 'when' not found"),
+    ("non-numeric", mutate(set_cell(3, "a", "abc")), {}, "non-numeric value 'abc' in column 'a'"),
+    ("nan", mutate(set_cell(2, "b", np.nan)), {}, "missing value (NaN) in column 'b'"),
+    ("inf", mutate(set_cell(7, "OT", np.inf)), {}, "infinite value (inf) in column 'OT'"),
+    (
+      "leading nan with ffill",
+      mutate(set_cell(0, "a", np.nan)),
+      dict(fill="ffill"),
+      "at row 0 (line 2) remains after data.fill='ffill'",
+    ),
+    (
+      "unparseable date",
+      mutate(set_cell(4, "date", "not a date")),
+      {},
+      "unparseable timestamp 'not a date'",
+    ),
+    ("missing date", mutate(set_cell(4, "date", np.nan)), {}, "missing timestamp"),
+    ("unsorted dates", mutate(swap_dates), {}, "timestamps not sorted"),
+    ("duplicated dates", mutate(duplicate_date), {}, "duplicated timestamp"),
+    ("constant column", mutate(constant), {}, "is constant (every value is 1.5)"),
+    ("too short", good, dict(lookback=30), "series too short: data.lookback=30"),
+    ("too short val", good, dict(split_fractions=(0.9, 0.05, 0.05)), "series too short"),
+    ("fractions sum", good, dict(split_fractions=(0.7, 0.3, 0.2)), "data.split_fractions"),
+    ("fractions sign", good, dict(split_fractions=(0.7, -0.1, 0.2)), "data.split_fractions"),
+    ("split rows order", good, dict(split="rows", split_rows=(30, 20, 40)), "data.split_rows"),
+    ("split rows past end", good, dict(split="rows", split_rows=(20, 30, 41)), "data.split_rows"),
+    ("ett too short", good, dict(split="ett"), "data.split='ett' needs at least 14400"),
+    ("unknown split", good, dict(split="random"), "'data.split' = 'random': must be one of"),
+    ("unknown scaler", good, dict(scaler="zscore"), "'data.scaler' = 'zscore': must be one"),
+    ("unknown fill", good, dict(fill="zero"), "'data.fill' = 'zero': must be one of"),
+    ("bad lookback", good, dict(lookback=0), "'data.lookback' = 0: must be > 0"),
+    (
+      "duplicate feature",
+      good,
+      dict(features=("a", "a")),
+      "column names must be non-empty and distinct",
+    ),
   ]
 
 
-@pytest.mark.parametrize("name,writer,overrides,fragment", _bad_cases(),
-                         ids=[c[0] for c in _bad_cases()])
-def test_bad_input_raises_one_line_input_error(tmp_path, name, writer, overrides,
-                                               fragment):
+@pytest.mark.parametrize(
+  "name,writer,overrides,fragment", _bad_cases(), ids=[c[0] for c in _bad_cases()]
+)
+def test_bad_input_raises_one_line_input_error(tmp_path, name, writer, overrides, fragment):
   del name
   # Spec values are checked when the spec is made, the rest when the data is read.
   expect_input_error(fragment, lambda: series.prepare(make_cfg(writer(tmp_path), **overrides)))
@@ -420,23 +466,25 @@ def test_messages_name_file_row_and_value(tmp_path):
   assert path in message and "'1,5'" in message and "row 3 (line 5)" in message
   frame = make_frame(n=40)
   frame.loc[11, "date"] = frame.loc[10, "date"]
-  message = expect_input_error("duplicated", io.load_frame,
-                               write_csv(tmp_path, frame), date_column="date")
+  message = expect_input_error(
+    "duplicated", io.load_frame, write_csv(tmp_path, frame), date_column="date"
+  )
   assert "2020-01-01 10:00:00" in message and "row 11" in message
-  message = expect_input_error("not found", io.load_frame, path, date_column="date",
-                               columns=["zz"])
+  message = expect_input_error("not found", io.load_frame, path, date_column="date", columns=["zz"])
   assert "columns: date, a, b, OT" in message
   frame = make_frame(n=40)
   frame["c"] = 2.0
-  message = expect_input_error("is constant", io.load_frame, write_csv(tmp_path, frame),
-                               date_column="date")
+  message = expect_input_error(
+    "is constant", io.load_frame, write_csv(tmp_path, frame), date_column="date"
+  )
   assert "'c'" in message
 
 
 def test_missing_column_list_is_truncated(tmp_path):
   frame = pd.DataFrame({f"col{i}": np.arange(5.0) + i for i in range(40)})
-  message = expect_input_error("not found", io.load_frame,
-                               write_csv(tmp_path, frame), date_column="", columns=["x"])
+  message = expect_input_error(
+    "not found", io.load_frame, write_csv(tmp_path, frame), date_column="", columns=["x"]
+  )
   assert "(28 more)" in message and "col39" not in message
 
 
@@ -447,14 +495,13 @@ def test_missing_column_list_is_truncated(tmp_path):
 
 def test_gathered_windows_equal_raw_slices(tmp_path):
   data = series.prepare(make_cfg(write_csv(tmp_path, make_frame()), target=("OT", "a")))
-  starts = np.concatenate([data.window_starts(s)[[0, 3, -1]]
-                           for s in ("train", "val", "test")])
+  starts = np.concatenate([data.window_starts(s)[[0, 3, -1]] for s in ("train", "val", "test")])
   x, y = windows.gather_windows(data, starts)
   assert x.shape == (len(starts), LOOKBACK, 3) and y.shape == (len(starts), HORIZON, 2)
   assert x.dtype == y.dtype == np.float32
   for k, i in enumerate(starts):
-    np.testing.assert_array_equal(x[k], data.x[i - LOOKBACK:i])
-    np.testing.assert_array_equal(y[k], data.y[i:i + HORIZON])
+    np.testing.assert_array_equal(x[k], data.x[i - LOOKBACK : i])
+    np.testing.assert_array_equal(y[k], data.y[i : i + HORIZON])
 
 
 def test_epoch_batches_are_pure_and_reshuffled():
@@ -476,8 +523,7 @@ def test_batch_for_step_matches_epoch_batches():
   for step in (0, 9, 10, 25):
     epoch, index = divmod(step, 10)
     expected = starts[windows.epoch_batches(103, 10, seed=3, epoch=epoch)[index]]
-    np.testing.assert_array_equal(windows.batch_for_step(starts, 10, seed=3, step=step),
-                                  expected)
+    np.testing.assert_array_equal(windows.batch_for_step(starts, 10, seed=3, step=step), expected)
   expect_input_error("fewer than one batch", windows.batch_for_step, starts[:5], 10, 0, 0)
 
 
@@ -490,8 +536,10 @@ def test_eval_batches_cover_everything_in_order():
   assert windows.eval_batches(0, 4)[0].shape == (0, 4)
 
 
-@pytest.mark.parametrize("name,strength", [
-    ("jitter", 0.1), ("scaling", 0.2), ("magnitude_warp", 0.2), ("window_slice", 0.3)])
+@pytest.mark.parametrize(
+  "name,strength",
+  [("jitter", 0.1), ("scaling", 0.2), ("magnitude_warp", 0.2), ("window_slice", 0.3)],
+)
 def test_augmentations(name, strength):
   x = np.random.default_rng(0).normal(size=(6, 24, 3)).astype(np.float32)
   off = AugmentSpec()
@@ -502,8 +550,9 @@ def test_augmentations(name, strength):
   assert not np.allclose(out, x)
   np.testing.assert_array_equal(out, augment.augment(x, on, augment.augment_rng(1, 5)))
   assert not np.array_equal(out, augment.augment(x, on, augment.augment_rng(1, 6)))
-  np.testing.assert_array_equal(x, np.random.default_rng(0).normal(size=(6, 24, 3))
-                                .astype(np.float32))  # Input not modified in place.
+  np.testing.assert_array_equal(
+    x, np.random.default_rng(0).normal(size=(6, 24, 3)).astype(np.float32)
+  )  # Input not modified in place.
 
 
 def test_window_slice_stretches_time_and_magnitude_warp_is_smooth():
@@ -524,8 +573,15 @@ def test_window_slice_stretches_time_and_magnitude_warp_is_smooth():
 def test_baselines_match_hand_computed_values(tmp_path):
   n = 60
   frame = pd.DataFrame({"a": np.sin(np.arange(n)), "OT": np.arange(n, dtype=float) ** 2})
-  cfg = make_cfg(write_csv(tmp_path, frame), date_column="", scaler="none", lookback=6,
-                 horizon=5, split="rows", split_rows=(30, 45, 60))
+  cfg = make_cfg(
+    write_csv(tmp_path, frame),
+    date_column="",
+    scaler="none",
+    lookback=6,
+    horizon=5,
+    split="rows",
+    split_rows=(30, 45, 60),
+  )
   data = series.prepare(cfg)
   starts = np.array([10, 31])
   naive = baselines.naive_forecast(data, starts)
@@ -533,18 +589,31 @@ def test_baselines_match_hand_computed_values(tmp_path):
   np.testing.assert_array_equal(naive[:, :, 0], [[81.0] * 5, [900.0] * 5])
   # period 3: h = 0..4 looks back to rows i-3, i-2, i-1, i-3, i-2.
   seasonal = baselines.seasonal_naive_forecast(data, starts, 3)
-  np.testing.assert_array_equal(seasonal[:, :, 0], [[49, 64, 81, 49, 64],
-                                                    [784, 841, 900, 784, 841]])
+  np.testing.assert_array_equal(
+    seasonal[:, :, 0], [[49, 64, 81, 49, 64], [784, 841, 900, 784, 841]]
+  )
   # period == horizon == lookback edge: y_hat[i + h] = y[i + h - 5].
-  data5 = series.prepare(make_cfg(cfg.path, date_column="", scaler="none", lookback=5,
-                                 horizon=5, split="rows", split_rows=(30, 45, 60)))
-  np.testing.assert_array_equal(baselines.seasonal_naive_forecast(data5, starts, 5)[0, :, 0],
-                                (np.arange(5, 10) ** 2).astype(float))
+  data5 = series.prepare(
+    make_cfg(
+      cfg.path,
+      date_column="",
+      scaler="none",
+      lookback=5,
+      horizon=5,
+      split="rows",
+      split_rows=(30, 45, 60),
+    )
+  )
+  np.testing.assert_array_equal(
+    baselines.seasonal_naive_forecast(data5, starts, 5)[0, :, 0],
+    (np.arange(5, 10) ** 2).astype(float),
+  )
   expect_input_error("data.seasonal_period", baselines.seasonal_naive_forecast, data, starts, 7)
 
 
 def test_regression_metrics():
-  scores = metrics.regression_metrics(np.array([[1.0, 2.0], [3.0, 4.0]]),
-                                      np.array([[1.0, 0.0], [6.0, 4.0]]))
+  scores = metrics.regression_metrics(
+    np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [6.0, 4.0]])
+  )
   assert scores == {"mse": 13 / 4, "mae": 5 / 4, "rmse": math.sqrt(13 / 4)}
   assert all(type(v) is float for v in scores.values())

@@ -88,9 +88,9 @@ def test_default_init():
   # The recurrent kernel is orthogonal per gate: each (H, H) block on its own.
   u = np.asarray(params["recurrent_kernel"])
   for k in range(4):
-    blk = u[:, H * k:H * (k + 1)]
+    blk = u[:, H * k : H * (k + 1)]
     np.testing.assert_allclose(blk.T @ blk, np.eye(H), atol=1e-5)
-  assert not np.allclose(u[:, :H], u[:, H:2 * H])  # an own random draw per gate
+  assert not np.allclose(u[:, :H], u[:, H : 2 * H])  # an own random draw per gate
   w = np.asarray(params["input_kernel"])
   assert np.all(np.abs(w) <= np.sqrt(6.0 / (D + H)) + 1e-6)  # per-gate Glorot bound
   np.testing.assert_array_equal(params["bias"], 0.0)
@@ -137,11 +137,11 @@ def ln_setup():
 def test_layer_norm_params_and_differs_from_plain(ln_setup):
   x, carry, base, p, ln, p_ln = ln_setup
   assert _shapes(p_ln) == {
-      **_shapes(p),
-      "input_ln_scale": ((4 * H,), jnp.float32),
-      "recurrent_ln_scale": ((4 * H,), jnp.float32),
-      "cell_ln_scale": ((H,), jnp.float32),
-      "cell_ln_bias": ((H,), jnp.float32),
+    **_shapes(p),
+    "input_ln_scale": ((4 * H,), jnp.float32),
+    "recurrent_ln_scale": ((4 * H,), jnp.float32),
+    "cell_ln_scale": ((H,), jnp.float32),
+    "cell_ln_bias": ((H,), jnp.float32),
   }
   # Same core weights, LN on vs. off.
   p_ln = {**p_ln, **p}
@@ -158,8 +158,11 @@ def test_layer_norm_is_per_gate_scale_invariant(ln_setup):
   x, carry, base, p, ln, p_ln = ln_setup
   p_ln = {**p_ln, **p}
   factors = np.repeat(np.float32([3.0, 0.5, 2.0, 7.0]), H)
-  scaled = {**p_ln, "input_kernel": np.asarray(p_ln["input_kernel"]) * factors,
-            "recurrent_kernel": np.asarray(p_ln["recurrent_kernel"]) * factors[::-1]}
+  scaled = {
+    **p_ln,
+    "input_kernel": np.asarray(p_ln["input_kernel"]) * factors,
+    "recurrent_kernel": np.asarray(p_ln["recurrent_kernel"]) * factors[::-1],
+  }
   (c1, h1), _ = run(ln, {"params": p_ln}, carry, x)
   (c2, h2), _ = run(ln, {"params": scaled}, carry, x)
   np.testing.assert_allclose(c2, c1, rtol=1e-4, atol=1e-4)
@@ -185,7 +188,7 @@ def _run_cell(cell, params, carry, xs):
 
 def _loss(cell, params, carry, xs, wy, wc):
   (c, h), ys = _run_cell(cell, params, carry, xs)
-  return jnp.sum(ys * wy) + jnp.sum(c * wc) + jnp.sum(h ** 2)
+  return jnp.sum(ys * wy) + jnp.sum(c * wc) + jnp.sum(h**2)
 
 
 @pytest.fixture(scope="module", params=["LSTMCell", "OptimizedLSTMCell"])
@@ -229,12 +232,13 @@ def test_matches_flax_cell_gradients(flax_setup):
   assert set(g_p) == {"input_kernel", "recurrent_kernel", "bias"}
   for k, gate in enumerate(GATES):
     cols = slice(k * H, (k + 1) * H)
-    np.testing.assert_allclose(g_p["input_kernel"][:, cols], fg_p[f"i{gate}"]["kernel"],
-                               rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(g_p["recurrent_kernel"][:, cols], fg_p[f"h{gate}"]["kernel"],
-                               rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(g_p["bias"][cols], fg_p[f"h{gate}"]["bias"],
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+      g_p["input_kernel"][:, cols], fg_p[f"i{gate}"]["kernel"], rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(
+      g_p["recurrent_kernel"][:, cols], fg_p[f"h{gate}"]["kernel"], rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(g_p["bias"][cols], fg_p[f"h{gate}"]["bias"], rtol=RTOL, atol=ATOL)
   assert np.max(np.abs(np.asarray(g_p["input_kernel"]))) > 1e-3  # not trivially zero
 
 
@@ -245,11 +249,10 @@ def test_from_flax_params_layout_and_wrapping(flax_setup):
   for k, gate in enumerate(GATES):
     cols = slice(k * H, (k + 1) * H)
     np.testing.assert_array_equal(p0["input_kernel"][:, cols], fparams[f"i{gate}"]["kernel"])
-    np.testing.assert_array_equal(p0["recurrent_kernel"][:, cols],
-                                  fparams[f"h{gate}"]["kernel"])
+    np.testing.assert_array_equal(p0["recurrent_kernel"][:, cols], fparams[f"h{gate}"]["kernel"])
     np.testing.assert_array_equal(p0["bias"][cols], fparams[f"h{gate}"]["bias"])
   shift = np.zeros(4 * H, np.float32)
-  shift[H:2 * H] = 1.0
+  shift[H : 2 * H] = 1.0
   np.testing.assert_allclose(p1["bias"], np.asarray(p0["bias"]) - shift, rtol=0, atol=1e-7)
   np.testing.assert_array_equal(p1["input_kernel"], p0["input_kernel"])
 
@@ -263,8 +266,7 @@ def test_from_flax_params_rejects_other_trees():
 @pytest.mark.parametrize("proj", [0, P])
 @pytest.mark.parametrize("layer,reverse", [(0, False), (0, True), (1, False), (1, True)])
 def test_torch_converted_cell_step_matches_numpy(np_ref, proj, layer, reverse):
-  sd = np_ref.random_torch_state_dict(0, D, H, num_layers=2, proj_size=proj,
-                                      bidirectional=True)
+  sd = np_ref.random_torch_state_dict(0, D, H, num_layers=2, proj_size=proj, bidirectional=True)
   r = proj or H
   d_in = D if layer == 0 else 2 * r
   p = from_torch_lstm(sd, layer=layer, reverse=reverse)
@@ -284,8 +286,7 @@ def test_torch_converted_cell_step_matches_numpy(np_ref, proj, layer, reverse):
 def test_torch_converter_bias_and_forget_bias(np_ref):
   sd = np_ref.random_torch_state_dict(1, D, H, num_layers=1)
   p0 = from_torch_lstm(sd, forget_bias=0.0)
-  np.testing.assert_allclose(p0["bias"], sd["bias_ih_l0"] + sd["bias_hh_l0"], rtol=0,
-                             atol=1e-7)
+  np.testing.assert_allclose(p0["bias"], sd["bias_ih_l0"] + sd["bias_hh_l0"], rtol=0, atol=1e-7)
   np.testing.assert_array_equal(p0["input_kernel"], sd["weight_ih_l0"].T)
   np.testing.assert_array_equal(p0["recurrent_kernel"], sd["weight_hh_l0"].T)
   x, c0, h0 = _rand(2, B, D), _rand(3, B, H), _rand(4, B, H)
@@ -299,7 +300,7 @@ def test_torch_converter_without_biases(np_ref):
   sd = np_ref.random_torch_state_dict(2, D, H, num_layers=1, bias=False)
   p = from_torch_lstm(sd)
   expected = np.zeros(4 * H, np.float32)
-  expected[H:2 * H] = -1.0  # cancels the cell's default forget_bias=1.0
+  expected[H : 2 * H] = -1.0  # cancels the cell's default forget_bias=1.0
   np.testing.assert_array_equal(p["bias"], expected)
   x, c0, h0 = _rand(2, B, D), _rand(3, B, H), _rand(4, B, H)
   c_ref, h_ref = np_ref.step(x, c0, h0, *np_ref.torch_layer_weights(sd))
@@ -322,8 +323,7 @@ T_TORCH = 7
 @pytest.mark.parametrize("proj", [0, P])
 def test_torch_lstm_layer_sequences_match_numpy(np_ref, proj):
   """Layer 0's forward and layer 1's `_reverse` direction, each run as an `LSTM` layer."""
-  sd = np_ref.random_torch_state_dict(3, D, H, num_layers=2, proj_size=proj,
-                                      bidirectional=True)
+  sd = np_ref.random_torch_state_dict(3, D, H, num_layers=2, proj_size=proj, bidirectional=True)
   r = proj or H
   for layer, reverse in ((0, False), (1, True)):
     d_in = D if layer == 0 else 2 * r
@@ -332,7 +332,8 @@ def test_torch_lstm_layer_sequences_match_numpy(np_ref, proj):
     model = LSTM(H, proj_features=proj or None, reverse=reverse, return_carry=True)
     (c, h), ys = run(model, {"params": {"cell": p}}, x)
     ys_ref, (c_ref, h_ref) = np_ref.layer(
-        x, *np_ref.torch_layer_weights(sd, layer, reverse), reverse=reverse)
+      x, *np_ref.torch_layer_weights(sd, layer, reverse), reverse=reverse
+    )
     np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(c, c_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(h, h_ref, rtol=1e-5, atol=1e-5)
@@ -341,15 +342,19 @@ def test_torch_lstm_layer_sequences_match_numpy(np_ref, proj):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("proj", [0, P])
 def test_torch_two_layer_stack_matches_numpy(np_ref, bidirectional, proj):
-  sd = np_ref.random_torch_state_dict(4, D, H, num_layers=2, proj_size=proj,
-                                      bidirectional=bidirectional)
+  sd = np_ref.random_torch_state_dict(
+    4, D, H, num_layers=2, proj_size=proj, bidirectional=bidirectional
+  )
   model = StackedLSTM(features=(H, H), bidirectional=bidirectional, proj_features=proj or None)
   x = _rand(5, B, T_TORCH, D)
   if bidirectional:
-    params = {f"bilstm_{k}": {
+    params = {
+      f"bilstm_{k}": {
         "forward_rnn": {"cell": from_torch_lstm(sd, layer=k)},
-        "backward_rnn": {"cell": from_torch_lstm(sd, layer=k, reverse=True)}}
-              for k in range(2)}
+        "backward_rnn": {"cell": from_torch_lstm(sd, layer=k, reverse=True)},
+      }
+      for k in range(2)
+    }
   else:
     params = {f"lstm_{k}": {"cell": from_torch_lstm(sd, layer=k)} for k in range(2)}
   # The converted tree has exactly the structure and shapes the model creates.
@@ -406,6 +411,7 @@ def test_bf16_cell_keeps_float32_state_and_params():
   np.testing.assert_allclose(c, c32, atol=3e-2)
   np.testing.assert_allclose(h.astype(jnp.float32), h32, atol=3e-2)
   # Inside nn.RNN the mixed-dtype carry stays consistent across steps.
-  (c_seq, h_seq), ys = run(nn.RNN(cell, return_carry=True),
-                           {"params": {"cell": params["params"]}}, _rand(1, B, 4, D))
+  (c_seq, h_seq), ys = run(
+    nn.RNN(cell, return_carry=True), {"params": {"cell": params["params"]}}, _rand(1, B, 4, D)
+  )
   assert c_seq.dtype == jnp.float32 and h_seq.dtype == ys.dtype == jnp.bfloat16

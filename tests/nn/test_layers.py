@@ -22,8 +22,9 @@ def _rand(seed, *shape, scale=1.0):
 
 
 def _close(a, b, rtol=RTOL, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
-                             atol=atol)
+  np.testing.assert_allclose(
+    np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol
+  )
 
 
 def _structure(tree):
@@ -32,8 +33,9 @@ def _structure(tree):
 
 def _dot(g, d):
   """Sum of elementwise products over two trees: a directional derivative."""
-  return sum(np.sum(np.asarray(a, np.float64) * b)
-             for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
+  return sum(
+    np.sum(np.asarray(a, np.float64) * b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d))
+  )
 
 
 from jax_helpers import np_tree, param_shapes, rand_params, run  # noqa: E402
@@ -55,8 +57,7 @@ def params(x):
 
 
 # ---- LSTM == nn.RNN(LSTMCell) ------------------------------------------------------------------
-@pytest.mark.parametrize("kw", [{}, {"proj_features": P, "layer_norm": True,
-                                     "forget_bias": 0.0}])
+@pytest.mark.parametrize("kw", [{}, {"proj_features": P, "layer_norm": True, "forget_bias": 0.0}])
 def test_param_tree_and_outputs_equal_flax_rnn(x, kw):
   ours = LSTM(H, **kw)
   theirs = nn.RNN(LSTMCell(H, **kw))
@@ -77,16 +78,14 @@ def test_equals_flax_rnn_variants(x, carry0, params, reverse):
   assert not np.allclose(rys[:, 0], rys[:, -1])
 
   # Full sequences, from a given initial carry, with the carry returned.
-  (c, h), ys = run(LSTM(H, reverse=reverse, return_carry=True), params, x,
-                   initial_carry=carry0)
+  (c, h), ys = run(LSTM(H, reverse=reverse, return_carry=True), params, x, initial_carry=carry0)
   _close(ys, rys)
   _close(c, rc)
   _close(h, rh)
   # `reverse` given at call time instead.
   _close(run(LSTM(H), params, x, initial_carry=carry0, reverse=reverse), rys)
   # Only the last output: the last step processed (t=T-1 forward, t=0 reversed).
-  last = run(LSTM(H, reverse=reverse, return_sequences=False), params, x,
-             initial_carry=carry0)
+  last = run(LSTM(H, reverse=reverse, return_sequences=False), params, x, initial_carry=carry0)
   assert last.shape == (B, H)
   _close(last, rys[:, 0] if reverse else rys[:, -1])
   _close(last, rh)
@@ -132,12 +131,17 @@ def test_seq_lengths_equal_unpadded_runs(padded_x, carry0, params, reverse):
   model = LSTM(H, reverse=reverse, return_carry=True)
   lengths = LENGTHS
   (c, h), ys = run(model, params, padded_x, seq_lengths=lengths, initial_carry=carry0)
-  last = run(LSTM(H, reverse=reverse, return_sequences=False), params, padded_x,
-             seq_lengths=lengths, initial_carry=carry0)
+  last = run(
+    LSTM(H, reverse=reverse, return_sequences=False),
+    params,
+    padded_x,
+    seq_lengths=lengths,
+    initial_carry=carry0,
+  )
   assert np.all(np.isfinite(ys))
   for b, n in enumerate(LENGTHS):
-    one_carry = (carry0[0][b:b + 1], carry0[1][b:b + 1])
-    (c1, h1), y1 = run(model, params, padded_x[b:b + 1, :n], initial_carry=one_carry)
+    one_carry = (carry0[0][b : b + 1], carry0[1][b : b + 1])
+    (c1, h1), y1 = run(model, params, padded_x[b : b + 1, :n], initial_carry=one_carry)
     _close(ys[b, :n], y1[0])
     np.testing.assert_array_equal(ys[b, n:], 0.0)  # exactly zero past the end
     _close(c[b], c1[0])
@@ -150,15 +154,18 @@ def test_seq_lengths_equal_unpadded_runs(padded_x, carry0, params, reverse):
 def test_outputs_and_gradients_match_flax_rnn(padded_x, carry0, params, lengths, reverse):
   """Forward values and gradients (w.r.t. params, inputs and initial carry) equal plain
   autodiff through `nn.RNN(LSTMCell)`; with `seq_lengths` only outputs within length count."""
-  valid = (np.ones((B, T, 1), bool) if lengths is None
-           else (np.arange(T)[None, :] < lengths[:, None])[..., None])
+  valid = (
+    np.ones((B, T, 1), bool)
+    if lengths is None
+    else (np.arange(T)[None, :] < lengths[:, None])[..., None]
+  )
   w, wc = _rand(12, B, T, H), _rand(13, B, H)
   rnn = nn.RNN(LSTMCell(H), return_carry=True, reverse=reverse, keep_order=True)
   ours = LSTM(H, reverse=reverse, return_carry=True)
 
   def loss(model, p, v, carry):
     (c, h), ys = model.apply(p, v, seq_lengths=lengths, initial_carry=carry)
-    return jnp.sum(jnp.where(valid, ys, 0.0) * w) + jnp.sum(c * wc) + jnp.sum(h ** 2), ys
+    return jnp.sum(jnp.where(valid, ys, 0.0) * w) + jnp.sum(c * wc) + jnp.sum(h**2), ys
 
   vg = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True), static_argnums=0)
   (l_ref, ys_ref), g_ref = np_tree(vg(rnn, params, padded_x, carry0))
@@ -180,8 +187,13 @@ def test_seq_lengths_padding_gets_no_gradient(x, padded_x, params):
 
   def loss(p, v):
     ((cf, hf), (cb, hb)), ys = model.apply(p, v, seq_lengths=LENGTHS)
-    return (jnp.sum(ys * jnp.arange(1, 2 * H + 1)) + jnp.sum(cf) + jnp.sum(hf ** 2)
-            + jnp.sum(cb ** 2) + jnp.sum(hb))
+    return (
+      jnp.sum(ys * jnp.arange(1, 2 * H + 1))
+      + jnp.sum(cf)
+      + jnp.sum(hf**2)
+      + jnp.sum(cb**2)
+      + jnp.sum(hb)
+    )
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   gp, gx = np_tree(grad(both, padded_x))
@@ -196,8 +208,7 @@ def test_seq_lengths_padding_gets_no_gradient(x, padded_x, params):
 
 def test_zero_length_sequence_keeps_initial_carry(x, carry0, params):
   lengths = np.array([T, 0, 2])
-  (c, h), ys = run(LSTM(H, return_carry=True), params, x, seq_lengths=lengths,
-                   initial_carry=carry0)
+  (c, h), ys = run(LSTM(H, return_carry=True), params, x, seq_lengths=lengths, initial_carry=carry0)
   np.testing.assert_array_equal(ys[1], 0.0)
   np.testing.assert_array_equal(c[1], carry0[0][1])
   np.testing.assert_array_equal(h[1], carry0[1][1])
@@ -208,8 +219,7 @@ def test_flip_sequences():
   xs = np.arange(2 * 5, dtype=np.float32).reshape(2, 5, 1)
   np.testing.assert_array_equal(flip(xs, None), xs[:, ::-1])
   lengths = np.array([5, 3])
-  np.testing.assert_array_equal(flip(xs, lengths)[..., 0],
-                                [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]])
+  np.testing.assert_array_equal(flip(xs, lengths)[..., 0], [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]])
   np.testing.assert_array_equal(flip(flip(xs, lengths), lengths), xs)
 
 
@@ -277,8 +287,9 @@ def test_recurrent_dropout_mask_constant_over_time(drop_setup, np_ref):
   h_mask = np.where(dropped, 0.0, 1.0 / (1.0 - RATE))
   ys = run(model, p, xd, initial_carry=carry, deterministic=False, rngs=rngs)
   # A NumPy LSTM using this one mask at *every* step reproduces the whole sequence.
-  ys_ref, _ = np_ref.layer(xd, *np_ref.fused_to_torch(p["params"]["cell"], 1.0),
-                           c0=carry[0], h0=carry[1], h_mask=h_mask)
+  ys_ref, _ = np_ref.layer(
+    xd, *np_ref.fused_to_torch(p["params"]["cell"], 1.0), c0=carry[0], h0=carry[1], h_mask=h_mask
+  )
   _close(ys, ys_ref)
   assert not np.allclose(ys, run(LSTM(H), p, xd, initial_carry=carry), atol=1e-3)
 
@@ -292,8 +303,13 @@ def test_dropout_deterministic_and_rng_streams(drop_setup):
   _close(run(LSTM(H, deterministic=True, **kw), p, xd), plain, rtol=0, atol=0)
 
   def sample(dropout_seed, params_seed=0, m=model, **call_kw):
-    return run(m, p, xd, rngs={"dropout": jax.random.key(dropout_seed),
-                               "params": jax.random.key(params_seed)}, **call_kw)
+    return run(
+      m,
+      p,
+      xd,
+      rngs={"dropout": jax.random.key(dropout_seed), "params": jax.random.key(params_seed)},
+      **call_kw,
+    )
 
   a = sample(1, deterministic=False)
   assert not np.allclose(a, plain, atol=1e-3)
@@ -310,7 +326,8 @@ def test_dropout_requires_deterministic(drop_setup):
       LSTM(H, **kw).apply(p, xd)
   with pytest.raises(ValueError, match="deterministic"):
     StackedLSTM(features=(H,), inter_layer_dropout=0.2).apply(
-        {"params": {"lstm_0": p["params"]}}, xd)
+      {"params": {"lstm_0": p["params"]}}, xd
+    )
   with pytest.raises(flax_errors.InvalidRngError):
     LSTM(H, dropout=0.2).apply(p, xd, deterministic=False)  # no 'dropout' rng at all
 
@@ -327,10 +344,12 @@ def stack_params(x):
 def test_stacked_layer_sizes_and_chaining(x, stack_params):
   shapes = jax.tree.map(lambda a: a.shape, stack_params["params"])
   assert shapes == {
-      "lstm_0": {"cell": {"input_kernel": (D, 4 * 6), "recurrent_kernel": (6, 4 * 6),
-                          "bias": (4 * 6,)}},
-      "lstm_1": {"cell": {"input_kernel": (6, 4 * 3), "recurrent_kernel": (3, 4 * 3),
-                          "bias": (4 * 3,)}},
+    "lstm_0": {
+      "cell": {"input_kernel": (D, 4 * 6), "recurrent_kernel": (6, 4 * 6), "bias": (4 * 6,)}
+    },
+    "lstm_1": {
+      "cell": {"input_kernel": (6, 4 * 3), "recurrent_kernel": (3, 4 * 3), "bias": (4 * 3,)}
+    },
   }
   ys = run(StackedLSTM(features=STACK), stack_params, x)
   assert ys.shape == (B, T, 3)
@@ -353,8 +372,14 @@ def test_stacked_inter_layer_dropout(x, stack_params):
   model = StackedLSTM(features=STACK, inter_layer_dropout=rate)
   plain = run(StackedLSTM(features=STACK), stack_params, x)
   _close(run(model, stack_params, x, deterministic=True), plain, rtol=0, atol=0)
-  ys, state = run(model, stack_params, x, deterministic=False,
-                  rngs={"dropout": jax.random.key(3)}, capture_intermediates=True)
+  ys, state = run(
+    model,
+    stack_params,
+    x,
+    deterministic=False,
+    rngs={"dropout": jax.random.key(3)},
+    capture_intermediates=True,
+  )
   inter = state["intermediates"]
   y0 = inter["lstm_0"]["__call__"][0]
   dropped = inter["Dropout_0"]["__call__"][0]
@@ -393,8 +418,12 @@ def test_stacked_bidirectional(x):
   assert ys.shape == (B, T, 2 * 3)
   h = x
   for k, width in enumerate(STACK):
-    f, b = _manual_bidirectional(sp[f"bilstm_{k}"]["forward_rnn"]["cell"],
-                                 sp[f"bilstm_{k}"]["backward_rnn"]["cell"], h, h=width)
+    f, b = _manual_bidirectional(
+      sp[f"bilstm_{k}"]["forward_rnn"]["cell"],
+      sp[f"bilstm_{k}"]["backward_rnn"]["cell"],
+      h,
+      h=width,
+    )
     h = np.concatenate([f, b], -1)
   _close(ys, h)
   assert not np.allclose(ys[..., :3], ys[..., 3:])
@@ -406,14 +435,19 @@ def test_stacked_bidirectional_with_seq_lengths(padded_x):
   lengths = LENGTHS
   ys = run(model, p, padded_x, seq_lengths=lengths)
   pp = p["params"]["bilstm_0"]
-  f, b = _manual_bidirectional(pp["forward_rnn"]["cell"], pp["backward_rnn"]["cell"],
-                               padded_x, lengths)
+  f, b = _manual_bidirectional(
+    pp["forward_rnn"]["cell"], pp["backward_rnn"]["cell"], padded_x, lengths
+  )
   _close(ys, np.concatenate([f, b], -1))
   for row, n in enumerate(LENGTHS):
     np.testing.assert_array_equal(ys[row, n:], 0.0)
   # return_sequences=False: forward's own last output next to backward's output at t=0.
-  last = run(StackedLSTM(features=(H,), bidirectional=True, return_sequences=False), p,
-             padded_x, seq_lengths=lengths)
+  last = run(
+    StackedLSTM(features=(H,), bidirectional=True, return_sequences=False),
+    p,
+    padded_x,
+    seq_lengths=lengths,
+  )
   for row, n in enumerate(LENGTHS):
     _close(last[row], np.concatenate([f[row, n - 1], b[row, 0]]))
 
@@ -433,16 +467,20 @@ def test_bidirectional_alone(x, carry0):
   summed = run(Bidirectional(LSTM(H), LSTM(H), merge_fn=jnp.add), p, x)
   _close(summed, f + b)
 
-  last = run(Bidirectional(LSTM(H, return_sequences=False), LSTM(H, return_sequences=False)),
-             p, x)
+  last = run(Bidirectional(LSTM(H, return_sequences=False), LSTM(H, return_sequences=False)), p, x)
   _close(last, np.concatenate([f[:, -1], b[:, 0]], -1))
 
   init_b = jax.tree.map(lambda a: -a, carry0)
-  (cf, cb), merged = run(Bidirectional(LSTM(H, return_carry=True), LSTM(H, return_carry=True)),
-                         p, x, initial_carry=(carry0, init_b))
+  (cf, cb), merged = run(
+    Bidirectional(LSTM(H, return_carry=True), LSTM(H, return_carry=True)),
+    p,
+    x,
+    initial_carry=(carry0, init_b),
+  )
   cf_ref, f2 = run(LSTM(H, return_carry=True), {"params": pf}, x, initial_carry=carry0)
-  cb_ref, b2 = run(LSTM(H, return_carry=True, reverse=True), {"params": pb}, x,
-                   initial_carry=init_b)
+  cb_ref, b2 = run(
+    LSTM(H, return_carry=True, reverse=True), {"params": pb}, x, initial_carry=init_b
+  )
   _close(merged, np.concatenate([f2, b2], -1))
   for a, r in zip(cf + cb, cf_ref + cb_ref):
     _close(a, r)
@@ -459,8 +497,7 @@ def test_bf16_close_to_f32_with_f32_params_and_state(x, params):
   _close(ys.astype(jnp.float32), ys32, rtol=0, atol=3e-2)
   _close(c, c32, rtol=0, atol=3e-2)
   # Also with a float32 initial carry and sequence lengths.
-  (c2, _), _ = run(model, params, x, initial_carry=(c32, ys32[:, -1]),
-                   seq_lengths=LENGTHS)
+  (c2, _), _ = run(model, params, x, initial_carry=(c32, ys32[:, -1]), seq_lengths=LENGTHS)
   assert c2.dtype == jnp.float32
 
 
@@ -517,17 +554,21 @@ def test_vmap_over_extra_axis_and_over_params(x, params):
   g = np_tree(jax.jit(jax.vmap(_grad, in_axes=(0, None)))(stacked, x))
   for k in range(2):
     _close(ens[k], run(model, ps[k], x))
-    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda a: a[k], g)),
-                    jax.tree.leaves(_grad(ps[k], x))):
+    for a, b in zip(
+      jax.tree.leaves(jax.tree.map(lambda a, k=k: a[k], g)), jax.tree.leaves(_grad(ps[k], x))
+    ):
       assert np.all(np.isfinite(a))
       _close(a, b)
 
 
 # ---- remat -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("t,lengths,reverse", [
-    (10, None, False),        # T not a perfect square: 3 chunks of 4, the last one padded
-    (7, [2, 7, 5], True),     # chunk padding on top of sequence lengths, reversed
-])
+@pytest.mark.parametrize(
+  "t,lengths,reverse",
+  [
+    (10, None, False),  # T not a perfect square: 3 chunks of 4, the last one padded
+    (7, [2, 7, 5], True),  # chunk padding on top of sequence lengths, reversed
+  ],
+)
 def test_remat_matches_plain(t, lengths, reverse):
   xr = _rand(20 + t, B, t, D)
   seq = None if lengths is None else np.asarray(lengths)
@@ -539,7 +580,7 @@ def test_remat_matches_plain(t, lengths, reverse):
 
     def f(p, v):
       (c, h), ys = model.apply(p, v, seq_lengths=seq)
-      return jnp.sum(ys * w) + jnp.sum(c ** 2) + jnp.sum(h), (ys, c, h)
+      return jnp.sum(ys * w) + jnp.sum(c**2) + jnp.sum(h), (ys, c, h)
 
     return np_tree(jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(p, xr))
 
@@ -561,8 +602,11 @@ def _grad_temp_bytes(t, remat, return_sequences):
   def loss(p, v):
     return jnp.sum(model.apply(p, v) ** 2)
 
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
-      p, jax.ShapeDtypeStruct((2, t, 4), jnp.float32)).compile()
+  compiled = (
+    jax.jit(jax.grad(loss, argnums=(0, 1)))
+    .lower(p, jax.ShapeDtypeStruct((2, t, 4), jnp.float32))
+    .compile()
+  )
   analysis = compiled.memory_analysis()
   if analysis is None:
     pytest.skip(f"memory_analysis() returns None on backend {jax.default_backend()}")
@@ -602,8 +646,7 @@ def test_leading_batch_dims_equal_flattened(params):
   _close(h, hf.reshape(2, 3, H))
 
   (c, h), ys = run(model, params, x4, seq_lengths=lengths, initial_carry=carry)
-  (cf, hf), ysf = run(model, params, flat, seq_lengths=lengths.reshape(6),
-                      initial_carry=flat_carry)
+  (cf, hf), ysf = run(model, params, flat, seq_lengths=lengths.reshape(6), initial_carry=flat_carry)
   _close(ys, ysf.reshape(2, 3, T, H))
   _close(c, cf.reshape(2, 3, H))
   _close(h, hf.reshape(2, 3, H))

@@ -22,8 +22,11 @@ def _rand(seed, *shape, scale=0.5):
 
 
 def _params(d, seed=0):
-  return {"input_kernel": _rand(seed, d, 4 * H), "recurrent_kernel": _rand(seed + 1, H, 4 * H),
-          "bias": _rand(seed + 2, 4 * H)}
+  return {
+    "input_kernel": _rand(seed, d, 4 * H),
+    "recurrent_kernel": _rand(seed + 1, H, 4 * H),
+    "bias": _rand(seed + 2, 4 * H),
+  }
 
 
 def _close(a, b):
@@ -39,8 +42,15 @@ def _loss_and_grads(cell, implementation, *, masked, h_masked, remat=False):
 
   def loss(p, x, c0, h0, h_mask):
     (c, h), ys = kernels.lstm_recurrence(
-        cell, p, (c0, h0), x, mask=mask, h_mask=h_mask if h_masked else None, remat=remat,
-        implementation=implementation)
+      cell,
+      p,
+      (c0, h0),
+      x,
+      mask=mask,
+      h_mask=h_mask if h_masked else None,
+      remat=remat,
+      implementation=implementation,
+    )
     return (ys * weights).sum() + 1.3 * c.sum() - 0.7 * h.sum(), ys
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
@@ -62,10 +72,16 @@ def test_fused_outputs_and_gradients_equal_autodiff(d, masked, h_masked, layout)
   # Both projection layouts: narrow inputs fold W into the per-step matmul, wide ones not.
   assert kernels._inloop_projection(d, H) == (d == 2)
   cell = LSTMCell(H)  # forget_bias=1.0: the fused path must add it like `project` does
-  args = (_params(d), _rand(3, T, B, d, scale=1.0), _rand(4, B, H), _rand(5, B, H),
-          jnp.asarray(np.random.default_rng(6).uniform(0.0, 2.0, (B, H)), jnp.float32))
+  args = (
+    _params(d),
+    _rand(3, T, B, d, scale=1.0),
+    _rand(4, B, H),
+    _rand(5, B, H),
+    jnp.asarray(np.random.default_rng(6).uniform(0.0, 2.0, (B, H)), jnp.float32),
+  )
   (ref_loss, ref_ys), ref_grads = _loss_and_grads(
-      cell, "autodiff", masked=masked, h_masked=h_masked)(*args)
+    cell, "autodiff", masked=masked, h_masked=h_masked
+  )(*args)
   (loss, ys), grads = _loss_and_grads(cell, "fused", masked=masked, h_masked=h_masked)(*args)
   _close(ys, ref_ys)
   _close(loss, ref_loss)
@@ -80,8 +96,13 @@ def test_fused_gradient_has_no_per_step_buffer_copies(d, masked, layout):
   # of the slot is not ordered before the write, XLA silently copies the whole buffer on
   # every step instead: correct, but a full memory pass per step.
   cell = LSTMCell(H)
-  args = (_params(d), _rand(3, T, B, d, scale=1.0), _rand(4, B, H), _rand(5, B, H),
-          jnp.ones((B, H), jnp.float32))
+  args = (
+    _params(d),
+    _rand(3, T, B, d, scale=1.0),
+    _rand(4, B, H),
+    _rand(5, B, H),
+    jnp.ones((B, H), jnp.float32),
+  )
   grad = _loss_and_grads(cell, "fused", masked=masked, h_masked=True)
   hlo = grad.lower(*args).compile().as_text()
   assert "while" in hlo
@@ -92,8 +113,13 @@ def test_fused_gradient_has_no_per_step_buffer_copies(d, masked, layout):
 @pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
 def test_fused_with_remat_equals_autodiff(masked, layout):
   cell = LSTMCell(H, forget_bias=0.0)
-  args = (_params(2, seed=10), _rand(11, T, B, 2, scale=1.0), _rand(12, B, H), _rand(13, B, H),
-          jnp.ones((B, H), jnp.float32))
+  args = (
+    _params(2, seed=10),
+    _rand(11, T, B, 2, scale=1.0),
+    _rand(12, B, H),
+    _rand(13, B, H),
+    jnp.ones((B, H), jnp.float32),
+  )
   ref = _loss_and_grads(cell, "autodiff", masked=masked, h_masked=False)(*args)
   out = _loss_and_grads(cell, "fused", masked=masked, h_masked=False, remat=True)(*args)
   _close(out, ref)
@@ -103,32 +129,47 @@ def test_fused_forward_without_gradient_equals_autodiff():
   cell = LSTMCell(H)
   p, x = _params(16), _rand(20, T, B, 16, scale=1.0)
   carry = (_rand(21, B, H), _rand(22, B, H))
-  run = jax.jit(lambda impl_is_fused, p, x, carry: kernels.lstm_recurrence(
-      cell, p, carry, x, implementation="fused" if impl_is_fused else "autodiff"),
-      static_argnums=0)
+  run = jax.jit(
+    lambda impl_is_fused, p, x, carry: kernels.lstm_recurrence(
+      cell, p, carry, x, implementation="fused" if impl_is_fused else "autodiff"
+    ),
+    static_argnums=0,
+  )
   _close(run(True, p, x, carry), run(False, p, x, carry))
 
 
 def test_default_is_fused_where_supported():
   assert kernels.fused_supported(LSTMCell(H))
-  for cell in (LSTMCell(H, layer_norm=True), LSTMCell(H, proj_features=4),
-               LSTMCell(H, dtype=jnp.bfloat16), LSTMCell(H, gate_fn=jax.nn.hard_sigmoid)):
+  for cell in (
+    LSTMCell(H, layer_norm=True),
+    LSTMCell(H, proj_features=4),
+    LSTMCell(H, dtype=jnp.bfloat16),
+    LSTMCell(H, gate_fn=jax.nn.hard_sigmoid),
+  ):
     assert not kernels.fused_supported(cell)
     with pytest.raises(ValueError, match="fused"):
-      kernels.lstm_recurrence(cell, {}, (jnp.zeros((B, H)),) * 2, jnp.zeros((T, B, 2)),
-                              implementation="fused")
+      kernels.lstm_recurrence(
+        cell, {}, (jnp.zeros((B, H)),) * 2, jnp.zeros((T, B, 2)), implementation="fused"
+      )
 
 
 def test_unsupported_cells_fall_back_to_autodiff():
   cell = LSTMCell(H, proj_features=4)
   p = {**_params(2), "recurrent_kernel": _rand(30, 4, 4 * H), "projection_kernel": _rand(31, H, 4)}
   x, carry = _rand(32, T, B, 2, scale=1.0), (_rand(33, B, H), _rand(34, B, 4))
-  run = jax.jit(lambda impl, p: kernels.lstm_recurrence(cell, p, carry, x, implementation=impl),
-                static_argnums=0)
+  run = jax.jit(
+    lambda impl, p: kernels.lstm_recurrence(cell, p, carry, x, implementation=impl),
+    static_argnums=0,
+  )
   _close(run("auto", p), run("autodiff", p))
 
 
 def test_rejects_unknown_implementation():
   with pytest.raises(ValueError, match="implementation"):
-    kernels.lstm_recurrence(LSTMCell(H), _params(2), (jnp.zeros((B, H)),) * 2,
-                            jnp.zeros((T, B, 2)), implementation="cudnn")
+    kernels.lstm_recurrence(
+      LSTMCell(H),
+      _params(2),
+      (jnp.zeros((B, H)),) * 2,
+      jnp.zeros((T, B, 2)),
+      implementation="cudnn",
+    )

@@ -8,9 +8,9 @@ import pathlib
 import pytest
 
 from flaxlstm import cli
+from flaxlstm.errors import InputError
 from flaxlstm.search import results, runner
 from flaxlstm.search import sweep as sweep_lib
-from flaxlstm.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -21,19 +21,33 @@ def _write_sweep(path: pathlib.Path, spec: dict) -> str:
 
 
 def test_expand_product_zip_and_seeds():
-  sweep = sweep_lib.expand({
-      "config": "base.py", "overrides": ["train.max_steps=10"],
+  sweep = sweep_lib.expand(
+    {
+      "config": "base.py",
+      "overrides": ["train.max_steps=10"],
       "grid": {"model.dropout": [0.0, 0.2], "model.hidden_sizes": [(64,), (32, 32)]},
       "zip": {"train.optimizer": ["sgd", "adamw"], "train.learning_rate": [0.05, 1e-3]},
-      "seeds": [0, 1]})
+      "seeds": [0, 1],
+    }
+  )
   assert len(sweep.runs) == 2 * 2 * 2 * 2
-  assert sweep.dims == [("model.dropout",), ("model.hidden_sizes",),
-                        ("train.optimizer", "train.learning_rate")]
+  assert sweep.dims == [
+    ("model.dropout",),
+    ("model.hidden_sizes",),
+    ("train.optimizer", "train.learning_rate"),
+  ]
   first = sweep.runs[0]
-  assert first.name == ("model.dropout=0.0,model.hidden_sizes=64,train.optimizer=sgd,"
-                        "train.learning_rate=0.05,seed=0")
-  assert first.overrides == ("train.max_steps=10", "model.dropout=0.0", "model.hidden_sizes=64,",
-                             "train.optimizer=sgd", "train.learning_rate=0.05", "seed=0")
+  assert first.name == (
+    "model.dropout=0.0,model.hidden_sizes=64,train.optimizer=sgd,train.learning_rate=0.05,seed=0"
+  )
+  assert first.overrides == (
+    "train.max_steps=10",
+    "model.dropout=0.0",
+    "model.hidden_sizes=64,",
+    "train.optimizer=sgd",
+    "train.learning_rate=0.05",
+    "seed=0",
+  )
   # Zipped keys vary together: sgd always with 0.05, adamw with 0.001.
   pairs = {(r.setting["train.optimizer"], r.setting["train.learning_rate"]) for r in sweep.runs}
   assert pairs == {("sgd", 0.05), ("adamw", 1e-3)}
@@ -41,34 +55,42 @@ def test_expand_product_zip_and_seeds():
   assert len(set(names)) == len(names)
   assert "model.hidden_sizes=32-32" in names[-1]
   # Stable: the same spec gives the same names in the same order.
-  again = sweep_lib.expand({
-      "config": "base.py", "overrides": ["train.max_steps=10"],
+  again = sweep_lib.expand(
+    {
+      "config": "base.py",
+      "overrides": ["train.max_steps=10"],
       "grid": {"model.dropout": [0.0, 0.2], "model.hidden_sizes": [(64,), (32, 32)]},
       "zip": {"train.optimizer": ["sgd", "adamw"], "train.learning_rate": [0.05, 1e-3]},
-      "seeds": [0, 1]})
+      "seeds": [0, 1],
+    }
+  )
   assert [r.name for r in again.runs] == names
 
 
 def test_expand_defaults_to_one_seed_and_formats_values():
   sweep = sweep_lib.expand({"config": "b.py", "grid": {"data.scale_target": [True, False]}})
-  assert [r.name for r in sweep.runs] == ["data.scale_target=true,seed=0",
-                                          "data.scale_target=false,seed=0"]
+  assert [r.name for r in sweep.runs] == [
+    "data.scale_target=true,seed=0",
+    "data.scale_target=false,seed=0",
+  ]
   assert sweep.runs[1].overrides == ("data.scale_target=false", "seed=0")
   only_seeds = sweep_lib.expand({"config": "b.py", "seeds": [3, 4]})
   assert [r.name for r in only_seeds.runs] == ["seed=3", "seed=4"]
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ({"grid": {"model.dropout": [0.0]}}, "'config'"),
     ({"config": "b.py", "grid": {"model.dropuot": [0.0]}}, "unknown config key"),
     ({"config": "b.py", "grid": {"seed": [0, 1]}}, "with 'seeds'"),
-    ({"config": "b.py", "zip": {"model.dropout": [0.0], "train.l1": [0.0, 1.0]}},
-     "same length"),
+    ({"config": "b.py", "zip": {"model.dropout": [0.0], "train.l1": [0.0, 1.0]}}, "same length"),
     ({"config": "b.py", "grid": {"model.dropout": []}}, "non-empty"),
     ({"config": "b.py", "seeds": [0, 0]}, "duplicates"),
     ({"config": "b.py", "grids": {}}, "unknown sweep keys"),
     ({"config": "b.py", "grid": {"model.dropout": [0.1, 0.10]}}, "two runs get the name"),
-])
+  ],
+)
 def test_expand_rejects_bad_specs(spec, message):
   with pytest.raises(InputError, match=message):
     sweep_lib.expand(spec)
@@ -76,8 +98,14 @@ def test_expand_rejects_bad_specs(spec, message):
 
 def test_shipped_ablation_sweeps_load():
   files = sorted((REPO / "experiments" / "sweeps").glob("*.py"))
-  assert {f.stem for f in files} >= {"deep_vs_wide", "dropout", "regularization",
-                                     "optimizer", "target_scaling", "init"}
+  assert {f.stem for f in files} >= {
+    "deep_vs_wide",
+    "dropout",
+    "regularization",
+    "optimizer",
+    "target_scaling",
+    "init",
+  }
   for f in files:
     sweep = sweep_lib.load_sweep(f)
     assert {r.seed for r in sweep.runs} == {0, 1, 2}
@@ -88,9 +116,9 @@ def test_shipped_ablation_sweeps_load():
 
 
 def test_dry_run_and_slurm(tmp_path, capsys):
-  path = _write_sweep(tmp_path / "s.py", {"config": "ett",
-                                          "grid": {"model.dropout": [0.0, 0.2]},
-                                          "seeds": [0, 1]})
+  path = _write_sweep(
+    tmp_path / "s.py", {"config": "ett", "grid": {"model.dropout": [0.0, 0.2]}, "seeds": [0, 1]}
+  )
   workdir = tmp_path / "runs"
   assert cli.main(["sweep", path, "--workdir", str(workdir), "--dry-run"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -115,12 +143,19 @@ def test_bad_sweep_file_is_an_input_error(tmp_path, capsys):
   assert "error: sweep file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, capsys):
   # Two good settings and one that fails inside its own subprocess: a batch larger than
   # the training set is a valid config but not for this data.
-  path = _write_sweep(tmp_path / "tiny_sweep.py", {
-      "config": tiny["exp"], "overrides": ["train.max_steps=10"],
-      "grid": {"train.batch_size": [16, 32, 1024]}, "seeds": [0]})
+  path = _write_sweep(
+    tmp_path / "tiny_sweep.py",
+    {
+      "config": tiny["exp"],
+      "overrides": ["train.max_steps=10"],
+      "grid": {"train.batch_size": [16, 32, 1024]},
+      "seeds": [0],
+    },
+  )
   workdir = tmp_path / "runs"
   args = ["sweep", path, "--workdir", str(workdir), "--parallel", "2"]
   assert cli.main(args) == 1
@@ -152,7 +187,7 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good] == stamps
   assert cli.main(["sweep", path, "--workdir", str(workdir), "--dry-run"]) == 0
   dry = capsys.readouterr().out.strip().splitlines()
-  assert [l.startswith("# done: ") for l in dry] == [True, True, False]
+  assert [line.startswith("# done: ") for line in dry] == [True, True, False]
 
   # Aggregation alone works from the files and reports no new failures.
   (workdir / "results.csv").unlink()
@@ -160,14 +195,16 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   assert (workdir / "results.csv").is_file()
 
 
-@pytest.mark.parametrize("spec, fragment", [
+@pytest.mark.parametrize(
+  "spec, fragment",
+  [
     ({"overrides": ["train.lr=1"]}, "base config"),
     ({"overrides": ["train.max_steps=-3"]}, "base config"),
     ({"grid": {"model.dropout": [0.0, 1.5]}}, "run model.dropout=1.5,seed=0: config key"),
     ({"overrides": ["data.path=/no/such/file.csv"]}, "data file not found"),
-])
-def test_every_run_is_validated_before_any_is_launched(tiny, tmp_path, capsys, spec,
-                                                       fragment):
+  ],
+)
+def test_every_run_is_validated_before_any_is_launched(tiny, tmp_path, capsys, spec, fragment):
   path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"], **spec})
   workdir = tmp_path / "runs"
   for mode in ([], ["--dry-run"], ["--slurm"]):
@@ -180,13 +217,13 @@ def test_every_run_is_validated_before_any_is_launched(tiny, tmp_path, capsys, s
 def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
   import shlex
   import subprocess
-  path = _write_sweep(tmp_path / "s.py", {"config": "ett",
-                                          "grid": {"model.dropout": [0.0, 0.2]}})
+
+  path = _write_sweep(tmp_path / "s.py", {"config": "ett", "grid": {"model.dropout": [0.0, 0.2]}})
   workdir = tmp_path / "my runs" / "drop out"
   assert cli.main(["sweep", path, "--workdir", str(workdir), "--slurm"]) == 0
   script = (workdir / "sweep.sbatch").read_text()
   # sbatch splits an #SBATCH line at blanks unless quoted, as a shell does.
-  output = [l for l in script.splitlines() if l.startswith("#SBATCH --output")][0]
+  output = [line for line in script.splitlines() if line.startswith("#SBATCH --output")][0]
   assert shlex.split(output)[1] == f"--output={workdir}/logs/slurm-%A_%a.out"
   # The case body under bash, with a stand-in srun that records its arguments.
   bin_dir = tmp_path / "bin"
@@ -194,10 +231,10 @@ def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
   (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
   (bin_dir / "srun").chmod(0o755)
   record = tmp_path / "args.txt"
-  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1",
-         "SRUN_ARGS": str(record)}
-  done = subprocess.run(["bash", str(workdir / "sweep.sbatch")], env=env, cwd=REPO,
-                        capture_output=True, text=True)
+  env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1", "SRUN_ARGS": str(record)}
+  done = subprocess.run(
+    ["bash", str(workdir / "sweep.sbatch")], env=env, cwd=REPO, capture_output=True, text=True
+  )
   assert done.returncode == 0, done.stderr
   args = record.read_text().splitlines()
   assert args[args.index("--workdir") + 1] == f"{workdir}/model.dropout=0.2,seed=0"
@@ -205,8 +242,10 @@ def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
 
 def test_a_second_runner_on_a_busy_sweep_is_refused(tiny, tmp_path, capsys):
   from flaxlstm.train import workdir as workdir_lib
-  path = _write_sweep(tmp_path / "s.py", {"config": tiny["exp"],
-                                          "overrides": ["train.max_steps=5"]})
+
+  path = _write_sweep(
+    tmp_path / "s.py", {"config": tiny["exp"], "overrides": ["train.max_steps=5"]}
+  )
   workdir = tmp_path / "runs"
   workdir.mkdir()
   with workdir_lib.Lock(workdir, "another sweep runner"):

@@ -12,18 +12,19 @@ import sys
 import pytest
 
 from flaxlstm import cli
-from flaxlstm.search import runner
-from flaxlstm.search import sweep as sweep_lib
-from flaxlstm.search import tune as tune_lib
 from flaxlstm.errors import InputError
+from flaxlstm.search import runner
+from flaxlstm.search import tune as tune_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-SPACE = {"model.hidden_sizes": {"choice": [(8,), (16,), (8, 8)]},
-         "model.dropout": {"uniform": [0.0, 0.5]},
-         "train.learning_rate": {"loguniform": [1e-4, 1e-2]},
-         "train.batch_size": {"int": [16, 64], "step": 16},
-         "data.lookback": {"int": [8, 200], "log": True}}
+SPACE = {
+  "model.hidden_sizes": {"choice": [(8,), (16,), (8, 8)]},
+  "model.dropout": {"uniform": [0.0, 0.5]},
+  "train.learning_rate": {"loguniform": [1e-4, 1e-2]},
+  "train.batch_size": {"int": [16, 64], "step": 16},
+  "data.lookback": {"int": [8, 200], "log": True},
+}
 
 
 def _spec(**changes) -> dict:
@@ -41,20 +42,28 @@ def test_parse_fills_defaults_and_snaps_int_ranges_to_the_step():
   assert tune.space["train.batch_size"] == tune_lib.Dist("int", low=16, high=64, step=16)
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(
+  "changes, message",
+  [
     ({"space": {}}, "'space' must be a non-empty dict"),
     ({"spaces": {}}, r"unknown tune keys \['spaces'\]"),
     ({"config": ""}, "'config' must name the base experiment"),
     ({"overrides": ["train.max_steps"]}, "'overrides' must be a list of 'key=value'"),
-    ({"space": {"train.lr": {"uniform": [0, 1]}}},
-     "unknown config key 'train.lr' \\(did you mean 'train.learning_rate'"),
+    (
+      {"space": {"train.lr": {"uniform": [0, 1]}}},
+      "unknown config key 'train.lr' \\(did you mean 'train.learning_rate'",
+    ),
     ({"space": {"seed": {"int": [0, 9]}}}, "searching 'seed' only fits noise"),
-    ({"overrides": ["model.dropout=0.1"], "space": {"model.dropout": {"uniform": [0, 1]}}},
-     "'model.dropout' is also fixed in 'overrides'"),
+    (
+      {"overrides": ["model.dropout=0.1"], "space": {"model.dropout": {"uniform": [0, 1]}}},
+      "'model.dropout' is also fixed in 'overrides'",
+    ),
     ({"space": {"model.dropout": [0.0, 0.1]}}, "must be a dict with exactly one of"),
     ({"space": {"model.dropout": {"uniform": [0, 1], "choice": [0.1]}}}, "exactly one of"),
-    ({"space": {"model.dropout": {"uniform": [0, 0.5], "step": 0.1}}},
-     r"unknown options \['step'\] for 'uniform'"),
+    (
+      {"space": {"model.dropout": {"uniform": [0, 0.5], "step": 0.1}}},
+      r"unknown options \['step'\] for 'uniform'",
+    ),
     ({"space": {"model.dropout": {"choice": []}}}, "'choice' must be a non-empty list"),
     ({"space": {"model.dropout": {"choice": [0.1, 0.10]}}}, "duplicate values"),
     ({"space": {"model.dropout": {"uniform": [0.5, 0.1]}}}, "low < high"),
@@ -64,13 +73,16 @@ def test_parse_fills_defaults_and_snaps_int_ranges_to_the_step():
     ({"space": {"train.batch_size": {"uniform": [16, 64]}}}, "holds int values, 'uniform'"),
     ({"space": {"model.hidden_sizes": {"int": [8, 64]}}}, "holds tuple values"),
     ({"space": {"train.batch_size": {"int": [16, 64], "step": 0}}}, "'step' must be an int"),
-    ({"space": {"train.batch_size": {"int": [16, 64], "step": 16, "log": True}}},
-     "'log' needs low >= 1 and step 1"),
+    (
+      {"space": {"train.batch_size": {"int": [16, 64], "step": 16, "log": True}}},
+      "'log' needs low >= 1 and step 1",
+    ),
     ({"trials": 0}, "'trials' must be an int >= 1"),
     ({"metric": "test_mse"}, "never a test metric"),
     ({"algorithm": "grid"}, "'algorithm' must be one of"),
     ({"seed": -1}, "'seed' must be an int >= 0"),
-])
+  ],
+)
 def test_parse_rejects_bad_specs(changes, message):
   with pytest.raises(InputError, match=message):
     tune_lib.parse(_spec(**changes))
@@ -134,8 +146,10 @@ def test_store_round_trips_trials_and_refuses_another_search(tmp_path):
   # Tuples (stored as JSON lists) come back as the space's values.
   assert tune_lib.open_store(tune, tmp_path / "w") == trials
   # More trials extend the search; another space or seed is another search.
-  assert tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", trials=9)),
-                             tmp_path / "w") == trials
+  assert (
+    tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", trials=9)), tmp_path / "w")
+    == trials
+  )
   with pytest.raises(InputError, match="holds a search with another seed"):
     tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", seed=1)), tmp_path / "w")
   other = dict(SPACE, **{"model.dropout": {"uniform": [0.0, 0.3]}})
@@ -144,9 +158,16 @@ def test_store_round_trips_trials_and_refuses_another_search(tmp_path):
 
 
 def test_dry_run_and_bad_files(tiny, tmp_path, capsys):
-  path = _write_tune(tmp_path / "t.py", {
-      "config": tiny["exp"], "overrides": ["train.max_steps=10"], "space": SPACE,
-      "trials": 3, "algorithm": "random"})
+  path = _write_tune(
+    tmp_path / "t.py",
+    {
+      "config": tiny["exp"],
+      "overrides": ["train.max_steps=10"],
+      "space": SPACE,
+      "trials": 3,
+      "algorithm": "random",
+    },
+  )
   workdir = tmp_path / "runs"
   assert cli.main(["tune", path, "--workdir", str(workdir), "--dry-run"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -179,9 +200,16 @@ def _fake_train_runs(trained: list[list[str]], crash: set[str]):
         failures[run.name] = "exit 1: error: boom"
         continue
       mse = (run.setting["model.dropout"] - 0.2) ** 2 + math.log10(
-          run.setting["train.learning_rate"] / 1e-3) ** 2
-      metrics = {"val": {"mse": mse, "mae": mse}, "test": {"mse": 2 * mse, "mae": mse},
-                 "params_count": 10, "epochs": 1, "steps": 5, "train_wall_time_s": 0.1}
+        run.setting["train.learning_rate"] / 1e-3
+      ) ** 2
+      metrics = {
+        "val": {"mse": mse, "mae": mse},
+        "test": {"mse": 2 * mse, "mae": mse},
+        "params_count": 10,
+        "epochs": 1,
+        "steps": 5,
+        "train_wall_time_s": 0.1,
+      }
       (workdir / run.name).mkdir(parents=True)
       (workdir / run.name / "metrics.json").write_text(json.dumps(metrics))
     return failures
@@ -189,8 +217,9 @@ def _fake_train_runs(trained: list[list[str]], crash: set[str]):
   return train_runs
 
 
-def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(tiny, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(
+  tiny, tmp_path, monkeypatch, capsys
+):
   trained = []
   monkeypatch.setattr(runner, "train_runs", _fake_train_runs(trained, {"trial_001"}))
   path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 3})
@@ -225,17 +254,24 @@ def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(tiny, tmp_pa
   assert float(rows[best["trial"]]["val_mse"]) == best["value"]
 
 
+@pytest.mark.slow
 def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
   # Seed 2 draws batch sizes 1024, 16, 32: trial 0 fails in its own process (a valid
   # config, but more than the training windows), the search goes on, and trials 1 and 2
   # train (10 steps each).
-  spec = {"config": tiny["exp"], "overrides": ["train.max_steps=10"],
-          "space": {"train.batch_size": {"choice": [16, 32, 1024]},
-                    "train.learning_rate": {"loguniform": [1e-3, 1e-2]}},
-          "trials": 3, "algorithm": "random", "seed": 2}
+  spec = {
+    "config": tiny["exp"],
+    "overrides": ["train.max_steps=10"],
+    "space": {
+      "train.batch_size": {"choice": [16, 32, 1024]},
+      "train.learning_rate": {"loguniform": [1e-3, 1e-2]},
+    },
+    "trials": 3,
+    "algorithm": "random",
+    "seed": 2,
+  }
   tune = tune_lib.parse(spec)
-  assert [tune_lib.random_params(tune, i)["train.batch_size"] for i in range(3)] == [
-      1024, 16, 32]
+  assert [tune_lib.random_params(tune, i)["train.batch_size"] for i in range(3)] == [1024, 16, 32]
   path = _write_tune(tmp_path / "tiny_tune.py", spec)
   workdir = tmp_path / "runs"
   args = ["tune", path, "--workdir", str(workdir)]
@@ -253,16 +289,20 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
     assert float(rows[n]["val_mse"]) == metrics[n]["val"]["mse"]
     assert float(rows[n]["test_mse"]) == metrics[n]["test"]["mse"]
     assert int(rows[n]["params_count"]) > 0
-    assert float(rows[n]["train.learning_rate"]) == tune_lib.random_params(
-        tune, int(n[-1]))["train.learning_rate"]
+    assert (
+      float(rows[n]["train.learning_rate"])
+      == tune_lib.random_params(tune, int(n[-1]))["train.learning_rate"]
+    )
   winner = min(good, key=lambda n: metrics[n]["val"]["mse"])
   best = json.loads((workdir / "best.json").read_text())
   assert best["name"] == winner and best["value"] == metrics[winner]["val"]["mse"]
   params = tune_lib.random_params(tune, int(winner[-1]))
   assert best["overrides"] == ["train.max_steps=10"] + [
-      f"{k}={runner.format_value(v)}" for k, v in params.items()]
-  assert best["command"].startswith(f"flaxlstm train --config {tiny['exp']} --workdir "
-                                    f"{workdir}/best --config.train.max_steps=10")
+    f"{k}={runner.format_value(v)}" for k, v in params.items()
+  ]
+  assert best["command"].startswith(
+    f"flaxlstm train --config {tiny['exp']} --workdir {workdir}/best --config.train.max_steps=10"
+  )
   table = (workdir / "results.md").read_text().splitlines()
   assert table[2].startswith("| rank | trial | train.batch_size | train.learning_rate | val_mse")
   assert table[4].startswith(f"| 1 | {winner} |")
@@ -276,7 +316,7 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
   assert "trial_000\texit 2: error: train.batch_size" in (workdir / "failures.txt").read_text()
   assert cli.main(args + ["--dry-run"]) == 0
   dry = capsys.readouterr().out.strip().splitlines()
-  assert [l.startswith("# done: ") for l in dry] == [False, True, True]
+  assert [line.startswith("# done: ") for line in dry] == [False, True, True]
 
 
 def test_shipped_tune_files_load(monkeypatch):
@@ -289,8 +329,10 @@ def test_shipped_tune_files_load(monkeypatch):
 
 
 def test_a_value_no_trial_can_take_is_refused_before_the_search(tiny, tmp_path, capsys):
-  path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "trials": 3,
-                                         "space": {"model.dropout": {"choice": [0.1, 1.5]}}})
+  path = _write_tune(
+    tmp_path / "t.py",
+    {"config": tiny["exp"], "trials": 3, "space": {"model.dropout": {"choice": [0.1, 1.5]}}},
+  )
   workdir = tmp_path / "runs"
   assert cli.main(["tune", path, "--workdir", str(workdir)]) == 2
   err = capsys.readouterr().err
@@ -298,15 +340,19 @@ def test_a_value_no_trial_can_take_is_refused_before_the_search(tiny, tmp_path, 
   assert err.count("\n") == 1 and not workdir.exists()
 
 
-@pytest.mark.parametrize("name, content, fragment", [
+@pytest.mark.parametrize(
+  "name, content, fragment",
+  [
     ("tune.json", b'{"config": ', "is not valid JSON"),
     ("tune.json", b"\xff\xfe", "is not UTF-8 text"),
     ("tune.json", b"[]", "is not a JSON object"),
     ("trials.jsonl", b'{"trial": 0, "params": \xff}\n', "is not a trial of this search"),
-])
+  ],
+)
 def test_a_damaged_search_store_is_one_line(tiny, tmp_path, capsys, name, content, fragment):
-  path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 2,
-                                         "algorithm": "random"})
+  path = _write_tune(
+    tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 2, "algorithm": "random"}
+  )
   workdir = tmp_path / "runs"
   tune_lib.open_store(tune_lib.load_tune(path), workdir)  # a search that has begun
   (workdir / name).write_bytes(content)

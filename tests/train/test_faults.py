@@ -26,11 +26,18 @@ from flaxlstm import train as train_lib
 from flaxlstm.train import workdir as workdir_lib
 from flaxlstm.train.assembly import assemble
 
+# Every test here runs real `flaxlstm train` processes.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Long enough (a few seconds) to be interrupted; evaluations/checkpoints every 50 steps.
-FAULT = ["--config.train.max_steps=300", "--config.train.eval_every_steps=25",
-         "--config.train.log_every_steps=10", "--config.model.dropout=0.1",
-         "--config.train.patience=0"]
+FAULT = [
+  "--config.train.max_steps=300",
+  "--config.train.eval_every_steps=25",
+  "--config.train.log_every_steps=10",
+  "--config.model.dropout=0.1",
+  "--config.train.patience=0",
+]
 
 # Runs the CLI with every train step slowed by argv[1] seconds (the numbers are unchanged):
 # a run that must still be training while other commands start beside it.
@@ -63,8 +70,19 @@ sys.exit(cli.main(sys.argv[2:]))
 
 
 def _cmd(tiny, workdir, *extra):
-  return [sys.executable, "-m", "flaxlstm.cli", "train", "--quiet", "--config", tiny["exp"],
-          "--workdir", str(workdir), *FAULT, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "flaxlstm.cli",
+    "train",
+    "--quiet",
+    "--config",
+    tiny["exp"],
+    "--workdir",
+    str(workdir),
+    *FAULT,
+    *extra,
+  ]
 
 
 def _run(cmd, **kw):
@@ -100,9 +118,11 @@ def _assert_same_run(workdir, ref):
 
 def _latest_steps(workdir):
   # Finished steps only: a save under way is an orbax temporary folder ("25.orbax-...").
-  return sorted(int(os.path.basename(p)) for p in
-                glob.glob(os.path.join(workdir, "checkpoints", "latest", "[0-9]*"))
-                if os.path.basename(p).isdigit())
+  return sorted(
+    int(os.path.basename(p))
+    for p in glob.glob(os.path.join(workdir, "checkpoints", "latest", "[0-9]*"))
+    if os.path.basename(p).isdigit()
+  )
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +136,9 @@ def reference(tiny, tmp_path_factory):
 
 def test_sigterm_saves_and_exits_then_rerun_resumes_identically(tiny, reference, tmp_path):
   wd = tmp_path / "run"
-  proc = subprocess.Popen(_cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=ROOT)
+  proc = subprocess.Popen(
+    _cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+  )
   _wait_for_log(str(wd), proc, min_lines=3)
   proc.send_signal(signal.SIGTERM)
   code = proc.wait(timeout=60)  # bounded: one step plus one checkpoint
@@ -136,8 +157,9 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tiny, reference, 
   wd = tmp_path / "run"
   rng = np.random.default_rng(1234)
   for _ in range(3):
-    proc = subprocess.Popen(_cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+      _cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
       _wait_for_log(str(wd), proc)
     except AssertionError:
@@ -159,8 +181,9 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tiny, reference, t
   steps = _latest_steps(wd)
   assert steps == [125, 150]
   # Truncate every data file of the newest checkpoint, then train on to 300.
-  for path in glob.glob(str(wd / "checkpoints" / "latest" / "150" / "state" / "**" / "*"),
-                        recursive=True):
+  for path in glob.glob(
+    str(wd / "checkpoints" / "latest" / "150" / "state" / "**" / "*"), recursive=True
+  ):
     if os.path.isfile(path):
       with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 3)
@@ -185,8 +208,9 @@ def test_no_intact_checkpoint_is_a_clear_error(tiny, tmp_path):
 
 def test_nan_batch_is_skipped_and_counted(tiny, tmp_path):
   wd = tmp_path / "run"
-  out = _run([sys.executable, "-c", NAN_INJECTOR, "7", *_cmd(tiny, wd)[3:],
-              "--config.train.max_steps=100"])
+  out = _run(
+    [sys.executable, "-c", NAN_INJECTOR, "7", *_cmd(tiny, wd)[3:], "--config.train.max_steps=100"]
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   metrics = json.load(open(wd / "metrics.json"))
   assert metrics["nonfinite_steps"] == 1
@@ -196,8 +220,17 @@ def test_nan_batch_is_skipped_and_counted(tiny, tmp_path):
 
 def test_too_many_nan_steps_stop_the_run_naming_the_step(tiny, tmp_path):
   wd = tmp_path / "run"
-  out = _run([sys.executable, "-c", NAN_INJECTOR, "7", *_cmd(tiny, wd)[3:],
-              "--config.train.max_steps=100", "--config.train.max_nonfinite_steps=0"])
+  out = _run(
+    [
+      sys.executable,
+      "-c",
+      NAN_INJECTOR,
+      "7",
+      *_cmd(tiny, wd)[3:],
+      "--config.train.max_steps=100",
+      "--config.train.max_nonfinite_steps=0",
+    ]
+  )
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: non-finite loss or gradients at step 7")
@@ -214,14 +247,18 @@ def test_unwritable_workdir_fails_before_training(tiny, tmp_path):
 
 def test_full_disk_is_refused_before_training(tiny, tmp_path, monkeypatch):
   import shutil
+
   monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1024))
   with pytest.raises(Exception, match="MiB free, but checkpoints need about"):
     train_lib.train_and_evaluate(config_lib.load_config(tiny["exp"]), str(tmp_path / "run"))
 
 
 def _tree_bytes(folder):
-  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(pathlib.Path(folder).rglob("*"))
+    if p.is_file()
+  }
 
 
 def _one_error_line(stderr):
@@ -251,8 +288,7 @@ def test_checkpoint_of_another_model_is_refused(tiny, tmp_path):
 def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path):
   wd = tmp_path / "run"
   cmd = _cmd(tiny, wd, "--config.train.eval_every_steps=1", "--config.train.max_steps=30")
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=ROOT)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
   _wait_for_log(str(wd), proc, min_lines=2)
   proc.send_signal(signal.SIGTERM)
   code = proc.wait(timeout=60)
@@ -268,16 +304,23 @@ def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path):
   assert len(lines) == len(set(lines))  # each step logged once across the two sessions
 
 
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, reference,
-                                                                         tmp_path):
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, reference, tmp_path):
   wd = tmp_path / "run"
-  first = subprocess.Popen([sys.executable, "-c", SLOW, "0.05", *_cmd(tiny, wd)[3:]],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  first = subprocess.Popen(
+    [sys.executable, "-c", SLOW, "0.05", *_cmd(tiny, wd)[3:]],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=ROOT,
+  )
   _wait_for_log(str(wd), first)
-  others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=ROOT)
-            for cmd in (_cmd(tiny, wd), [sys.executable, "-m", "flaxlstm.cli", "evaluate",
-                                         "--workdir", str(wd)])]
+  others = [
+    subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for cmd in (
+      _cmd(tiny, wd),
+      [sys.executable, "-m", "flaxlstm.cli", "evaluate", "--workdir", str(wd)],
+    )
+  ]
   outs = [(p.wait(timeout=120), p.stderr.read()) for p in others]
   first.send_signal(signal.SIGTERM)
   assert first.wait(timeout=60) == 128 + signal.SIGTERM
@@ -293,8 +336,16 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, re
 
 
 def _sweep_cmd(sweep_file, workdir):
-  return [sys.executable, "-m", "flaxlstm.cli", "sweep", str(sweep_file), "--workdir",
-          str(workdir), "--quiet"]
+  return [
+    sys.executable,
+    "-m",
+    "flaxlstm.cli",
+    "sweep",
+    str(sweep_file),
+    "--workdir",
+    str(workdir),
+    "--quiet",
+  ]
 
 
 def _wait_until(predicate, timeout=60, what="condition"):
@@ -308,17 +359,28 @@ def _wait_until(predicate, timeout=60, what="condition"):
 
 def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny, tmp_path):
   sweep_file = tmp_path / "one_run.py"
-  sweep_file.write_text("def get_sweep():\n  return " + repr({
-      "config": tiny["exp"], "overrides": [o.removeprefix("--config.") for o in FAULT],
-      "seeds": [0]}) + "\n")
+  sweep_file.write_text(
+    "def get_sweep():\n  return "
+    + repr(
+      {
+        "config": tiny["exp"],
+        # Half the usual budget: long enough to be stopped twice, quicker to finish.
+        "overrides": [o.removeprefix("--config.") for o in FAULT] + ["train.max_steps=150"],
+        "seeds": [0],
+      }
+    )
+    + "\n"
+  )
   wd = tmp_path / "sweep"
   run_dir = wd / "seed=0"
-  log_lines = lambda: sum(1 for _ in open(run_dir / "metrics.jsonl")) if (
-      run_dir / "metrics.jsonl").exists() else 0
+  log_lines = lambda: (
+    sum(1 for _ in open(run_dir / "metrics.jsonl")) if (run_dir / "metrics.jsonl").exists() else 0
+  )
 
   # SIGTERM to the runner: passed on, the run saves a checkpoint, the runner waits for it.
-  runner = subprocess.Popen(_sweep_cmd(sweep_file, wd), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  runner = subprocess.Popen(
+    _sweep_cmd(sweep_file, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+  )
   _wait_until(lambda: log_lines() >= 2 or runner.poll() is not None, what="training")
   runner.send_signal(signal.SIGTERM)
   assert runner.wait(timeout=60) == 128 + signal.SIGTERM
@@ -329,8 +391,9 @@ def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny,
 
   # kill -9 of the runner: its run is told to stop (the kernel's parent-death signal) and
   # saves a checkpoint; it never trains on beside the next runner.
-  runner = subprocess.Popen(_sweep_cmd(sweep_file, wd), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=ROOT)
+  runner = subprocess.Popen(
+    _sweep_cmd(sweep_file, wd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+  )
   seen = log_lines()
   _wait_until(lambda: log_lines() > seen + 1, what="the resumed run")
   runner.kill()
@@ -338,12 +401,12 @@ def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny,
   _wait_until(lambda: workdir_lib.lock_holder(run_dir) is None, what="the orphaned run")
   log = (wd / "logs" / "seed=0.log").read_text()
   assert "stopped by signal 15 at step" in log
-  assert first_stop < _latest_steps(run_dir)[-1] < 300
+  assert first_stop < _latest_steps(run_dir)[-1] < 150
   assert not (run_dir / "metrics.json").exists()
 
   out = _run(_sweep_cmd(sweep_file, wd))
   assert out.returncode == 0, out.stderr[-2000:]
-  assert json.load(open(run_dir / "metrics.json"))["steps"] == 300
+  assert json.load(open(run_dir / "metrics.json"))["steps"] == 150
 
 
 # Runs the CLI with every metrics write after step argv[1] failing as on a full disk:
@@ -365,8 +428,12 @@ sys.exit(cli.main(sys.argv[2:]))
 def _small_disk(folder):
   """A 24 MiB tmpfs at `folder` (True), or False where mounting is not allowed."""
   folder.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)],
-                           capture_output=True).returncode == 0
+  mounted = (
+    subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)], capture_output=True
+    ).returncode
+    == 0
+  )
   try:
     yield mounted
   finally:
@@ -384,13 +451,13 @@ def _fill(folder):
       assert e.errno == errno.ENOSPC
 
 
-def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, reference,
-                                                                       tmp_path):
+def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, reference, tmp_path):
   with _small_disk(tmp_path / "disk") as real:
     wd = tmp_path / "disk" / "run"
     if real:  # the run fills a real filesystem: orbax, TensorBoard and our own writes
-      proc = subprocess.Popen(_cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=ROOT)
+      proc = subprocess.Popen(
+        _cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+      )
       _wait_until(lambda: _latest_steps(wd) or proc.poll() is not None, what="a checkpoint")
       _fill(tmp_path / "disk")
       code = proc.wait(timeout=120)
@@ -408,6 +475,7 @@ def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, re
     out = _run(_cmd(tiny, wd))
     assert out.returncode == 0, out.stderr[-2000:]
     _assert_same_run(str(wd), reference)
-    steps = lambda d: [(r["step"], r["split"]) for r in map(json.loads, open(
-        os.path.join(d, "metrics.jsonl")))]
+    steps = lambda d: [
+      (r["step"], r["split"]) for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
+    ]
     assert steps(wd) == steps(reference)  # no line twice, none missing

@@ -23,8 +23,7 @@ def _config(tiny, *overrides):
 def _best_params(workdir):
   config = config_lib.config_from_json(open(os.path.join(workdir, "config.json")).read())
   run = assemble(config_lib.to_spec(config))
-  return train_lib.restore_params(workdir, jax.tree.map(np.asarray,
-                                                                run.init_state().params))
+  return train_lib.restore_params(workdir, jax.tree.map(np.asarray, run.init_state().params))
 
 
 def _lines(workdir):
@@ -32,14 +31,21 @@ def _lines(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   wd = str(tmp_path / "run")
   m = train_lib.train_and_evaluate(_config(tiny), wd)
   val = [r["loss"] for r in _lines(wd) if r["split"] == "val"]
   assert val[-1] < 0.5 * val[0]
   assert m["val"]["mse"] < m["baselines"]["naive"]["val"]["mse"]  # a seasonal series
-  for name in ("config.json", "metrics.json", "metrics.jsonl", "scalers.json",
-               "learning_curves.png", "forecast_test.png"):
+  for name in (
+    "config.json",
+    "metrics.json",
+    "metrics.jsonl",
+    "scalers.json",
+    "learning_curves.png",
+    "forecast_test.png",
+  ):
     assert os.path.getsize(os.path.join(wd, name)) > 0, name
   assert os.listdir(os.path.join(wd, "tensorboard"))
   saved = json.load(open(os.path.join(wd, "metrics.json")))
@@ -48,17 +54,27 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear"}
   # Original-unit metrics are the scaled ones times the target's variance.
   scale = scaling.load_scalers(os.path.join(wd, "scalers.json")).target_scaler.scale_[0]
-  np.testing.assert_allclose(saved["test"]["mse_original"], saved["test"]["mse"] * scale**2,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    saved["test"]["mse_original"], saved["test"]["mse"] * scale**2, rtol=1e-4
+  )
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_restores_the_best_params(tiny, tmp_path):
   # A learning rate this large without clipping makes validation worse after the first
   # evaluation, so patience 2 must stop the run and the best (first) params come back.
   wd = str(tmp_path / "run")
   m = train_lib.train_and_evaluate(
-      _config(tiny, "train.learning_rate=0.5", "train.clip_norm=0", "train.patience=2",
-              "train.max_steps=200", "train.eval_every_steps=5"), wd)
+    _config(
+      tiny,
+      "train.learning_rate=0.5",
+      "train.clip_norm=0",
+      "train.patience=2",
+      "train.max_steps=200",
+      "train.eval_every_steps=5",
+    ),
+    wd,
+  )
   assert m["stopped_early"] and m["steps"] < 200
   val = {r["step"]: r["mse"] for r in _lines(wd) if r["split"] == "val"}
   best_step = min(val, key=val.get)
@@ -71,9 +87,14 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
-  overrides = ("model.dropout=0.1", "model.recurrent_dropout=0.1", "data.augment.jitter=0.05",
-               "train.max_steps=30")
+  overrides = (
+    "model.dropout=0.1",
+    "model.recurrent_dropout=0.1",
+    "data.augment.jitter=0.05",
+    "train.max_steps=30",
+  )
   ref = str(tmp_path / "ref")
   ref_metrics = train_lib.train_and_evaluate(_config(tiny, *overrides), ref)
 
@@ -88,6 +109,7 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
       if len(calls) == step:
         raise _Interrupt()
       return real_augment(*args)
+
     return dying_augment
 
   # Killed at step 7, before the first checkpoint (step 10): the rerun starts over, and
@@ -96,7 +118,8 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
   with pytest.raises(_Interrupt):
     train_lib.train_and_evaluate(_config(tiny, *overrides), wd)
   assert [r["step"] for r in _lines(wd)] == [5] and not os.path.exists(
-      os.path.join(wd, "checkpoints", "latest", "10"))
+    os.path.join(wd, "checkpoints", "latest", "10")
+  )
   # Then at step 17, mid-way between the checkpoints at steps 10 and 20.
   monkeypatch.setattr(augment, "augment", dies_at(17))
   with pytest.raises(_Interrupt):
@@ -115,20 +138,24 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
   assert steps == [(r["step"], r["split"]) for r in _lines(ref)]
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(tiny, tmp_path):
   wd = str(tmp_path / "run")
   first = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
   again = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
   assert again["val"] == first["val"] and again["steps"] == 10
   with pytest.raises(Exception, match="another config.*train.learning_rate"):
-    train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10",
-                                         "train.learning_rate=0.5"), wd)
+    train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10", "train.learning_rate=0.5"), wd)
 
 
 def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   wd = str(tmp_path / "run")
-  assert cli.main(["train", "--config", tiny["exp"], "--workdir", wd, "--quiet",
-                   "--config.train.max_steps=20"]) == 0
+  assert (
+    cli.main(
+      ["train", "--config", tiny["exp"], "--workdir", wd, "--quiet", "--config.train.max_steps=20"]
+    )
+    == 0
+  )
   assert json.load(open(os.path.join(wd, "config.json")))["train"]["max_steps"] == 20
   assert cli.main(["evaluate", "--workdir", wd]) == 0
   printed = json.loads(capsys.readouterr().out)
@@ -144,24 +171,43 @@ def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   assert series.min() - 1 < preds["y"].mean() < series.max() + 1
 
   out_all = str(tmp_path / "all.csv")
-  assert cli.main(["predict", "--workdir", wd, "--data", tiny["csv"], "--out", out_all,
-                   "--all-windows"]) == 0
+  assert (
+    cli.main(["predict", "--workdir", wd, "--data", tiny["csv"], "--out", out_all, "--all-windows"])
+    == 0
+  )
   every = pd.read_csv(out_all)
   assert len(every) == (600 - 24 + 1) * 6 and "y_actual" in every.columns
 
 
-@pytest.mark.parametrize("argv, fragment", [
+@pytest.mark.parametrize(
+  "argv, fragment",
+  [
     (["--config.train.lr=1"], "unknown config key 'train.lr'"),
     (["--config.model.dropout=1.5"], "model.dropout"),
     (["--config.data.target=nope"], "'nope'"),
     (["--config.data.path=/does/not/exist.csv"], "not found"),
     (["--config.data.lookback=500"], "too short"),
-])
-def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, capsys, argv,
-                                                             fragment):
+  ],
+)
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
+  tiny, tmp_path, capsys, argv, fragment
+):
   wd = tmp_path / "run"
   code = cli.main(["train", "--config", tiny["exp"], "--workdir", str(wd), "--quiet"] + argv)
   err = capsys.readouterr().err
   assert code == 2
   assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
   assert not wd.exists()
+
+
+@pytest.mark.slow
+def test_the_default_experiment_does_not_depend_on_the_directory(tmp_path, monkeypatch):
+  # A new user outside the checkout (no experiments/ folder here) gets the packaged
+  # default experiment, not the bare schema defaults.
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "--workdir", "run", "--quiet", "--config.train.max_steps=2"]) == 0
+  saved = json.load(open(tmp_path / "run" / "config.json"))
+  assert saved == json.loads(
+    config_lib.config_to_json(config_lib.load_config("ett", ["train.max_steps=2"]), saved["_run"])
+  )
+  assert saved["data"]["split"] == "ett" and saved["model"]["predict_delta"]

@@ -46,8 +46,22 @@ from flaxlstm.train import workdir as workdir_lib
 
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "data" / "malformed"
 CASES = json.loads((CORPUS / "workdir_cases.json").read_text())
-_OPS = {"write", "append", "write_hex", "append_hex", "remove", "mkdir", "truncate", "flip",
-        "json_set", "payload", "data_change", "data_remove", "symlink_data", "hold_lock"}
+_OPS = {
+  "write",
+  "append",
+  "write_hex",
+  "append_hex",
+  "remove",
+  "mkdir",
+  "truncate",
+  "flip",
+  "json_set",
+  "payload",
+  "data_change",
+  "data_remove",
+  "symlink_data",
+  "hold_lock",
+}
 
 
 class _Payload:
@@ -67,9 +81,19 @@ def finished_run(tiny, tmp_path_factory):
   data = root / "series.csv"
   shutil.copy(tiny["csv"], data)
   workdir = root / "run"
-  code = cli.main(["train", "--config", tiny["exp"], "--workdir", str(workdir), "--quiet",
-                   f"--config.data.path={data}", "--config.train.max_steps=20",
-                   "--config.train.eval_every_steps=10"])
+  code = cli.main(
+    [
+      "train",
+      "--config",
+      tiny["exp"],
+      "--workdir",
+      str(workdir),
+      "--quiet",
+      f"--config.data.path={data}",
+      "--config.train.max_steps=20",
+      "--config.train.eval_every_steps=10",
+    ]
+  )
   assert code == 0
   assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["10", "20"]
   return workdir
@@ -178,8 +202,12 @@ def _prepare(case: dict, finished_run: pathlib.Path, tmp: pathlib.Path):
     (workdir / "config.json").write_text(json.dumps(config, indent=2))
   elif kind == "empty":
     workdir.mkdir()
-  places = {"workdir": str(workdir), "data": str(data), "config": str(tmp / "config.json"),
-            "tmp": str(tmp)}
+  places = {
+    "workdir": str(workdir),
+    "data": str(data),
+    "config": str(tmp / "config.json"),
+    "tmp": str(tmp),
+  }
   return workdir, places
 
 
@@ -187,15 +215,32 @@ def test_corpus_is_consistent():
   names = [c["name"] for c in CASES]
   assert len(names) == len(set(names)) and len(CASES) >= 50
   for c in CASES:
-    assert set(c) <= {"name", "damage", "command", "exit", "fragment", "workdir", "changes",
-                      "creates", "warning"}, c["name"]
+    assert set(c) <= {
+      "name",
+      "damage",
+      "command",
+      "exit",
+      "fragment",
+      "workdir",
+      "changes",
+      "creates",
+      "warning",
+    }, c["name"]
     assert {op["op"] for op in c["damage"]} <= _OPS, c["name"]
     assert c["exit"] in (0, 2) and (c["exit"] == 0 or c["fragment"]), c["name"]
   commands = {c["command"][0] for c in CASES}
   assert commands == {"train", "evaluate", "predict"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def _params():
+  # A case whose command trains is slow (compiles, trains, scores); the others refuse or
+  # read in about a second.
+  for case in CASES:
+    slow = case["command"][0] == "train" and case["exit"] == 0
+    yield pytest.param(case, id=case["name"], marks=(pytest.mark.slow,) if slow else ())
+
+
+@pytest.mark.parametrize("case", list(_params()))
 def test_hostile_workdir(case, finished_run, tmp_path, capsys, monkeypatch):
   tmp = tmp_path / "case"
   tmp.mkdir()
@@ -224,8 +269,8 @@ def test_hostile_workdir(case, finished_run, tmp_path, capsys, monkeypatch):
   assert "Traceback" not in out + err, err
   assert not (tmp / "EXECUTED").exists(), "a pickle from the workdir was executed"
   assert code == case["exit"], f"exit {code}, stderr: {err!r}"
-  errors = [l for l in lines if l.startswith("error: ")]
-  warnings = [l for l in lines if l.startswith("warning: ")]
+  errors = [line for line in lines if line.startswith("error: ")]
+  warnings = [line for line in lines if line.startswith("warning: ")]
   assert len(errors) + len(warnings) == len(lines), f"stray stderr lines: {err!r}"
   if case["exit"]:
     assert len(errors) == 1 and lines[-1] == errors[0], err
@@ -234,7 +279,8 @@ def test_hostile_workdir(case, finished_run, tmp_path, capsys, monkeypatch):
     assert not errors, err
   if case.get("warning"):
     assert any(case["warning"] in w for w in warnings), (
-        f"expected a warning with {case['warning']!r}: {err!r}")
+      f"expected a warning with {case['warning']!r}: {err!r}"
+    )
   else:
     assert not warnings, err
 
@@ -254,9 +300,19 @@ def test_no_code_path_can_unpickle_a_run_file():
   """The structural guarantee behind the pickle cases above: no module under flaxlstm/
   imports a deserializer that can run code, or asks numpy for allow_pickle=True."""
   import ast
+
   package = pathlib.Path(__file__).resolve().parents[2] / "flaxlstm"
-  banned = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve",
-            "marshal", "torch"}
+  banned = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "shelve",
+    "marshal",
+    "torch",
+  }
   offenders = []
   for path in sorted(package.rglob("*.py")):
     for node in ast.walk(ast.parse(path.read_text())):
@@ -266,8 +322,12 @@ def test_no_code_path_can_unpickle_a_run_file():
       elif isinstance(node, ast.ImportFrom):
         names = [node.module or ""]
       elif isinstance(node, ast.Call):
-        names = [f"allow_pickle" for k in node.keywords if k.arg == "allow_pickle"
-                 and not (isinstance(k.value, ast.Constant) and k.value.value is False)]
+        names = [
+          "allow_pickle"
+          for k in node.keywords
+          if k.arg == "allow_pickle"
+          and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+        ]
       for name in names:
         if name.split(".")[0] in banned or name == "allow_pickle":
           offenders.append(f"{path.relative_to(package)}:{node.lineno}: {name}")

@@ -21,11 +21,13 @@ N_ROWS = 300
 def valid_frame(n: int = N_ROWS) -> pd.DataFrame:
   rng = np.random.default_rng(0)
   t = np.arange(n)
-  return pd.DataFrame({
+  return pd.DataFrame(
+    {
       "date": pd.date_range("2021-01-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
       "x": np.round(np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=n), 4),
       "y": np.round(np.cos(2 * np.pi * t / 12) + 0.002 * t + 0.1 * rng.normal(size=n), 4),
-  })
+    }
+  )
 
 
 def csv(name: str, frame: pd.DataFrame) -> None:
@@ -51,7 +53,8 @@ def main() -> None:
   lines[101] += ",0.5"  # one row with a field too many
   (HERE / "ragged_row.csv").write_text("\n".join(lines) + "\n")
   (HERE / "garbage.parquet").write_bytes(
-      np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes()
+  )
   good = base.assign(date=pd.to_datetime(base["date"]))
   good.to_parquet(HERE / "_full.parquet", index=False)
   full = (HERE / "_full.parquet").read_bytes()
@@ -92,10 +95,10 @@ def main() -> None:
   csv("numeric_dates.csv", base.assign(date=np.arange(N_ROWS) * 3600))
 
   # --- length ----------------------------------------------------------------------------
-  csv("too_short.csv", valid_frame(40))
+  csv("too_short.csv", valid_frame(40))  # 0.7 * 40 = 28 train rows < lookback 24 + horizon 6
 
   # --- config files that need exact bytes ------------------------------------------------
-  (HERE / "not_utf8.json").write_bytes(b'{"seed": 0, "data": {"target": ["\xff"]}}\n')  # 0.7 * 40 = 28 train rows < lookback 24 + horizon 6
+  (HERE / "not_utf8.json").write_bytes(b'{"seed": 0, "data": {"target": ["\xff"]}}\n')
 
 
 if __name__ == "__main__":
