@@ -72,6 +72,7 @@ INITIALIZERS: dict[str, Initializer] = {
   "he_normal": initializers.he_normal(),
   "orthogonal": initializers.orthogonal(),
   "zeros": initializers.zeros_init(),
+  "ones": initializers.ones_init(),
 }
 # "" is the compute dtype's default: that of the parameters.
 DTYPES: dict[str, Any] = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}

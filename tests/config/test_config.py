@@ -296,3 +296,42 @@ def test_json_errors():
     config_lib.config_from_json('{"train": {"lr": 0.1}}')
   with pytest.raises(InputError, match="malformed"):
     config_lib.config_from_json("{")
+
+
+def _other_value(f):
+  """A config value of cell option `f` other than its default."""
+  default = config_lib.default_config().model.cell[f.name]
+  if "choices" in f.metadata:
+    # The last of the table: for initializers "ones", which fits a bias too.
+    return [name for name in f.metadata["choices"] if name and name != default][-1]
+  if f.metadata.get("kind") is int:
+    return 4
+  return (not default) if isinstance(default, bool) else default + 0.5
+
+
+def test_every_cell_option_travels_from_the_config_to_the_cell(monkeypatch):
+  """The options are one object from the config to every layer: set in `model.cell`, each
+  reaches the LSTMCell the Forecaster builds, with nothing copied by hand on the way."""
+  import jax
+  import jax.numpy as jnp
+
+  from flaxlstm.forecast.model import Forecaster
+  from flaxlstm.nn import cell as cell_lib
+  from flaxlstm.nn.layers import LSTM
+
+  overrides = {f.name: _other_value(f) for f in cell_lib.CELL_OPTIONS}
+  spec = config_lib.to_spec(
+    config_lib.load_config(None, [f"model.cell.{k}={v}" for k, v in overrides.items()])
+  )
+  built = []
+  make_cell = LSTM.make_cell
+  monkeypatch.setattr(LSTM, "make_cell", lambda self: built.append(make_cell(self)) or built[-1])
+  Forecaster(horizon=2, n_targets=1, spec=spec.model).init(
+    jax.random.key(0), jnp.ones((1, 8, 1)), jnp.ones((1, 1))
+  )
+  assert built
+  for f in cell_lib.CELL_OPTIONS:
+    want = (
+      f.metadata["choices"][overrides[f.name]] if "choices" in f.metadata else overrides[f.name]
+    )
+    assert getattr(built[0], f.name) == want, f.name
