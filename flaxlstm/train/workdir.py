@@ -105,9 +105,7 @@ class Lock:
       except BlockingIOError:
         holder = _read_holder(fd)
         os.close(fd)
-        raise InputError(
-          f"{self.directory} is in use by {holder}; wait for it to finish, or use another --workdir"
-        ) from None
+        raise busy_error(self.directory, holder) from None
       except OSError as e:
         os.close(fd)
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
@@ -466,9 +464,14 @@ def fail_if_busy(workdir: str) -> None:
   """Refuses at once if another process holds `workdir` (before the data is even read)."""
   holder = lock_holder(workdir)
   if holder is not None:
-    raise InputError(
-      f"{workdir} is in use by {holder}; wait for it to finish, or use another --workdir"
-    )
+    raise busy_error(workdir, holder)
+
+
+def busy_error(directory: str, holder: str) -> InputError:
+  """The one message for a directory another process holds."""
+  return InputError(
+    f"{directory} is in use by {holder}; wait for it to finish, or use another --workdir"
+  )
 
 
 def check_free_space(workdir: str, needed_bytes: int) -> None:
