@@ -1,4 +1,5 @@
-"""Side-by-side LSTM train-step benchmark: flaxlstm vs Flax nn.RNN, Keras 3 (JAX), PyTorch.
+"""Side-by-side LSTM train-step benchmark: flaxlstm (Linen and NNX) vs Flax nn.RNN / nnx.RNN,
+Keras 3 (JAX), PyTorch.
 
 Every peer trains the same model (LSTM -> LSTM -> Dense 1, last time step, MSE) on the same
 data with the same optimizer (clip_by_global_norm(1.0) -> AdamW(lr 1e-3, weight decay 1e-4 on
@@ -66,8 +67,10 @@ SHAPES = {
   "large": Shape(64, 256, 32, (1024, 1024), steps=10, warmup=2),
   "long": Shape(32, 2048, 8, (512, 256), remat=True, steps=5, warmup=1),
   "tiny": Shape(4, 8, 3, (16, 8), steps=3, warmup=1),
+  # The default experiment's train step (ett recipe: batch 64, lookback 96, OT alone, 64 units).
+  "ett": Shape(64, 96, 1, (64,), steps=40, warmup=5),
 }
-ALL_PEERS = ("flaxlstm", "flax", "keras", "torch")
+ALL_PEERS = ("flaxlstm", "flaxlstm_nnx", "flax", "flax_nnx", "keras", "torch")
 LR, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, 1.0
 
 
@@ -272,9 +275,82 @@ class TorchPeer:
     return loss.item()
 
 
+class NnxPeer(JaxPeer):
+  """An NNX module trained by the same jitted optax step: Flax's fast NNX pattern, the
+  module split once into a graph definition and its state, merged inside `jax.jit`, so
+  the timed step has no Python graph traversal (what `nnx.jit` adds per call)."""
+
+  def __init__(self, name: str, module, x: np.ndarray, y: np.ndarray):
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    class _Apply:  # JaxPeer's model interface over the split NNX module
+      def init(self, key, x):
+        return {"params": params}
+
+      def apply(self, variables, x):
+        return nnx.merge(graphdef, variables["params"], rest)(x)
+
+    super().__init__(name, _Apply(), x, y)
+
+
+class _NnxRegressor:
+  """layers -> Linear(1) on the last step, for the NNX peers (built lazily: flax.nnx)."""
+
+  @staticmethod
+  def build(stack, last: int):
+    from flax import nnx
+
+    class Regressor(nnx.Module):
+      def __init__(self):
+        self.stack, self.head = stack, nnx.Linear(last, 1, rngs=nnx.Rngs(1))
+
+      def __call__(self, x):
+        return self.head(self.stack(x))
+
+    return Regressor()
+
+
+def make_flaxlstm_nnx(s: Shape, x, y) -> JaxPeer:
+  from flax import nnx
+
+  from flaxlstm import nnx as lnnx
+
+  stack = lnnx.StackedLSTM(
+    s.features, tuple(s.layers), rngs=nnx.Rngs(0), return_sequences=False, remat=s.remat
+  )
+  return NnxPeer("flaxlstm_nnx", _NnxRegressor.build(stack, s.layers[-1]), x, y)
+
+
+def make_flax_nnx(s: Shape, x, y) -> JaxPeer:
+  from flax import nnx
+
+  class Stack(nnx.Module):
+    def __init__(self):
+      widths = (s.features,) + tuple(s.layers)
+      self.rnns = nnx.List(
+        [
+          nnx.RNN(nnx.OptimizedLSTMCell(a, b, rngs=nnx.Rngs(i)), rngs=False)
+          for i, (a, b) in enumerate(zip(widths, widths[1:]))
+        ]
+      )
+
+    def __call__(self, x):
+      for rnn in self.rnns:
+        # A fresh Rngs per call: the carry is zeros, and nnx.RNN's own RNG state could not
+        # be mutated inside the jitted step of the split module.
+        x = rnn(x, rngs=nnx.Rngs(0))
+      return x[:, -1]
+
+  return NnxPeer("flax_nnx", _NnxRegressor.build(Stack(), s.layers[-1]), x, y)
+
+
 FACTORIES: dict[str, tuple[str, Callable]] = {
   "flaxlstm": ("flaxlstm", make_flaxlstm),
+  "flaxlstm_nnx": ("flax", make_flaxlstm_nnx),
   "flax": ("flax", make_flax),
+  "flax_nnx": ("flax", make_flax_nnx),
   "keras": ("keras", KerasPeer),
   "torch": ("torch", TorchPeer),
 }

@@ -143,6 +143,18 @@ class ModelSpec(_Spec):
   unroll: int = 1  # Time steps unrolled per scan iteration.
   predict_delta: bool = False  # Predict the change from the last observed target value.
   linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
+  # "mixed": all input columns read together, the targets forecast jointly. "independent":
+  # one shared model forecasts each column from its own past (channel independence: every
+  # (column, window) is a sample); data.features must then equal data.target.
+  channels: str = "mixed"
+  series_embedding: int = 0  # channels="independent": width of a learned series embedding.
+  revin: bool = False  # Reversible instance normalization of every window (RevIN).
+  revin_affine: bool = False  # RevIN's learned per-column scale and shift.
+  segment_length: int = 0  # Embed the window in segments of this many steps; 0 = per step.
+  # "dense": one map from the last state to the whole horizon. "parallel": one decoder step
+  # per output segment of segment_length, all at once (SegRNN's PMF). "recurrent": the same
+  # steps one after another, each fed the previous segment (RMF).
+  decoder: str = "dense"
 
   @property
   def cell_options(self) -> dict[str, Any]:
@@ -161,6 +173,24 @@ class ModelSpec(_Spec):
     for key in ("dropout", "recurrent_dropout", "inter_layer_dropout", "dense_dropout"):
       c.probability(key)
     c.check("unroll", self.unroll >= 1, "must be >= 1")
+    from flaxlstm.forecast import model  # the tables live with their code
+
+    c.choice("channels", model.CHANNELS)
+    c.choice("decoder", model.DECODERS)
+    for key in ("series_embedding", "segment_length"):
+      c.non_negative(key)
+      c.at_most(key, 2**16)
+    if self.decoder != "dense":
+      c.check("decoder", self.segment_length > 0, "needs model.segment_length > 0")
+      c.check("decoder", not self.bidirectional, "needs a unidirectional encoder")
+    if self.series_embedding:
+      c.check(
+        "series_embedding", self.channels == "independent", "needs model.channels='independent'"
+      )
+    if self.revin:
+      c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")
+    if self.revin_affine:
+      c.check("revin_affine", self.revin, "needs model.revin=True")
     proj = self.cell_options.get("proj_features")
     if proj is not None:
       c.check(
@@ -179,9 +209,12 @@ class TrainSpec(_Spec):
   max_epochs: int = 100  # Epoch budget.
   max_steps: int = 0  # Step budget; 0 = no limit (the epoch budget decides).
   learning_rate: float = 1e-3  # Peak learning rate.
-  # "constant" | "cosine"; cosine decays to 1% of the peak over the budget: max_steps if > 0,
-  # else max_epochs * steps_per_epoch.
+  # "constant" | "cosine" | "exponential". Cosine decays to 1% of the peak over the budget
+  # (max_steps if > 0, else max_epochs * steps_per_epoch); exponential keeps the peak for
+  # decay_after_epochs epochs, then multiplies it by epoch_decay at every new epoch.
   schedule: str = "constant"
+  epoch_decay: float = 0.8  # schedule="exponential": learning-rate factor per epoch.
+  decay_after_epochs: int = 3  # schedule="exponential": epochs at the peak first.
   warmup_steps: int = 0  # Linear warmup from 0 to the peak learning rate.
   weight_decay: float = 1e-4  # Decoupled weight decay (AdamW; SGD adds it to the gradient).
   clip_norm: float = 1.0  # Clip gradients to this global norm; 0 = off.
@@ -229,6 +262,8 @@ class TrainSpec(_Spec):
     ):
       c.non_negative(key)
     c.probability("momentum")
+    c.check("epoch_decay", 0 < self.epoch_decay <= 1, "must be in (0, 1]")
+    c.non_negative("decay_after_epochs")
     c.check("keep_best", self.keep_best >= 1, "must be >= 1")
     c.choice("schedule", optim.SCHEDULES)
     c.choice("optimizer", optim.OPTIMIZERS)

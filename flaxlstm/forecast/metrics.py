@@ -28,3 +28,11 @@ def split_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dic
   scaled = regression_metrics(y, pred)
   orig = regression_metrics(data.inverse_targets(y), data.inverse_targets(pred))
   return {**scaled, **{f"{k}_original": v for k, v in orig.items()}}
+
+
+def per_target_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dict:
+  """`split_metrics` on the scaled values of each target column alone, by name."""
+  _, y = windows.gather_windows(data, starts)
+  return {
+    name: regression_metrics(y[..., i], pred[..., i]) for i, name in enumerate(data.target_names)
+  }

@@ -232,13 +232,27 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
   ) -> tuple[Carry, Array]:
     """One step from input pre-activations `zx` (see `project`). `h_mask` scales the h fed
     back (variational recurrent dropout: one mask per sequence, the same at every step)."""
-    dt = self.compute_dtype
     c, h = carry
     h_in = h if h_mask is None else h * h_mask
-    zh = jnp.matmul(h_in.astype(dt), p["recurrent_kernel"].astype(dt))
+    return self.activate(p, c, zx + self.recurrent_preactivations(p, h_in))
+
+  @nn.nowrap
+  def recurrent_preactivations(self, p: Mapping[str, Array], h: Array) -> Array:
+    """The recurrent side `U h` of the gate pre-activations (layer-normalized if set)."""
+    dt = self.compute_dtype
+    zh = jnp.matmul(h.astype(dt), p["recurrent_kernel"].astype(dt))
     if self.layer_norm:
       zh = _layer_norm(zh, p["recurrent_ln_scale"], 4)
-    z = zx + zh
+    return zh
+
+  @nn.nowrap
+  def activate(self, p: Mapping[str, Array], c: Array, z: Array) -> tuple[Carry, Array]:
+    """The gates from the full pre-activations `z = W x + U h + b`: `c, z -> (c', h'), h'`.
+
+    Split from `recur` so that a caller who knows `z` cheaper (the parallel decoder, whose
+    steps share one `h`) can reuse the exact gate math.
+    """
+    dt = self.compute_dtype
     n = self.features
     i = self.gate_fn(z[..., :n])
     f = self.gate_fn(z[..., n : 2 * n])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,59 +81,106 @@ class LSTM(CellOptions):
     deterministic: bool | None = None,
     reverse: bool | None = None,
   ):
-    if inputs.ndim < 2:
-      raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
     reverse = self.reverse if reverse is None else reverse
     cell = self.make_cell()
-    batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
-    x = inputs.reshape((-1, t, d))  # any number of batch dims -> one
-    b = x.shape[0]
-    p = cell.parameters(d)
-
-    if initial_carry is None:
-      carry = cell.initialize_carry(jax.random.key(0), (b, d))
-    else:
-      carry = jax.tree.map(lambda a: a.reshape((b, -1)), initial_carry)
-      carry = (carry[0].astype(cell.state_dtype), carry[1].astype(cell.compute_dtype))
-
-    lengths = None
-    if seq_lengths is not None:
-      lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((b,))
-      # Zero the padding: NaN/inf there would otherwise poison the gradients through the
-      # hoisted projection, although the outputs ignore those steps.
-      x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
-
-    h_mask = None
+    if inputs.ndim < 2:
+      raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
+    p = cell.parameters(inputs.shape[-1])
+    rng = None
     if self.dropout or self.recurrent_dropout:
-      deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-      if not deterministic:
-        if self.dropout:
-          x = x * _dropout_mask(self.make_rng("dropout"), self.dropout, (b, 1, d), x.dtype)
-        if self.recurrent_dropout:
-          h_mask = _dropout_mask(
-            self.make_rng("dropout"), self.recurrent_dropout, carry[1].shape, cell.compute_dtype
-          )
-
-    if reverse:
-      x = flip_sequences(x, lengths)
-    # Time-major inside the loop: each step then reads one contiguous (B, ...) slab.
-    xt = jnp.swapaxes(x, 0, 1)
-    mask = None
-    if lengths is not None:
-      mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
-    carry, ys = lstm_recurrence(
-      cell, p, carry, xt, mask=mask, h_mask=h_mask, unroll=self.unroll, remat=self.remat
+      if not nn.merge_param("deterministic", self.deterministic, deterministic):
+        rng = lambda: self.make_rng("dropout")
+    carry, out = run_layer(
+      cell,
+      p,
+      inputs,
+      initial_carry=initial_carry,
+      seq_lengths=seq_lengths,
+      reverse=reverse,
+      dropout_rng=rng,
+      **layer_options(self),
     )
+    return (carry, out) if self.return_carry else out
 
-    carry_out = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
-    if self.return_sequences:
-      ys = jnp.swapaxes(ys, 0, 1)
-      if reverse:
-        ys = flip_sequences(ys, lengths)
-      out = ys.reshape(batch_shape + ys.shape[1:])
-    else:
-      out = carry_out[1]  # h at each sequence's own last step (masked steps keep the carry)
-    return (carry_out, out) if self.return_carry else out
+
+# The options `run_layer` reads from a layer, Linen or NNX (the same attribute names).
+LAYER_OPTIONS = ("dropout", "recurrent_dropout", "unroll", "remat", "return_sequences")
+
+
+def layer_options(layer: Any) -> dict[str, Any]:
+  return {name: getattr(layer, name) for name in LAYER_OPTIONS}
+
+
+def run_layer(
+  cell: LSTMCell,
+  p: dict,
+  inputs: Array,
+  *,
+  initial_carry: tuple[Array, Array] | None = None,
+  seq_lengths: Array | None = None,
+  reverse: bool = False,
+  dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  dropout_rng: Callable[[], Array] | None = None,
+  unroll: int = 1,
+  remat: bool = False,
+  return_sequences: bool = True,
+) -> tuple[tuple[Array, Array], Array]:
+  """One LSTM layer as a function of its cell, parameters and inputs: `(carry, out)`.
+
+  The body of `LSTM` (Linen) and of `flaxlstm.nnx.LSTM`, shared so both run the same
+  code: batch dims folded into one, padding zeroed, variational dropout masks drawn (from
+  `dropout_rng()`, None = deterministic), the sequence flipped for `reverse`, and the
+  time-major recurrence (`lstm_recurrence`: the fused custom VJP where it applies).
+  `cell` supplies only its pure math (`project`, `recur`, dtypes), so an unbound Linen
+  `LSTMCell` serves any framework's parameters `p`.
+  """
+  if inputs.ndim < 2:
+    raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
+  batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
+  x = inputs.reshape((-1, t, d))  # any number of batch dims -> one
+  b = x.shape[0]
+
+  if initial_carry is None:
+    carry = cell.initialize_carry(jax.random.key(0), (b, d))
+  else:
+    carry = jax.tree.map(lambda a: a.reshape((b, -1)), initial_carry)
+    carry = (carry[0].astype(cell.state_dtype), carry[1].astype(cell.compute_dtype))
+
+  lengths = None
+  if seq_lengths is not None:
+    lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((b,))
+    # Zero the padding: NaN/inf there would otherwise poison the gradients through the
+    # hoisted projection, although the outputs ignore those steps.
+    x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
+
+  h_mask = None
+  if dropout_rng is not None:
+    if dropout:
+      x = x * _dropout_mask(dropout_rng(), dropout, (b, 1, d), x.dtype)
+    if recurrent_dropout:
+      h_mask = _dropout_mask(dropout_rng(), recurrent_dropout, carry[1].shape, cell.compute_dtype)
+
+  if reverse:
+    x = flip_sequences(x, lengths)
+  # Time-major inside the loop: each step then reads one contiguous (B, ...) slab.
+  xt = jnp.swapaxes(x, 0, 1)
+  mask = None
+  if lengths is not None:
+    mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
+  carry, ys = lstm_recurrence(
+    cell, p, carry, xt, mask=mask, h_mask=h_mask, unroll=unroll, remat=remat
+  )
+
+  carry_out = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
+  if return_sequences:
+    ys = jnp.swapaxes(ys, 0, 1)
+    if reverse:
+      ys = flip_sequences(ys, lengths)
+    out = ys.reshape(batch_shape + ys.shape[1:])
+  else:
+    out = carry_out[1]  # h at each sequence's own last step (masked steps keep the carry)
+  return carry_out, out
 
 
 def _concat(a: Array, b: Array) -> Array:
@@ -184,6 +231,8 @@ class StackedLSTM(CellOptions):
     inter_layer_dropout: ordinary dropout on the outputs of every layer but the last
       (PyTorch `nn.LSTM`'s `dropout`).
     return_sequences: the top layer returns all steps, else its last output.
+    return_carry: also return each layer's final carry, bottom to top: `(carries, out)`
+      (a decoder starts from them). With `bidirectional`, each is a (forward, backward) pair.
     bidirectional: each layer is a `Bidirectional` pair (outputs concatenated: 2x width).
     unroll, remat: passed to every `LSTM` layer; so are the `CellOptions`.
   """
@@ -193,6 +242,7 @@ class StackedLSTM(CellOptions):
   recurrent_dropout: float = 0.0
   inter_layer_dropout: float = 0.0
   return_sequences: bool = True
+  return_carry: bool = False
   bidirectional: bool = False
   unroll: int = 1
   remat: bool = False
@@ -201,13 +251,14 @@ class StackedLSTM(CellOptions):
   @nn.compact
   def __call__(
     self, inputs: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
-  ) -> Array:
+  ):
     if not self.features:
       raise ValueError("StackedLSTM needs at least one layer in `features`")
     uses_dropout = self.dropout or self.recurrent_dropout or self.inter_layer_dropout
     if uses_dropout:
       deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     x = inputs
+    carries = []
     n = len(self.features)
     for i, h in enumerate(self.features):
       last = i == n - 1
@@ -217,6 +268,7 @@ class StackedLSTM(CellOptions):
         dropout=self.dropout,
         recurrent_dropout=self.recurrent_dropout,
         remat=self.remat,
+        return_carry=self.return_carry,
         **cell_options(self),
       )
       layer: nn.Module
@@ -229,6 +281,9 @@ class StackedLSTM(CellOptions):
       else:
         layer = LSTM(h, name=f"lstm_{i}", **layer_kw)
       x = layer(x, seq_lengths=seq_lengths, deterministic=deterministic)
+      if self.return_carry:
+        carry, x = x
+        carries.append(carry)
       if not last and self.inter_layer_dropout:
         x = nn.Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
-    return x
+    return (tuple(carries), x) if self.return_carry else x

@@ -115,5 +115,40 @@ def assemble(
   total = steps_per_epoch * spec.train.max_epochs
   if spec.train.max_steps:
     total = min(total, spec.train.max_steps)
-  model = Forecaster(horizon=data.horizon, n_targets=len(data.target_names), spec=spec.model)
-  return Setup(spec, data, model, make_optimizer(spec.train, total), steps_per_epoch, total, mesh)
+  model = Forecaster(
+    horizon=data.horizon,
+    n_targets=len(data.target_names),
+    spec=spec.model,
+    target_columns=_target_columns(spec, data),
+  )
+  return Setup(
+    spec,
+    data,
+    model,
+    make_optimizer(spec.train, total, steps_per_epoch),
+    steps_per_epoch,
+    total,
+    mesh,
+  )
+
+
+def _target_columns(spec: RunSpec, data: series.SeriesData) -> tuple[int, ...]:
+  """Each target's position among the inputs, after the checks that need the columns."""
+  model, features, targets = spec.model, data.feature_names, data.target_names
+  if model.channels == "independent" and features != targets:
+    raise InputError(
+      "model.channels='independent' forecasts every input column from its own past: "
+      f"data.features {list(features)} must equal data.target {list(targets)}"
+    )
+  if model.segment_length and spec.data.lookback % model.segment_length:
+    raise InputError(
+      f"data.lookback={spec.data.lookback} must be a multiple of "
+      f"model.segment_length={model.segment_length}"
+    )
+  missing = [t for t in targets if t not in features]
+  if model.revin and missing:
+    raise InputError(
+      f"model.revin maps each target back with its input column's statistics, but "
+      f"{missing} {'is' if len(missing) == 1 else 'are'} not in data.features"
+    )
+  return tuple(features.index(t) for t in targets if t in features)

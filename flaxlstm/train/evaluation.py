@@ -13,7 +13,7 @@ import numpy as np
 from flaxlstm.data import windows
 from flaxlstm.data.series import SeriesData
 from flaxlstm.forecast import baselines
-from flaxlstm.forecast.metrics import split_metrics
+from flaxlstm.forecast.metrics import per_target_metrics, split_metrics
 from flaxlstm.report import Reporter
 from flaxlstm.train.assembly import Setup
 from flaxlstm.train.checkpoint import Checkpoints, LoopState, NoIntact
@@ -85,6 +85,8 @@ def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict
       predict_fn, params, setup.data, starts, setup.spec.train.eval_batch_size, setup.mesh
     )
     out[split] = split_metrics(setup.data, starts, pred)
+    if len(setup.data.target_names) > 1:  # e.g. a global model scored on one column
+      out[split]["per_target"] = per_target_metrics(setup.data, starts, pred)
   out["baselines"] = baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
   return out, pred
 

@@ -14,7 +14,7 @@ from flaxlstm.config.schema import TrainSpec
 Array = jax.Array
 
 # The choices of train.schedule, train.optimizer and train.loss.
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("adamw", "sgd")
 LOSSES = ("mse", "mae", "huber")
 
@@ -26,8 +26,21 @@ def decay_mask(params: Any) -> Any:
   )
 
 
-def learning_rate_schedule(spec: TrainSpec, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+  spec: TrainSpec, total_steps: int, steps_per_epoch: int = 1
+) -> optax.Schedule:
   lr, warmup = spec.learning_rate, min(spec.warmup_steps, max(total_steps - 1, 0))
+  if spec.schedule == "exponential":
+    # The LTSF codes' per-epoch decay: the peak for `train.decay_after_epochs` epochs, then
+    # times `train.epoch_decay` at the start of every further epoch (staircase).
+    def decay(step):
+      epoch = jnp.asarray(step) // steps_per_epoch
+      decays = jnp.maximum(epoch - spec.decay_after_epochs + 1, 0)
+      return lr * jnp.asarray(spec.epoch_decay, jnp.float32) ** decays
+
+    if not warmup:
+      return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
   if spec.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else lr,
@@ -43,9 +56,11 @@ def learning_rate_schedule(spec: TrainSpec, total_steps: int) -> optax.Schedule:
   return optax.constant_schedule(lr)
 
 
-def make_optimizer(spec: TrainSpec, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+  spec: TrainSpec, total_steps: int, steps_per_epoch: int = 1
+) -> optax.GradientTransformation:
   """`clip_by_global_norm` -> AdamW (decay masked to kernels) or SGD with momentum."""
-  schedule = learning_rate_schedule(spec, total_steps)
+  schedule = learning_rate_schedule(spec, total_steps, steps_per_epoch)
   if spec.optimizer == "sgd":
     opt = optax.chain(
       optax.add_decayed_weights(spec.weight_decay, mask=decay_mask),

@@ -1,0 +1,66 @@
+"""The LTSF benchmark on ETT-format data: all 7 columns, lookback 96, horizon H.
+
+  flaxlstm train --config experiments/ltsf/ett.py:336 --workdir runs/ltsf_336
+  flaxlstm train --config experiments/ltsf/ett.py:96 --config.data.path=ETTh2.csv ...
+
+Protocol of the Time-Series-Library / SegRNN code: ETTh rows train [0, 8640), val
+[8640, 11520), test [11520, 14400), val/test windows reading up to `lookback` rows of
+context before their split; one StandardScaler fit on the training rows of all columns;
+MSE/MAE on the scaled values over all 7 columns and every window (stride 1, none dropped).
+
+The model is a channel-independent segment LSTM (one model shared by the 7 columns, a
+learned column embedding; windows of 4 segments of 24 steps, hidden size 256) and the
+parallel multi-step decoder, forecasting the change from each window's last value. Every setting was
+chosen on the validation split only (experiments/README.md says how); the recipe is frozen,
+the same for every horizon and file.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from flaxlstm import config as config_lib
+from flaxlstm.errors import InputError
+
+COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+HORIZONS = (96, 192, 336, 720)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` is the horizon (one of 96, 192, 336, 720; default 96)."""
+  horizon = 96 if not arg else arg
+  if not str(horizon).isdigit() or int(horizon) < 1:
+    raise InputError(f"experiments/ltsf/ett.py takes the horizon as its argument, got {arg!r}")
+  config = config_lib.default_config()
+  config.data.split = "ett"
+  config.data.features = COLUMNS
+  config.data.target = COLUMNS
+  config.data.lookback = 96
+  config.data.horizon = int(horizon)
+  config.data.scaler = "standard"
+
+  config.model.channels = "independent"
+  config.model.series_embedding = 128
+  # The level: inputs relative to the window's last value, which is added back to the
+  # forecast (SegRNN's default). Chosen over RevIN on validation (val MSE 0.661 vs 0.689 at
+  # horizon 96; experiments/sweeps/ltsf_ett.py).
+  config.model.predict_delta = True
+  config.model.segment_length = 24
+  config.model.decoder = "parallel"
+  config.model.hidden_sizes = (256,)
+  config.model.dense_dropout = 0.5
+
+  config.train.optimizer = "adamw"
+  config.train.weight_decay = 0.0
+  config.train.learning_rate = 1e-3
+  # Peak for 3 epochs, then x0.8 per epoch (the LTSF codes' "type3"); validation preferred
+  # it narrowly to cosine (0.661 vs 0.664).
+  config.train.schedule = "exponential"
+  config.train.epoch_decay = 0.8
+  config.train.decay_after_epochs = 3
+  config.train.batch_size = 256
+  config.train.eval_batch_size = 512
+  config.train.max_epochs = 20
+  config.train.patience = 5
+  config.train.loss = "mse"
+  return config
