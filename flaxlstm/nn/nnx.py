@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.linen import initializers
 
@@ -347,12 +348,11 @@ def from_nnx_cell(flax_cell: nnx.Module, *, forget_bias: float = 1.0) -> dict:
   `forget_bias=0.0` cells then compute exactly what the Flax cell computes."""
   state = nnx.to_pure_dict(nnx.state(flax_cell, nnx.Param))
   if "dense_i" in state:  # OptimizedLSTMCell: fused (in, 4H) kernels, gates i, f, g, o
-    bias = jnp.asarray(state["dense_h"]["bias"])
-    n = bias.shape[-1] // 4
+    bias = convert._unfold_forget_bias(np.asarray(state["dense_h"]["bias"]), forget_bias)
     return {
       "input_kernel": jnp.asarray(state["dense_i"]["kernel"]),
       "recurrent_kernel": jnp.asarray(state["dense_h"]["kernel"]),
-      "bias": bias.at[n : 2 * n].add(-forget_bias),
+      "bias": jnp.asarray(bias),
     }
   renamed = {("if" if k == "if_" else k): v for k, v in state.items()}
   return convert.from_flax_params(renamed, forget_bias=forget_bias)
