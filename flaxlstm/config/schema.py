@@ -71,16 +71,36 @@ class DataSpec(_Spec):
 
   path: str = ""  # CSV or Parquet file; "" = the bundled ETTh1.csv.
   date_column: str = "date"  # Timestamp column; "" = the table has none.
-  features: tuple[str, ...] = ()  # Input columns; () = every column except the date.
+  # A long table (NeuralForecast's unique_id, ds, y): the column naming each row's series,
+  # every series split, scaled and windowed on its own. "" = a wide table (one series).
+  id_column: str = ""
+  # Input columns read over the lookback; () = every other column of a wide table, the
+  # target of a long one.
+  features: tuple[str, ...] = ()
   target: tuple[str, ...] = ("OT",)  # Columns to forecast.
+  known: tuple[str, ...] = ()  # Columns known in advance: read over lookback and horizon.
+  # Known-in-advance features of the date, each as a sin/cos pair: "hour", "dayofweek",
+  # "dayofmonth", "dayofyear", "month".
+  calendar: tuple[str, ...] = ()
+  static: tuple[str, ...] = ()  # Long tables: columns constant within each series.
   lookback: int = 96  # Input window length (rows).
   horizon: int = 24  # Steps forecast per window.
-  split: str = "fractions"  # "fractions" | "rows" | "ett" (12/4/4 months, see DESIGN.md).
+  # How rows are split in time, per series: "fractions" | "rows" | "dates" | "ett" (12/4/4
+  # months of hourly rows, see DESIGN.md).
+  split: str = "fractions"
   split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # Train/val/test shares of rows.
   # split="rows": row boundaries (train_end, val_end[, test_end]): train = [0, train_end),
   # val = [train_end, val_end), test = [val_end, test_end or the last row].
   split_rows: tuple[int, ...] = ()
+  # split="dates": (train_end, val_end[, test_end]) timestamps; a row is in the first split
+  # whose end is after its date (test: up to test_end, or every later row).
+  split_dates: tuple[str, ...] = ()
+  # Long tables: drop the series too short for a window in every split (else an error).
+  drop_short: bool = False
   scaler: str = "standard"  # Fit on train rows: "standard" | "robust" | "minmax" | "none".
+  # "global": one scaler fit on the train rows of every series; "series": each series of a
+  # long table scaled by its own train rows.
+  scaler_scope: str = "global"
   scale_target: bool = True  # Also scale the target columns (metrics reported both ways).
   fill: str = "none"  # Missing values: "none" (reject them) | "ffill" | "interpolate".
   seasonal_period: int = 24  # Rows per season, for the seasonal-naive baseline (24 = daily).
@@ -95,15 +115,52 @@ class DataSpec(_Spec):
       c.at_most(key, 2**20)
     c.choice("split", series.SPLITS)
     c.choice("scaler", scaling.SCALERS)
+    c.choice("scaler_scope", scaling.SCOPES)
     c.choice("fill", io.FILLS)
     c.check("target", bool(self.target), "must name at least one column")
-    for key in ("features", "target"):
+    for key in ("features", "target", "known", "calendar", "static"):
       names = getattr(self, key)
       c.check(
         key,
         all(names) and len(set(names)) == len(names),
         "column names must be non-empty and distinct",
       )
+    for name in self.calendar:
+      c.check(
+        "calendar", name in series.CALENDAR, f"{name!r} is not one of {', '.join(series.CALENDAR)}"
+      )
+    if self.calendar:
+      c.check("calendar", bool(self.date_column), "needs data.date_column")
+    # Each column has one role: the series id, an input, a target, known or static.
+    ids = (self.id_column,) if self.id_column else ()
+    roles = dict(features=self.features, target=self.target, known=self.known, static=self.static)
+    for key, names, others in (
+      ("id_column", ids, ("features", "target", "known", "static")),
+      ("known", self.known, ("features", "target", "static")),
+      ("static", self.static, ("features", "target")),
+    ):
+      for other in others:
+        clash = sorted(set(names) & set(roles[other]))
+        c.check(key, not clash, f"{clash[0]!r} is also in data.{other}" if clash else "")
+    if self.id_column:
+      c.check("id_column", self.id_column != self.date_column, "must differ from data.date_column")
+    if not self.id_column:
+      c.check("static", not self.static, "needs a long table (data.id_column)")
+      c.check(
+        "scaler_scope",
+        self.scaler_scope == "global",
+        "'series' needs a long table (data.id_column)",
+      )
+    dates = self.split_dates
+    if self.split == "dates":
+      c.check(
+        "split_dates",
+        len(dates) in (2, 3) and series.increasing_dates(dates),
+        "split='dates' needs increasing timestamps (train_end, val_end[, test_end])",
+      )
+      c.check("split", bool(self.date_column), "'dates' needs data.date_column")
+    else:
+      c.check("split_dates", not dates, "is only used with data.split='dates'")
     fractions = self.split_fractions
     c.check(
       "split_fractions",
@@ -147,7 +204,9 @@ class ModelSpec(_Spec):
   # one shared model forecasts each column from its own past (channel independence: every
   # (column, window) is a sample); data.features must then equal data.target.
   channels: str = "mixed"
-  series_embedding: int = 0  # channels="independent": width of a learned series embedding.
+  # Width of a learned embedding of the series (each column with channels="independent",
+  # each series of a long table); 0 = none.
+  series_embedding: int = 0
   revin: bool = False  # Reversible instance normalization of every window (RevIN).
   revin_affine: bool = False  # RevIN's learned per-column scale and shift.
   segment_length: int = 0  # Embed the window in segments of this many steps; 0 = per step.
@@ -185,7 +244,9 @@ class ModelSpec(_Spec):
       c.check("decoder", not self.bidirectional, "needs a unidirectional encoder")
     if self.series_embedding:
       c.check(
-        "series_embedding", self.channels == "independent", "needs model.channels='independent'"
+        "series_embedding",
+        self.decoder != "recurrent",
+        "is not read by model.decoder='recurrent' (use 'dense' or 'parallel')",
       )
     if self.revin:
       c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")

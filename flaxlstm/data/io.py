@@ -167,8 +167,11 @@ def _check_columns(
       raise error(f"column {name!r} not found in {path} (columns: {list_names(existing)})")
 
 
-def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarray:
-  """Parses, then checks a timestamp column is complete, strictly increasing and unique."""
+def _parse_dates(
+  raw: pd.Series, path: Path, column: str, kind: str, *, check_order: bool = True
+) -> np.ndarray:
+  """Parses, then checks a timestamp column is complete and (`check_order`) strictly
+  increasing and unique."""
   missing = np.flatnonzero(raw.isna().to_numpy())
   if missing.size:
     raise error(
@@ -202,6 +205,8 @@ def _parse_dates(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarr
       f"of {path} at {_row_label(row, kind)}"
     )
   dates = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+  if not check_order:
+    return dates
   steps = np.diff(dates.astype(np.int64))
   bad = np.flatnonzero(steps <= 0)
   if bad.size:
@@ -349,3 +354,105 @@ def load_frame(
 
 def _default_columns(frame: pd.DataFrame, date_column: str | None) -> list[str]:
   return [c for c in frame.columns if c != date_column]
+
+
+# ---- long tables --------------------------------------------------------------------------------
+def validate_long(
+  frame: pd.DataFrame,
+  path: Path,
+  kind: str,
+  *,
+  id_column: str,
+  date_column: str | None,
+  columns: Sequence[str],
+  fill: str,
+  check_constant: bool,
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+  """Validates a long table (one row per (series, date)) and sorts it by series, then date.
+
+  Cells are checked in file order, so a message names the file's row; then the rows are
+  sorted (stable) by series id and date, and gaps are filled within each series only (a
+  fill never carries one series' value into another).
+
+  Returns:
+    The sorted frame (the date column, if any, then `columns` as float64), the row
+    offsets of each series ``(S + 1,)`` and the series ids (as strings, sorted).
+  """
+  if fill not in FILLS:
+    raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
+  if id_column not in frame.columns:
+    raise error(
+      f"id column {id_column!r} (data.id_column) not found in {path} "
+      f"(columns: {list_names(list(frame.columns))})"
+    )
+  _check_columns(frame, columns, path, date_column)
+  # Factorized, so that 10^7 rows of a few thousand ids cost one int per row, not a string.
+  codes, uniques = pd.factorize(frame[id_column], use_na_sentinel=True)
+  missing = np.flatnonzero(codes < 0)
+  if missing.size:
+    raise error(
+      f"missing series id in column {id_column!r} of {path} at {_row_label(int(missing[0]), kind)}"
+    )
+  names = np.array([str(u).strip() for u in uniques], dtype=object)
+  empty = np.flatnonzero(names == "")
+  if empty.size:
+    row = int(np.argmax(codes == empty[0]))
+    raise error(f"empty series id in column {id_column!r} of {path} at {_row_label(row, kind)}")
+  # Ids that differ only by surrounding spaces are one series; series are sorted by name.
+  merged, ids_sorted_names = pd.factorize(names, sort=True)
+  series_of_row = merged[codes]
+  values = {name: _numeric_column(frame[name], path, name, kind) for name in columns}
+  if date_column:
+    dates = _parse_dates(frame[date_column], path, date_column, kind, check_order=False)
+    order = np.lexsort((dates, series_of_row))
+  else:
+    # Without dates, rows are in time order within each series, as they appear in the file.
+    order = np.argsort(series_of_row, kind="stable")
+  groups = series_of_row[order]
+  starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+  offsets = np.r_[starts, len(groups)].astype(np.int64)
+  series_names = [str(n) for n in ids_sorted_names]
+  if date_column:
+    d = dates[order]
+    same = np.flatnonzero((groups[1:] == groups[:-1]) & (d[1:] == d[:-1]))
+    if same.size:
+      a, b = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+      raise error(
+        f"duplicate (id, date) ({short(series_names[groups[same[0]]])}, "
+        f"{pd.Timestamp(d[same[0]])}) in {path} at {_row_label(a, kind)} and "
+        f"{_row_label(b, kind)}"
+      )
+  out = {}
+  if date_column:
+    out[date_column] = dates[order]
+  for name in columns:
+    column = values[name][order]
+    if fill != "none":
+      column = _fill_grouped(column, groups, fill)
+    bad = np.flatnonzero(~np.isfinite(column))
+    if bad.size:
+      if fill == "none":
+        _check_finite(values[name], path, name, kind, fill)  # raises, naming the file's row
+      row, series_id = int(order[bad[0]]), series_names[groups[bad[0]]]
+      raise error(
+        f"missing value in column {name!r} of {path} at {_row_label(row, kind)} (series "
+        f"{short(series_id)}) remains after data.fill={fill!r} (no observed value before it "
+        "in its series)"
+      )
+    if check_constant and column.size and np.all(column == column[0]):
+      raise error(
+        f"column {name!r} of {path} is constant (every value is {column[0]:g}); "
+        "drop it from data.features / data.target"
+      )
+    out[name] = column
+  return pd.DataFrame(out), offsets, series_names
+
+
+def _fill_grouped(values: np.ndarray, groups: np.ndarray, fill: str) -> np.ndarray:
+  """`_fill_column` within each group (series) of a sorted long table."""
+  frame = pd.DataFrame({"g": groups, "v": np.where(np.isinf(values), np.nan, values)})
+  grouped = frame.groupby("g", sort=False)["v"]
+  if fill == "ffill":
+    return grouped.ffill().to_numpy(np.float64)
+  filled = grouped.transform(lambda v: v.interpolate(method="linear").ffill().bfill())
+  return filled.to_numpy(np.float64)

@@ -1,6 +1,10 @@
 """Scalers fit on the training rows, and how a run saves them: as plain numbers.
 
-A run's scalers are saved as `scalers.json`: the kind, the columns and each sklearn
+Two scopes (``data.scaler_scope``): ``"global"``, one sklearn scaler per column block fit
+on the training rows of every series; ``"series"``, each series of a panel scaled by its
+own training rows (`SeriesScaler`: sklearn fit per series, kept as the affine map it is).
+
+A run's scalers are saved as `scalers.json`: the kind, the columns, the series and each
 scaler's fitted statistics, set back onto a fresh scaler of the same kind when loaded. So
 loading a run's scalers never executes anything, which a pickle could.
 """
@@ -27,6 +31,8 @@ SCALERS = {
   "none": None,
 }
 _SCALERS_FORMAT = "flaxlstm.scalers/2"  # /1 was a pickle
+# data.scaler_scope.
+SCOPES = ("global", "series")
 
 # What a fitted scaler is, as plain numbers: the statistics sklearn's `transform` and
 # `inverse_transform` read, per kind. Saved as JSON and set back onto a fresh scaler of
@@ -53,6 +59,12 @@ class FittedScalers:
       or ``scale_target=False``).
     feature_names: input columns, in order.
     target_names: target columns, in order.
+    scope: ``"global"`` (sklearn scalers) or ``"series"`` (`SeriesScaler` per block).
+    series_ids: a panel's series, in their row order (index = the model's series id);
+      () for a wide table.
+    known_names / known_scaler: user columns known in advance (``data.known``).
+    static_names / static_scaler: per-series constant columns (``data.static``), scaled
+      over the series by one global scaler.
   """
 
   kind: str
@@ -60,6 +72,12 @@ class FittedScalers:
   target_scaler: Any
   feature_names: tuple[str, ...]
   target_names: tuple[str, ...]
+  scope: str = "global"
+  series_ids: tuple[str, ...] = ()
+  known_names: tuple[str, ...] = ()
+  known_scaler: Any = None
+  static_names: tuple[str, ...] = ()
+  static_scaler: Any = None
 
   def to_json(self) -> str:
     """The scalers as JSON: kind, columns and each scaler's statistics (exact floats)."""
@@ -71,6 +89,16 @@ class FittedScalers:
       "features": _scaler_state(self.kind, self.feature_scaler),
       "targets": _scaler_state(self.kind, self.target_scaler),
     }
+    if self.series_ids or self.known_names or self.static_names or self.scope != "global":
+      # Written only when used, so a wide-table run's file is what it always was.
+      payload.update(
+        scope=self.scope,
+        series=list(self.series_ids),
+        known_names=list(self.known_names),
+        known=_scaler_state(self.kind, self.known_scaler),
+        static_names=list(self.static_names),
+        static=_scaler_state(self.kind, self.static_scaler),
+      )
     return json.dumps(payload, indent=1, allow_nan=False) + "\n"
 
   def save(self, path: str | os.PathLike) -> None:
@@ -82,6 +110,8 @@ class FittedScalers:
 def _scaler_state(kind: str, scaler: Any) -> dict[str, Any] | None:
   if scaler is None:
     return None
+  if isinstance(scaler, SeriesScaler):
+    return {"center": scaler.center.tolist(), "scale": scaler.scale.tolist()}
   state = {
     name: np.asarray(getattr(scaler, name), np.float64).tolist() for name in _SCALER_STATE[kind]
   }
@@ -119,6 +149,37 @@ def _rebuild_scaler(kind: str, state: Any, n_columns: int, where: str) -> Any:
   return scaler
 
 
+def _rebuild_series_scaler(state: Any, n_series: int, n_columns: int, where: str) -> Any:
+  if state is None:
+    return None
+  if not isinstance(state, dict) or set(state) != {"center", "scale"}:
+    raise error(f"{where}: expected per-series 'center' and 'scale'")
+  arrays = {}
+  for name in ("center", "scale"):
+    try:
+      values = np.asarray(state[name], np.float64)
+    except (TypeError, ValueError):
+      values = np.zeros((0,))
+    if values.shape != (n_series, n_columns) or not np.all(np.isfinite(values)):
+      raise error(f"{where}: {name} must be {n_series} x {n_columns} finite numbers")
+    arrays[name] = values
+  if np.any(arrays["scale"] == 0):
+    raise error(f"{where}: scale has a zero")
+  return SeriesScaler(arrays["center"], arrays["scale"])
+
+
+def _names(payload: dict, key: str, where: str, *, required: bool) -> tuple[str, ...]:
+  value = payload.get(key, None if required else [])
+  if (
+    not isinstance(value, list)
+    or (required and not value)
+    or not all(isinstance(n, str) and n for n in value)
+  ):
+    what = "a non-empty list" if required else "a list"
+    raise error(f"{where}: {key} must be {what} of {'column ' if required else ''}names")
+  return tuple(value)
+
+
 def load_scalers(path: str | os.PathLike) -> FittedScalers:
   """Loads scalers written by ``FittedScalers.save`` (a ``scalers.json``).
 
@@ -145,28 +206,54 @@ def load_scalers(path: str | os.PathLike) -> FittedScalers:
   kind = payload.get("kind")
   if kind not in SCALERS:
     raise error(f"{where}: kind must be one of {', '.join(SCALERS)}, got {short(kind)}")
-  names = {}
-  for key in ("feature_names", "target_names"):
-    value = payload.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(n, str) and n for n in value):
-      raise error(f"{where}: {key} must be a non-empty list of column names")
-    names[key] = tuple(value)
-  scalers = {}
-  for part, key in (("features", "feature_names"), ("targets", "target_names")):
+  scope = payload.get("scope", "global")
+  if scope not in SCOPES:
+    raise error(f"{where}: scope must be one of {', '.join(SCOPES)}, got {short(scope)}")
+  names = {
+    key: _names(payload, key, where, required=True) for key in ("feature_names", "target_names")
+  }
+  for key in ("series", "known_names", "static_names"):
+    names[key] = _names(payload, key, where, required=False)
+  if len(set(names["series"])) != len(names["series"]):
+    raise error(f"{where}: series names a series twice")
+  if scope == "series" and not names["series"]:
+    raise error(f"{where}: scope 'series' needs the list of series")
+  scalers: dict[str, Any] = {}
+  for part, key in (
+    ("features", "feature_names"),
+    ("targets", "target_names"),
+    ("known", "known_names"),
+    ("static", "static_names"),
+  ):
     state = payload.get(part)
+    n_columns = len(names[key])
     if kind == "none" and state is not None:
       raise error(f"{where}: scaler 'none' has no {part} statistics")
-    if part == "features" and kind != "none" and state is None:
-      raise error(f"{where}: the {kind} feature statistics are missing")
-    scalers[part] = (
-      None if kind == "none" else _rebuild_scaler(kind, state, len(names[key]), f"{where}, {part}")
-    )
+    if not n_columns and state is not None:
+      raise error(f"{where}: {part} has statistics but no columns to scale")
+    if part in ("features", "known") and kind != "none" and n_columns and state is None:
+      what = "feature" if part == "features" else part
+      raise error(f"{where}: the {kind} {what} statistics are missing")
+    if kind == "none" or not n_columns:
+      scalers[part] = None
+    elif scope == "series" and part != "static":
+      scalers[part] = _rebuild_series_scaler(
+        state, len(names["series"]), n_columns, f"{where}, {part}"
+      )
+    else:
+      scalers[part] = _rebuild_scaler(kind, state, n_columns, f"{where}, {part}")
   return FittedScalers(
     kind=kind,
     feature_scaler=scalers["features"],
     target_scaler=scalers["targets"],
     feature_names=names["feature_names"],
     target_names=names["target_names"],
+    scope=scope,
+    series_ids=names["series"],
+    known_names=names["known_names"],
+    known_scaler=scalers["known"],
+    static_names=names["static_names"],
+    static_scaler=scalers["static"],
   )
 
 
@@ -179,7 +266,54 @@ def make_scaler(kind: str) -> Any:
   return None if name is None else getattr(preprocessing, name)()
 
 
-def transform(scaler: Any, values: np.ndarray) -> np.ndarray:
+@dataclasses.dataclass(frozen=True, eq=False)
+class SeriesScaler:
+  """Each series scaled by its own training rows: ``x' = (x - center[s]) / scale[s]``.
+
+  Every sklearn scaler flaxlstm offers is such an affine map, so a per-series scaler is
+  fitted with sklearn, series by series (`fit`), and kept as its ``(n_series, n_columns)``
+  center and scale: one gather per row, however many series.
+  """
+
+  center: np.ndarray
+  scale: np.ndarray
+
+  @classmethod
+  def fit(cls, kind: str, blocks: list[np.ndarray]) -> SeriesScaler:
+    """Fits a `kind` scaler on each series' training rows (`blocks[s]`, ``(n_s, C)``)."""
+    centers, scales = [], []
+    for block in blocks:
+      fitted = make_scaler(kind).fit(block)
+      if kind == "minmax":  # x * scale_ + min_ == (x - (-min_ / scale_)) / (1 / scale_)
+        centers.append(-fitted.min_ / fitted.scale_)
+        scales.append(1.0 / fitted.scale_)
+      else:
+        centers.append(fitted.mean_ if kind == "standard" else fitted.center_)
+        scales.append(fitted.scale_)
+    return cls(np.asarray(centers, np.float64), np.asarray(scales, np.float64))
+
+  def transform(self, values: np.ndarray, series: np.ndarray) -> np.ndarray:
+    return (values - self.center[series]) / self.scale[series]
+
+  def inverse_transform(self, values: np.ndarray, series: np.ndarray) -> np.ndarray:
+    return values * self.scale[series] + self.center[series]
+
+
+def transform(scaler: Any, values: np.ndarray, series: np.ndarray | None = None) -> np.ndarray:
+  """Scales ``values (n, C)``; `series` (each row's series) is needed by a `SeriesScaler`."""
   if scaler is None:
     return values.astype(np.float32)
+  if isinstance(scaler, SeriesScaler):
+    assert series is not None
+    return scaler.transform(values, series).astype(np.float32)
   return scaler.transform(values).astype(np.float32)
+
+
+def inverse(scaler: Any, values: np.ndarray, series: np.ndarray | None = None) -> np.ndarray:
+  """The inverse of `transform`, for ``values (n, C)``, as float32."""
+  if scaler is None:
+    return values.astype(np.float32)
+  if isinstance(scaler, SeriesScaler):
+    assert series is not None
+    return scaler.inverse_transform(values.astype(np.float64), series).astype(np.float32)
+  return scaler.inverse_transform(values.astype(np.float64)).astype(np.float32)

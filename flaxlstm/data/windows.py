@@ -1,23 +1,139 @@
 """Windows and batches: THE batching API of training and evaluation.
 
-Windows are never materialised for a whole split: a window is just the index ``i`` of its
-first forecast row, with inputs ``[i - lookback, i)`` and targets ``[i, i + horizon)``, and
-batches are gathered by fancy indexing when needed. Every training batch is a pure function
-of ``(seed, step)`` (`batch_for_step`), so a resumed or multi-host run re-derives it
-without iterator state; evaluation batches (`eval_batches`) are in order, padded to one
-shape so a jitted step compiles once.
+Windows are never materialised for a whole split: a window is just the row ``i`` of its
+first forecast value, with inputs ``[i - lookback, i)`` and targets ``[i, i + horizon)``,
+and a split's windows are a `WindowIndex` (per series, a first row and a count), so even
+10^8 windows of a large panel cost a few arrays of one number per series. Batches are
+gathered by fancy indexing when needed. Every training batch is a pure function of
+``(seed, step)`` (`batch_for_step`), so a resumed or multi-host run re-derives it without
+iterator state; evaluation batches (`eval_batches`) are in order, padded to one shape so
+a jitted step compiles once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from flaxlstm.data.io import error
-from flaxlstm.data.series import SeriesData
+
+if TYPE_CHECKING:
+  from flaxlstm.data.series import SeriesData
 
 # Stream tag of the permutation random stream (augment.py has its own), so the streams
 # stay independent even when (seed, epoch) and (seed, step) hold equal numbers.
 PERMUTATION_STREAM = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowIndex:
+  """The windows of one split: series ``s`` has the window starts ``first[s]``, ...,
+  ``first[s] + counts[s] - 1`` (rows of the data's arrays).
+
+  Position ``p`` (0 <= p < len) numbers the windows series by series; `rows` maps
+  positions to window starts with one binary search over the series, so nothing of size
+  ``len`` is ever built unless asked for (`all_rows`).
+  """
+
+  first: np.ndarray
+  counts: np.ndarray
+  _ends: np.ndarray = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self) -> None:
+    object.__setattr__(self, "_ends", np.cumsum(self.counts, dtype=np.int64))
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  @property
+  def n_series(self) -> int:
+    return len(self.first)
+
+  def rows(self, positions: Any) -> np.ndarray:
+    """Window starts (int64) at `positions` of this index."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if self.n_series == 1:
+      return self.first[0] + positions
+    series = np.searchsorted(self._ends, positions, side="right")
+    return self.first[series] + positions - (self._ends[series] - self.counts[series])
+
+  def all_rows(self) -> np.ndarray:
+    return self.rows(np.arange(len(self), dtype=np.int64))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finalizer: a fast, well-mixed hash of uint64 values."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def shuffled_positions(
+  positions: Any, n: int, seed: int, epoch: int, rounds: int = 6
+) -> np.ndarray:
+  """Position `positions` of epoch `epoch`'s shuffled order of ``0 .. n - 1``.
+
+  A keyed permutation computed pointwise, so a batch costs O(batch) whatever ``n``: a
+  balanced Feistel network on the smallest even number of bits covering ``n`` (a bijection
+  of ``[0, 2^bits)``, keys from ``(seed, epoch)``), with cycle walking to stay in
+  ``[0, n)`` (apply it again until the value is below ``n``; the walk stays a bijection
+  and takes under 4 applications on average, as ``2^bits < 4n``).
+  """
+  positions = np.asarray(positions, dtype=np.uint64)
+  bits = max(2, int(n - 1).bit_length())
+  bits += bits % 2
+  half = np.uint64(bits // 2)
+  mask = np.uint64((1 << (bits // 2)) - 1)
+  rng = np.random.default_rng([seed, PERMUTATION_STREAM, epoch])
+  keys = rng.integers(0, 2**63, size=rounds, dtype=np.int64).astype(np.uint64)
+
+  def permute(v: np.ndarray) -> np.ndarray:
+    left, right = v >> half, v & mask
+    for key in keys:
+      left, right = right, left ^ (_mix(right ^ key) & mask)
+    return (left << half) | right
+
+  with np.errstate(over="ignore"):  # uint64 products wrap by design
+    out = permute(positions)
+    outside = out >= np.uint64(n)
+    while outside.any():
+      out[outside] = permute(out[outside])
+      outside = out >= np.uint64(n)
+  return out.astype(np.int64)
+
+
+def model_inputs(
+  data: SeriesData, starts: np.ndarray, future_known: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+  """What the model reads for windows starting at `starts` (the Forecaster's arguments).
+
+  ``x (B, lookback, n_features)`` and ``y_last (B, n_targets)`` (the last observed
+  target); with known covariates ``known (B, lookback + horizon, n_known)``; with static
+  columns ``static (B, n_static)``; for a long table ``series (B,)`` (the model's series
+  id; -1 for a series the run never saw).
+
+  Args:
+    future_known: ``(B, horizon, n_known)`` known values after the data's last row, for
+      forecasts past the end (the rows are not in the file).
+  """
+  starts = np.asarray(starts, dtype=np.int64)
+  out = {"x": gather_inputs(data, starts), "y_last": data.y[starts - 1]}
+  if data.known is not None:
+    if future_known is None:
+      rows = starts[:, None] + np.arange(-data.lookback, data.horizon, dtype=np.int64)
+      out["known"] = data.known[rows]
+    else:
+      rows = starts[:, None] + np.arange(-data.lookback, 0, dtype=np.int64)
+      out["known"] = np.concatenate([data.known[rows], future_known], axis=1)
+  if data.static is not None or data.series_ids:
+    series = data.row_series(starts - 1)  # the row before a start is always the series'
+    if data.static is not None:
+      out["static"] = data.static[series]
+    if data.series_ids:
+      out["series"] = data.series_codes[series]
+  return out
 
 
 def gather_inputs(data: SeriesData, starts: np.ndarray) -> np.ndarray:
@@ -96,7 +212,7 @@ def epoch_batches(
 
 
 def batch_for_step(
-  starts: np.ndarray,
+  starts: WindowIndex | np.ndarray,
   batch_size: int,
   seed: int,
   step: int,
@@ -105,12 +221,30 @@ def batch_for_step(
 ) -> np.ndarray:
   """Window starts of global train step ``step``: a pure function of (seed, step).
 
-  ``epoch = step // steps_per_epoch`` and the batch is row ``step % steps_per_epoch``
-  of ``epoch_batches(..., epoch)``, so a resumed run needs only the step number.
+  ``epoch = step // steps_per_epoch`` and the batch is the ``step % steps_per_epoch``-th
+  slice of that epoch's order, so a resumed run needs only the step number. The order of
+  one series (a wide table) is ``epoch_batches``'s permutation, as it has always been, so
+  earlier runs reproduce exactly; a panel's index may hold 10^8 windows, so its order is
+  `shuffled_positions`, computed for the batch's positions only.
 
   Raises:
     InputError: if the split has fewer windows than one batch.
   """
+  if isinstance(starts, WindowIndex) and starts.n_series > 1:
+    n = len(starts)
+    per_epoch = steps_per_epoch(n, batch_size, drop_last)
+    if per_epoch == 0:
+      raise error(
+        f"the train split has {n} windows, fewer than one batch of {batch_size}; lower "
+        "the batch size or use more training rows"
+      )
+    epoch, index = divmod(step, per_epoch)
+    positions = (index * batch_size + np.arange(batch_size, dtype=np.int64)) % n
+    if shuffle:
+      positions = shuffled_positions(positions, n, seed, epoch)
+    return starts.rows(positions)
+  if isinstance(starts, WindowIndex):
+    starts = starts.all_rows()
   starts = np.asarray(starts, dtype=np.int64)
   per_epoch = steps_per_epoch(len(starts), batch_size, drop_last)
   if per_epoch == 0:

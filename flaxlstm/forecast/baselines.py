@@ -55,21 +55,27 @@ def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray, period: int) -
 # The linear baseline solves a (lookback * n_features)-dimensional ridge problem; past this
 # size it would cost more than the LSTM, so it is skipped.
 LINEAR_MAX_INPUTS = 4096
+# It is fit on at most this many training windows, evenly spread (a large panel has 10^7).
+LINEAR_MAX_WINDOWS = 50_000
 
 
 def linear_forecaster(data: SeriesData, alpha: float = 1.0):
   """Fits a ridge regression from the whole input window to the whole horizon.
 
   Inputs are the flattened scaled window ``(lookback * n_features)``, outputs the flattened
-  ``(horizon * n_targets)`` targets, fit on every training window (the same windows the
-  LSTM trains on). Returns ``predict(starts) -> (B, horizon, n_targets)`` in scaled units,
-  or None when the problem is larger than ``LINEAR_MAX_INPUTS`` inputs.
+  ``(horizon * n_targets)`` targets, fit on the training windows the LSTM trains on (at
+  most ``LINEAR_MAX_WINDOWS`` of them, evenly spread). Returns ``predict(starts) -> (B,
+  horizon, n_targets)`` in scaled units, or None when the problem is larger than
+  ``LINEAR_MAX_INPUTS`` inputs.
   """
   from sklearn.linear_model import Ridge  # sklearn loads on first use
 
   if data.lookback * data.n_features > LINEAR_MAX_INPUTS:
     return None
-  starts = data.window_starts("train")
+  index = data.window_index("train")
+  n = len(index)
+  positions = np.arange(n) if n <= LINEAR_MAX_WINDOWS else np.linspace(0, n - 1, LINEAR_MAX_WINDOWS)
+  starts = index.rows(positions.astype(np.int64))
   x, y = windows.gather_windows(data, starts)
   model = Ridge(alpha=alpha).fit(x.reshape(len(starts), -1), y.reshape(len(starts), -1))
 

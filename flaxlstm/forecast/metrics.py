@@ -26,7 +26,7 @@ def split_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dic
   """MSE/MAE/RMSE on the scaled values and (suffix `_original`) in the data's units."""
   _, y = windows.gather_windows(data, starts)
   scaled = regression_metrics(y, pred)
-  orig = regression_metrics(data.inverse_targets(y), data.inverse_targets(pred))
+  orig = regression_metrics(data.inverse_targets(y, starts), data.inverse_targets(pred, starts))
   return {**scaled, **{f"{k}_original": v for k, v in orig.items()}}
 
 

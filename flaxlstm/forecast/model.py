@@ -43,6 +43,12 @@ class Forecaster(nn.Module):
     (`RecurrentDecoder`). No decoder feeds back point forecasts unless it is `"recurrent"`.
   - `linear_skip` adds a linear map from the whole (normalized) window, zero at start
     (LSTNet's autoregressive highway; with independent channels, NLinear's model).
+  - covariates (optional arguments): `known (B, lookback + horizon, K)`, values known in
+    advance (calendar, planned inputs), joins the encoder's inputs over the lookback and
+    the decoder's over the horizon (flattened into the dense head; per output segment
+    into the segment decoders); `static (B, Z)` joins every encoder step; `series (B,)`,
+    a long table's series ids, selects the learned series embedding. Levels
+    (`predict_delta`, RevIN) apply to `x` only: covariates are not series values.
 
   Attributes:
     horizon: steps forecast.
@@ -50,15 +56,26 @@ class Forecaster(nn.Module):
     spec: the model options.
     target_columns: position of each target among the input columns; RevIN maps each
       output back with its column's statistics (`"independent"` uses all columns).
+    n_series: a long table's number of training series (rows of the series embedding).
   """
 
   horizon: int
   n_targets: int
   spec: ModelSpec = ModelSpec()
   target_columns: tuple[int, ...] = ()
+  n_series: int = 0
 
   @nn.compact
-  def __call__(self, x: Array, y_last: Array | None = None, *, deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    y_last: Array | None = None,
+    known: Array | None = None,
+    static: Array | None = None,
+    series: Array | None = None,
+    *,
+    deterministic: bool = True,
+  ) -> Array:
     spec = self.spec
     independent = spec.channels == "independent"
     if spec.predict_delta:
@@ -78,18 +95,31 @@ class Forecaster(nn.Module):
       x, stats = revin.normalize(x)
 
     batch_shape, (length, n_channels) = x.shape[:-2], x.shape[-2:]
-    series = None
     n_out = self.n_targets
+    covariates = [
+      None if a is None else a.reshape((-1,) + a.shape[len(batch_shape) :]) for a in (known, static)
+    ]
+    if series is not None:
+      series = series.reshape(-1)
     if independent:
       # (B, L, C) -> (B * C, L, 1): every column is its own sample of one shared model.
       x = jnp.swapaxes(x, -1, -2).reshape((-1, length, 1))
       series = jnp.tile(jnp.arange(n_channels), x.shape[0] // n_channels)
       n_out = 1
+      covariates = [None if a is None else jnp.repeat(a, n_channels, axis=0) for a in covariates]
     else:
       x = x.reshape((-1, length, n_channels))
+    known, static = covariates
+    inputs = x
+    if known is not None:
+      inputs = jnp.concatenate([inputs, known[:, :length].astype(x.dtype)], axis=-1)
+    if static is not None:
+      s = jnp.broadcast_to(static[:, None].astype(x.dtype), (x.shape[0], length, static.shape[-1]))
+      inputs = jnp.concatenate([inputs, s], axis=-1)
 
-    carry, h = self._encode(x, deterministic)
-    y = self._decode(carry, h, series, n_out, deterministic)
+    carry, h = self._encode(inputs, deterministic)
+    future = None if known is None else known[:, length:]
+    y = self._decode(carry, h, series, future, n_out, deterministic)
     if spec.linear_skip:
       # LSTNet's autoregressive highway (Lai et al., 2018): a linear map from the whole
       # window to the forecast, so the LSTM only has to model what a linear model cannot.
@@ -134,12 +164,22 @@ class Forecaster(nn.Module):
     )(x, deterministic=deterministic)
     return carries[-1], h
 
-  def _decode(self, carry, h: Array, series, n_out: int, deterministic: bool) -> Array:
-    """The encoder's top carry and last output -> `(B', horizon, n_out)`."""
+  def _decode(self, carry, h: Array, series, future, n_out: int, deterministic: bool) -> Array:
+    """The encoder's top carry and last output (and the known future `(B', horizon, K)`)
+    -> `(B', horizon, n_out)`."""
     spec, horizon = self.spec, self.horizon
     cell = spec.cell_options
+    # Rows of the series embedding: the columns (independent channels) or the series.
+    n_series = self.n_series or self.n_targets
+    if series is not None:
+      series = jnp.clip(series, 0, n_series - 1)  # -1 (an unseen series) is refused before
     if spec.decoder != "dense":
       segments = -(-horizon // spec.segment_length)  # the last one is cut to the horizon
+      if future is not None:
+        # (B', H, K) -> (B', m, S * K): each output segment's known values, zero-padded.
+        pad = segments * spec.segment_length - horizon
+        future = jnp.pad(future, ((0, 0), (0, pad), (0, 0)))
+        future = future.reshape(future.shape[0], segments, -1)
       common = dict(
         features=spec.hidden_sizes[-1],
         n_segments=segments,
@@ -149,18 +189,22 @@ class Forecaster(nn.Module):
         **{k: v for k, v in cell.items() if k != "features"},
       )
       if spec.decoder == "parallel":
-        n_series = self.n_targets if series is not None else 0
         y = ParallelDecoder(
-          n_series=n_series, series_features=spec.series_embedding, name="decoder", **common
-        )(carry, series, deterministic=deterministic)
+          n_series=n_series if series is not None else 0,
+          series_features=spec.series_embedding,
+          name="decoder",
+          **common,
+        )(carry, series, future, deterministic=deterministic)
       else:
-        y = RecurrentDecoder(name="decoder", **common)(carry, deterministic=deterministic)
+        y = RecurrentDecoder(name="decoder", **common)(carry, future, deterministic=deterministic)
       return y[..., :horizon, :]
     if series is not None and spec.series_embedding:
       table = self.param(
-        "series_embedding", initializers.normal(1.0), (self.n_targets, spec.series_embedding)
+        "series_embedding", initializers.normal(1.0), (n_series, spec.series_embedding)
       )
       h = jnp.concatenate([h, table[series].astype(h.dtype)], axis=-1)
+    if future is not None:
+      h = jnp.concatenate([h, future.reshape(future.shape[0], -1).astype(h.dtype)], axis=-1)
     h = nn.Dropout(spec.dense_dropout)(h, deterministic=deterministic)
     # With predict_delta the head starts at zero, so the untrained model *is* the naive
     # forecast and training can only move it where the data says corrections help.

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flaxlstm import parallel
@@ -33,14 +34,15 @@ class Setup:
   total_steps: int
   mesh: Any
   _abstract: Any = dataclasses.field(default=None, repr=False)
+  _index: Any = dataclasses.field(default=None, repr=False)
 
   def _init_fn(self) -> Callable[[], TrainState]:
-    x, _ = windows.gather_windows(self.data, self.data.window_starts("train")[:1])
-    y_last = self.data.y[:1]
+    first = self.data.window_index("train").rows(np.zeros(1, np.int64))
+    inputs = windows.model_inputs(self.data, first)
 
     def init():
       key = jax.random.fold_in(jax.random.key(self.spec.seed), 0)
-      params = self.model.init(key, x, y_last, deterministic=True)["params"]
+      params = self.model.init(key, **inputs, deterministic=True)["params"]
       return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)
       )
@@ -61,8 +63,9 @@ class Setup:
   def state_sharding(self) -> Any:
     return jax.tree.map(lambda a: a.sharding, self.abstract_state())
 
-  def train_batch(self, step: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`(x, y, y_last)` of optimizer step `step`, as global arrays split over the mesh.
+  def train_batch(self, step: int) -> tuple[dict[str, jax.Array], jax.Array]:
+    """`(inputs, y)` of optimizer step `step`, as global arrays split over the mesh
+    (`inputs`: `windows.model_inputs`).
 
     A pure function of (seed, step): the batch's windows (`windows.batch_for_step`) and
     the augmentation draw. Each process gathers only its own rows of the global batch,
@@ -71,17 +74,23 @@ class Setup:
     """
     spec, data = self.spec, self.data
     bs = spec.train.batch_size
-    starts = windows.batch_for_step(data.window_starts("train"), bs, spec.seed, step)
+    starts = windows.batch_for_step(self._train_index, bs, spec.seed, step)
     mine = parallel.local_batch_slice(self.mesh, bs)
+    inputs = windows.model_inputs(data, starts[mine])
+    _, y = windows.gather_windows(data, starts[mine])
     if augment.is_on(spec.data.augment):
-      x, y = windows.gather_windows(data, starts)
-      x = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[mine]
-      y = y[mine]
-    else:
-      x, y = windows.gather_windows(data, starts[mine])
-    y_last = data.y[starts[mine] - 1]
+      x, _ = windows.gather_windows(data, starts)
+      inputs["x"] = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[
+        mine
+      ]
     to_global = lambda a: parallel.host_to_global(self.mesh, a, bs)
-    return to_global(x), to_global(y), to_global(y_last)
+    return {k: to_global(v) for k, v in inputs.items()}, to_global(y)
+
+  @property
+  def _train_index(self) -> windows.WindowIndex:
+    if self._index is None:
+      self._index = self.data.window_index("train")
+    return self._index
 
   def init_state(self) -> TrainState:
     """Fresh parameters, created directly in their shards (no full copy on one device)."""
@@ -107,7 +116,7 @@ def assemble(
         f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)"
       )
   data = series.prepare(spec.data, scalers=scalers)
-  n_train = len(data.window_starts("train"))
+  n_train = len(data.window_index("train"))
   bs = spec.train.batch_size
   if n_train < bs:
     raise InputError(f"train.batch_size={bs} is larger than the {n_train} training windows")
@@ -115,12 +124,7 @@ def assemble(
   total = steps_per_epoch * spec.train.max_epochs
   if spec.train.max_steps:
     total = min(total, spec.train.max_steps)
-  model = Forecaster(
-    horizon=data.horizon,
-    n_targets=len(data.target_names),
-    spec=spec.model,
-    target_columns=_target_columns(spec, data),
-  )
+  model = build_model(spec, data)
   return Setup(
     spec,
     data,
@@ -132,13 +136,34 @@ def assemble(
   )
 
 
+def build_model(spec: RunSpec, data: series.SeriesData) -> Forecaster:
+  """The run's model for `data` (training data, or a new file with the run's scalers)."""
+  return Forecaster(
+    horizon=data.horizon,
+    n_targets=len(data.target_names),
+    spec=spec.model,
+    target_columns=_target_columns(spec, data),
+    n_series=len(data.scalers.series_ids),
+  )
+
+
 def _target_columns(spec: RunSpec, data: series.SeriesData) -> tuple[int, ...]:
   """Each target's position among the inputs, after the checks that need the columns."""
   model, features, targets = spec.model, data.feature_names, data.target_names
+  if model.channels == "independent" and data.series_ids:
+    raise InputError(
+      "model.channels='independent' splits a wide table's columns into series; a long "
+      "table (data.id_column) already is one sample per series: use model.channels='mixed'"
+    )
   if model.channels == "independent" and features != targets:
     raise InputError(
       "model.channels='independent' forecasts every input column from its own past: "
       f"data.features {list(features)} must equal data.target {list(targets)}"
+    )
+  if model.series_embedding and model.channels != "independent" and not data.series_ids:
+    raise InputError(
+      "model.series_embedding needs several series: model.channels='independent' or a "
+      "long table (data.id_column)"
     )
   if model.segment_length and spec.data.lookback % model.segment_length:
     raise InputError(

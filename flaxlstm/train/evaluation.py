@@ -109,15 +109,20 @@ def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> 
   if not reporter.enabled:
     return
   starts = data.window_starts("test")
+  title = f"test set: {', '.join(data.target_names)}"
+  if data.series_ids:  # a panel: the first series' test windows
+    first = data.row_series(starts - 1) == 0
+    starts, test_pred = starts[first], test_pred[first]
+    title += f", series {data.series_ids[0]}"
   _, y = windows.gather_windows(data, starts)
   naive = baselines.naive_forecast(data, starts)
   reporter.plot_learning_curves()
   reporter.plot_forecast(
-    data.inverse_targets(y),
-    data.inverse_targets(test_pred),
+    data.inverse_targets(y, starts),
+    data.inverse_targets(test_pred, starts),
     name="forecast_test.png",
-    title=f"test set: {', '.join(data.target_names)}",
+    title=title,
     target_name=data.target_names[0],
-    baselines={"naive": data.inverse_targets(naive)},
+    baselines={"naive": data.inverse_targets(naive, starts)},
     dates=None if data.dates is None else data.dates[starts],
   )

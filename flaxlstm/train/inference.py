@@ -12,13 +12,12 @@ import jax
 import numpy as np
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import io, scaling, series
+from flaxlstm.data import io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
-from flaxlstm.forecast.model import Forecaster
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
 from flaxlstm.train import workdir as workdir_lib
-from flaxlstm.train.assembly import assemble
+from flaxlstm.train.assembly import assemble, build_model
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
 from flaxlstm.train.step import make_predict_fn, predict_windows
 
@@ -114,35 +113,63 @@ def predict_file(
       f"{data_path} lacks the target column(s) {list(data.target_names)}, "
       "which this model (model.predict_delta) needs as inputs"
     )
-  model = Forecaster(horizon=data.horizon, n_targets=len(data.target_names), spec=spec.model)
-  x0 = np.zeros((1, data.lookback, len(data.feature_names)), np.float32)
-  y0 = np.zeros((1, len(data.target_names)), np.float32)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x0, y0))["params"]
-  params = restore_params(workdir, abstract)
-  n = len(data.x)
+  if spec.model.series_embedding and data.series_ids and (data.series_codes < 0).any():
+    new = data.series_ids[int(np.argmax(data.series_codes < 0))]
+    raise InputError(
+      f"series {new!r} of {data_path} was not in the training data, and this model "
+      "(model.series_embedding) has learned an embedding for each training series only"
+    )
+  model = build_model(spec, data)
+  # Starts: each series' end (the forecast after it), or every position with `lookback`
+  # rows of history (back-testing) up to and including the end.
+  begin, end = data.offsets[:-1], data.offsets[1:]
   if all_windows:
-    starts = np.arange(data.lookback, n + 1, dtype=np.int64)
+    starts = np.concatenate([np.arange(b + data.lookback, e + 1) for b, e in zip(begin, end)])
   else:
-    starts = np.array([n], np.int64)
-  pred = data.inverse_targets(
-    predict_windows(make_predict_fn(model), params, data, starts, config.train.eval_batch_size)
+    starts = end.copy()
+  starts = starts.astype(np.int64)
+  series_of = data.row_series(starts - 1)
+  steps = _series_steps(data)
+  future = _future_known(spec.data, data, starts, series_of, steps)
+  sample: dict[str, Any] = windows.model_inputs(
+    data, starts[:1], None if future is None else future[:1]
   )
-  rows = []
-  step_delta = None
-  if data.dates is not None and n > 1:
-    step_delta = pd.Series(data.dates).diff().median()
-  for w, start in enumerate(starts):
-    origin = data.dates[start - 1] if data.dates is not None else int(start - 1)
-    for h in range(data.horizon):
-      row = {"origin": origin, "step": h + 1}
-      if step_delta is not None:
-        row["date"] = pd.Timestamp(origin) + (h + 1) * step_delta
-      for k, name in enumerate(data.target_names):
-        row[name] = float(pred[w, h, k])
-        if data.has_targets and all_windows:
-          row[f"{name}_actual"] = float(data.y_raw[start + h, k]) if start + h < n else float("nan")
-      rows.append(row)
-  text = pd.DataFrame(rows).to_csv(index=False)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **sample))["params"]
+  params = restore_params(workdir, abstract)
+  pred = data.inverse_targets(
+    predict_windows(
+      make_predict_fn(model),
+      params,
+      data,
+      starts,
+      config.train.eval_batch_size,
+      future_known=future,
+    ),
+    starts,
+  )
+  table: dict[str, Any] = {}
+  h = np.tile(np.arange(1, data.horizon + 1), len(starts))
+  window = np.repeat(np.arange(len(starts)), data.horizon)
+  if data.series_ids:
+    table[spec.data.id_column] = np.asarray(data.series_ids, dtype=object)[series_of[window]]
+  if data.dates is not None:
+    origin = data.dates[starts - 1][window]
+    table["origin"] = origin
+  else:
+    table["origin"] = (starts - 1 - begin[series_of])[window]
+  table["step"] = h
+  if data.dates is not None and steps is not None:
+    table["date"] = origin + h * steps[series_of[window]]
+  rows_ahead = starts[window] + h - 1
+  inside = rows_ahead < end[series_of[window]]
+  for k, name in enumerate(data.target_names):
+    table[name] = pred[:, :, k].reshape(-1).astype(np.float64)
+    if data.has_targets and all_windows:
+      actual = np.full(len(h), np.nan)
+      actual[inside] = data.y_raw[rows_ahead[inside], k]
+      table[f"{name}_actual"] = actual
+  rows = pd.DataFrame(table)
+  text = rows.to_csv(index=False)
   try:
     workdir_lib.write_output(out, text, overwrite=overwrite)
   except OSError as e:
@@ -150,3 +177,46 @@ def predict_file(
       raise TrainingError(f"disk full writing --out {out_path}; nothing was written") from None
     raise InputError(f"cannot write --out {out_path}: {e.strerror}") from None
   return len(starts)
+
+
+def _series_steps(data: series.SeriesData) -> np.ndarray | None:
+  """Each series' time step (the median gap between its dates), or None without dates."""
+  if data.dates is None:
+    return None
+  gaps = np.diff(data.dates).astype("timedelta64[ns]")
+  steps = []
+  for b, e in zip(data.offsets[:-1], data.offsets[1:]):
+    inner = gaps[b : e - 1]
+    steps.append(np.median(inner.astype(np.int64)) if len(inner) else 0)
+  return np.asarray(steps, np.int64).astype("timedelta64[ns]")
+
+
+def _future_known(spec, data: series.SeriesData, starts, series_of, steps) -> np.ndarray | None:
+  """Known covariates over each window's horizon where it runs past its series' end.
+
+  Calendar features follow from the dates (each series' own time step); user columns
+  declared known (`data.known`) cannot be guessed, so such forecasts are refused.
+  """
+  if data.known is None:
+    return None
+  end = data.offsets[1:][series_of]
+  rows = starts[:, None] + np.arange(data.horizon)  # (N, H)
+  inside = rows < end[:, None]
+  if inside.all():
+    return None
+  if spec.known:
+    raise InputError(
+      f"forecasting past the end of {data.source} needs the future values of the known "
+      f"column(s) {list(spec.known)} (data.known), which the file does not hold; predict "
+      "only where they are known (the file's own windows) or drop data.known"
+    )
+  out = data.known[np.minimum(rows, data.n_rows - 1)].copy()
+  assert data.dates is not None and steps is not None  # calendar features need dates
+  last = data.dates[end - 1]
+  ahead = (rows - end[:, None] + 1)[~inside]
+  dates = (
+    last[:, None].repeat(data.horizon, 1)[~inside]
+    + ahead * steps[series_of][:, None].repeat(data.horizon, 1)[~inside]
+  )
+  out[~inside] = series.calendar_features(dates, spec.calendar)
+  return out

@@ -41,19 +41,21 @@ def make_train_step(
   mesh,
   state_sharding,
 ) -> Callable:
-  """The jitted train step `(state, x, y, y_last) -> (state, metrics)`; `state` is donated.
+  """The jitted train step `(state, inputs, y) -> (state, metrics)`; `state` is donated.
+
+  `inputs` is `windows.model_inputs`'s dict (as global arrays): the Forecaster's arguments.
 
   A non-finite loss or gradient skips the update (params and optimizer state unchanged),
   so NaNs never reach the weights; `metrics["nonfinite"]` tells the host, which counts.
   """
   base_key = jax.random.key(seed)
 
-  def train_step(state: TrainState, x, y, y_last):
+  def train_step(state: TrainState, inputs, y):
     dropout_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
 
     def loss_fn(params):
       pred = model.apply(
-        {"params": params}, x, y_last, deterministic=False, rngs={"dropout": dropout_key}
+        {"params": params}, **inputs, deterministic=False, rngs={"dropout": dropout_key}
       )
       data_loss = pointwise_loss(spec.loss, pred, y, spec.huber_delta).mean()
       return data_loss + penalty(params, spec.l1, spec.l2), data_loss
@@ -71,20 +73,21 @@ def make_train_step(
       opt_state=keep(opt_state, state.opt_state),
     ), metrics
 
-  b2, b3 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
+  # The inputs arrive as global arrays already split over the mesh (`host_to_global`);
+  # jit keeps their shardings.
   return jax.jit(
     train_step,
     donate_argnums=0,
-    in_shardings=(state_sharding, b3, b3, b2),
+    in_shardings=(state_sharding, None, parallel.batch_sharding(mesh, 3)),
     out_shardings=(state_sharding, parallel.replicated(mesh)),
   )
 
 
 def make_predict_fn(model: Forecaster, mesh=None) -> Callable:
-  """Jitted `(params, x, y_last) -> predictions`, replicated so every host can read them."""
+  """Jitted `(params, inputs) -> predictions`, replicated so every host can read them."""
   out = None if mesh is None else parallel.replicated(mesh)
   return jax.jit(
-    lambda params, x, y_last: model.apply({"params": params}, x, y_last, deterministic=True),
+    lambda params, inputs: model.apply({"params": params}, **inputs, deterministic=True),
     out_shardings=out,
   )
 
@@ -96,8 +99,12 @@ def predict_windows(
   starts: np.ndarray,
   batch_size: int,
   mesh=None,
+  future_known: np.ndarray | None = None,
 ) -> np.ndarray:
   """Scaled predictions `(N, horizon, n_targets)` for windows starting at `starts`.
+
+  `future_known` ``(N, horizon, n_known)``: known covariates past the end of the data,
+  for forecasts beyond it.
 
   Batches come from `windows.eval_batches`: in order, the last one padded so that one
   compiled function serves all. With a `mesh`, each process gathers only its own rows of
@@ -107,13 +114,13 @@ def predict_windows(
   out = []
   for pos, real in zip(positions, mask):
     idx = starts[pos]
-    x: Any
-    y_last: Any
+    inputs: Any
     if mesh is None:
-      x, y_last = windows.gather_inputs(data, idx), data.y[idx - 1]
+      inputs = windows.model_inputs(data, idx, None if future_known is None else future_known[pos])
     else:
-      mine = idx[parallel.local_batch_slice(mesh, batch_size)]
-      x = parallel.host_to_global(mesh, windows.gather_inputs(data, mine), batch_size)
-      y_last = parallel.host_to_global(mesh, data.y[mine - 1], batch_size)
-    out.append(np.asarray(predict_fn(params, x, y_last))[real])
+      mine = parallel.local_batch_slice(mesh, batch_size)
+      future = None if future_known is None else future_known[pos][mine]
+      local = windows.model_inputs(data, idx[mine], future)
+      inputs = {k: parallel.host_to_global(mesh, v, batch_size) for k, v in local.items()}
+    out.append(np.asarray(predict_fn(params, inputs))[real])
   return np.concatenate(out) if out else np.zeros((0, data.horizon, len(data.target_names)))

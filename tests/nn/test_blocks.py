@@ -182,3 +182,43 @@ def test_exponential_schedule_keeps_the_peak_then_decays_per_epoch():
   lr = learning_rate_schedule(spec, total_steps=100, steps_per_epoch=10)
   got = [float(lr(s)) for s in (0, 19, 20, 29, 30, 45)]
   np.testing.assert_allclose(got, [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(hidden_sizes=(16,)),
+    dict(segment_length=4, decoder="parallel", hidden_sizes=(16,)),
+    dict(segment_length=4, decoder="recurrent", hidden_sizes=(16,)),
+    dict(segment_length=4, decoder="parallel", hidden_sizes=(16,), revin=True),
+  ],
+)
+def test_covariates_reach_encoder_and_decoder(kw):
+  """Known-in-advance values over the horizon change the forecast (the decoder reads
+  them), as do those over the lookback and the static values (the encoder reads them);
+  series ids pick a series embedding."""
+  b, length, horizon = 4, 16, 10
+  x = _x((b, length, 1))
+  known = _x((b, length + horizon, 3), seed=1)
+  static = _x((b, 2), seed=2)
+  series = jnp.array([0, 1, 2, 1])
+  embedding = 0 if kw.get("decoder") == "recurrent" else 4  # it reads no series embedding
+  model = Forecaster(
+    horizon=horizon,
+    n_targets=1,
+    spec=ModelSpec(series_embedding=embedding, **kw),
+    target_columns=(0,),
+    n_series=3,
+  )
+  params = model.init(jax.random.key(0), x, x[:, -1], known, static, series)
+  y = model.apply(params, x, x[:, -1], known, static, series)
+  assert y.shape == (b, horizon, 1)
+
+  def changed(**inputs):
+    args = {"known": known, "static": static, "series": series, **inputs}
+    return not np.allclose(model.apply(params, x, x[:, -1], **args), y)
+
+  assert changed(known=known.at[:, length + horizon - 1].add(1.0))  # the last future step
+  assert changed(known=known.at[:, 0].add(1.0))
+  assert changed(static=static + 1.0)
+  assert changed(series=jnp.array([1, 1, 2, 1])) == bool(embedding)

@@ -60,10 +60,10 @@ from flaxlstm import cli
 from flaxlstm.train.assembly import Setup
 real = Setup.train_batch
 def poisoned(self, step):
-  x, y, y_last = real(self, step)
+  inputs, y = real(self, step)
   if step + 1 == int(sys.argv[1]):
-    x = x.at[0, 0, 0].set(float("nan"))
-  return x, y, y_last
+    inputs["x"] = inputs["x"].at[0, 0, 0].set(float("nan"))
+  return inputs, y
 Setup.train_batch = poisoned
 sys.exit(cli.main(sys.argv[2:]))
 """

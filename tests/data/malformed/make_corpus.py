@@ -30,6 +30,23 @@ def valid_frame(n: int = N_ROWS) -> pd.DataFrame:
   )
 
 
+def long_frame() -> pd.DataFrame:
+  """Three series ("a", "b", "c") of 300, 280 and 260 hourly rows starting 10 h apart,
+  with a static column `size`; rows shuffled, as a long table's may be."""
+  parts = []
+  for k, (name, n) in enumerate([("a", 300), ("b", 280), ("c", 260)]):
+    part = valid_frame(n).rename(columns={"date": "ds"})
+    part["ds"] = pd.date_range("2021-01-01", periods=n, freq="h") + pd.Timedelta(hours=10 * k)
+    part["ds"] = part["ds"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    part.insert(0, "unique_id", name)
+    part["y"] = part["y"] * (k + 1) + 10 * k
+    part["size"] = float(k + 1)
+    parts.append(part[["unique_id", "ds", "y", "size"]])
+  frame = pd.concat(parts, ignore_index=True)
+  order = np.random.default_rng(0).permutation(len(frame))
+  return frame.iloc[order].reset_index(drop=True)
+
+
 def csv(name: str, frame: pd.DataFrame) -> None:
   frame.to_csv(HERE / name, index=False)
 
@@ -96,6 +113,15 @@ def main() -> None:
 
   # --- length ----------------------------------------------------------------------------
   csv("too_short.csv", valid_frame(40))  # 0.7 * 40 = 28 train rows < lookback 24 + horizon 6
+
+  # --- long tables (unique_id, ds, y): three series of different lengths and starts ----
+  panel = long_frame()
+  csv("long_valid.csv", panel)
+  csv("long_duplicate.csv", pd.concat([panel, panel.iloc[[130]]], ignore_index=True))
+  csv("long_missing_id.csv", panel.assign(unique_id=panel.unique_id.where(panel.index != 75)))
+  short = panel[(panel.unique_id != "b") | (panel.index % 300 < 60)]
+  csv("long_short_series.csv", short)
+  csv("long_static_varies.csv", panel.assign(size=np.where(panel.index == 400, 9.0, panel["size"])))
 
   # --- config files that need exact bytes ------------------------------------------------
   (HERE / "not_utf8.json").write_bytes(b'{"seed": 0, "data": {"target": ["\xff"]}}\n')

@@ -1,0 +1,259 @@
+"""Long tables (unique_id, ds, y): panels of series with their own lengths and start dates,
+per-series splits and scalers, covariates, the window index and the panel shuffle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flaxlstm.config import DataSpec
+from flaxlstm.data import scaling, series, windows
+from flaxlstm.errors import InputError
+
+LOOKBACK, HORIZON = 8, 4
+LENGTHS = {"b": 120, "a": 100, "c": 90}  # deliberately not in id order
+
+
+def panel_frame(seed: int = 0) -> pd.DataFrame:
+  """Three hourly series of different lengths and starts, levels and scales; a static
+  column `size`, a known column `promo`; rows shuffled."""
+  rng = np.random.default_rng(seed)
+  parts = []
+  for k, (name, n) in enumerate(LENGTHS.items()):
+    t = np.arange(n)
+    parts.append(
+      pd.DataFrame(
+        {
+          "unique_id": name,
+          "ds": pd.date_range("2021-03-01", periods=n, freq="h") + pd.Timedelta(hours=5 * k),
+          "y": 10.0 * k + (k + 1) * np.sin(t / 4.0) + 0.1 * rng.normal(size=n),
+          "promo": (t % 7 == 0).astype(float),
+          "size": float(k + 2),
+        }
+      )
+    )
+  frame = pd.concat(parts, ignore_index=True)
+  return frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+
+
+def write(tmp_path: Path, frame: pd.DataFrame, name: str = "panel.csv") -> str:
+  path = tmp_path / name
+  frame.to_csv(path, index=False)
+  return str(path)
+
+
+def spec(path: str, **overrides) -> DataSpec:
+  values = dict(
+    path=path,
+    id_column="unique_id",
+    date_column="ds",
+    target=("y",),
+    lookback=LOOKBACK,
+    horizon=HORIZON,
+    seasonal_period=4,
+  )
+  return DataSpec(**{**values, **overrides})
+
+
+@pytest.fixture
+def panel_path(tmp_path):
+  return write(tmp_path, panel_frame())
+
+
+def test_long_table_rows_are_grouped_by_series_in_time_order(panel_path):
+  data = series.prepare(spec(panel_path))
+  assert data.series_ids == ("a", "b", "c")
+  lengths = [LENGTHS[i] for i in data.series_ids]
+  np.testing.assert_array_equal(np.diff(data.offsets), lengths)
+  frame = pd.read_csv(panel_path, parse_dates=["ds"]).sort_values(["unique_id", "ds"])
+  np.testing.assert_allclose(data.y_raw[:, 0], frame.y.to_numpy(np.float32))
+  assert (
+    np.diff(data.dates.astype(np.int64))[np.diff(data.row_series(np.arange(310))) == 0] > 0
+  ).all()
+
+
+def test_per_series_fraction_splits_and_window_index(panel_path):
+  data = series.prepare(spec(panel_path))
+  for s, n in enumerate(np.diff(data.offsets)):
+    begin = data.offsets[s]
+    train_end = begin + int(n * 0.7)
+    assert tuple(data.split_rows["train"][s]) == (begin, train_end)
+    assert data.split_rows["val"][s][0] == train_end
+  for split in ("train", "val", "test"):
+    index = data.window_index(split)
+    starts = index.all_rows()
+    # Brute force: every start whose inputs lie in its series (train: in its train rows)
+    # and whose targets lie in the split.
+    expected = []
+    for s in range(data.n_series):
+      lo, hi = data.split_rows[split][s]
+      first = lo + LOOKBACK if split == "train" else max(lo, data.offsets[s] + LOOKBACK)
+      expected += list(range(first, hi - HORIZON + 1))
+    np.testing.assert_array_equal(starts, expected)
+    assert len(index) == len(expected)
+    # No window reaches into another series.
+    np.testing.assert_array_equal(
+      data.row_series(starts - LOOKBACK), data.row_series(starts + HORIZON - 1)
+    )
+
+
+def test_split_dates_per_series(panel_path):
+  data = series.prepare(
+    spec(panel_path, split="dates", split_dates=("2021-03-04", "2021-03-04 12:00"))
+  )
+  train_end, val_end = np.datetime64("2021-03-04"), np.datetime64("2021-03-04T12:00")
+  for s in range(data.n_series):
+    begin, stop = data.offsets[s], data.offsets[s + 1]
+    dates = data.dates[begin:stop]
+    (a, b), (c, d), (e, f) = (data.split_rows[k][s] for k in ("train", "val", "test"))
+    assert (a, c, e, f) == (begin, b, d, stop)  # contiguous, the test split to the end
+    np.testing.assert_array_equal(dates < train_end, np.arange(begin, stop) < b)
+    np.testing.assert_array_equal(dates < val_end, np.arange(begin, stop) < d)
+
+
+def test_per_series_scaling_uses_each_series_train_rows(panel_path, tmp_path):
+  data = series.prepare(spec(panel_path, scaler_scope="series"))
+  for s in range(data.n_series):
+    a, b = data.split_rows["train"][s]
+    np.testing.assert_allclose(data.y[a:b].mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(data.y[a:b].std(), 1, atol=1e-4)
+  starts = data.window_starts("test")
+  _, y = windows.gather_windows(data, starts)
+  raw = data.y_raw[starts[:, None] + np.arange(HORIZON)]
+  np.testing.assert_allclose(data.inverse_targets(y, starts), raw, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="pass the window starts"):
+    data.inverse_targets(y)
+  # Saved as plain numbers and read back to the same transform.
+  path = tmp_path / "scalers.json"
+  data.save_scalers(path)
+  loaded = scaling.load_scalers(path)
+  assert loaded.scope == "series" and loaded.series_ids == ("a", "b", "c")
+  again = series.prepare(spec(panel_path, scaler_scope="series"), scalers=loaded)
+  np.testing.assert_array_equal(again.y, data.y)
+
+
+def test_global_scaling_pools_every_series_train_rows(panel_path):
+  data = series.prepare(spec(panel_path))
+  rows = np.concatenate([np.arange(a, b) for a, b in data.split_rows["train"]])
+  np.testing.assert_allclose(
+    data.target_scaler.mean_, [data.y_raw[rows].astype(np.float64).mean()], rtol=1e-6
+  )
+
+
+def test_covariates_reach_the_model_inputs(panel_path):
+  data = series.prepare(spec(panel_path, known=("promo",), static=("size",), calendar=("hour",)))
+  assert data.known_names == ("promo", "hour_sin", "hour_cos")
+  starts = data.window_starts("train")[[0, -1]]
+  inputs = windows.model_inputs(data, starts)
+  assert inputs["x"].shape == (2, LOOKBACK, 1)
+  assert inputs["known"].shape == (2, LOOKBACK + HORIZON, 3)
+  assert inputs["static"].shape == (2, 1)
+  np.testing.assert_array_equal(inputs["series"], [0, 2])
+  hours = pd.DatetimeIndex(data.dates[starts[0] - LOOKBACK : starts[0] + HORIZON]).hour
+  np.testing.assert_allclose(inputs["known"][0, :, 1], np.sin(2 * np.pi * hours / 24), atol=1e-6)
+  # Static values: one per series (a: 3, b: 2, c: 4), standardized over the series.
+  np.testing.assert_allclose(inputs["static"][:, 0], [0.0, 1 / np.std([2, 3, 4])], rtol=1e-6)
+
+
+def test_past_only_columns_are_inputs_but_not_targets(panel_path):
+  data = series.prepare(spec(panel_path, features=("y", "promo")))
+  inputs = windows.model_inputs(data, data.window_starts("val")[:3])
+  assert data.feature_names == ("y", "promo") and data.target_names == ("y",)
+  assert inputs["x"].shape == (3, LOOKBACK, 2) and "known" not in inputs
+
+
+def test_calendar_features_are_unit_circles():
+  dates = pd.date_range("2020-02-28", periods=80, freq="7h").to_numpy()
+  out = series.calendar_features(dates, series.CALENDAR)
+  assert out.shape == (80, 10)
+  np.testing.assert_allclose(out[:, 0::2] ** 2 + out[:, 1::2] ** 2, 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 17, 64, 1000, 4097])
+def test_shuffled_positions_are_a_permutation(n):
+  out = windows.shuffled_positions(np.arange(n), n, seed=3, epoch=1)
+  np.testing.assert_array_equal(np.sort(out), np.arange(n))
+  again = windows.shuffled_positions(np.arange(n), n, seed=3, epoch=1)
+  np.testing.assert_array_equal(out, again)
+  if n > 16:
+    assert not np.array_equal(out, windows.shuffled_positions(np.arange(n), n, seed=3, epoch=2))
+
+
+def test_panel_batches_are_pure_functions_of_seed_and_step(panel_path):
+  data = series.prepare(spec(panel_path))
+  index = data.window_index("train")
+  n, bs = len(index), 16
+  per_epoch = windows.steps_per_epoch(n, bs)
+  epoch = np.concatenate([windows.batch_for_step(index, bs, 0, k) for k in range(per_epoch)])
+  assert len(np.unique(epoch)) == per_epoch * bs  # an epoch sees no window twice
+  assert set(epoch) <= set(index.all_rows())
+  np.testing.assert_array_equal(
+    windows.batch_for_step(index, bs, 0, per_epoch + 2),
+    windows.batch_for_step(index, bs, 0, per_epoch + 2),
+  )
+  assert not np.array_equal(
+    windows.batch_for_step(index, bs, 0, 0), windows.batch_for_step(index, bs, 1, 0)
+  )
+
+
+def _error(fragment: str, fn, *args, **kwargs) -> None:
+  with pytest.raises(InputError) as info:
+    fn(*args, **kwargs)
+  assert fragment in str(info.value), str(info.value)
+  assert "\n" not in str(info.value)
+
+
+def test_long_table_errors(tmp_path):
+  frame = panel_frame()
+  dup = pd.concat([frame, frame.iloc[[5]]], ignore_index=True)
+  _error("duplicate (id, date)", series.prepare, spec(write(tmp_path, dup, "dup.csv")))
+  _error(
+    "id column 'series' (data.id_column) not found",
+    series.prepare,
+    spec(write(tmp_path, frame, "ok.csv"), id_column="series"),
+  )
+  varies = frame.assign(size=np.where(frame.index == 3, 99.0, frame["size"]))
+  _error(
+    "static column 'size' (data.static) of",
+    series.prepare,
+    spec(write(tmp_path, varies, "varies.csv"), static=("size",)),
+  )
+  short = frame[(frame.unique_id != "c") | (frame.index % 5 == 0)]
+  path = write(tmp_path, short, "short.csv")
+  _error("series 'c'", series.prepare, spec(path))
+  _error("data.drop_short=True", series.prepare, spec(path))
+  kept = series.prepare(spec(path, drop_short=True))
+  assert kept.series_ids == ("a", "b")
+  gap = frame.copy()
+  gap.loc[gap.index[gap.unique_id == "b"][3], "y"] = np.nan
+  path = write(tmp_path, gap, "gap.csv")
+  _error("missing value (NaN) in column 'y'", series.prepare, spec(path))
+  filled = series.prepare(spec(path, fill="ffill"))
+  assert np.isfinite(filled.y).all()
+
+
+def test_config_checks_for_panels():
+  for overrides, fragment in [
+    (dict(static=("size",)), "needs a long table"),
+    (dict(scaler_scope="series"), "needs a long table"),
+    (dict(calendar=("minute",)), "is not one of"),
+    (dict(split="dates"), "split='dates' needs increasing timestamps"),
+    (dict(split="dates", split_dates=("2021-01-02", "2021-01-01")), "increasing timestamps"),
+    (dict(split_dates=("2021-01-01", "2021-01-02")), "only used with data.split='dates'"),
+    (dict(known=("OT",)), "'OT' is also in data.target"),
+  ]:
+    _error(fragment, DataSpec, **overrides)
+
+
+def test_saved_scalers_reject_a_malformed_panel_block(panel_path, tmp_path):
+  data = series.prepare(spec(panel_path, scaler_scope="series"))
+  path = tmp_path / "scalers.json"
+  data.save_scalers(path)
+  payload = json.loads(path.read_text())
+  payload["targets"]["scale"] = [[1.0]]
+  path.write_text(json.dumps(payload))
+  _error("targets: scale must be 3 x 1 finite numbers", scaling.load_scalers, path)
