@@ -441,7 +441,8 @@ def _static_values(spec: DataSpec, table: _Table) -> np.ndarray | None:
 def _fit(
   kind: str, scope: str, values: np.ndarray, train: np.ndarray, split_rows: np.ndarray
 ) -> Any:
-  """A `kind` scaler fit on the train rows, for all series at once or each on its own."""
+  """A `kind` scaler fit on the train rows (`train`: a row mask; `split_rows`: each series'
+  train rows), over all series at once or for each on its own."""
   if kind == "none" or values.shape[1] == 0:
     return None
   if scope == "series":
@@ -517,9 +518,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     train_mask = np.zeros(len(frame), bool)
     for a, b in split_rows["train"]:
       train_mask[a:b] = True
-    fit = lambda v, scope=spec.scaler_scope: _fit(
-      spec.scaler, scope, v, train_mask, split_rows["train"]
-    )
+    fit = lambda v: _fit(spec.scaler, spec.scaler_scope, v, train_mask, split_rows["train"])
     scalers = FittedScalers(
       kind=spec.scaler,
       feature_scaler=fit(blocks["features"]),
@@ -533,8 +532,8 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
       static_names=spec.static,
       # Static values are one row per series, scaled over the series.
       static_scaler=None
-      if static is None
-      else _fit(spec.scaler, "global", static, np.ones(len(static), bool), split_rows["train"]),
+      if static is None or spec.scaler == "none"
+      else make_scaler(spec.scaler).fit(static),
     )
     codes = np.arange(len(lengths), dtype=np.int32)
   else:
