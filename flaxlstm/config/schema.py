@@ -16,6 +16,7 @@ Messages name the key and the value: ``config key 'data.lookback' = 0: must be >
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,15 @@ class _Spec:
 
   def check(self, c: _Checker) -> None:
     raise NotImplementedError
+
+  def with_values(self, **values: Any) -> Any:
+    """A copy with `values` set *unchecked*: for traced per-member hyperparameters inside a
+    population's step (train/population.py), which have no Python value to check. Every
+    member's config was validated as a whole before."""
+    out = copy.copy(self)
+    for key, value in values.items():
+      object.__setattr__(out, key, value)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

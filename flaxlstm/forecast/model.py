@@ -13,6 +13,7 @@ from flax.linen import initializers
 
 from flaxlstm.config.schema import ModelSpec
 from flaxlstm.nn.blocks import ParallelDecoder, RecurrentDecoder, RevIN, SegmentEmbedding
+from flaxlstm.nn.dropout import Dropout
 from flaxlstm.nn.layers import StackedLSTM
 
 Array = jax.Array
@@ -205,7 +206,7 @@ class Forecaster(nn.Module):
       h = jnp.concatenate([h, table[series].astype(h.dtype)], axis=-1)
     if future is not None:
       h = jnp.concatenate([h, future.reshape(future.shape[0], -1).astype(h.dtype)], axis=-1)
-    h = nn.Dropout(spec.dense_dropout)(h, deterministic=deterministic)
+    h = Dropout(spec.dense_dropout)(h, deterministic=deterministic)
     # With predict_delta the head starts at zero, so the untrained model *is* the naive
     # forecast and training can only move it where the data says corrections help.
     head_init = initializers.zeros_init() if spec.predict_delta else cell["kernel_init"]

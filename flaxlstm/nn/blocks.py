@@ -18,6 +18,7 @@ from flax import linen as nn
 from flax.linen import initializers
 
 from flaxlstm.nn.cell import CellOptions, LSTMCell, cell_options
+from flaxlstm.nn.dropout import Dropout
 
 Array = jax.Array
 Carry = tuple[Array, Array]
@@ -201,7 +202,7 @@ class ParallelDecoder(CellOptions):
       )(known.astype(z.dtype))
     c = jnp.broadcast_to(c[..., None, :], z.shape[:-1] + (c.shape[-1],))
     _, out = cell.activate(p, c, z)  # (*batch, m, R)
-    out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    out = Dropout(self.dropout)(out, deterministic=deterministic)
     y = nn.Dense(
       self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
     )(out)
@@ -236,7 +237,7 @@ class RecurrentDecoder(CellOptions):
     head = nn.Dense(
       self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
     )
-    drop = nn.Dropout(self.dropout)
+    drop = Dropout(self.dropout)
     outputs = []
     h = carry[1]
     for j in range(self.n_segments):

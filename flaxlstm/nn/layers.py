@@ -9,16 +9,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxlstm.nn.cell import CellOptions, LSTMCell, cell_options
+from flaxlstm.nn.dropout import Dropout, dropout_mask, is_active
 from flaxlstm.nn.recurrence import lstm_recurrence
 
 Array = jax.Array
 Initializer = Callable[..., Array]
-
-
-def _dropout_mask(rng: Array, rate: float, shape: tuple[int, ...], dtype) -> Array:
-  """Inverted-dropout multiplier: 0 with probability `rate`, else 1 / (1 - rate)."""
-  keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
-  return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 
 def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
@@ -87,7 +82,7 @@ class LSTM(CellOptions):
       raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
     p = cell.parameters(inputs.shape[-1])
     rng = None
-    if self.dropout or self.recurrent_dropout:
+    if is_active(self.dropout) or is_active(self.recurrent_dropout):
       if not nn.merge_param("deterministic", self.deterministic, deterministic):
         rng = lambda: self.make_rng("dropout")
     carry, out = run_layer(
@@ -156,10 +151,10 @@ def run_layer(
 
   h_mask = None
   if dropout_rng is not None:
-    if dropout:
-      x = x * _dropout_mask(dropout_rng(), dropout, (b, 1, d), x.dtype)
-    if recurrent_dropout:
-      h_mask = _dropout_mask(dropout_rng(), recurrent_dropout, carry[1].shape, cell.compute_dtype)
+    if is_active(dropout):
+      x = x * dropout_mask(dropout_rng(), dropout, (b, 1, d), x.dtype)
+    if is_active(recurrent_dropout):
+      h_mask = dropout_mask(dropout_rng(), recurrent_dropout, carry[1].shape, cell.compute_dtype)
 
   if reverse:
     x = flip_sequences(x, lengths)
@@ -254,8 +249,8 @@ class StackedLSTM(CellOptions):
   ):
     if not self.features:
       raise ValueError("StackedLSTM needs at least one layer in `features`")
-    uses_dropout = self.dropout or self.recurrent_dropout or self.inter_layer_dropout
-    if uses_dropout:
+    rates = (self.dropout, self.recurrent_dropout, self.inter_layer_dropout)
+    if any(is_active(r) for r in rates):
       deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     x = inputs
     carries = []
@@ -284,6 +279,6 @@ class StackedLSTM(CellOptions):
       if self.return_carry:
         carry, x = x
         carries.append(carry)
-      if not last and self.inter_layer_dropout:
-        x = nn.Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
+      if not last and is_active(self.inter_layer_dropout):
+        x = Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
     return (tuple(carries), x) if self.return_carry else x

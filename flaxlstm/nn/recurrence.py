@@ -98,7 +98,7 @@ def _unbroadcast(a: Array, shape: tuple[int, ...]) -> Array:
   return a.sum(axis=axes, keepdims=True) if axes else a
 
 
-def _read_slot(buf: Array, t: Array) -> Array:
+def _read_slot(buf: Array, t: Array, axis: int = 0) -> Array:
   """`buf[t]` for a scan step that then overwrites slot `t` of the carried `buf` in place.
 
   Read directly, XLA fuses the slice into each consumer of the slot. When one of those (the
@@ -110,10 +110,30 @@ def _read_slot(buf: Array, t: Array) -> Array:
   per-step copy is left."""
   return jax.lax.cond(
     t >= 0,
-    lambda b: jax.lax.dynamic_index_in_dim(b, t, keepdims=False),
-    lambda b: jnp.zeros(b.shape[1:], b.dtype),
+    lambda b: jax.lax.dynamic_index_in_dim(b, t, axis=axis, keepdims=False),
+    lambda b: jnp.zeros(b.shape[:axis] + b.shape[axis + 1 :], b.dtype),
     buf,
   )
+
+
+def _gates_forward(z: Array, c: Array, scale: Array, shift: Array, axis: int):
+  """One step's gate math from the pre-activations `z`: `(activations, c_new, h_new)`."""
+  a = scale * jax.nn.sigmoid(scale * z) - shift
+  i, f, g, o = _split4(a, axis)
+  c_new = f * c + i * g
+  return a, c_new, o * jnp.tanh(c_new)
+
+
+def _gates_backward(a, c, cp, gh, gc, scale, shift, axis: int):
+  """One step's backward through the gate math: `(dz, dcn)`, the gradients of the
+  pre-activations and of the new cell state, from the saved activations `a`, the new and
+  previous cell states `c`, `cp` and the incoming `gh = dL/dh_new`, `gc = dL/dc_new`."""
+  i, f, g, o = _split4(a, axis)
+  tc = jnp.tanh(c)
+  dcn = gc + gh * o * (1 - tc * tc)
+  da = jnp.concatenate([dcn * g, dcn * cp, dcn * i, gh * tc], axis=axis)
+  sig = (a + shift) / scale  # the sigmoid before scaling, for d(activation)/dz
+  return da * (scale * scale) * sig * (1 - sig), dcn
 
 
 def _inloop_projection(d: int, h: int) -> bool:
@@ -183,10 +203,7 @@ def _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save):
     if in_place:
       x_t = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
     z = z_of(x_t, h if hm is None else h * hm)
-    a = scale * jax.nn.sigmoid(scale * z) - shift
-    i, f, g, o = _split4(a, axis)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
+    a, c_new, h_new = _gates_forward(z, c, scale, shift, axis)
     y = h_new
     if m is not None:
       c_new = jnp.where(m, c_new, c)
@@ -241,17 +258,12 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
     if m is not None:  # masked steps passed the carry through and output 0
       gh = jnp.where(m, gh, jnp.zeros_like(gh))
       gc = jnp.where(m, gc, jnp.zeros_like(gc))
-    i, f, g, o = _split4(a, axis)
-    tc = jnp.tanh(c)
-    dcn = gc + gh * o * (1 - tc * tc)
-    da = jnp.concatenate([dcn * g, dcn * cp, dcn * i, gh * tc], axis=axis)
-    sig = (a + shift) / scale  # the sigmoid before scaling, for d(activation)/dz
-    dz = da * (scale * scale) * sig * (1 - sig)
+    dz, dcn = _gates_backward(a, c, cp, gh, gc, scale, shift, axis)
     dh_prev = dh_of(dz)
     if hm is not None:
       dhm = dhm + hp * dh_prev
       dh_prev = dh_prev * hm
-    dc_prev = dcn * f
+    dc_prev = dcn * _split4(a, axis)[1]
     if m is not None:
       dh_prev = dh_prev + jnp.where(m, jnp.zeros_like(dh), dh)
       dc_prev = dc_prev + jnp.where(m, jnp.zeros_like(dc), dc)
@@ -282,19 +294,191 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
   return dw, db, du, tr(dc0), tr(dh0), dx, None, dhm
 
 
+# ---- populations: P members' layers as one kernel ------------------------------------------
+# `jax.vmap` over a population of models (seeds, hyperparameters: train/population.py) would
+# batch the kernel above mechanically: its scans' time-major stacked inputs and outputs get
+# the member axis moved inside them, each costing a full transposed copy of a `(T, B, 4H)`
+# buffer per member, and the weight gradients become batched dots with a transposed
+# operand. At the default experiment's shape that made one member's gradient ~1.8x as slow
+# as a single call (experiments/benchmarks/population_step.py). The rules below
+# (`jax.custom_batching.custom_vmap`) run the members as one kernel instead, in the layout a
+# vmapped argument arrives in, member-major `(P, T, B, .)`: every per-member array is
+# exactly the single kernel's (batch-major) layout, the time loop carries its buffers and
+# reads and writes slot `t` of axis 1 in place (no stacked scan inputs or outputs, so
+# nothing is transposed), per-step matmuls are `(P, B, K) @ (P, K, N)` batched GEMMs and the
+# weight gradients batched NN GEMMs over all `T*B` rows.
+
+
+def _at(buf: Array, t: Array) -> Array:
+  return jax.lax.dynamic_index_in_dim(buf, t, axis=1, keepdims=False)
+
+
+def _put(buf: Array, value: Array, t: Array) -> Array:
+  return jax.lax.dynamic_update_index_in_dim(buf, value, t, 1)
+
+
+def _population_forward(w, b, u, c0, h0, x, h_mask, unroll, save):
+  """`_fused_forward` of P members with narrow inputs (the in-loop projection) and no step
+  mask: each argument has a leading member axis (`w (P, D, 4H)`, `x (P, T, B, D)`,
+  `c0 (P, B, H)`, ...); the residuals are `(acts (P, T, B, 4H), cs, hs (P, T, B, H))`, per
+  member the batch-major layout."""
+  n_pop, t_len, batch, _ = x.shape
+  n4 = u.shape[-1]
+  scale, shift = _gate_consts(n4 // 4, x.dtype)
+  bias = b[:, None, :]  # broadcast over each member's batch
+  wu = jnp.concatenate([w, u], axis=1)  # (P, D + H, 4H): one matmul per step for both sides
+  acts = jnp.zeros((n_pop, t_len, batch, n4), x.dtype) if save else None
+  ys = jnp.zeros((n_pop, t_len, batch, u.shape[-2]), x.dtype)
+  cs = jnp.zeros_like(ys) if save else None
+
+  def step(carry, t):
+    c, h, buf, ys, cs = carry
+    h_in = h if h_mask is None else h * h_mask
+    z = jnp.matmul(jnp.concatenate([_at(x, t), h_in], -1), wu) + bias
+    a, c, h = _gates_forward(z, c, scale, shift, -1)
+    if save:
+      buf, cs = _put(buf, a, t), _put(cs, c, t)
+    return (c, h, buf, _put(ys, h, t), cs), None
+
+  (c, h, acts, ys, cs), _ = jax.lax.scan(
+    step, (c0, h0, acts, ys, cs), jnp.arange(t_len), unroll=unroll
+  )
+  return (c, h), ys, ((acts, cs, ys) if save else None)
+
+
+def _population_backward(w, u, c0, h0, x, h_mask, res, cts, unroll):
+  """`_fused_backward` of P members (see `_population_forward` for the layout)."""
+  acts, cs, hs = res
+  (dc_t, dh_t), dys = cts
+  n_pop, t_len = x.shape[:2]
+  n4 = u.shape[-1]
+  scale, shift = _gate_consts(n4 // 4, acts.dtype)
+  u_t = jnp.swapaxes(u, 1, 2)  # (P, 4H, H), transposed once outside the loop
+
+  def step(carry, t):
+    dc, dh, dhm, buf = carry
+    prev = jnp.maximum(t - 1, 0)
+    cp = jnp.where(t > 0, _at(cs, prev), c0)
+    a = _read_slot(buf, t, axis=1)
+    dz, dcn = _gates_backward(a, _at(cs, t), cp, dh + _at(dys, t), dc, scale, shift, -1)
+    dh_prev = jnp.matmul(dz, u_t)
+    if h_mask is not None:
+      dhm = dhm + jnp.where(t > 0, _at(hs, prev), h0) * dh_prev
+      dh_prev = dh_prev * h_mask
+    return (dcn * _split4(a, -1)[1], dh_prev, dhm, _put(buf, dz, t)), None
+
+  dhm0 = None if h_mask is None else jnp.zeros(h0.shape, h0.dtype)
+  (dc0, dh0, dhm, dzs), _ = jax.lax.scan(
+    step, (dc_t, dh_t, dhm0, acts), jnp.arange(t_len), reverse=True, unroll=unroll
+  )
+  dz2 = dzs.reshape(n_pop, -1, n4)  # (P, T*B, 4H): member-major, so a free reshape
+  h_in = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
+  if h_mask is not None:
+    h_in = h_in * h_mask[:, None]
+  # a^T @ b per member, with the transpose materialized (see `_matmul_tn`).
+  tn = lambda a, b: jnp.matmul(jax.lax.optimization_barrier(jnp.swapaxes(a, 1, 2)), b)
+  du = tn(h_in.reshape(n_pop, -1, h_in.shape[-1]), dz2)
+  dw = tn(x.reshape(n_pop, -1, x.shape[-1]), dz2)
+  dx = jnp.matmul(dz2, jnp.swapaxes(w, 1, 2)).reshape(x.shape)
+  if dhm is not None:
+    dhm = jax.vmap(lambda g: _unbroadcast(g, h_mask.shape[1:]))(dhm).astype(h_mask.dtype)
+  return dw, dz2.sum(1), du, dc0, dh0, dx, None, dhm
+
+
+# False: every vmapped call takes JAX's default batching (for the A/B benchmark,
+# experiments/benchmarks/population_step.py). Read when a function is traced.
+POPULATION_RULE = True
+
+
+def _population_kernel(w: Array, u: Array, mask: Array | None) -> bool:
+  """Whether a vmapped call runs the population kernel; otherwise JAX's default batching.
+
+  Only for narrow inputs (the in-loop projection: the per-step matmul is the whole cost,
+  where the member-major layout measured 1.57x -> 1.31x of one call per member at the
+  default experiment's shape). With a hoisted projection JAX's own batching measured
+  faster (the seed model's 256-unit layer over 512 inputs: 0.78x vs 1.04x of one call).
+  Not with a step mask (masks are for padded batches, not populations) and not for
+  feature-major layers: both rules must agree on the residuals' layout, and the
+  population kernel's is batch-major."""
+  h = u.shape[-2]
+  return (
+    POPULATION_RULE
+    and mask is None
+    and _inloop_projection(w.shape[-2], h)
+    and not _feature_major(h)
+  )
+
+
+def _as_batched(axis_size: int, in_batched, args):
+  """Every array of `args` with a leading member axis (unbatched ones broadcast)."""
+  return jax.tree.map(
+    lambda a, batched: a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape),
+    tuple(args),
+    tuple(in_batched),
+  )
+
+
+def _default_vmap(fn, axis_size: int, in_batched, args):
+  """JAX's own batching of `fn`, as a `custom_vmap` rule's result."""
+  in_axes = jax.tree.map(lambda batched: 0 if batched else None, tuple(in_batched))
+  out = jax.vmap(fn, in_axes=tuple(in_axes), axis_size=axis_size)(*args)
+  return out, jax.tree.map(lambda _: True, out)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_op(unroll: int, save: bool) -> Any:
+  """`_fused_forward` with the population rule (see `_population_kernel`)."""
+
+  def single(w, b, u, c0, h0, x, mask, h_mask):
+    return _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save)
+
+  op = jax.custom_batching.custom_vmap(single)
+
+  @op.def_vmap
+  def rule(axis_size, in_batched, *args):
+    if not _population_kernel(args[0], args[2], args[6]):
+      return _default_vmap(single, axis_size, in_batched, args)
+    w, b, u, c0, h0, x, _, h_mask = _as_batched(axis_size, in_batched, args)
+    out = _population_forward(w, b, u, c0, h0, x, h_mask, unroll, save)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return op
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_op(unroll: int) -> Any:
+  """`_fused_backward` with the population rule (see `_population_kernel`). Residuals
+  that are not batched (a vmap over the cotangents alone) take JAX's default batching."""
+
+  def single(w, u, c0, h0, x, mask, h_mask, res, cts):
+    return _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll)
+
+  op = jax.custom_batching.custom_vmap(single)
+
+  @op.def_vmap
+  def rule(axis_size, in_batched, *args):
+    if not _population_kernel(args[0], args[1], args[5]) or not all(jax.tree.leaves(in_batched[7])):
+      return _default_vmap(single, axis_size, in_batched, args)
+    w, u, c0, h0, x, _, h_mask, res, cts = _as_batched(axis_size, in_batched, args)
+    out = _population_backward(w, u, c0, h0, x, h_mask, res, cts, unroll)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return op
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _fused_recurrence(w, b, u, c0, h0, x, mask, h_mask, unroll):
-  carry, ys, _ = _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save=False)
+  carry, ys, _ = _forward_op(unroll, False)(w, b, u, c0, h0, x, mask, h_mask)
   return carry, ys
 
 
 def _fused_fwd(w, b, u, c0, h0, x, mask, h_mask, unroll):
-  carry, ys, res = _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save=True)
+  carry, ys, res = _forward_op(unroll, True)(w, b, u, c0, h0, x, mask, h_mask)
   return (carry, ys), (w, u, c0, h0, x, mask, h_mask, res)
 
 
 def _fused_bwd(unroll, saved, cts):
-  return _fused_backward(*saved, cts, unroll)
+  return _backward_op(unroll)(*saved, cts)
 
 
 _fused_recurrence.defvjp(_fused_fwd, _fused_bwd)

@@ -115,9 +115,11 @@ def train_runs(
   *,
   parallel: int,
   quiet: bool,
+  population: bool = False,
 ) -> dict[str, str]:
-  """Trains the unfinished `runs` of base experiment `config` as `children`; returns
-  {failed run: last error line}.
+  """Trains the unfinished `runs` of base experiment `config` as `children` (or, with
+  `population`, in this process as populations: `train_populations`); returns {failed
+  run: last error line}.
 
   The caller holds the directory's lock. Runs not started when a signal came are left
   for the rerun; runs that stopped on it are not failures.
@@ -126,6 +128,8 @@ def train_runs(
   logs.mkdir(parents=True, exist_ok=True)
   todo = [r for r in runs if not is_done(workdir, r)]
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+  if population:
+    return train_populations(config, todo, workdir, say, len(runs))
   say(
     f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already done, "
     f"{len(todo)} to train ({parallel} at a time)"
@@ -162,6 +166,55 @@ def train_runs(
       else:
         failures[run.name] = f"exit {code}: {_last_line(logs / f'{run.name}.log')}"
         say(f"[{i}/{len(todo)}] FAILED  {run.name}: {failures[run.name]}")
+  return failures
+
+
+def train_populations(
+  config: str, todo: Sequence[Run], workdir: pathlib.Path, say, n_runs: int
+) -> dict[str, str]:
+  """Trains `todo` in this process, each group of compatible runs (`population.groups`) as
+  one population (train/population.py); returns {failed run: error line}.
+
+  Each run's workdir is the one its `flaxlstm train` process would write; a population
+  that fails (bad data, non-finite losses) fails each of its runs with its message.
+  A signal stops the population after its members have saved checkpoints (`Stopped`).
+  """
+  from flaxlstm.errors import Preempted, TrainingError
+  from flaxlstm.train import population as population_lib  # jax: only when training
+
+  specs = [config_lib.to_spec(config_lib.load_config(config, list(r.overrides))) for r in todo]
+  groups = population_lib.groups(specs)
+  say(
+    f"sweep: {n_runs} runs, {n_runs - len(todo)} already done, {len(todo)} to train as "
+    f"{len(groups)} population{'s' if len(groups) != 1 else ''} "
+    f"({', '.join(str(len(g)) for g in groups) or 0} members)"
+  )
+  failures: dict[str, str] = {}
+  for i, group in enumerate(groups, 1):
+    members = [todo[k] for k in group]
+    t0 = time.perf_counter()
+    try:
+      out = population_lib.train_population(
+        [specs[k] for k in group], [str(workdir / r.name) for r in members]
+      )
+    except Preempted as e:
+      raise Stopped(
+        e.signum,
+        f"stopped by signal {e.signum}; the population's runs saved checkpoints, rerun the "
+        "same command to resume",
+      ) from None
+    except (InputError, TrainingError) as e:
+      for r in members:
+        failures[r.name] = f"error: {e}"
+      say(f"[{i}/{len(groups)}] FAILED  {len(members)} runs: {e}")
+      continue
+    for r, m in zip(members, out):
+      if "error" in m:
+        failures[r.name] = f"error: {m['error']}"
+        say(f"[{i}/{len(groups)}] FAILED  {r.name}: error: {m['error']}")
+    ok = [r.name for r in members if r.name not in failures]
+    seconds = time.perf_counter() - t0
+    say(f"[{i}/{len(groups)}] ok      {len(ok)} runs ({seconds:.0f} s): {', '.join(ok)}")
   return failures
 
 

@@ -16,7 +16,9 @@ Runs are the product grid x zip x seeds. Each run is named by its swept values, 
 ``model.dropout=0.2,seed=1`` (tuples join with "-", other odd characters become "_"), and
 trains in ``WORKDIR/<name>`` through the runner (runner.py: one process per run, skipped
 once finished, failures listed, signals passed on, every run's config validated when the
-file is loaded). Aggregation (results.py) writes ``results.csv`` (one row per run),
+file is loaded), or with ``--population`` in this process, each group of runs that differ
+only in seed and continuous hyperparameters as one program (train/population.py).
+Aggregation (results.py) writes ``results.csv`` (one row per run),
 ``results.md`` (mean ± std over seeds per setting) and ``<key>.png`` (val/test MSE vs each
 swept key or zip group).
 """
@@ -132,9 +134,16 @@ def run_name(setting: dict[str, Any], seed: int) -> str:
 
 
 def run_sweep(
-  sweep: Sweep, workdir: str | os.PathLike[str], *, parallel: int = 1, quiet: bool = False
+  sweep: Sweep,
+  workdir: str | os.PathLike[str],
+  *,
+  parallel: int = 1,
+  quiet: bool = False,
+  population: bool = False,
 ) -> dict[str, str]:
-  """Trains the unfinished runs, `parallel` at a time; returns {failed run: last error line}.
+  """Trains the unfinished runs, `parallel` at a time, or with `population` in this
+  process, each group of runs that differ only in seed and member hyperparameters as one
+  program (runner.train_populations); returns {failed run: last error line}.
 
   Failures are also written to `workdir/failures.txt` (removed when none are left), and
   the results aggregated (`aggregate`). Holds
@@ -145,7 +154,13 @@ def run_sweep(
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, "flaxlstm sweep"), runner.Children() as children:
     failures = runner.train_runs(
-      sweep.config, sweep.runs, workdir, children, parallel=parallel, quiet=quiet
+      sweep.config,
+      sweep.runs,
+      workdir,
+      children,
+      parallel=parallel,
+      quiet=quiet,
+      population=population,
     )
     children.raise_if_stopped("sweep")
     runner.write_failures(workdir, sweep.runs, failures)

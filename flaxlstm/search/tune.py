@@ -25,7 +25,9 @@ its log in ``WORKDIR/logs/``, a failure listed in ``failures.txt`` without stopp
 search. Random search draws trial i from (seed, i) alone; TPE (Optuna's ``TPESampler``,
 ask/tell, no database) proposes from every result so far. ``--parallel N`` trains in rounds
 of N trials: each round proposes N trials (TPE from the results of the earlier rounds) and
-starts when the previous round has finished.
+starts when the previous round has finished; with ``--population`` each round trains in
+this process as one population (train/population.py). ``--storage URL`` makes this process
+one worker of a search shared by many through Optuna (shared.py).
 
 The workdir is the store, so a killed search resumes: ``tune.json`` holds the search (a
 different search in the same workdir is refused) and ``trials.jsonl`` each trial's values,
@@ -500,7 +502,7 @@ def _runs(tune: Tune, trials: Sequence[Trial]) -> list[Run]:
   ]
 
 
-def _value(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
+def value_of(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
   """The trial's metric, None when it has no finite one (failed or unfinished)."""
   metrics = runner.read_metrics(workdir / trial.name / "metrics.json")
   if metrics is None:
@@ -512,27 +514,54 @@ def _value(tune: Tune, workdir: pathlib.Path, trial: Trial) -> float | None:
 
 # ---- running --------------------------------------------------------------------------------
 def run_tune(
-  tune: Tune, workdir: str | os.PathLike[str], *, parallel: int = 1, quiet: bool = False
+  tune: Tune,
+  workdir: str | os.PathLike[str],
+  *,
+  parallel: int = 1,
+  quiet: bool = False,
+  population: bool = False,
+  storage: str | None = None,
+  stale_after: float = 120.0,
 ) -> Outcome:
-  """Runs the search to `tune.trials` trials, `parallel` per round; writes the results.
+  """Runs the search to `tune.trials` trials, `parallel` per round (with `population`,
+  each round trains in this process as one population); writes the results.
 
   Holds the search directory's lock; SIGTERM/SIGINT are passed on to the trials training,
-  which save checkpoints, and then `Stopped` is raised (the rerun resumes them).
+  which save checkpoints, and then `Stopped` is raised (the rerun resumes them). With
+  `storage`, this is one worker of a search shared through Optuna (see `shared.py`).
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  if storage is not None:
+    from flaxlstm.search import shared
+
+    return shared.run_worker(
+      tune,
+      workdir,
+      storage,
+      parallel=parallel,
+      quiet=quiet,
+      population=population,
+      stale_after=stale_after,
+    )
   with workdir_lib.Lock(workdir, "flaxlstm tune"), runner.Children() as children:
-    return _run_tune(tune, workdir, children, parallel=parallel, quiet=quiet)
+    return _run_tune(tune, workdir, children, parallel=parallel, quiet=quiet, population=population)
 
 
 def _run_tune(
-  tune: Tune, workdir: pathlib.Path, children: runner.Children, *, parallel: int, quiet: bool
+  tune: Tune,
+  workdir: pathlib.Path,
+  children: runner.Children,
+  *,
+  parallel: int,
+  quiet: bool,
+  population: bool = False,
 ) -> Outcome:
   trials = open_store(tune, workdir)
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   search = make_search(tune, len(trials))
   values = {
-    t.number: _value(tune, workdir, t)
+    t.number: value_of(tune, workdir, t)
     for t, run in zip(trials, _runs(tune, trials))
     if runner.is_done(workdir, run)
   }
@@ -562,11 +591,17 @@ def _run_tune(
         _record(workdir, trial)
       trials += batch
     failed = runner.train_runs(
-      tune.config, _runs(tune, batch), workdir, children, parallel=parallel, quiet=True
+      tune.config,
+      _runs(tune, batch),
+      workdir,
+      children,
+      parallel=parallel,
+      quiet=True,
+      population=population,
     )
     children.raise_if_stopped("tune")  # the stopped trials are recorded: rerun resumes them
     for trial in batch:
-      values[trial.number] = value = _value(tune, workdir, trial)
+      values[trial.number] = value = value_of(tune, workdir, trial)
       search.report(trial, value)
       failures.pop(trial.name, None)
       if trial.name in failed:

@@ -37,17 +37,15 @@ class Setup:
   _index: Any = dataclasses.field(default=None, repr=False)
 
   def _init_fn(self) -> Callable[[], TrainState]:
+    return lambda: self.init_with(self.spec.seed, self.tx)
+
+  def init_with(self, seed, tx: optax.GradientTransformation) -> TrainState:
+    """The initial state for `seed` (an int, or traced for a population's members)."""
     first = self.data.window_index("train").rows(np.zeros(1, np.int64))
-    inputs = windows.model_inputs(self.data, first)
-
-    def init():
-      key = jax.random.fold_in(jax.random.key(self.spec.seed), 0)
-      params = self.model.init(key, **inputs, deterministic=True)["params"]
-      return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params)
-      )
-
-    return init
+    inputs: dict[str, Any] = windows.model_inputs(self.data, first)
+    key = jax.random.fold_in(jax.random.key(seed), 0)
+    params = self.model.init(key, **inputs, deterministic=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   def abstract_state(self) -> Any:
     """Shapes, dtypes and target shardings of the train state (no memory allocated)."""
@@ -65,26 +63,32 @@ class Setup:
 
   def train_batch(self, step: int) -> tuple[dict[str, jax.Array], jax.Array]:
     """`(inputs, y)` of optimizer step `step`, as global arrays split over the mesh
-    (`inputs`: `windows.model_inputs`).
+    (`inputs`: `windows.model_inputs`); each process gathers only its own rows."""
+    inputs, y = self.host_batch(
+      step, parallel.local_batch_slice(self.mesh, self.spec.train.batch_size)
+    )
+    to_global = lambda a: parallel.host_to_global(self.mesh, a, self.spec.train.batch_size)
+    return {k: to_global(v) for k, v in inputs.items()}, to_global(y)
+
+  def host_batch(
+    self, step: int, rows: slice = slice(None)
+  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rows `rows` of step `step`'s global batch, as NumPy arrays.
 
     A pure function of (seed, step): the batch's windows (`windows.batch_for_step`) and
-    the augmentation draw. Each process gathers only its own rows of the global batch,
-    except that augmentation is drawn for the whole batch so that it does not depend on how
-    many processes share it.
+    the augmentation draw. Augmentation is drawn for the whole batch so that it does not
+    depend on how many processes share it.
     """
     spec, data = self.spec, self.data
-    bs = spec.train.batch_size
-    starts = windows.batch_for_step(self._train_index, bs, spec.seed, step)
-    mine = parallel.local_batch_slice(self.mesh, bs)
-    inputs = windows.model_inputs(data, starts[mine])
-    _, y = windows.gather_windows(data, starts[mine])
+    starts = windows.batch_for_step(self._train_index, spec.train.batch_size, spec.seed, step)
+    inputs = windows.model_inputs(data, starts[rows])
+    _, y = windows.gather_windows(data, starts[rows])
     if augment.is_on(spec.data.augment):
       x, _ = windows.gather_windows(data, starts)
       inputs["x"] = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[
-        mine
+        rows
       ]
-    to_global = lambda a: parallel.host_to_global(self.mesh, a, bs)
-    return {k: to_global(v) for k, v in inputs.items()}, to_global(y)
+    return inputs, y
 
   @property
   def _train_index(self) -> windows.WindowIndex:

@@ -183,13 +183,24 @@ class Checkpoints:
       os.path.join(folder, f"{step}.json"), json.dumps(_digest(_step_dir(manager, step)), indent=1)
     )
 
+  def drop_after(self, step: int) -> None:
+    """Deletes the steps after `step`, latest and best: a run restarted from an older step
+    (a population whose members had saved different steps) saves them again."""
+    for kind, manager in (("latest", self.latest), ("best", self.best)):
+      for s in self.steps(kind):
+        if s > step:
+          manager.delete(s)
+
   # ---- reading --------------------------------------------------------------------------------
   def steps(self, kind: str = "latest") -> list[int]:
     manager = self.latest if kind == "latest" else self.best
     return [] if manager is None else sorted(manager.all_steps())
 
-  def restore(self, abstract_state: Any) -> tuple[LoopState, Any] | None:
-    """The newest intact `(loop, state)`, or None when there is no checkpoint yet.
+  def restore(
+    self, abstract_state: Any, max_step: int | None = None
+  ) -> tuple[LoopState, Any] | None:
+    """The newest intact `(loop, state)` (of a step <= `max_step`, if given), or None when
+    there is no checkpoint yet.
 
     A damaged step (files changed since they were saved, truncated, bad loop metadata) is
     skipped with a warning and the next older one is tried; a checkpoint of another model
@@ -206,7 +217,12 @@ class Checkpoints:
       )
       return loop, out["state"]
 
-    return self._newest_intact("latest", "state", load, abstract_state.params, "params")
+    order = None
+    if max_step is not None and self.latest is not None:
+      order = [s for s in sorted(self.latest.all_steps(), reverse=True) if s <= max_step]
+    return self._newest_intact(
+      "latest", "state", load, abstract_state.params, "params", order=order
+    )
 
   def latest_loop(self) -> LoopState | None:
     """The bookkeeping of the newest intact latest step (None if there is none)."""

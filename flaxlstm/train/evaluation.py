@@ -42,10 +42,15 @@ class Evaluator:
     return step % self.every == 0 or step == self.setup.total_steps
 
   def __call__(self, loop: LoopState, params: Any) -> None:
-    setup, spec = self.setup, self.setup.spec.train
+    setup = self.setup
     pred = predict_windows(
-      self.predict_fn, params, setup.data, self.starts, spec.eval_batch_size, setup.mesh
+      self.predict_fn, params, setup.data, self.starts, setup.spec.train.eval_batch_size, setup.mesh
     )
+    self.record(loop, params, pred)
+
+  def record(self, loop: LoopState, params: Any, pred: np.ndarray) -> None:
+    """Logs the validation predictions `pred` of `params` and updates early stopping."""
+    setup, spec = self.setup, self.setup.spec.train
     val_loss = float(
       pointwise_loss(spec.loss, jnp.asarray(pred), self.targets, spec.huber_delta).mean()
     )
@@ -75,8 +80,11 @@ class Evaluator:
     return params if best is None else best
 
 
-def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict, np.ndarray]:
-  """Val/test metrics and baselines, and the test predictions (for the plots)."""
+def final_metrics(
+  setup: Setup, params: Any, predict_fn: Callable, baseline_metrics: dict | None = None
+) -> tuple[dict, np.ndarray]:
+  """Val/test metrics and baselines (`baseline_metrics` if already computed on the same
+  data), and the test predictions (for the plots)."""
   out: dict[str, Any] = {}
   pred = np.zeros((0,))
   for split in ("val", "test"):
@@ -87,7 +95,11 @@ def final_metrics(setup: Setup, params: Any, predict_fn: Callable) -> tuple[dict
     out[split] = split_metrics(setup.data, starts, pred)
     if len(setup.data.target_names) > 1:  # e.g. a global model scored on one column
       out[split]["per_target"] = per_target_metrics(setup.data, starts, pred)
-  out["baselines"] = baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
+  out["baselines"] = (
+    baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
+    if baseline_metrics is None
+    else baseline_metrics
+  )
   return out, pred
 
 

@@ -57,14 +57,42 @@ def train_and_evaluate(
   """
   spec = config if isinstance(config, config_lib.RunSpec) else config_lib.to_spec(config)
   spec = workdir_lib.with_absolute_data_path(spec)
-  is_main = jax.process_index() == 0
-  if is_main:
+  if jax.process_index() == 0:
     workdir_lib.fail_if_busy(workdir)  # at once, before the data is read
   setup = assemble(spec, devices)  # validates the data before anything is written
   data_now = workdir_lib.fingerprint(io.data_file(spec.data.path))
+  claim, restored = claim_workdir(
+    setup, workdir, data_now, resume=resume, force=force, allow_changed_data=allow_changed_data
+  )
+  try:
+    return _train(setup, workdir, restored, data_now, quiet=quiet)
+  finally:
+    if claim is not None:
+      claim.keep()
+
+
+def claim_workdir(
+  setup: Setup,
+  workdir: str,
+  data_now: dict,
+  *,
+  resume: bool | None = None,
+  force: bool = False,
+  allow_changed_data: bool = False,
+  max_step: int | None = None,
+) -> tuple[workdir_lib.Claim | None, tuple[LoopState, object] | None]:
+  """Locks `workdir` for `setup`'s run and restores its newest checkpoint (at most
+  `max_step`); returns `(claim, restored or None)`. The caller `keep()`s the claim.
+
+  Every check that can refuse runs first, under the lock (see `train_and_evaluate`); a
+  refusal leaves the workdir as it was.
+  """
+  spec = setup.spec
+  is_main = jax.process_index() == 0
   claim = workdir_lib.Claim(workdir, "flaxlstm train") if is_main else None
   try:
     error = None
+    warning = None
     try:
       if claim is not None:
         claim.open()
@@ -82,7 +110,7 @@ def train_and_evaluate(
       error = e
     workdir_lib.agree(error)
     with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
-      restored = ckpts.restore(setup.abstract_state())  # onto this mesh, whatever it was on
+      restored = ckpts.restore(setup.abstract_state(), max_step=max_step)
     if restored is not None and resume is False:
       raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
   except BaseException:
@@ -97,11 +125,7 @@ def train_and_evaluate(
       if restored is not None
       else f"{workdir}: training from scratch, {setup.total_steps} steps"
     )
-  try:
-    return _train(setup, workdir, restored, data_now, quiet=quiet)
-  finally:
-    if claim is not None:
-      claim.keep()
+  return claim, restored
 
 
 def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool) -> dict:
@@ -112,12 +136,12 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
   saved = loop.step if restored is not None else None
   try:
     with contextlib.ExitStack() as stack:
-      reporter = _closing(stack, Reporter(workdir, enabled=is_main))
+      reporter = closing(stack, Reporter(workdir, enabled=is_main))
       reporter.truncate_after(loop.step)  # drop what was logged after the checkpoint
       reporter.write_config(config_lib.to_config(spec), {"data": data_now})
       if is_main:
         data.save_scalers(os.path.join(workdir, "scalers.json"))
-      ckpts = _closing(
+      ckpts = closing(
         stack, Checkpoints(os.path.join(workdir, "checkpoints"), spec.train.keep_best)
       )
       state = setup.init_state() if state is None else state
@@ -126,10 +150,10 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
       )
       predict_fn = make_predict_fn(setup.model, setup.mesh)
       evaluate = evaluation.Evaluator(setup, predict_fn, reporter, ckpts)
-      progress = _closing(
+      progress = closing(
         stack, Progress(setup.total_steps, enabled=is_main and not quiet, desc="train")
       )
-      train_log = _TrainLog(setup, reporter, progress, evaluate.every)
+      train_log = TrainLog(setup, reporter, progress, evaluate.every)
       stop = stack.enter_context(stop_signals())
       progress.update(loop.step)
       t0 = time.perf_counter()
@@ -169,7 +193,7 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
     raise
 
 
-class _TrainLog:
+class TrainLog:
   """The train-loss log (every `train.log_every_steps` and at each evaluation) and the
   count of skipped, non-finite steps (past `train.max_nonfinite_steps` the run stops)."""
 
@@ -204,7 +228,7 @@ class _TrainLog:
     self.progress.update(1)
 
 
-def _closing(stack: contextlib.ExitStack, thing: T) -> T:
+def closing(stack: contextlib.ExitStack, thing: T) -> T:
   """Closes `thing` when `stack` unwinds. If an error is already on its way out, a
   failure to close (a flush on a full disk) must not replace it."""
 

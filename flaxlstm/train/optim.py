@@ -42,13 +42,15 @@ def learning_rate_schedule(
       return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
   if spec.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else lr,
-      peak_value=lr,
-      warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1),
-      end_value=lr * 0.01,
+    # optax.warmup_cosine_decay_schedule, spelled out: it computes alpha = end / peak with
+    # a Python branch on the peak, which a population's traced learning rate cannot take.
+    # The end is 1% of the peak, so alpha is 0.01 exactly; the ops are optax's.
+    cosine = optax.cosine_decay_schedule(
+      init_value=lr, decay_steps=max(total_steps, warmup + 1) - warmup, alpha=0.01
     )
+    if not warmup:
+      return cosine
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), cosine], [warmup])
   if warmup:
     return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
@@ -59,7 +61,9 @@ def learning_rate_schedule(
 def make_optimizer(
   spec: TrainSpec, total_steps: int, steps_per_epoch: int = 1
 ) -> optax.GradientTransformation:
-  """`clip_by_global_norm` -> AdamW (decay masked to kernels) or SGD with momentum."""
+  """`clip_by_global_norm` -> AdamW (decay masked to kernels) or SGD with momentum.
+
+  A population's members pass their traced hyperparameters in `spec` (`is_on`)."""
   schedule = learning_rate_schedule(spec, total_steps, steps_per_epoch)
   if spec.optimizer == "sgd":
     opt = optax.chain(
@@ -68,9 +72,15 @@ def make_optimizer(
     )
   else:
     opt = optax.adamw(schedule, weight_decay=spec.weight_decay, mask=decay_mask)
-  if spec.clip_norm:
+  if is_on(spec.clip_norm):
     opt = optax.chain(optax.clip_by_global_norm(spec.clip_norm), opt)
   return opt
+
+
+def is_on(value: Any) -> bool:
+  """Whether an optional term (clipping, a penalty) is on: a non-zero number, or a traced
+  per-member value of a population (whose members all have it on or all off)."""
+  return not isinstance(value, (int, float)) or value != 0
 
 
 def pointwise_loss(kind: str, pred: Array, target: Array, huber_delta: float = 1.0) -> Array:
@@ -86,8 +96,8 @@ def penalty(params: Any, l1: float, l2: float) -> Array:
   """L1/L2 terms over the weight matrices (the same leaves weight decay applies to)."""
   leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if m]
   total = jnp.zeros((), jnp.float32)
-  if l1:
+  if is_on(l1):
     total += l1 * sum(jnp.abs(p).sum() for p in leaves)
-  if l2:
+  if is_on(l2):
     total += l2 * sum(jnp.square(p).sum() for p in leaves)
   return total

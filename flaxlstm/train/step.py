@@ -48,10 +48,22 @@ def make_train_step(
   A non-finite loss or gradient skips the update (params and optimizer state unchanged),
   so NaNs never reach the weights; `metrics["nonfinite"]` tells the host, which counts.
   """
-  base_key = jax.random.key(seed)
+  # The inputs arrive as global arrays already split over the mesh (`host_to_global`);
+  # jit keeps their shardings.
+  return jax.jit(
+    train_step_fn(model, tx, spec, seed),
+    donate_argnums=0,
+    in_shardings=(state_sharding, None, parallel.batch_sharding(mesh, 3)),
+    out_shardings=(state_sharding, parallel.replicated(mesh)),
+  )
+
+
+def train_step_fn(model: Forecaster, tx: optax.GradientTransformation, spec: TrainSpec, seed):
+  """The train step as a pure function (`make_train_step` jits it; a population maps it
+  over its members with traced `seed` and hyperparameters)."""
 
   def train_step(state: TrainState, inputs, y):
-    dropout_key = jax.random.fold_in(jax.random.fold_in(base_key, 1), state.step)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
 
     def loss_fn(params):
       pred = model.apply(
@@ -73,14 +85,7 @@ def make_train_step(
       opt_state=keep(opt_state, state.opt_state),
     ), metrics
 
-  # The inputs arrive as global arrays already split over the mesh (`host_to_global`);
-  # jit keeps their shardings.
-  return jax.jit(
-    train_step,
-    donate_argnums=0,
-    in_shardings=(state_sharding, None, parallel.batch_sharding(mesh, 3)),
-    out_shardings=(state_sharding, parallel.replicated(mesh)),
-  )
+  return train_step
 
 
 def make_predict_fn(model: Forecaster, mesh=None) -> Callable:

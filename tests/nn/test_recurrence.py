@@ -173,3 +173,47 @@ def test_rejects_unknown_implementation():
       jnp.zeros((T, B, 2)),
       implementation="cudnn",
     )
+
+
+@pytest.mark.parametrize("d", [2, 16], ids=["in_loop_projection", "hoisted_projection"])
+@pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
+def test_fused_under_vmap_over_members_equals_autodiff(d, masked, layout, monkeypatch):
+  # A population: P members with their own params, inputs, carries and dropout masks,
+  # under jax.vmap (the population rule of the fused kernel for narrow inputs; with a
+  # hoisted projection, a step mask or feature-major, JAX's default batching). Each member
+  # must equal autodiff on its own.
+  cell, n = LSTMCell(H), 3
+  members = [
+    (
+      _params(d, 30 + 3 * k),
+      _rand(40 + k, T, B, d, scale=1.0),
+      _rand(50 + k, B, H),
+      _rand(60 + k, B, H),
+      jnp.asarray(np.random.default_rng(70 + k).uniform(0, 2, (B, H)), jnp.float32),
+    )
+    for k in range(n)
+  ]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
+  calls = []
+  for name in ("_population_forward", "_population_backward"):
+    real = getattr(kernels, name)
+    monkeypatch.setattr(
+      kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+    )
+  fused = _loss_and_grads(cell, "fused", masked=masked, h_masked=True)
+  (loss, ys), grads = jax.jit(jax.vmap(fused))(*stacked)
+  population_kernel = not masked and layout == "batch_major" and 4 * d <= H  # in-loop
+  assert sorted(set(calls)) == (
+    ["_population_backward", "_population_forward"] if population_kernel else []
+  )
+  for k, args in enumerate(members):
+    (ref_loss, ref_ys), ref_grads = _loss_and_grads(cell, "autodiff", masked=masked, h_masked=True)(
+      *args
+    )
+    _close(loss[k], ref_loss)
+    _close(ys[k], ref_ys)
+    _close(jax.tree.map(lambda a, k=k: a[k], grads), ref_grads)
+  # Shared weights (a vmap over the data only) take the same rule, the weights broadcast.
+  shared = jax.jit(jax.vmap(fused, in_axes=(None, 0, 0, 0, 0)))
+  (_, ys_shared), _ = shared(members[0][0], *stacked[1:])
+  _close(ys_shared[0], ys[0])

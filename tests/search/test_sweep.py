@@ -265,3 +265,36 @@ def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
     (tmp_path / "seed=0" / "metrics.json").write_text(text)
     assert not runner.is_done(tmp_path, run)  # rerunning the sweep rewrites it
     assert results.result_row(tmp_path, run, {})["status"] == "damaged"
+
+
+def test_population_sweep_trains_groups_in_process_into_the_same_store(tiny, tmp_path, capsys):
+  # Four runs in two populations (dropout 0 and > 0 differ in structure) and a third group
+  # that fails as a whole (a batch larger than the training set).
+  path = _write_sweep(
+    tmp_path / "pop_sweep.py",
+    {
+      "config": tiny["exp"],
+      "overrides": ["train.max_steps=10"],
+      "grid": {"model.dropout": [0.0, 0.2, 0.3], "train.batch_size": [16, 1024]},
+      "seeds": [0, 1],
+    },
+  )
+  workdir = tmp_path / "runs"
+  args = ["sweep", path, "--workdir", str(workdir), "--population"]
+  assert cli.main(args) == 1
+  out, err = capsys.readouterr()
+  assert "12 to train as 4 populations (2, 2, 4, 4 members)" in out.replace("\n", " ")
+  assert "6 of 12 runs failed" in err
+  with open(workdir / "results.csv") as f:
+    rows = {r["name"]: r for r in csv.DictReader(f)}
+  ok = [n for n, r in rows.items() if r["status"] == "ok"]
+  assert len(ok) == 6 and all("train.batch_size=16" in n for n in ok)
+  for n in ok:
+    assert (workdir / n / "metrics.json").is_file() and (workdir / n / "config.json").is_file()
+  assert "error: train.batch_size=1024 is larger" in (workdir / "failures.txt").read_text()
+  # Rerun: the finished runs are skipped; --parallel does not apply to populations.
+  stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in ok]
+  assert cli.main(args + ["--quiet"]) == 1
+  assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in ok] == stamps
+  assert cli.main(args + ["--parallel", "2"]) == 2
+  assert "--population trains one program" in capsys.readouterr().err

@@ -7,7 +7,10 @@ import csv
 import json
 import math
 import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -191,8 +194,8 @@ def test_dry_run_and_bad_files(tiny, tmp_path, capsys):
 def _fake_train_runs(trained: list[list[str]], crash: set[str]):
   """Stands in for sweep.train_runs: "trains" instantly, val_mse from the values."""
 
-  def train_runs(config, runs, workdir, children, *, parallel=1, quiet=False):
-    del config, children, parallel, quiet
+  def train_runs(config, runs, workdir, children, *, parallel=1, quiet=False, population=False):
+    del config, children, parallel, quiet, population
     trained.append([r.name for r in runs])
     failures = {}
     for run in runs:
@@ -362,3 +365,98 @@ def test_a_damaged_search_store_is_one_line(tiny, tmp_path, capsys, name, conten
   assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
   assert "Traceback" not in err
   assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def _worker(path, workdir, journal, *extra):
+  cmd = [sys.executable, "-m", "flaxlstm.cli", "tune", path, "--workdir", str(workdir)]
+  return subprocess.Popen(
+    cmd + ["--storage", str(journal), "--population", "--parallel", "2", "--quiet", *extra],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def _study_trials(journal):
+  import optuna
+
+  storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+  (summary,) = storage.get_all_studies()
+  return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
+@pytest.mark.slow
+def test_workers_share_one_journal_and_retry_a_killed_workers_trial(tiny, tmp_path):
+  pytest.importorskip("optuna")
+  spec = {
+    "config": tiny["exp"],
+    "overrides": ["train.max_steps=20", "train.eval_every_steps=5"],
+    "space": {"train.learning_rate": {"loguniform": [1e-3, 1e-2]}},
+    "trials": 4,
+    "algorithm": "random",
+  }
+  tune = tune_lib.parse(spec)
+  path = _write_tune(tmp_path / "shared.py", spec)
+
+  # Two workers at once, each training rounds of 2 trials as a population: every trial
+  # trained exactly once, with the values a local random search gives trial i, and the
+  # results table of the whole search.
+  workdir, journal = tmp_path / "two", tmp_path / "two.journal"
+  workers = [_worker(path, workdir, journal) for _ in range(2)]
+  for w in workers:
+    assert w.wait(timeout=600) == 0, w.stdout.read()
+  trials = _study_trials(journal)
+  assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+  for t in trials:
+    expected = tune_lib.random_params(tune, t.number)["train.learning_rate"]
+    assert t.params["train.learning_rate"] == expected
+    metrics = json.loads((workdir / f"trial_{t.number:03d}" / "metrics.json").read_text())
+    assert t.value == metrics["val"]["mse"]
+  with open(workdir / "results.csv") as f:
+    assert sorted(r["status"] for r in csv.DictReader(f)) == ["ok"] * 4
+
+  # A worker killed mid-round: the next worker finds its trials' heartbeats stale, fails
+  # each once and retrains the same values in the same folders.
+  workdir, journal = tmp_path / "kill", tmp_path / "kill.journal"
+  first = _worker(path, workdir, journal)
+  beat = workdir / "heartbeats" / "trial_000"
+  deadline = time.time() + 300
+  while not (workdir / "trial_000" / "checkpoints").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  assert beat.exists()
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  second = _worker(path, workdir, journal, "--stale-after", "1")
+  assert second.wait(timeout=600) == 0, second.stdout.read()
+  trials = _study_trials(journal)
+  stale = [t for t in trials if t.user_attrs.get("flaxlstm_stale")]
+  assert [t.state.name for t in stale] == ["FAIL", "FAIL"]
+  done = [t for t in trials if t.state.name == "COMPLETE"]
+  names = [f"trial_{t.user_attrs.get('flaxlstm_number', t.number):03d}" for t in done]
+  assert len(done) == 4 and len(set(names)) == 4
+  retries = {t.user_attrs["flaxlstm_number"]: t for t in done if "flaxlstm_number" in t.user_attrs}
+  assert sorted(retries) == [t.number for t in stale]
+  for t in stale:
+    assert retries[t.number].params == t.params
+  with open(workdir / "results.csv") as f:
+    assert sorted(r["name"] for r in csv.DictReader(f)) == sorted(names)
+
+
+def test_a_shared_tpe_search_in_an_rdb_fills_its_budget_once(tiny, tmp_path, monkeypatch, capsys):
+  pytest.importorskip("optuna")
+  trained = []
+  monkeypatch.setattr(runner, "train_runs", _fake_train_runs(trained, {"trial_002"}))
+  path = _write_tune(tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 5})
+  workdir, url = tmp_path / "runs", f"sqlite:///{tmp_path / 'study.db'}"
+  args = ["tune", path, "--workdir", str(workdir), "--storage", url, "--parallel", "2"]
+  assert cli.main(args) == 0
+  assert trained == [["trial_000", "trial_001"], ["trial_002", "trial_003"], ["trial_004"]]
+  assert "1 of 5 trials failed" in capsys.readouterr().err
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["status"] for r in rows] == ["ok", "ok", "failed", "ok", "ok"]
+  # A second worker on the full study trains nothing; another search in the same database
+  # is another study.
+  assert cli.main(args + ["--quiet"]) == 0 and len(trained) == 3
+  assert cli.main(["tune", path, "--workdir", str(workdir), "--storage", str(tmp_path)]) == 2
+  assert "not a file in an existing directory" in capsys.readouterr().err

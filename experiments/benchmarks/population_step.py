@@ -1,0 +1,147 @@
+"""Per-member cost of a population's train step vs one model's, and the fused kernel under
+`jax.vmap` (issue: populations).
+
+Two measurements, medians of interleaved rounds in one process (so drifts of a shared
+machine hit every variant alike):
+
+* `--shape ett`: the default experiment's whole train step (LSTM 64, batch 64, T 96, one
+  feature, dense 24, AdamW with clipping), one model (`make_train_step`) vs a population of
+  P members (train/population.py) run one member after another (`population_chunk=1`, the
+  default), all P at once under vmap with the fused kernel's population rule, and all at
+  once with JAX's default batching of the fused kernel (the rule off).
+* `--shape seed`: the seed model's LSTM stack (512 -> 256, batch 32, T 64, 8 features),
+  gradient of one model vs `jax.vmap` over P members' parameters and inputs (rule on and
+  off) and `lax.map` over the members.
+
+Usage:
+  python experiments/benchmarks/population_step.py --shape ett,seed --members 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _timed(fn, args, rounds):
+  out = []
+  for _ in range(rounds):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def _interleave(variants: dict, rounds: int, reps: int) -> dict:
+  times: dict[str, list[float]] = {k: [] for k in variants}
+  for fn, args, _ in variants.values():
+    jax.block_until_ready(fn(*args))  # compile
+  for _ in range(rounds):
+    for name, (fn, args, _) in variants.items():
+      times[name] += _timed(fn, args, reps)
+  return {k: statistics.median(v) * 1e3 / variants[k][2] for k, v in times.items()}
+
+
+def ett(members: int, rounds: int) -> dict:
+  from flaxlstm import config as config_lib
+  from flaxlstm.nn import recurrence
+  from flaxlstm.train import population
+  from flaxlstm.train.step import make_train_step
+
+  specs = [config_lib.to_spec(config_lib.load_config("ett", [f"seed={k}"])) for k in range(members)]
+  setups = population.assemble_population(specs)
+  one = setups[0]
+  state1 = one.init_state()
+  step1 = make_train_step(
+    one.model, one.tx, one.spec.train, one.spec.seed, one.mesh, one.state_sharding()
+  )
+  batch1 = one.train_batch(0)
+  state1, _ = step1(state1, *batch1)
+
+  def single(state):
+    return step1(state, *batch1)
+
+  variants = {}
+  holder = {"single": state1}
+  for name, chunk, rule in (
+    ("population, one member at a time", 1, True),
+    (f"population, {members} at once (vmap, fused rule)", members, True),
+    (f"population, {members} at once (vmap, JAX default batching)", members, False),
+  ):
+    population.population_chunk, recurrence.POPULATION_RULE = chunk, rule
+    pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
+    step = pop.make_step()
+    state = pop.init()
+    inputs, y = pop.batch(0)
+    flags = jax.device_put(np.ones(pop.size, bool), pop.sharding)
+    state, m = step(state, pop.hp, pop.seeds, inputs, y, flags)  # compiles with this chunk
+    holder[name] = state
+
+    def run(name=name, step=step, pop=pop, inputs=inputs, y=y, flags=flags):
+      holder[name], m = step(holder[name], pop.hp, pop.seeds, inputs, y, flags)
+      return m
+
+    variants[name] = (run, (), members)
+  population.population_chunk, recurrence.POPULATION_RULE = 1, True
+
+  def run_single():
+    holder["single"], m = single(holder["single"])
+    return m
+
+  variants = {"one model": (run_single, (), 1)} | variants
+  return _interleave(variants, rounds, 5)
+
+
+def seed(members: int, rounds: int) -> dict:
+  from flaxlstm.nn import recurrence
+  from flaxlstm.nn.layers import StackedLSTM
+
+  b, t, d = 32, 64, 8
+  model = StackedLSTM(features=(512, 256))
+  key = jax.random.key(0)
+  x1 = jax.random.normal(key, (b, t, d))
+  xs = jax.random.normal(key, (members, b, t, d))
+  p1 = model.init(key, x1)["params"]
+  ps = jax.vmap(lambda k: model.init(k, x1)["params"])(jax.random.split(key, members))
+
+  def loss(p, x):
+    return jnp.square(model.apply({"params": p}, x)[:, -1]).sum()
+
+  grad = jax.grad(loss)
+  variants = {"one model": (jax.jit(grad), (p1, x1), 1)}
+  variants["lax.map over members"] = (
+    jax.jit(lambda p, x: jax.lax.map(lambda a: grad(*a), (p, x))),
+    (ps, xs),
+    members,
+  )
+  for name, rule in (("vmap, fused rule", True), ("vmap, JAX default batching", False)):
+    recurrence.POPULATION_RULE = rule
+    fn = jax.jit(jax.vmap(grad)).lower(ps, xs).compile()  # traced with this setting
+    variants[name] = (fn, (ps, xs), members)
+  recurrence.POPULATION_RULE = True
+  return _interleave(variants, rounds, 1)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--shape", default="ett,seed")
+  ap.add_argument("--members", type=int, default=12)
+  ap.add_argument("--rounds", type=int, default=5)
+  args = ap.parse_args()
+  for shape in args.shape.split(","):
+    ms = {"ett": ett, "seed": seed}[shape](args.members, args.rounds)
+    base = ms["one model"]
+    print(f"\n{shape} shape, P={args.members} (ms per member per step; ratio to one model)")
+    for name, v in ms.items():
+      print(f"  {name:60s} {v:8.2f} ms  {v / base:5.2f}x")
+    print(json.dumps({"shape": shape, "members": args.members, "ms_per_member": ms}))
+
+
+if __name__ == "__main__":
+  main()
