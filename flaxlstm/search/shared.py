@@ -88,8 +88,8 @@ def run_worker(
   """One worker: ask, train and tell rounds of `parallel` trials until the search is full."""
   optuna = tune_lib._import_optuna()
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+  storage = open_storage(optuna, storage_url)  # refused before anything is written
   tune_lib.open_store(tune, workdir)  # the same search in this workdir, or refused
-  storage = open_storage(optuna, storage_url)
   study = optuna.create_study(
     study_name=study_name(tune), storage=storage, direction="minimize", load_if_exists=True
   )

@@ -531,7 +531,6 @@ def run_tune(
   `storage`, this is one worker of a search shared through Optuna (see `shared.py`).
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   if storage is not None:
     from flaxlstm.search import shared
 
@@ -544,6 +543,7 @@ def run_tune(
       population=population,
       stale_after=stale_after,
     )
+  workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, "flaxlstm tune"), runner.Children() as children:
     return _run_tune(tune, workdir, children, parallel=parallel, quiet=quiet, population=population)
 

@@ -450,5 +450,7 @@ def test_a_shared_tpe_search_in_an_rdb_fills_its_budget_once(tiny, tmp_path, mon
   # A second worker on the full study trains nothing; another search in the same database
   # is another study.
   assert cli.main(args + ["--quiet"]) == 0 and len(trained) == 3
-  assert cli.main(["tune", path, "--workdir", str(workdir), "--storage", str(tmp_path)]) == 2
+  other = tmp_path / "other"
+  assert cli.main(["tune", path, "--workdir", str(other), "--storage", str(tmp_path)]) == 2
   assert "not a file in an existing directory" in capsys.readouterr().err
+  assert not other.exists()  # refused before anything is written
