@@ -6,8 +6,12 @@ axis. Each member keeps its own early stopping (a stopped member is frozen, its 
 kept) and writes its own standard workdir (`config.json`, `metrics.json`, `scalers.json`,
 checkpoints, plots): a member's workdir is indistinguishable from the single run's, and
 `flaxlstm evaluate`/`predict`, or a `flaxlstm train` resume, read it as one. Member k's
-numbers equal those of `train_and_evaluate(specs[k])` to float tolerance (the hyperparameters
-are traced float32 instead of Python constants), with the same early-stopping step.
+numbers equal those of `train_and_evaluate(specs[k])` to float tolerance, with the same
+early-stopping step, over short runs (tests/train/test_population.py). The batches, the
+initial params and the first update are bitwise equal; after that the member loop's fused
+ops (and traced hyperparameters) round differently in the last bit, and over thousands of
+steps that can move the early-stopping epoch: the results agree within seed noise, not run
+for run (BENCHMARKS.md).
 
 Runs whose structure differs (shapes, layer sizes, lookback, which optional terms are on)
 form separate populations: `groups(specs)`. Zero vs non-zero of a member hyperparameter is
@@ -21,7 +25,8 @@ another, each a `lax.cond` that skips frozen members. Measured on 2 CPU cores
 a member's fused-LSTM residuals stay in cache between its forward and backward pass, which
 they cannot for P members at once under `vmap` (fresh memory, and page faults, for P times
 the activations on every step). `population_chunk` members per `lax.map` iteration
-(vmapped: the fused kernel's population rule, nn/recurrence.py) suit accelerators.
+(vmapped: the fused kernel's population rule, nn/recurrence.py) are meant for
+accelerators, where this has not been measured.
 
 Resume: every member checkpoints into its own workdir at each evaluation; a rerun restores
 all members at the newest step every member has (a kill -9 between two members' saves
