@@ -341,10 +341,9 @@ def _train(
         for k, lp in enumerate(loops)
       ]
 
-    def save(members: list[int]) -> None:
+    def save(members: list[int], host: Any) -> None:
       nonlocal t0
       elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-      host = jax.device_get(state)
       for k in members:
         loops[k].wall_time_s += elapsed
         ckpts[k].save(loops[k], _member(host, k))
@@ -368,17 +367,16 @@ def _train(
             failed[k] = str(e)
             log.warning(f"{workdirs[k]}: {e}")
       progress.update(1)
+      live = [k for k in range(n) if on[k] and k not in failed]
       evaluated = evaluate_every.due(step)
-      if evaluated:
-        params = jax.tree.map(lambda a: a, state.params)
-        pred = pop.predict(predict_fn, params, val_starts)
-        host_params = jax.device_get(params)
-        for k in range(n):
-          if on[k]:
-            evaluators[k].record(loops[k], _member(host_params, k), pred[k])
       stopping = stop.agreed()
       if evaluated or stopping:
-        save([k for k in range(n) if on[k]])
+        host = jax.device_get(state)
+        if evaluated:
+          pred = pop.predict(predict_fn, state.params, val_starts)
+          for k in live:
+            evaluators[k].record(loops[k], _member(host.params, k), pred[k])
+        save(live, host)
       if stopping:
         raise Preempted(stop.signum, step)
     progress.close()
