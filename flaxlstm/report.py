@@ -205,6 +205,7 @@ class Reporter:
     target_name: str | None = None,
     max_windows: int = 500,
     example: int | None = None,
+    bands: Mapping[str, tuple[Any, Any]] | None = None,
   ) -> pathlib.Path | None:
     """Plots forecasts against the truth over consecutive windows.
 
@@ -222,6 +223,8 @@ class Reporter:
       target_name: its label (default "target <index>").
       max_windows: how many windows the one-step panel covers.
       example: window index of the full-horizon example (default: the stretch's middle).
+      bands: label -> (lower, upper) bounds of the model's intervals, each shaped like
+        `y_pred`, drawn widest first around the model's line.
 
     Returns:
       The PNG path, or None when disabled.
@@ -231,6 +234,10 @@ class Reporter:
     y_true = _as_3d(y_true)[..., target_index]
     y_pred = _as_3d(y_pred)[..., target_index]
     baselines = {k: _as_3d(v)[..., target_index] for k, v in (baselines or {}).items()}
+    bounds = {
+      k: tuple(_as_3d(b)[..., target_index] for b in pair) for k, pair in (bands or {}).items()
+    }
+    shades = [0.15, 0.3]  # alpha of each band, outermost first
     label = target_name or f"target {target_index}"
     count = min(len(y_true), max_windows)
     example = count // 2 if example is None else example
@@ -243,6 +250,8 @@ class Reporter:
 
     fig = figure(figsize=(11, 10))
     ax1, ax2, ax3 = fig.subplots(3, 1, height_ratios=[2, 1.4, 1.2])
+    for (k, (lo, hi)), alpha in zip(bounds.items(), shades):
+      ax1.fill_between(x, lo[:count, 0], hi[:count, 0], color="tab:red", alpha=alpha, lw=0, label=k)
     ax1.plot(x, y_true[:count, 0], color="black", lw=1.3, label="actual")
     ax1.plot(x, y_pred[:count, 0], color="tab:red", lw=1.1, label="model")
     for (k, v), color in zip(baselines.items(), colors):
@@ -252,6 +261,8 @@ class Reporter:
     ax1.set_ylabel(label)
 
     when = f" starting {_timestamp(x[example])}" if dates is not None else ""
+    for (k, (lo, hi)), alpha in zip(bounds.items(), shades):
+      ax2.fill_between(lead, lo[example], hi[example], color="tab:red", alpha=alpha, lw=0, label=k)
     ax2.plot(lead, y_true[example], color="black", lw=1.5, marker="o", ms=3, label="actual")
     ax2.plot(lead, y_pred[example], color="tab:red", lw=1.3, marker="o", ms=3, label="model")
     for (k, v), color in zip(baselines.items(), colors):

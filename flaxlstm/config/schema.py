@@ -209,6 +209,9 @@ class ModelSpec(_Spec):
   remat: bool = False  # Recompute activations in the backward pass to save memory.
   unroll: int = 1  # Time steps unrolled per scan iteration.
   predict_delta: bool = False  # Predict the change from the last observed target value.
+  # With predict_delta: measure the changes in units of each window's own volatility (its
+  # mean absolute step change), inputs and forecast alike (DeepAR's per-window scaling).
+  volatility_scaling: bool = False
   linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
   # "mixed": all input columns read together, the targets forecast jointly. "independent":
   # one shared model forecasts each column from its own past (channel independence: every
@@ -224,6 +227,12 @@ class ModelSpec(_Spec):
   # per output segment of segment_length, all at once (SegRNN's PMF). "recurrent": the same
   # steps one after another, each fed the previous segment (RMF).
   decoder: str = "dense"
+  # What is forecast for each value: "point" (trained by train.loss) | "gaussian" |
+  # "student_t" (likelihood heads) | "quantile" (non-crossing quantiles, pinball loss).
+  head: str = "point"
+  # Quantile levels the quantile head learns and `predict` writes as columns (OT_q0.1, ...);
+  # the default holds the 50%, 80% and 95% central intervals and the median.
+  quantiles: tuple[float, ...] = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
 
   @property
   def cell_options(self) -> dict[str, Any]:
@@ -242,10 +251,21 @@ class ModelSpec(_Spec):
     for key in ("dropout", "recurrent_dropout", "inter_layer_dropout", "dense_dropout"):
       c.probability(key)
     c.check("unroll", self.unroll >= 1, "must be >= 1")
-    from flaxlstm.forecast import model  # the tables live with their code
+    from flaxlstm.forecast import heads, model  # the tables live with their code
 
     c.choice("channels", model.CHANNELS)
     c.choice("decoder", model.DECODERS)
+    c.choice("head", heads.HEADS)
+    levels = self.quantiles
+    c.check(
+      "quantiles",
+      len(levels) >= 1
+      and all(0 < q < 1 for q in levels)
+      and all(a < b for a, b in zip(levels, levels[1:])),
+      "must be increasing levels in (0, 1)",
+    )
+    if self.head == "quantile":
+      c.check("quantiles", len(levels) >= 2, "the quantile head needs at least two levels")
     for key in ("series_embedding", "segment_length"):
       c.non_negative(key)
       c.at_most(key, 2**16)
@@ -260,6 +280,8 @@ class ModelSpec(_Spec):
       )
     if self.revin:
       c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")
+    if self.volatility_scaling:
+      c.check("volatility_scaling", self.predict_delta, "needs model.predict_delta=True")
     if self.revin_affine:
       c.check("revin_affine", self.revin, "needs model.revin=True")
     proj = self.cell_options.get("proj_features")
@@ -376,6 +398,15 @@ class RunSpec(_Spec):
 
   def check(self, c: _Checker) -> None:
     c.check("seed", 0 <= self.seed < 2**31, "must be in [0, 2**31)")
+    if self.model.head != "point":
+      # The distribution heads train by their own loss; a point loss would be ignored.
+      train = _Checker("train.", self.train)
+      train.check(
+        "loss",
+        self.train.loss == "mse",
+        f"is the point head's loss; model.head={self.model.head!r} trains by its own "
+        "(likelihood or pinball)",
+      )
 
 
 # Keys of earlier versions: a config naming one is told the new name (and a run directory

@@ -1,14 +1,17 @@
 """Baselines every forecast is scored against, on exactly the model's windows: naive,
-seasonal naive and linear (ridge on the window)."""
+seasonal naive and linear (ridge on the window), and split-conformal intervals around the
+model's and the naive forecast."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from flaxlstm.data import windows
 from flaxlstm.data.io import error, short
 from flaxlstm.data.series import SeriesData
-from flaxlstm.forecast.metrics import split_metrics
+from flaxlstm.forecast.metrics import distribution_metrics, split_metrics, unit_scale
 
 
 def naive_forecast(data: SeriesData, starts: np.ndarray) -> np.ndarray:
@@ -103,3 +106,66 @@ def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> d
     }
     for name, f in forecasters.items()
   }
+
+
+# ---- split-conformal intervals -----------------------------------------------------------
+class Conformal:
+  """Split-conformal predictive distributions around a point forecast (Vovk et al., 2005;
+  Lei et al., 2018): the point plus the empirical distribution of the calibration windows'
+  signed errors, per lead time and target.
+
+  `calibration_errors (n, H, T)` are `y - point` on windows the point forecaster was not
+  fit on (the validation windows). The quantile at level `tau` is the `ceil((n + 1) tau)`-th
+  smallest error above the median and the `floor((n + 1) tau)`-th below, so a central
+  interval covers a new exchangeable window with probability at least its level. CRPS is the
+  exact score of the empirical distribution, `E|X - y| - E|X - X'| / 2`.
+  """
+
+  def __init__(self, point: np.ndarray, calibration_errors: np.ndarray):
+    self.point = np.asarray(point, np.float64)
+    self.errors = np.sort(np.asarray(calibration_errors, np.float64), axis=0)  # (n, H, T)
+    if not len(self.errors):
+      raise ValueError("conformal calibration needs at least one window")
+
+  def quantiles(self, levels) -> np.ndarray:
+    n = len(self.errors)
+    levels = np.asarray(levels, np.float64)
+    rank = np.where(levels >= 0.5, np.ceil((n + 1) * levels), np.floor((n + 1) * levels))
+    rank = np.clip(rank.astype(np.int64), 1, n) - 1
+    return self.point[..., None] + np.moveaxis(self.errors[rank], 0, -1)
+
+  def crps(self, y: np.ndarray) -> np.ndarray:
+    r, n = self.errors, len(self.errors)
+    e = np.asarray(y, np.float64) - self.point  # (N, H, T)
+    # E|r - r'| from the sorted errors: (2 / n^2) sum_i (2i - n + 1) r_(i), i from 0.
+    weights = (2 * np.arange(n) - n + 1)[:, None, None]
+    spread = 2 * (weights * r).sum(axis=0) / n**2
+    csum = np.concatenate([np.zeros((1,) + r.shape[1:]), np.cumsum(r, axis=0)])
+    out = np.empty_like(e)
+    for h, t in np.ndindex(*r.shape[1:]):  # one sorted column per (lead time, target)
+      k = np.searchsorted(r[:, h, t], e[:, h, t], side="right")  # errors <= e
+      below, total = csum[k, h, t], csum[n, h, t]
+      mean_abs = (k * e[:, h, t] - below + (total - below) - (n - k) * e[:, h, t]) / n
+      out[:, h, t] = mean_abs - spread[h, t] / 2
+    return out
+
+
+def conformal_metrics(
+  data: SeriesData, val_point: np.ndarray, test_point: np.ndarray, levels
+) -> dict[str, Any]:
+  """Test-window scores of split-conformal distributions calibrated on the validation
+  windows, around the given point forecasts (`"model"`) and around the naive forecast."""
+  val, test = data.window_starts("val"), data.window_starts("test")
+  if not len(val) or not len(test):
+    return {}
+  _, y_val = windows.gather_windows(data, val)
+  _, y_test = windows.gather_windows(data, test)
+  unit = unit_scale(data, test)
+  out = {}
+  for name, (cal, point) in {
+    "model": (val_point, test_point),
+    "naive": (naive_forecast(data, val), naive_forecast(data, test)),
+  }.items():
+    dist = Conformal(point, y_val - np.asarray(cal, np.float64))
+    out[name] = {"test": distribution_metrics(dist, y_test, unit, levels)}
+  return out

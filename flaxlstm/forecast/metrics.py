@@ -1,14 +1,17 @@
-"""Point-forecast metrics, on the scaled values and in the data's own units."""
+"""Forecast metrics, on the scaled values and in the data's own units: MSE/MAE/RMSE of
+points, and CRPS, pinball loss, interval coverage and width of predictive distributions."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from flaxlstm.data import windows
 from flaxlstm.data.series import SeriesData
+from flaxlstm.forecast import heads
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
@@ -36,3 +39,68 @@ def per_target_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -
   return {
     name: regression_metrics(y[..., i], pred[..., i]) for i, name in enumerate(data.target_names)
   }
+
+
+# ---- predictive distributions ---------------------------------------------------------------
+class HeadDistribution:
+  """The predictive distributions of a distribution head: `params (..., P)` in the head's
+  parameterization (forecast/heads.py), as float64 on the host."""
+
+  def __init__(self, head: Any, params: Any):  # a distribution head
+    self.head, self.params = head, np.asarray(params, np.float64)
+
+  def point(self) -> np.ndarray:
+    return np.asarray(self.head.point(self.params), np.float64)
+
+  def quantiles(self, levels: Any) -> np.ndarray:
+    return self.head.quantiles(self.params, levels)
+
+  def crps(self, y: np.ndarray) -> np.ndarray:
+    return self.head.crps(self.params, y)
+
+
+def distribution_metrics(
+  dist: Any, y: Any, unit_scale: Any, levels: Sequence[float], intervals=heads.INTERVALS
+) -> dict[str, Any]:
+  """Scores predictive distributions `dist` against the targets `y (N, H, T)`.
+
+  `dist` has `quantiles(levels) -> (N, H, T, Q)` and `crps(y) -> (N, H, T)` (a
+  `HeadDistribution`, or `baselines.Conformal`). `unit_scale (N, H, T)` is what one scaled
+  unit is in the data's units (the scaler's std): CRPS, pinball and widths scale with it
+  (suffix `_original`), coverage does not.
+
+  Returns CRPS, the mean pinball loss over `levels`, and for each central interval `c` in
+  `intervals` its coverage (`coverage_80`: the share of targets inside it) and mean width;
+  under `per_lead`, the same by lead time (lists of H values, scaled units).
+  """
+  y = np.asarray(y, np.float64)
+  unit = np.asarray(unit_scale, np.float64)
+  grid = np.asarray(levels, np.float64)
+  crps = dist.crps(y)
+  loss = heads.pinball(y[..., None], dist.quantiles(grid), grid).mean(axis=-1)
+  out: dict[str, Any] = {
+    "crps": float(crps.mean()),
+    "crps_original": float((crps * unit).mean()),
+    "pinball": float(loss.mean()),
+    "pinball_original": float((loss * unit).mean()),
+  }
+  lead_mean = lambda a: [float(v) for v in a.mean(axis=(0, 2))]
+  per_lead: dict[str, list[float]] = {"crps": lead_mean(crps), "pinball": lead_mean(loss)}
+  for c in intervals:
+    lo, hi = np.moveaxis(dist.quantiles(((1 - c) / 2, (1 + c) / 2)), -1, 0)
+    inside = (lo <= y) & (y <= hi)
+    name = f"{round(100 * c)}"
+    out[f"coverage_{name}"] = float(inside.mean())
+    out[f"width_{name}"] = float((hi - lo).mean())
+    out[f"width_{name}_original"] = float(((hi - lo) * unit).mean())
+    per_lead[f"coverage_{name}"] = lead_mean(inside.astype(np.float64))
+    per_lead[f"width_{name}"] = lead_mean(hi - lo)
+  out["per_lead"] = per_lead
+  return out
+
+
+def unit_scale(data: SeriesData, starts: np.ndarray) -> np.ndarray:
+  """`(N, horizon, n_targets)`: one scaled unit of each target in the data's units."""
+  shape = (len(starts), data.horizon, data.n_targets)
+  zero = data.inverse_targets(np.zeros(shape, np.float32), starts).astype(np.float64)
+  return data.inverse_targets(np.ones(shape, np.float32), starts) - zero

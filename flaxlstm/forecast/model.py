@@ -6,25 +6,32 @@ directories).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
 from flaxlstm.config.schema import ModelSpec
+from flaxlstm.forecast import heads
 from flaxlstm.nn.blocks import ParallelDecoder, RecurrentDecoder, RevIN, SegmentEmbedding
 from flaxlstm.nn.dropout import Dropout
 from flaxlstm.nn.layers import StackedLSTM
 
 Array = jax.Array
 
+# model.volatility_scaling: the smallest volatility a window is divided by (scaled units),
+# so a constant window does not divide by zero.
+VOLATILITY_FLOOR = 1e-3
 # model.channels and model.decoder (defined before `Forecaster`: its default spec checks them).
 CHANNELS = ("mixed", "independent")
 DECODERS = ("dense", "parallel", "recurrent")
 
 
 class Forecaster(nn.Module):
-  """Direct multi-step forecaster: `(B, lookback, n_features) -> (B, horizon, n_targets)`.
+  """Direct multi-step forecaster: `(B, lookback, n_features) -> (B, horizon, n_targets)`,
+  or `(B, horizon, n_targets, P)` distribution parameters with a distribution head.
 
   The pieces, in order (each a `ModelSpec` option):
 
@@ -32,6 +39,9 @@ class Forecaster(nn.Module):
     observed target `y_last (B, n_targets)` back to the output (the head starts at zero, so
     the untrained model is the naive forecast); or `revin` normalizes every window by its
     own mean and std and maps the output back (`RevIN`).
+  - `volatility_scaling` (with `predict_delta`) divides the changes by the window's mean
+    absolute step change and multiplies the forecast (its offset from `y_last`, and a
+    distribution's scale) by it.
   - channels: `"mixed"` reads all columns as one multivariate window. `"independent"`
     reshapes `(B, L, C) -> (B * C, L, 1)`: one shared model forecasts every column from its
     own past, optionally told which column by a learned series embedding, and the result is
@@ -44,6 +54,10 @@ class Forecaster(nn.Module):
     (`RecurrentDecoder`). No decoder feeds back point forecasts unless it is `"recurrent"`.
   - `linear_skip` adds a linear map from the whole (normalized) window, zero at start
     (LSTNet's autoregressive highway; with independent channels, NLinear's model).
+  - head (`model.head`, forecast/heads.py): the point forecast, or the P parameters of a
+    predictive distribution per value (Gaussian, Student-t, non-crossing quantiles). Every
+    decoder emits P raw values per output; the head constrains them, and the levels
+    (`predict_delta`, RevIN) are restored on the distribution's location and scale.
   - covariates (optional arguments): `known (B, lookback + horizon, K)`, values known in
     advance (calendar, planned inputs), joins the encoder's inputs over the lookback and
     the decoder's over the horizon (flattened into the dense head; per output segment
@@ -66,6 +80,10 @@ class Forecaster(nn.Module):
   target_columns: tuple[int, ...] = ()
   n_series: int = 0
 
+  @property
+  def head(self) -> heads.Head:
+    return heads.make(self.spec.head, self.spec.quantiles)
+
   @nn.compact
   def __call__(
     self,
@@ -85,6 +103,18 @@ class Forecaster(nn.Module):
       # Level-free inputs: each feature relative to its last observed value, so a level
       # shift between the training years and the test years changes nothing.
       x = x - x[..., -1:, :]
+    vol = None
+    if spec.volatility_scaling:
+      # Changes in units of the window's own volatility: a calm week and a stormy one reach
+      # the model alike, and its forecast (a distribution's spread too) is scaled back by
+      # the window's volatility, so calibration learned on the training years carries over
+      # to calmer or wilder test years. A statistic of the input, like RevIN's: no gradient.
+      vol = jax.lax.stop_gradient(
+        jnp.maximum(
+          jnp.mean(jnp.abs(jnp.diff(x, axis=-2)), axis=-2, keepdims=True), VOLATILITY_FLOOR
+        )
+      )
+      x = x / vol
     if independent and x.shape[-1] != self.n_targets:
       raise ValueError(
         f"channels='independent' forecasts every input column: got {x.shape[-1]} inputs "
@@ -97,6 +127,8 @@ class Forecaster(nn.Module):
 
     batch_shape, (length, n_channels) = x.shape[:-2], x.shape[-2:]
     n_out = self.n_targets
+    n_params = self.head.n_params
+    width = max(n_params, 1)  # raw outputs per forecast value
     covariates = [
       None if a is None else a.reshape((-1,) + a.shape[len(batch_shape) :]) for a in (known, static)
     ]
@@ -120,17 +152,23 @@ class Forecaster(nn.Module):
 
     carry, h = self._encode(inputs, deterministic)
     future = None if known is None else known[:, length:]
-    y = self._decode(carry, h, series, future, n_out, deterministic)
+    y = self._decode(carry, h, series, future, n_out * width, deterministic)
     if spec.linear_skip:
       # LSTNet's autoregressive highway (Lai et al., 2018): a linear map from the whole
       # window to the forecast, so the LSTM only has to model what a linear model cannot.
       y = y + nn.Dense(
-        self.horizon * n_out, kernel_init=initializers.zeros_init(), name="linear_skip"
+        self.horizon * n_out * width, kernel_init=initializers.zeros_init(), name="linear_skip"
       )(x.reshape(x.shape[0], -1)).reshape(y.shape)
     y = y.astype(jnp.float32)
+    if vol is not None:  # (..., 1, F) -> each target's: (..., 1, T)
+      vol = vol if independent else vol[..., jnp.asarray(self.target_columns)]
+    if n_params:
+      return self._distribution(y, batch_shape, n_channels, revin, stats, y_last, vol)
     if independent:
       y = jnp.swapaxes(y.reshape((-1, n_channels, self.horizon)), -1, -2)
     y = y.reshape(batch_shape + (self.horizon, self.n_targets))
+    if vol is not None:
+      y = y * vol
     if revin is not None:
       assert stats is not None
       y = revin.denormalize(y, stats, None if independent else self.target_columns)
@@ -138,6 +176,30 @@ class Forecaster(nn.Module):
       assert y_last is not None  # checked above
       y = y + y_last[..., None, :]
     return y
+
+  def _distribution(
+    self, y: Array, batch_shape, n_channels: int, revin, stats, y_last, vol
+  ) -> Array:
+    """Raw decoder outputs `(B', H, n_out * P)` -> distribution parameters `(B, H, T, P)`
+    in the data's (scaled) units."""
+    head: Any = self.head  # a distribution head
+    horizon, n_params = self.horizon, head.n_params
+    if self.spec.channels == "independent":
+      y = jnp.moveaxis(y.reshape((-1, n_channels, horizon, n_params)), 1, 2)
+    params = head.constrain(y.reshape(batch_shape + (horizon, self.n_targets, n_params)))
+    shift, scale = None, None
+    if revin is not None:
+      cols = None if self.spec.channels == "independent" else self.target_columns
+      zero = jnp.zeros(params.shape[:-1], params.dtype)
+      shift = revin.denormalize(zero, stats, cols)
+      scale = revin.denormalize(zero + 1, stats, cols) - shift
+    if self.spec.predict_delta:
+      assert y_last is not None  # checked in __call__
+      shift = jnp.broadcast_to(y_last[..., None, :], params.shape[:-1])
+      scale = jnp.ones_like(shift) if vol is None else jnp.broadcast_to(vol, shift.shape)
+    if shift is None:
+      return params
+    return head.affine(params, shift, scale)
 
   def _encode(self, x: Array, deterministic: bool):
     spec = self.spec

@@ -180,4 +180,9 @@ def _target_columns(spec: RunSpec, data: series.SeriesData) -> tuple[int, ...]:
       f"model.revin maps each target back with its input column's statistics, but "
       f"{missing} {'is' if len(missing) == 1 else 'are'} not in data.features"
     )
+  if model.volatility_scaling and missing:
+    raise InputError(
+      f"model.volatility_scaling scales each target by its input column's volatility, but "
+      f"{missing} {'is' if len(missing) == 1 else 'are'} not in data.features"
+    )
   return tuple(features.index(t) for t in targets if t in features)

@@ -1,5 +1,6 @@
 """Scoring a model during and after training: validation with early stopping, the final
-metrics beside the baselines, and the plots."""
+metrics beside the baselines (and, for distribution heads, CRPS, pinball, coverage beside
+split-conformal intervals), and the plots."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlstm.data import windows
-from flaxlstm.data.series import SeriesData
 from flaxlstm.forecast import baselines
-from flaxlstm.forecast.metrics import per_target_metrics, split_metrics
+from flaxlstm.forecast.metrics import (
+  HeadDistribution,
+  distribution_metrics,
+  per_target_metrics,
+  split_metrics,
+  unit_scale,
+)
 from flaxlstm.report import Reporter
 from flaxlstm.train.assembly import Setup
 from flaxlstm.train.checkpoint import Checkpoints, LoopState, NoIntact
-from flaxlstm.train.optim import pointwise_loss
+from flaxlstm.train.optim import data_loss
 from flaxlstm.train.step import predict_windows
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ class Evaluator:
     self.every = setup.spec.train.eval_every_steps or setup.steps_per_epoch
     self.starts = setup.data.window_starts("val")
     self.targets = jnp.asarray(windows.gather_windows(setup.data, self.starts)[1])
+    self.head = setup.model.head
+    self.unit = unit_scale(setup.data, self.starts) if self.head.n_params else None
 
   def due(self, step: int) -> bool:
     return step % self.every == 0 or step == self.setup.total_steps
@@ -51,15 +59,15 @@ class Evaluator:
   def record(self, loop: LoopState, params: Any, pred: np.ndarray) -> None:
     """Logs the validation predictions `pred` of `params` and updates early stopping."""
     setup, spec = self.setup, self.setup.spec.train
-    val_loss = float(
-      pointwise_loss(spec.loss, jnp.asarray(pred), self.targets, spec.huber_delta).mean()
-    )
-    self.reporter.log(
-      loop.step,
-      "val",
-      {"loss": val_loss, **split_metrics(setup.data, self.starts, pred)},
-      epoch=(loop.step - 1) // setup.steps_per_epoch,
-    )
+    head = self.head
+    val_loss = float(data_loss(head, spec, jnp.asarray(pred), self.targets).mean())
+    scores = {"loss": val_loss, **split_metrics(setup.data, self.starts, head.point(pred))}
+    if head.n_params:  # TensorBoard's val/crps, val/coverage_80, ... curves
+      dist = distribution_metrics(
+        HeadDistribution(head, pred), self.targets, self.unit, setup.spec.model.quantiles
+      )
+      scores.update({k: v for k, v in dist.items() if k != "per_lead"})
+    self.reporter.log(loop.step, "val", scores, epoch=(loop.step - 1) // setup.steps_per_epoch)
     if np.isfinite(val_loss) and val_loss < loop.best_val - spec.min_delta:
       loop.best_val, loop.best_step, loop.bad_evals = val_loss, loop.step, 0
       self.ckpts.save_best(loop.step, params, val_loss)
@@ -84,22 +92,39 @@ def final_metrics(
   setup: Setup, params: Any, predict_fn: Callable, baseline_metrics: dict | None = None
 ) -> tuple[dict, np.ndarray]:
   """Val/test metrics and baselines (`baseline_metrics` if already computed on the same
-  data), and the test predictions (for the plots)."""
+  data), and the test predictions (for the plots: distribution parameters for a
+  distribution head).
+
+  The point metrics score the head's median (its mean for Gaussian heads), so they compare
+  with a point model's; a distribution head adds `distribution` (CRPS, pinball, interval
+  coverage and width, overall and per lead time). `conformal` scores split-conformal
+  distributions calibrated on the validation windows around this model's point forecast
+  and around the naive one, on the test windows.
+  """
+  data, head, levels = setup.data, setup.model.head, setup.spec.model.quantiles
   out: dict[str, Any] = {}
   pred = np.zeros((0,))
+  points = {}
   for split in ("val", "test"):
-    starts = setup.data.window_starts(split)
+    starts = data.window_starts(split)
     pred = predict_windows(
-      predict_fn, params, setup.data, starts, setup.spec.train.eval_batch_size, setup.mesh
+      predict_fn, params, data, starts, setup.spec.train.eval_batch_size, setup.mesh
     )
-    out[split] = split_metrics(setup.data, starts, pred)
-    if len(setup.data.target_names) > 1:  # e.g. a global model scored on one column
-      out[split]["per_target"] = per_target_metrics(setup.data, starts, pred)
+    points[split] = point = np.asarray(head.point(pred))
+    out[split] = split_metrics(data, starts, point)
+    if len(data.target_names) > 1:  # e.g. a global model scored on one column
+      out[split]["per_target"] = per_target_metrics(data, starts, point)
+    if head.n_params:
+      _, y = windows.gather_windows(data, starts)
+      out[split]["distribution"] = distribution_metrics(
+        HeadDistribution(head, pred), y, unit_scale(data, starts), levels
+      )
   out["baselines"] = (
-    baselines.baseline_metrics(setup.data, setup.spec.data.seasonal_period)
+    baselines.baseline_metrics(data, setup.spec.data.seasonal_period)
     if baseline_metrics is None
     else baseline_metrics
   )
+  out["conformal"] = baselines.conformal_metrics(data, points["val"], points["test"], levels)
   return out, pred
 
 
@@ -116,10 +141,12 @@ def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
   )
 
 
-def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> None:
-  """Learning curves and test forecasts vs actuals (process 0; no device work here)."""
+def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None:
+  """Learning curves and test forecasts vs actuals, with the 80% and 95% bands of a
+  distribution head (process 0; no device work here)."""
   if not reporter.enabled:
     return
+  data, head = setup.data, setup.model.head
   starts = data.window_starts("test")
   title = f"test set: {', '.join(data.target_names)}"
   if data.series_ids:  # a panel: the first series' test windows
@@ -128,13 +155,21 @@ def write_plots(reporter: Reporter, data: SeriesData, test_pred: np.ndarray) -> 
     title += f", series {data.series_ids[0]}"
   _, y = windows.gather_windows(data, starts)
   naive = baselines.naive_forecast(data, starts)
+  bands = {}
+  if head.n_params:
+    dist = HeadDistribution(head, test_pred)
+    for c in (0.95, 0.8):  # widest first: drawn underneath
+      q = dist.quantiles(((1 - c) / 2, (1 + c) / 2))
+      lo, hi = (data.inverse_targets(q[..., i], starts) for i in range(2))
+      bands[f"{round(100 * c)}% interval"] = (lo, hi)
   reporter.plot_learning_curves()
   reporter.plot_forecast(
     data.inverse_targets(y, starts),
-    data.inverse_targets(test_pred, starts),
+    data.inverse_targets(np.asarray(head.point(test_pred)), starts),
     name="forecast_test.png",
     title=title,
     target_name=data.target_names[0],
     baselines={"naive": data.inverse_targets(naive, starts)},
     dates=None if data.dates is None else data.dates[starts],
+    bands=bands,
   )

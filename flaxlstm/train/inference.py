@@ -14,6 +14,7 @@ import numpy as np
 from flaxlstm import config as config_lib
 from flaxlstm.data import io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
+from flaxlstm.forecast.metrics import HeadDistribution
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
 from flaxlstm.train import workdir as workdir_lib
@@ -93,7 +94,9 @@ def predict_file(
 ) -> int:
   """Forecasts `data_path` with a trained run; writes a CSV in original units.
 
-  By default one forecast: the `horizon` steps after the file's last row. With
+  By default one forecast: the `horizon` steps after the file's last row. A distribution
+  head's run writes the median (Gaussian: the mean) under each target's name and its
+  quantiles at `model.quantiles` beside it (`OT_q0.1`, ...). With
   `all_windows`, a forecast from every position that has `lookback` rows of history
   (back-testing), with the actual values beside it when the file has the targets.
   Returns the number of forecasts written. Reads the run, writes only `out_path`: never
@@ -136,16 +139,20 @@ def predict_file(
   )
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **sample))["params"]
   params = restore_params(workdir, abstract)
-  pred = data.inverse_targets(
-    predict_windows(
-      make_predict_fn(model),
-      params,
-      data,
-      starts,
-      config.train.eval_batch_size,
-      future_known=future,
-    ),
-    starts,
+  raw = predict_windows(
+    make_predict_fn(model), params, data, starts, config.train.eval_batch_size, future_known=future
+  )
+  head, levels = model.head, spec.model.quantiles
+  pred = data.inverse_targets(np.asarray(head.point(raw)), starts)
+  # A distribution head also writes its quantiles, in original units (the scalers are
+  # increasing maps, so quantiles map to quantiles).
+  quantiles = (
+    [
+      data.inverse_targets(q, starts)
+      for q in np.moveaxis(HeadDistribution(head, raw).quantiles(levels), -1, 0)
+    ]
+    if head.n_params
+    else []
   )
   table: dict[str, Any] = {}
   h = np.tile(np.arange(1, data.horizon + 1), len(starts))
@@ -164,6 +171,8 @@ def predict_file(
   inside = rows_ahead < end[series_of[window]]
   for k, name in enumerate(data.target_names):
     table[name] = pred[:, :, k].reshape(-1).astype(np.float64)
+    for level, q in zip(levels, quantiles):
+      table[f"{name}_q{level:g}"] = q[:, :, k].reshape(-1).astype(np.float64)
     if data.has_targets and all_windows:
       actual = np.full(len(h), np.nan)
       actual[inside] = data.y_raw[rows_ahead[inside], k]

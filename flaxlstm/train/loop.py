@@ -179,7 +179,7 @@ def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool)
       metrics, test_pred = evaluation.final_metrics(setup, params, predict_fn)
       metrics.update(evaluation.summary(setup, loop, params), data=data_now)
       reporter.write_json("metrics.json", metrics)
-      evaluation.write_plots(reporter, data, test_pred)
+      evaluation.write_plots(reporter, setup, test_pred)
       return metrics
   except Exception as e:
     if workdir_lib.is_disk_full(e):

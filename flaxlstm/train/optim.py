@@ -92,6 +92,14 @@ def pointwise_loss(kind: str, pred: Array, target: Array, huber_delta: float = 1
   return jnp.square(err)
 
 
+def data_loss(head: Any, spec: TrainSpec, pred: Array, target: Array) -> Array:
+  """The elementwise training loss: `train.loss` for the point head; a distribution head's
+  own (negative log-likelihood, pinball) on its parameters `pred (..., P)`."""
+  if head.n_params:
+    return head.loss(pred, target)
+  return pointwise_loss(spec.loss, pred, target, spec.huber_delta)
+
+
 def penalty(params: Any, l1: float, l2: float) -> Array:
   """L1/L2 terms over the weight matrices (the same leaves weight decay applies to)."""
   leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if m]

@@ -391,7 +391,7 @@ def _train(
       metrics, test_pred = evaluation.final_metrics(setup, params, single_predict, shared)
       metrics.update(evaluation.summary(setup, loops[k], params), data=data_now)
       reporters[k].write_json("metrics.json", metrics)
-      evaluation.write_plots(reporters[k], setup.data, test_pred)
+      evaluation.write_plots(reporters[k], setup, test_pred)
       out.append(metrics)
     return out
 

@@ -21,7 +21,7 @@ from flaxlstm.config.schema import TrainSpec
 from flaxlstm.data import windows
 from flaxlstm.data.series import SeriesData
 from flaxlstm.forecast.model import Forecaster
-from flaxlstm.train.optim import penalty, pointwise_loss
+from flaxlstm.train.optim import data_loss, penalty
 
 Array = jax.Array
 
@@ -62,6 +62,8 @@ def train_step_fn(model: Forecaster, tx: optax.GradientTransformation, spec: Tra
   """The train step as a pure function (`make_train_step` jits it; a population maps it
   over its members with traced `seed` and hyperparameters)."""
 
+  head = model.head
+
   def train_step(state: TrainState, inputs, y):
     dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
 
@@ -69,16 +71,16 @@ def train_step_fn(model: Forecaster, tx: optax.GradientTransformation, spec: Tra
       pred = model.apply(
         {"params": params}, **inputs, deterministic=False, rngs={"dropout": dropout_key}
       )
-      data_loss = pointwise_loss(spec.loss, pred, y, spec.huber_delta).mean()
-      return data_loss + penalty(params, spec.l1, spec.l2), data_loss
+      fit = data_loss(head, spec, pred, y).mean()
+      return fit + penalty(params, spec.l1, spec.l2), fit
 
-    (loss, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, fit), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics = {"loss": data_loss, "total_loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
+    metrics = {"loss": fit, "total_loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
     return TrainState(
       step=state.step + 1,
       params=keep(params, state.params),

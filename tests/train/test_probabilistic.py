@@ -1,0 +1,92 @@
+"""End to end with a distribution head: the metrics beside the conformal baselines, the
+TensorBoard curves, evaluate, predict's quantile columns, the bands plot; the config checks."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flaxlstm import cli
+
+
+@pytest.fixture(scope="module")
+def quantile_run(tiny, tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("prob") / "run")
+  argv = ["train", "--config", tiny["exp"], "--workdir", wd, "--quiet"]
+  argv += ["--config.model.head=quantile", "--config.model.quantiles=0.05,0.1,0.5,0.9,0.95"]
+  argv += ["--config.model.predict_delta=True", "--config.model.volatility_scaling=True"]
+  argv += ["--config.data.features=y", "--config.train.max_steps=30"]
+  assert cli.main(argv) == 0
+  return wd
+
+
+def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run):
+  m = json.load(open(os.path.join(quantile_run, "metrics.json")))
+  for split in ("val", "test"):
+    d = m[split]["distribution"]
+    assert 0 <= d["coverage_50"] <= d["coverage_80"] <= d["coverage_95"] <= 1
+    assert 0 < d["width_50"] < d["width_80"] < d["width_95"]
+    assert d["crps"] > 0 and len(d["per_lead"]["crps"]) == 6
+    assert np.mean(d["per_lead"]["crps"]) == pytest.approx(d["crps"])
+  for name in ("model", "naive"):
+    assert set(m["conformal"][name]) == {"test"}
+    assert m["conformal"][name]["test"]["crps"] > 0
+  # The point metrics score the median: the same numbers a point model would report.
+  assert m["test"]["mse"] > 0 and "mse_original" in m["test"]
+  lines = [json.loads(line) for line in open(os.path.join(quantile_run, "metrics.jsonl"))]
+  val = [r for r in lines if r["split"] == "val"]
+  assert val and all("crps" in r and "coverage_80" in r for r in val)  # TensorBoard scalars
+  assert os.path.getsize(os.path.join(quantile_run, "forecast_test.png")) > 0
+
+
+def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tmp_path, capsys):
+  before = json.load(open(os.path.join(quantile_run, "metrics.json")))
+  assert cli.main(["evaluate", "--workdir", quantile_run]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  assert printed["test"] == before["test"] and printed["conformal"] == before["conformal"]
+  out = str(tmp_path / "q.csv")
+  argv = ["predict", "--workdir", quantile_run, "--data", tiny["csv"], "--out", out]
+  assert cli.main(argv + ["--all-windows"]) == 0
+  rows = pd.read_csv(out)
+  names = ["y_q0.05", "y_q0.1", "y_q0.5", "y_q0.9", "y_q0.95"]
+  assert [c for c in rows.columns if c.startswith("y_q")] == names
+  assert (np.diff(rows[names].to_numpy(), axis=1) >= 0).all()  # no crossing
+  np.testing.assert_allclose(rows["y"], rows["y_q0.5"], rtol=1e-6)  # the median is the point
+  inside = (rows["y_q0.05"] <= rows["y_actual"]) & (rows["y_actual"] <= rows["y_q0.95"])
+  assert inside[rows["y_actual"].notna()].mean() > 0.5  # original units, not scaled ones
+
+
+@pytest.mark.parametrize(
+  "argv, fragment",
+  [
+    (["--config.model.head=poisson"], "config key 'model.head' = 'poisson'"),
+    (["--config.model.quantiles=0.9,0.1"], "config key 'model.quantiles'"),
+    (["--config.model.head=quantile", "--config.model.quantiles=0.5"], "at least two"),
+    (["--config.model.head=gaussian", "--config.train.loss=mae"], "config key 'train.loss'"),
+    (["--config.model.volatility_scaling=True"], "needs model.predict_delta"),
+  ],
+)
+def test_bad_head_config_is_one_line(tiny, tmp_path, capsys, argv, fragment):
+  wd = tmp_path / "run"
+  code = cli.main(["train", "--config", tiny["exp"], "--workdir", str(wd), "--quiet"] + argv)
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("error: ") and fragment in err and err.count("\n") == 1
+  assert not wd.exists()
+
+
+@pytest.mark.slow
+def test_a_population_of_distribution_heads_equals_its_single_runs(tiny, tmp_path):
+  from flaxlstm import config as config_lib
+  from flaxlstm import train as train_lib
+  from flaxlstm.train import population
+
+  over = ["model.head=gaussian", "train.max_steps=20"]
+  configs = [config_lib.load_config(tiny["exp"], over + [f"seed={s}"]) for s in (0, 1)]
+  members = population.train_population(configs, [str(tmp_path / f"m{k}") for k in (0, 1)])
+  single = train_lib.train_and_evaluate(configs[1], str(tmp_path / "single"), quiet=True)
+  got, want = members[1]["test"]["distribution"], single["test"]["distribution"]
+  assert members[1]["best_step"] == single["best_step"]
+  for key in ("crps", "coverage_80", "width_80"):
+    assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
