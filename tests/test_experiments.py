@@ -111,3 +111,16 @@ def test_ltsf_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   np.testing.assert_allclose(
     np.mean([m["mse"] for m in per_target.values()]), metrics["test"]["mse"], rtol=1e-6
   )
+
+
+def test_probabilistic_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
+  other = _ett_format_file(tmp_path / "ETTlike.csv")
+  recipe = os.path.join(os.path.dirname(__file__), "..", "experiments", "ett", "probabilistic.py")
+  config = config_lib.load_config(
+    f"{recipe}:24",
+    [f"data.path={other}", "train.max_steps=2", "model.hidden_sizes=8,", "train.batch_size=16"],
+  )
+  metrics = train_lib.train_and_evaluate(config, str(tmp_path / "run"), quiet=True)
+  dist = metrics["test"]["distribution"]
+  assert np.isfinite(dist["crps"]) and 0 <= dist["coverage_80"] <= 1
+  assert np.isfinite(metrics["conformal"]["model"]["test"]["crps"])
