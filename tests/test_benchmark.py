@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -65,3 +66,41 @@ def test_kernel_ab_runs_against_a_git_revision():
   assert [r.split(" | ")[0] for r in rows] == ["| working tree", "| HEAD"], rows
   for row in rows:
     assert float(row.split(" | ")[1]) > 0  # a best step time was measured
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_gpu_check_runs_on_cpu_with_the_emulated_kernel(tmp_path, monkeypatch):
+  """gpu_check.py's correctness pass, shrunk, with `cudnn.emulate()` standing in for the
+  GPU: every path agrees with the CPU reference and cuDNN is reported as run."""
+  gpu_check = _load("gpu_check")
+  monkeypatch.setattr(gpu_check, "B", 3)
+  monkeypatch.setattr(gpu_check, "T", 5)
+  monkeypatch.setattr(gpu_check, "CASES", {"tiny": ((4,), False)})
+  out = tmp_path / "correctness.md"
+  assert gpu_check.main(["--emulate", "--out", str(out)]) == 0
+  rows = [r for r in out.read_text().splitlines() if r.startswith("| tiny")]
+  assert len(rows) == len(gpu_check.RUNS)
+  gated = [r for r in rows if r.endswith("| yes |")]
+  assert len(gated) == 3 and all(
+    "| cudnn | highest | float32 | yes |" in r for r in rows if "| cudnn | highest" in r
+  )
+
+
+def test_gpu_check_summary_reads_the_benchmark_rows(tmp_path):
+  gpu_check = _load("gpu_check")
+  times = {"flaxlstm": 2.0, "flaxlstm_cudnn": 1.0, "flaxlstm_bf16": 0.5, "torch": 1.5}
+  times |= {"torch_bf16": 1.0, "keras": 1.2}
+  js = tmp_path / "bench.jsonl"
+  js.write_text(
+    "".join(json.dumps({"shape": "large", "peer": p, "min_s": t}) + "\n" for p, t in times.items())
+  )
+  assert gpu_check.main(["--summarize", str(js), "--out", str(tmp_path / "s.md")]) == 0
+  row = [r for r in (tmp_path / "s.md").read_text().splitlines() if r.startswith("| large")][0]
+  # cuDNN is the faster path; 1.5 / 1.0 vs torch; bf16 2x the best fp32; torch bf16 1.5x.
+  assert row == "| large | 2.0000 | 1.0000 | cudnn | 1.50x | 2.00x | 1.50x | 1.2000 |"

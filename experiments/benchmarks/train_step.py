@@ -71,6 +71,9 @@ SHAPES = {
   "ett": Shape(64, 96, 1, (64,), steps=40, warmup=5),
 }
 ALL_PEERS = ("flaxlstm", "flaxlstm_nnx", "flax", "flax_nnx", "keras", "torch")
+# On a GPU (gpu_check.sh): flaxlstm's paths against PyTorch's cuDNN LSTM and Keras-JAX
+# (which calls cuDNN through jax.experimental.rnn), fp32 and bf16.
+GPU_PEERS = ("flaxlstm", "flaxlstm_cudnn", "flaxlstm_bf16", "torch", "torch_bf16", "keras")
 LR, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, 1.0
 
 
@@ -161,14 +164,24 @@ class JaxPeer:
     return float(loss)  # float() waits for the step to finish
 
 
-def make_flaxlstm(s: Shape, x, y) -> JaxPeer:
+def make_flaxlstm(s: Shape, x, y, name: str = "flaxlstm", **cell: Any) -> JaxPeer:
+  """flaxlstm's Forecaster; `cell` overrides cell options (`model.cell.*`)."""
   from flaxlstm.config import ModelSpec
   from flaxlstm.forecast.model import Forecaster
 
-  model = Forecaster(
-    horizon=1, n_targets=1, spec=ModelSpec(hidden_sizes=tuple(s.layers), remat=s.remat)
-  )
-  return JaxPeer("flaxlstm", model, x, y)
+  options = {**ModelSpec().cell_options, **cell}
+  spec = ModelSpec(hidden_sizes=tuple(s.layers), remat=s.remat, cell=tuple(options.items()))
+  return JaxPeer(name, Forecaster(horizon=1, n_targets=1, spec=spec), x, y)
+
+
+def make_flaxlstm_cudnn(s: Shape, x, y) -> JaxPeer:
+  """`implementation="cudnn"` (on a machine without a CUDA GPU it falls back to fused)."""
+  return make_flaxlstm(s, x, y, "flaxlstm_cudnn", implementation="cudnn")
+
+
+def make_flaxlstm_bf16(s: Shape, x, y) -> JaxPeer:
+  """bfloat16 compute (parameters and cell state float32): the autodiff path."""
+  return make_flaxlstm(s, x, y, "flaxlstm_bf16", dtype=jnp.bfloat16)
 
 
 def make_flax(s: Shape, x, y) -> JaxPeer:
@@ -218,16 +231,22 @@ class KerasPeer:
 
 
 class TorchPeer:
-  """PyTorch `nn.LSTM` (oneDNN on CPU) in eager mode."""
+  """PyTorch `nn.LSTM` in eager mode: oneDNN on CPU, cuDNN on a CUDA GPU (where there is
+  one). `bf16`: the forward under `torch.autocast(bfloat16)`, PyTorch's mixed precision
+  (fp32 master weights, bf16 cuDNN LSTM)."""
 
   name = "torch"
 
-  def __init__(self, s: Shape, x, y):
+  def __init__(self, s: Shape, x, y, bf16: bool = False):
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     self.torch = torch
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    self.bf16 = bf16
+    if bf16:
+      self.name = "torch_bf16"
 
     class Net(torch.nn.Module):
       def __init__(self):
@@ -243,14 +262,14 @@ class TorchPeer:
           x, _ = lstm(x)
         return self.head(x[:, -1])
 
-    self.model = Net()
+    self.model = Net().to(self.device)
     decay = [p for n, p in self.model.named_parameters() if "weight" in n]
     no_decay = [p for n, p in self.model.named_parameters() if "weight" not in n]
     self.opt = torch.optim.AdamW(
       [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
       lr=LR,
     )
-    self._x, self._y = torch.from_numpy(x), torch.from_numpy(y)
+    self._x, self._y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
     self.compile_s = 0.0  # eager
     # Memory: bytes of the tensors autograd saves for the backward pass (activations and
     # oneDNN workspaces), the torch analogue of XLA's temp buffers. Process RSS is shared with
@@ -264,11 +283,17 @@ class TorchPeer:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
       self.step()
     self.memory = {"saved_for_backward_mb": sum(saved) / 2**20}
+    if self.device == "cuda":  # the peak of the caching allocator over one step
+      torch.cuda.reset_peak_memory_stats()
+      self.step()
+      self.memory["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
   def step(self) -> float:
     torch = self.torch
     self.opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.mse_loss(self.model(self._x), self._y)
+    with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
+      pred = self.model(self._x)
+    loss = torch.nn.functional.mse_loss(pred.float(), self._y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
     self.opt.step()
@@ -348,6 +373,9 @@ def make_flax_nnx(s: Shape, x, y) -> JaxPeer:
 
 FACTORIES: dict[str, tuple[str, Callable]] = {
   "flaxlstm": ("flaxlstm", make_flaxlstm),
+  "flaxlstm_cudnn": ("flaxlstm", make_flaxlstm_cudnn),
+  "flaxlstm_bf16": ("flaxlstm", make_flaxlstm_bf16),
+  "torch_bf16": ("torch", lambda s, x, y: TorchPeer(s, x, y, bf16=True)),
   "flaxlstm_nnx": ("flax", make_flaxlstm_nnx),
   "flax": ("flax", make_flax),
   "flax_nnx": ("flax", make_flax_nnx),
@@ -365,7 +393,10 @@ def machine() -> str:
         model = line.split(":", 1)[1].strip()
   except (OSError, subprocess.CalledProcessError):
     pass
-  return f"{model}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}"
+  where = f"{model}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}"
+  if jax.default_backend() == "gpu":
+    where += f" (JAX matmul precision: {jax.config.jax_default_matmul_precision or 'default'})"
+  return where
 
 
 def allocator_env() -> str:
@@ -518,7 +549,10 @@ def _fmt_mem(mem: dict) -> str:
   if "temp_mb" in mem:
     return f"{mem['temp_mb']:.0f} MB temp (XLA)"
   if "saved_for_backward_mb" in mem:
-    return f"{mem['saved_for_backward_mb']:.0f} MB saved (autograd)"
+    out = f"{mem['saved_for_backward_mb']:.0f} MB saved (autograd)"
+    if "cuda_peak_mb" in mem:
+      out += f", {mem['cuda_peak_mb']:.0f} MB CUDA peak"
+    return out
   return "n/a"
 
 
@@ -609,7 +643,7 @@ def main(argv=None) -> int:
   peers = [p.strip() for p in args.peers.split(",") if p.strip()]
   for p in peers:
     if p not in FACTORIES:
-      ap.error(f"unknown peer {p!r}; choose from {', '.join(ALL_PEERS)}")
+      ap.error(f"unknown peer {p!r}; choose from {', '.join(FACTORIES)}")
   shapes = [s.strip() for s in args.shape.split(",")]
   for s in shapes:
     if s not in SHAPES:

@@ -76,6 +76,9 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 # "" is the compute dtype's default: that of the parameters.
 DTYPES: dict[str, Any] = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How the layers run the time loop (recurrence.py, cudnn.py): "auto" is the fused custom
+# VJP where the cell allows it, else autodiff; "cudnn" is opt-in (cudnn.py says why).
+IMPLEMENTATIONS: dict[str, str] = {n: n for n in ("auto", "fused", "autodiff", "cudnn")}
 
 
 def _option(
@@ -104,6 +107,9 @@ class CellOptions(nn.Module):
     layer_norm: layer-normalize the gate pre-activations and the cell state.
     dtype: computation dtype (None: `param_dtype`); the cell state stays >= float32.
     param_dtype: dtype of the parameters.
+    implementation: how `LSTM` and `StackedLSTM` run the time loop over this cell: "auto",
+      "fused", "autodiff" (recurrence.py) or "cudnn" (cudnn.py). The cell's own one-step
+      `__call__` (inside `nn.RNN`) does not read it.
   """
 
   features: int
@@ -115,6 +121,7 @@ class CellOptions(nn.Module):
   layer_norm: bool = False
   dtype: Any = _option(None, choices=DTYPES)
   param_dtype: Any = _option(jnp.float32, choices=DTYPES)
+  implementation: str = _option(IMPLEMENTATIONS["auto"], choices=IMPLEMENTATIONS)
 
 
 # The option fields, in declaration order (`features` is each layer's own).

@@ -1,4 +1,4 @@
-"""Weight converters: Flax and PyTorch LSTM parameters into `LSTMCell`'s layout.
+"""Weight converters: Flax, PyTorch and cuDNN LSTM parameters to and from `LSTMCell`'s layout.
 
 The layout is documented once, in cell.py: `input_kernel` (D, 4H), `recurrent_kernel`
 (R, 4H), one `bias` (4H,), optional `projection_kernel` (H, P); gates in the order i, f, g,
@@ -8,8 +8,10 @@ never a permutation. `LSTMCell` adds `forget_bias` itself, so converters subtrac
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,3 +83,123 @@ def from_torch_lstm(
   if "weight_hr" + sfx in state_dict:
     p["projection_kernel"] = jnp.asarray(_np(state_dict["weight_hr" + sfx]).T)
   return p
+
+
+# ---- cuDNN's flat weight vector (jax.experimental.rnn, Keras-on-JAX, PyTorch's cuDNN) -----
+def _pseudo_layers(params: Any, bidirectional: bool) -> list[Mapping[str, Any]]:
+  """Cell parameter dicts in cuDNN's order: layer 0 forward (then backward), layer 1, ..."""
+  if isinstance(params, Mapping) and "input_kernel" in params:  # one cell
+    return [params]
+  if isinstance(params, Mapping) and "cell" in params:  # one LSTM layer
+    return [params["cell"]]
+  if isinstance(params, Mapping):  # a StackedLSTM tree
+    if "params" in params and len(params) == 1:
+      params = params["params"]
+    prefix = "bilstm" if bidirectional else "lstm"
+    n = sum(1 for k in params if re.fullmatch(rf"{prefix}_\d+", k))
+    if n == 0:
+      raise ValueError(f"not StackedLSTM params (bidirectional={bidirectional}): no {prefix}_0")
+    if bidirectional:
+      return [
+        params[f"bilstm_{i}"][side]["cell"]
+        for i in range(n)
+        for side in ("forward_rnn", "backward_rnn")
+      ]
+    return [params[f"lstm_{i}"]["cell"] for i in range(n)]
+  return list(params)  # already a sequence of cells, in cuDNN's order
+
+
+def to_cudnn(params: Any, *, bidirectional: bool = False, forget_bias: float = 1.0) -> jax.Array:
+  """Packs `LSTMCell` parameters into cuDNN's flat LSTM weight vector.
+
+  `params`: one cell's dict, an `LSTM` layer's tree (`{'cell': ...}`), a `StackedLSTM` tree
+  (`{'lstm_0': ..., 'lstm_1': ...}`, or `bilstm_i` pairs with `bidirectional=True`), or a
+  sequence of cell dicts in cuDNN's pseudo-layer order (layer 0 forward, layer 0 backward,
+  layer 1 forward, ...). Every layer must have the same hidden size (cuDNN's constraint).
+
+  The layout is that of `jax.experimental.rnn` (its module docstring): all weight matrices
+  first, `W_ih` (4H, D) then `W_hh` (4H, H) per pseudo-layer, row-major, then all biases,
+  `b_ih` then `b_hh` (4H,) per pseudo-layer; gates i, f, g, o in both. Ours are the
+  transposes (`input_kernel` (D, 4H)). cuDNN adds two biases and no forget bias, so the
+  packed `b_ih` is our `bias` with `forget_bias` added to its f block and `b_hh` is zero:
+  the gates see exactly the pre-activations our cell computes. Pass the `forget_bias` of
+  the cells the parameters belong to.
+
+  Written in `jax.numpy`, so it is differentiable: `implementation="cudnn"` packs inside the
+  traced step and the gradients flow back to our own parameters.
+  """
+  cells = _pseudo_layers(params, bidirectional)
+  width = {int(jnp.shape(c["bias"])[-1]) for c in cells}
+  if len(width) != 1:
+    raise ValueError(
+      f"cuDNN needs one hidden size for every layer, got {sorted(w // 4 for w in width)}"
+    )
+  mats, biases = [], []
+  for c in cells:
+    if "projection_kernel" in c or "input_ln_scale" in c:
+      raise ValueError("cuDNN's LSTM has no LSTMP projection and no layer norm")
+    b = jnp.asarray(c["bias"], jnp.float32)
+    n = b.shape[-1] // 4
+    if forget_bias:
+      b = b.at[n : 2 * n].add(forget_bias)
+    mats += [
+      jnp.asarray(c[k], jnp.float32).T.reshape(-1) for k in ("input_kernel", "recurrent_kernel")
+    ]
+    biases += [b, jnp.zeros_like(b)]
+  return jnp.concatenate(mats + biases)
+
+
+def from_cudnn(
+  weights: Any,
+  *,
+  input_size: int,
+  hidden_size: int,
+  num_layers: int = 1,
+  bidirectional: bool = False,
+  forget_bias: float = 1.0,
+) -> dict:
+  """Unpacks cuDNN's flat LSTM weight vector into a `StackedLSTM` parameter tree.
+
+  The inverse of `to_cudnn`: `{'lstm_i': {'cell': ...}}` (or `bilstm_i` pairs), whose
+  `['lstm_0']` alone is an `LSTM` layer's tree. The two cuDNN biases are summed and
+  `forget_bias` is subtracted from the f block, so `StackedLSTM(..., forget_bias=forget_bias)`
+  with these parameters computes what cuDNN computes with `weights`.
+  """
+  w = np.asarray(weights, np.float32).reshape(-1)
+  dirs = 2 if bidirectional else 1
+  h4, pos = 4 * hidden_size, 0
+  shapes = []
+  for i in range(num_layers * dirs):
+    d = input_size if i < dirs else dirs * hidden_size
+    shapes.append((d, hidden_size))
+  expected = sum(h4 * (d + h) + 2 * h4 for d, h in shapes)
+  if w.size != expected:
+    raise ValueError(
+      f"cuDNN weights hold {w.size} values; an LSTM with input_size={input_size}, "
+      f"hidden_size={hidden_size}, num_layers={num_layers}, bidirectional={bidirectional} "
+      f"has {expected}"
+    )
+
+  def take(n: int) -> np.ndarray:
+    nonlocal pos
+    pos += n
+    return w[pos - n : pos]
+
+  kernels = [(take(h4 * d).reshape(h4, d).T, take(h4 * h).reshape(h4, h).T) for d, h in shapes]
+  cells = [
+    {
+      "input_kernel": jnp.asarray(wi),
+      "recurrent_kernel": jnp.asarray(wh),
+      "bias": jnp.asarray(_unfold_forget_bias(take(h4) + take(h4), forget_bias)),
+    }
+    for wi, wh in kernels
+  ]
+  if not bidirectional:
+    return {f"lstm_{i}": {"cell": c} for i, c in enumerate(cells)}
+  return {
+    f"bilstm_{i}": {
+      "forward_rnn": {"cell": cells[2 * i]},
+      "backward_rnn": {"cell": cells[2 * i + 1]},
+    }
+    for i in range(num_layers)
+  }

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from flaxlstm.nn import cudnn
 from flaxlstm.nn.cell import CellOptions, LSTMCell, cell_options
 from flaxlstm.nn.dropout import Dropout, dropout_mask, is_active
-from flaxlstm.nn.recurrence import lstm_recurrence
+from flaxlstm.nn.recurrence import fused_supported, lstm_recurrence
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -33,8 +34,9 @@ class LSTM(CellOptions):
 
   The parameter tree is exactly that of `flax.linen.RNN(LSTMCell(...))`: `{'cell': {...}}`,
   so parameters move freely between `LSTMCell`, `nn.RNN` and this layer with identical
-  outputs. The recurrence is a `lax.scan` over a pure step function (kernels.py); the
-  `W x + b` matmul for all time steps runs once, before the loop.
+  outputs. The recurrence is a `lax.scan` over a pure step function (recurrence.py); the
+  `W x + b` matmul for all time steps runs once, before the loop. With
+  `implementation="cudnn"` the layer runs on cuDNN's kernel instead (cudnn.py).
 
   Attributes:
     features: hidden size H.
@@ -126,7 +128,8 @@ def run_layer(
   The body of `LSTM` (Linen) and of `flaxlstm.nnx.LSTM`, shared so both run the same
   code: batch dims folded into one, padding zeroed, variational dropout masks drawn (from
   `dropout_rng()`, None = deterministic), the sequence flipped for `reverse`, and the
-  time-major recurrence (`lstm_recurrence`: the fused custom VJP where it applies).
+  time-major recurrence (`lstm_recurrence`: the fused custom VJP where it applies), or with
+  `cell.implementation == "cudnn"` cuDNN's kernel (cudnn.py) where it supports the layer.
   `cell` supplies only its pure math (`project`, `recur`, dtypes), so an unbound Linen
   `LSTMCell` serves any framework's parameters `p`.
   """
@@ -158,18 +161,35 @@ def run_layer(
 
   if reverse:
     x = flip_sequences(x, lengths)
-  # Time-major inside the loop: each step then reads one contiguous (B, ...) slab.
-  xt = jnp.swapaxes(x, 0, 1)
-  mask = None
-  if lengths is not None:
-    mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
-  carry, ys = lstm_recurrence(
-    cell, p, carry, xt, mask=mask, h_mask=h_mask, unroll=unroll, remat=remat
-  )
+  implementation = cell.implementation
+  if implementation == "cudnn":
+    reason = cudnn.unsupported(cell, recurrent_dropout=h_mask is not None, remat=remat)
+    if reason is not None:
+      cudnn.warn_fallback(reason, "fused" if fused_supported(cell) else "autodiff")
+      implementation = "auto"
+  if implementation == "cudnn":
+    (carry,), ys = cudnn.run(cell, [p], [carry], x, lengths)  # batch-major in and out
+  else:
+    # Time-major inside the loop: each step then reads one contiguous (B, ...) slab.
+    xt = jnp.swapaxes(x, 0, 1)
+    mask = None
+    if lengths is not None:
+      mask = (jnp.arange(t)[:, None] < lengths[None, :])[..., None]
+    carry, ys = lstm_recurrence(
+      cell,
+      p,
+      carry,
+      xt,
+      mask=mask,
+      h_mask=h_mask,
+      unroll=unroll,
+      remat=remat,
+      implementation=implementation,
+    )
+    ys = jnp.swapaxes(ys, 0, 1)  # only computed if used (XLA drops it otherwise)
 
   carry_out = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
   if return_sequences:
-    ys = jnp.swapaxes(ys, 0, 1)
     if reverse:
       ys = flip_sequences(ys, lengths)
     out = ys.reshape(batch_shape + ys.shape[1:])
@@ -250,8 +270,12 @@ class StackedLSTM(CellOptions):
     if not self.features:
       raise ValueError("StackedLSTM needs at least one layer in `features`")
     rates = (self.dropout, self.recurrent_dropout, self.inter_layer_dropout)
+    training = False
     if any(is_active(r) for r in rates):
       deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+      training = not deterministic
+    if self._one_cudnn_call(training):
+      return self._cudnn_stack(inputs, seq_lengths)
     x = inputs
     carries = []
     n = len(self.features)
@@ -282,3 +306,67 @@ class StackedLSTM(CellOptions):
       if not last and is_active(self.inter_layer_dropout):
         x = Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
     return (tuple(carries), x) if self.return_carry else x
+
+  @nn.nowrap
+  def _one_cudnn_call(self, training: bool) -> bool:
+    """Whether the whole stack runs as one cuDNN call (`implementation="cudnn"`, one width,
+    no dropout mask drawn): cuDNN then runs the layers without a round trip per layer.
+    Otherwise every layer makes its own call (or falls back, cudnn.py)."""
+    if self.implementation != "cudnn" or len(set(self.features)) != 1 or training:
+      return False
+    cell = LSTMCell(self.features[0], **cell_options(self), parent=None)
+    return cudnn.unsupported(cell, recurrent_dropout=False, remat=self.remat) is None
+
+  @nn.nowrap
+  def _cudnn_stack(self, inputs: Array, seq_lengths: Array | None):
+    """The stack as one cuDNN call, on the parameters the layers would have (same names)."""
+    h, n, bi = self.features[0], len(self.features), self.bidirectional
+    if inputs.ndim < 2:
+      raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
+    batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
+    x = inputs.reshape((-1, t, d))
+    lengths = None
+    if seq_lengths is not None:
+      lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((-1,))
+      x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
+    opts = cell_options(self)
+    cells, width = [], d
+    for i in range(n):
+      if bi:
+        cells += _PairParams(h, **opts, name=f"bilstm_{i}")(width)
+      else:
+        cells.append(_LayerParams(h, **opts, name=f"lstm_{i}")(width))
+      width = (2 if bi else 1) * h
+    cell = LSTMCell(h, **opts, parent=None)
+    zero = cell.initialize_carry(jax.random.key(0), (x.shape[0], d))
+    carries, ys = cudnn.run(cell, cells, [zero] * len(cells), x, lengths, bidirectional=bi)
+    carries = [jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), c) for c in carries]
+    if self.return_sequences:
+      out = ys.reshape(batch_shape + ys.shape[1:])
+    else:  # each direction's own last output (the backward one's is at time 0)
+      out = carries[-1][1] if not bi else _concat(carries[-2][1], carries[-1][1])
+    if not self.return_carry:
+      return out
+    per_layer = [tuple(carries[2 * i : 2 * i + 2]) for i in range(n)] if bi else carries
+    return tuple(per_layer), out
+
+
+class _LayerParams(CellOptions):
+  """An `LSTM` layer's parameters (`{'cell': ...}`), created or fetched without running the
+  layer: for `StackedLSTM`'s one cuDNN call, so its parameter tree is the layers' own."""
+
+  @nn.compact
+  def __call__(self, in_features: int) -> dict:
+    return LSTMCell(self.features, **cell_options(self), name="cell").parameters(in_features)
+
+
+class _PairParams(CellOptions):
+  """A `Bidirectional` pair's parameters, forward then backward (cuDNN's order)."""
+
+  @nn.compact
+  def __call__(self, in_features: int) -> list[dict]:
+    opts = cell_options(self)
+    return [
+      _LayerParams(self.features, **opts, name=side)(in_features)
+      for side in ("forward_rnn", "backward_rnn")
+    ]

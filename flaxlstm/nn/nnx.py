@@ -80,8 +80,10 @@ class LSTMCell(nnx.RNNCellBase):
     bias_init: Callable = initializers.zeros_init(),
     projection_init: Callable = initializers.glorot_uniform(),
     carry_init: Callable = initializers.zeros_init(),
+    implementation: str = "auto",
   ):
     self.in_features, self.features = in_features, features
+    self.implementation = implementation  # how the layers run the loop (flaxlstm.LSTMCell)
     self.forget_bias, self.proj_features, self.layer_norm = forget_bias, proj_features, layer_norm
     self.dtype, self.param_dtype, self.carry_init = dtype, param_dtype, carry_init
     h4, rec_in = 4 * features, proj_features or features
@@ -112,6 +114,7 @@ class LSTMCell(nnx.RNNCellBase):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       carry_init=self.carry_init,
+      implementation=self.implementation,
       parent=None,
     )
 

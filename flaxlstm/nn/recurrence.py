@@ -524,8 +524,8 @@ def lstm_recurrence(
     implementation: `"auto"` (the fused custom-VJP path where `fused_supported(cell)`, else
       autodiff), `"fused"` (error if unsupported) or `"autodiff"` (the reference).
   """
-  if implementation not in ("auto", "fused", "autodiff"):
-    raise ValueError(f"unknown implementation {implementation!r}")
+  if implementation not in ("auto", "fused", "autodiff"):  # "cudnn" is the layers' (cudnn.py)
+    raise ValueError(f"unknown implementation {implementation!r} for the scan recurrence")
   fused = fused_supported(cell)
   if implementation == "fused" and not fused:
     raise ValueError(

@@ -54,6 +54,7 @@ from flaxlstm.config.schema import RunSpec
 from flaxlstm.data import io, windows
 from flaxlstm.errors import InputError, Preempted, TrainingError
 from flaxlstm.forecast import baselines
+from flaxlstm.nn import cudnn
 from flaxlstm.report import Progress, Reporter
 from flaxlstm.train import evaluation
 from flaxlstm.train import workdir as workdir_lib
@@ -151,6 +152,12 @@ class _Population:
     mspec = self.base.spec.model.with_values(
       **{k.split(".")[1]: hp[k] for k in self.varying if k.startswith("model.")}
     )
+    if mspec.cell_options["implementation"] == "cudnn":
+      # The members run under vmap (lax.map in chunks), and cuDNN's kernel has no batching
+      # rule: the population takes the path "auto" picks (nn/cudnn.py).
+      cudnn.warn_fallback("a population's vmap over members is not supported", "auto")
+      cell = {**mspec.cell_options, "implementation": "auto"}
+      mspec = mspec.with_values(cell=tuple(cell.items()))
     return self.base.model.clone(spec=mspec)
 
   def _per_device(self, fn, n_in: int):

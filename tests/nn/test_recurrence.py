@@ -171,7 +171,7 @@ def test_rejects_unknown_implementation():
       _params(2),
       (jnp.zeros((B, H)),) * 2,
       jnp.zeros((T, B, 2)),
-      implementation="cudnn",
+      implementation="bogus",
     )
 
 
