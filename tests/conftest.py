@@ -1,7 +1,9 @@
 """Shared test helpers: a plain-NumPy LSTM in PyTorch's weight layout, and a tiny series
 with an experiment file that trains on it in seconds.
 
-Only fixtures live here (no global configuration), so other test files are unaffected.
+Besides fixtures, one hook: the slow tests are collected first. With pytest-xdist
+(README's `-n 2`) tests are handed out in collection order, and a long test left for the
+end would run alone on one core while the other idles.
 """
 
 from __future__ import annotations
@@ -171,3 +173,8 @@ def tiny(tmp_path_factory):
   exp = root / "tiny.py"
   exp.write_text(TINY.format(path=str(csv)))
   return {"csv": str(csv), "exp": str(exp), "root": root}
+
+
+def pytest_collection_modifyitems(config, items):
+  """The `slow` tests first (stable otherwise): see the module docstring."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -100,6 +100,23 @@ class LSTM(CellOptions):
     return (carry, out) if self.return_carry else out
 
 
+def fold_batch(
+  inputs: Array, seq_lengths: Array | None
+) -> tuple[tuple[int, ...], Array, Array | None]:
+  """`(*batch, T, D)` inputs -> `(batch_shape, x (B, T, D), lengths (B,) or None)`, with
+  the padding past each length zeroed: NaN/inf there would otherwise poison the gradients
+  through the input projection, although the outputs ignore those steps."""
+  if inputs.ndim < 2:
+    raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
+  batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
+  x = inputs.reshape((-1, t, d))  # any number of batch dims -> one
+  lengths = None
+  if seq_lengths is not None:
+    lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((x.shape[0],))
+    x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
+  return batch_shape, x, lengths
+
+
 # The options `run_layer` reads from a layer, Linen or NNX (the same attribute names).
 LAYER_OPTIONS = ("dropout", "recurrent_dropout", "unroll", "remat", "return_sequences")
 
@@ -133,24 +150,14 @@ def run_layer(
   `cell` supplies only its pure math (`project`, `recur`, dtypes), so an unbound Linen
   `LSTMCell` serves any framework's parameters `p`.
   """
-  if inputs.ndim < 2:
-    raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
-  batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
-  x = inputs.reshape((-1, t, d))  # any number of batch dims -> one
-  b = x.shape[0]
+  batch_shape, x, lengths = fold_batch(inputs, seq_lengths)
+  b, t, d = x.shape
 
   if initial_carry is None:
     carry = cell.initialize_carry(jax.random.key(0), (b, d))
   else:
     carry = jax.tree.map(lambda a: a.reshape((b, -1)), initial_carry)
     carry = (carry[0].astype(cell.state_dtype), carry[1].astype(cell.compute_dtype))
-
-  lengths = None
-  if seq_lengths is not None:
-    lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((b,))
-    # Zero the padding: NaN/inf there would otherwise poison the gradients through the
-    # hoisted projection, although the outputs ignore those steps.
-    x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
 
   h_mask = None
   if dropout_rng is not None:
@@ -321,14 +328,8 @@ class StackedLSTM(CellOptions):
   def _cudnn_stack(self, inputs: Array, seq_lengths: Array | None):
     """The stack as one cuDNN call, on the parameters the layers would have (same names)."""
     h, n, bi = self.features[0], len(self.features), self.bidirectional
-    if inputs.ndim < 2:
-      raise ValueError(f"LSTM expects (*batch, time, features) inputs, got shape {inputs.shape}")
-    batch_shape, (t, d) = inputs.shape[:-2], inputs.shape[-2:]
-    x = inputs.reshape((-1, t, d))
-    lengths = None
-    if seq_lengths is not None:
-      lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape).reshape((-1,))
-      x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[..., None], x, 0)
+    batch_shape, x, lengths = fold_batch(inputs, seq_lengths)
+    d = x.shape[-1]
     opts = cell_options(self)
     cells, width = [], d
     for i in range(n):
