@@ -43,6 +43,7 @@ import logging
 from typing import Any, Iterator
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax.experimental import rnn
 
@@ -70,10 +71,14 @@ def emulate() -> Iterator[None]:
 
 
 def _on_cuda() -> bool:
-  if rnn.gpu_rnn is None:
+  """A CUDA GPU is the default device and jaxlib has cuDNN's RNN kernels (not ROCm)."""
+  if rnn.gpu_rnn is None or jax.devices()[0].platform != "gpu":
     return False
-  device = jax.devices()[0]
-  return device.platform == "gpu" and "rocm" not in device.client.platform_version.lower()
+  try:
+    version = jax.extend.backend.get_backend().platform_version.lower()
+  except Exception:  # an API moved: do not refuse a GPU for it
+    version = ""
+  return "rocm" not in version
 
 
 def unsupported(cell: Any, *, recurrent_dropout: bool, remat: bool) -> str | None:
