@@ -5,7 +5,8 @@ its table against split-conformal intervals.
   python experiments/ett/probabilistic_table.py --data ETTh2.csv --workdir runs/p2 --no-readme
 
 1. Selection (seed 0, validation split only): every head (Gaussian, Student-t, quantile),
-   with and without volatility scaling, on the recipe's base. The rule: among the settings
+   without volatility scaling, with it, and with it plus the log volatility as an input, on
+   the recipe's base. The rule: among the settings
    whose validation 80% and 95% intervals cover within 3 points of nominal, the lowest
    validation CRPS; if none, the lowest calibration error. The recipe file
    (experiments/ett/probabilistic.py) holds the choice.
@@ -50,26 +51,72 @@ def calibration_error(d: dict) -> float:
   return max(abs(d["coverage_80"] - 0.8), abs(d["coverage_95"] - 0.95))
 
 
+# The volatility options tried with every head: (name in the table, run folder suffix, overrides).
+VOLATILITY = (
+  ("none", "vol0", ("model.volatility_scaling=False",)),
+  ("scaling", "vol1", ("model.volatility_scaling=True",)),
+  (
+    "scaling + log-volatility input",
+    "vol1_input",
+    ("model.volatility_scaling=True", "model.volatility_input=True"),
+  ),
+)
+CHOICE_KEYS = ("head", "volatility_scaling", "volatility_input")
+
+
+def coverage_by_volatility(path: str, fifths: int = 5) -> list[float]:
+  """The run's validation 80% coverage in each fifth of the validation windows sorted by
+  their volatility (mean absolute step change of the first input column), calm to wild:
+  whether the spread follows the volatility as the errors do, on validation only."""
+  import numpy as np
+
+  from flaxlstm.data import windows
+  from flaxlstm.forecast.metrics import HeadDistribution
+  from flaxlstm.train import inference
+  from flaxlstm.train import workdir as workdir_lib
+  from flaxlstm.train.assembly import assemble
+  from flaxlstm.train.step import make_predict_fn, predict_windows
+
+  config, _ = workdir_lib.read_run_config(path)
+  setup = assemble(config_lib.to_spec(config), scalers=inference.run_scalers(path))
+  params = inference.restore_params(path, setup.abstract_state().params)
+  starts = setup.data.window_starts("val")
+  pred = predict_windows(
+    make_predict_fn(setup.model, setup.mesh), params, setup.data, starts, 512, setup.mesh
+  )
+  x, y = windows.gather_windows(setup.data, starts)
+  vol = np.abs(np.diff(np.asarray(x)[..., 0], axis=1)).mean(axis=1)
+  lo, hi = np.moveaxis(HeadDistribution(setup.model.head, pred).quantiles((0.1, 0.9)), -1, 0)
+  inside = ((lo <= y) & (y <= hi)).mean(axis=(1, 2))
+  order = np.argsort(vol, kind="stable")
+  return [float(inside[part].mean()) for part in np.array_split(order, fifths)]
+
+
 def select(workdir: str, data: list[str]) -> tuple[str, list[str]]:
   lines = [
-    "| model.head | volatility_scaling | val CRPS | val coverage 50 / 80 / 95 | chosen |",
-    "|---|---|---|---|---|",
+    "| model.head | volatility | val CRPS | val coverage 50 / 80 / 95 | "
+    "val 80% coverage by volatility fifth, calm to wild | chosen |",
+    "|---|---|---|---|---|---|",
   ]
   rows = []
   for head in HEADS:
-    for vol in (False, True):
-      over = data + ["seed=0", f"model.head={head}", f"model.volatility_scaling={vol}"]
-      m = run("ett_univariate:24", over, os.path.join(workdir, "select", f"{head}_vol{int(vol)}"))
-      rows.append((head, vol, m["val"]["distribution"]))
-  calibrated = [r for r in rows if calibration_error(r[2]) <= 0.03]
+    for name, folder, vol in VOLATILITY:
+      over = data + ["seed=0", f"model.head={head}", *vol]
+      path = os.path.join(workdir, "select", f"{head}_{folder}")
+      m = run("ett_univariate:24", over, path)
+      rows.append((head, name, vol, m["val"]["distribution"], coverage_by_volatility(path)))
+  calibrated = [r for r in rows if calibration_error(r[3]) <= 0.03]
   pool = calibrated or rows
-  key = (lambda r: r[2]["crps"]) if calibrated else (lambda r: calibration_error(r[2]))
+  key = (lambda r: r[3]["crps"]) if calibrated else (lambda r: calibration_error(r[3]))
   best = min(pool, key=key)
-  for head, vol, d in rows:
+  for row in rows:
+    head, name, _, d, fifths = row
     cov = " / ".join(f"{100 * d[f'coverage_{c}']:.1f}%" for c in (50, 80, 95))
-    mark = "**yes**" if (head, vol) == best[:2] else ""
-    lines.append(f"| {head} | {vol} | {d['crps']:.4f} | {cov} | {mark} |")
-  return "\n".join(lines), [f"model.head={best[0]}", f"model.volatility_scaling={best[1]}"]
+    by_vol = " / ".join(f"{100 * c:.0f}" for c in fifths)
+    mark = "**yes**" if row is best else ""
+    lines.append(f"| {head} | {name} | {d['crps']:.4f} | {cov} | {by_vol} | {mark} |")
+  config = config_lib.load_config("ett_univariate:24", [f"model.head={best[0]}", *best[2]])
+  return "\n".join(lines), [f"model.{k}={config.model[k]}" for k in CHOICE_KEYS]
 
 
 def _ms(values, digits=4, pct=False):
@@ -136,10 +183,7 @@ def main():
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   frozen = recipe.get_config("24")
-  got = [
-    f"model.head={frozen.model.head}",
-    f"model.volatility_scaling={frozen.model.volatility_scaling}",
-  ]
+  got = [f"model.{k}={frozen.model[k]}" for k in CHOICE_KEYS]
   if got != chosen:
     print(f"note: the selection now picks {chosen}; the recipe file holds {got}")
   prob, point = [], []

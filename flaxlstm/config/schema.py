@@ -212,6 +212,10 @@ class ModelSpec(_Spec):
   # With predict_delta: measure the changes in units of each window's own volatility (its
   # mean absolute step change), inputs and forecast alike (DeepAR's per-window scaling).
   volatility_scaling: bool = False
+  # With volatility_scaling: also give the encoder each input column's log volatility at
+  # every step (DeepAR feeds its log scale as a covariate), so the spread need not be exactly
+  # proportional to the window's volatility: calm windows can keep a floor of noise.
+  volatility_input: bool = False
   linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
   # "mixed": all input columns read together, the targets forecast jointly. "independent":
   # one shared model forecasts each column from its own past (channel independence: every
@@ -282,6 +286,8 @@ class ModelSpec(_Spec):
       c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")
     if self.volatility_scaling:
       c.check("volatility_scaling", self.predict_delta, "needs model.predict_delta=True")
+    if self.volatility_input:
+      c.check("volatility_input", self.volatility_scaling, "needs model.volatility_scaling=True")
     if self.revin_affine:
       c.check("revin_affine", self.revin, "needs model.revin=True")
     proj = self.cell_options.get("proj_features")

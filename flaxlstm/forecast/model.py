@@ -41,7 +41,8 @@ class Forecaster(nn.Module):
     own mean and std and maps the output back (`RevIN`).
   - `volatility_scaling` (with `predict_delta`) divides the changes by the window's mean
     absolute step change and multiplies the forecast (its offset from `y_last`, and a
-    distribution's scale) by it.
+    distribution's scale) by it; `volatility_input` also gives the encoder each column's
+    log volatility, as a constant channel per column (like `static`).
   - channels: `"mixed"` reads all columns as one multivariate window. `"independent"`
     reshapes `(B, L, C) -> (B * C, L, 1)`: one shared model forecasts every column from its
     own past, optionally told which column by a learned series embedding, and the result is
@@ -103,7 +104,7 @@ class Forecaster(nn.Module):
       # Level-free inputs: each feature relative to its last observed value, so a level
       # shift between the training years and the test years changes nothing.
       x = x - x[..., -1:, :]
-    vol = None
+    vol = log_vol = None
     if spec.volatility_scaling:
       # Changes in units of the window's own volatility: a calm week and a stormy one reach
       # the model alike, and its forecast (a distribution's spread too) is scaled back by
@@ -115,6 +116,9 @@ class Forecaster(nn.Module):
         )
       )
       x = x / vol
+      if spec.volatility_input:
+        # The one statistic scaling hides from the model, as DeepAR's log-scale covariate.
+        log_vol = jnp.log(vol)
     if independent and x.shape[-1] != self.n_targets:
       raise ValueError(
         f"channels='independent' forecasts every input column: got {x.shape[-1]} inputs "
@@ -143,6 +147,12 @@ class Forecaster(nn.Module):
     else:
       x = x.reshape((-1, length, n_channels))
     known, static = covariates
+    if log_vol is not None:
+      # (..., 1, F) -> one constant input channel per column, joined like a static covariate.
+      log_vol = log_vol.reshape((-1, n_channels))
+      if independent:
+        log_vol = log_vol.reshape((-1, 1))  # row b * C + c is column c of window b, as x
+      static = log_vol if static is None else jnp.concatenate([static, log_vol], axis=-1)
     inputs = x
     if known is not None:
       inputs = jnp.concatenate([inputs, known[:, :length].astype(x.dtype)], axis=-1)

@@ -131,6 +131,11 @@ CASES = {
   "parallel": dict(decoder="parallel", segment_length=4),
   "recurrent": dict(decoder="recurrent", segment_length=4),
   "independent": dict(channels="independent", series_embedding=3),
+  # the log volatility joins the encoder's inputs, per column (one per row when independent)
+  "volatility_input": dict(volatility_scaling=True, volatility_input=True),
+  "independent_volatility_input": dict(
+    channels="independent", volatility_scaling=True, volatility_input=True
+  ),
 }
 
 
@@ -165,3 +170,36 @@ def test_levels_restored_on_location_and_scale(head, option):
   levels = (0.05, 0.5, 0.95)
   q, q2 = (HeadDistribution(model.head, o).quantiles(levels) for o in (out, scaled))
   np.testing.assert_allclose(q2, 3.0 * q + 2.0, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("channels", ["mixed", "independent"])
+def test_volatility_input_tells_the_model_each_columns_volatility(channels):
+  """With `volatility_input`, scaling a window is no longer invisible: the encoder reads
+  each column's log volatility. Scaling one column changes only that column's forecast when
+  the channels are independent, and the forecast in volatility units otherwise."""
+  spec = ModelSpec(
+    hidden_sizes=(8,),
+    head="gaussian",
+    predict_delta=True,
+    volatility_scaling=True,
+    volatility_input=True,
+    channels=channels,
+  )
+  model = Forecaster(horizon=4, n_targets=2, spec=spec, target_columns=(0, 1))
+  x = jax.random.normal(jax.random.key(4), (3, 12, 2))
+  variables = model.init(jax.random.key(5), x, x[:, -1])
+  kernel = variables["params"]["encoder"]["lstm_0"]["cell"]["input_kernel"]
+  assert kernel.shape[0] == (2 if channels == "independent" else 4)  # values + log-vol
+  # The head starts at zero (the naive forecast, whatever the input): move every weight.
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(6), len(leaves))
+  variables = jax.tree.unflatten(
+    tree, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)]
+  )
+  out = model.apply(variables, x, x[:, -1])
+  k = jnp.asarray([3.0, 1.0])  # column 0 three times as volatile
+  scaled = model.apply(variables, x * k, x[:, -1] * k)
+  # Without the input this would be exact equivariance: column 0's scale times 3.
+  assert not np.allclose(scaled[..., 0, 1], 3.0 * out[..., 0, 1], rtol=1e-3)
+  if channels == "independent":  # column 1 saw the same window and the same volatility
+    np.testing.assert_allclose(scaled[..., 1, :], out[..., 1, :], rtol=1e-5, atol=1e-6)

@@ -17,6 +17,8 @@ def quantile_run(tiny, tmp_path_factory):
   argv = ["train", "--config", tiny["exp"], "--workdir", wd, "--quiet"]
   argv += ["--config.model.head=quantile", "--config.model.quantiles=0.05,0.1,0.5,0.9,0.95"]
   argv += ["--config.model.predict_delta=True", "--config.model.volatility_scaling=True"]
+  # the recipe's model (experiments/ett/probabilistic.py), so evaluate and predict read it
+  argv += ["--config.model.volatility_input=True"]
   argv += ["--config.data.features=y", "--config.train.max_steps=30"]
   assert cli.main(argv) == 0
   return wd
@@ -66,6 +68,7 @@ def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tm
     (["--config.model.head=quantile", "--config.model.quantiles=0.5"], "at least two"),
     (["--config.model.head=gaussian", "--config.train.loss=mae"], "config key 'train.loss'"),
     (["--config.model.volatility_scaling=True"], "needs model.predict_delta"),
+    (["--config.model.volatility_input=True"], "needs model.volatility_scaling=True"),
   ],
 )
 def test_bad_head_config_is_one_line(tiny, tmp_path, capsys, argv, fragment):
