@@ -90,11 +90,7 @@ def test_elastic_resume_from_8_devices_onto_2(tiny, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_in_one(tiny, tmp_path):
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
-  # The processes of one distributed job compile on their own, without the suite's shared
-  # persistent compilation cache (conftest.py): with it, this test failed once in CI, the
-  # two processes at different orbax barriers. Cause not pinned down; uncached it passes.
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env |= {"LOCAL_DEVICES": "4", "PYTHON": sys.executable, "XLA_FLAGS": ""}
+  env = {**os.environ, "LOCAL_DEVICES": "4", "PYTHON": sys.executable, "XLA_FLAGS": ""}
   out = subprocess.run(
     [
       "bash",

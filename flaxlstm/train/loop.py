@@ -109,8 +109,16 @@ def claim_workdir(
     except InputError as e:
       error = e
     workdir_lib.agree(error)
-    with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
-      restored = ckpts.restore(setup.abstract_state(), max_step=max_step)
+    restored = None
+    try:
+      with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
+        restored = ckpts.restore(setup.abstract_state(), max_step=max_step)
+    except InputError as e:
+      error = e
+    # Also a barrier: whether checkpoints/latest exists decides which orbax collectives a
+    # process enters, and process 0 creates it right after this. A process still looking
+    # would see it, enter other barriers than process 0, and fail (CI caught this once).
+    workdir_lib.agree(error)
     if restored is not None and resume is False:
       raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
   except BaseException:

@@ -12,6 +12,7 @@ from flaxlstm import cli
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
 from flaxlstm.data import augment, scaling
+from flaxlstm.train import loop as loop_lib
 from flaxlstm.train.assembly import assemble
 from flaxlstm.train.checkpoint import Checkpoints
 
@@ -139,9 +140,28 @@ def test_interrupted_run_resumes_bit_identical(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(tiny, tmp_path):
+def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(
+  tiny, tmp_path, monkeypatch
+):
+  # The first run also records the order of workdir events. Every process must finish its
+  # read-only look at checkpoints/ before process 0 creates it, so a collective (`agree`)
+  # lies between the two; without it the processes of a distributed run could enter
+  # different orbax barriers (seen once in CI).
+  events = []
+
+  class Recorded(Checkpoints):
+    def __init__(self, directory, *args, read_only=False, **kwargs):
+      events.append("read" if read_only else "write")
+      super().__init__(directory, *args, read_only=read_only, **kwargs)
+
+  agree = loop_lib.workdir_lib.agree
+  monkeypatch.setattr(loop_lib, "Checkpoints", Recorded)
+  monkeypatch.setattr(loop_lib.workdir_lib, "agree", lambda e: (events.append("agree"), agree(e)))
   wd = str(tmp_path / "run")
   first = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
+  before_write = events[: events.index("write")]
+  assert "read" in before_write and before_write[-1] == "agree", events
+  monkeypatch.undo()
   again = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)
   assert again["val"] == first["val"] and again["steps"] == 10
   with pytest.raises(Exception, match="another config.*train.learning_rate"):
