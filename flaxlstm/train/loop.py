@@ -117,7 +117,7 @@ def claim_workdir(
       error = e
     # Also a barrier: whether checkpoints/latest exists decides which orbax collectives a
     # process enters, and process 0 creates it right after this. A process still looking
-    # would see it, enter other barriers than process 0, and fail (CI caught this once).
+    # would see it, enter other barriers than process 0, and fail (seen in CI).
     workdir_lib.agree(error)
     if restored is not None and resume is False:
       raise InputError(f"workdir {workdir} already holds a run; resume it or use a new --workdir")
