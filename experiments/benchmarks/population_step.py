@@ -6,7 +6,7 @@ machine hit every variant alike):
 
 * `--shape ett`: the default experiment's whole train step (LSTM 64, batch 64, T 96, one
   feature, dense 24, AdamW with clipping), one model (`make_train_step`) vs a population of
-  P members (train/population.py) run one member after another (`population_chunk=1`, the
+  P members (train/population.py) run one member after another (`population_chunk=1`, the CPU
   default), all P at once under vmap with the fused kernel's population rule, and all at
   once with JAX's default batching of the fused kernel (the rule off).
 * `--shape seed`: the seed model's LSTM stack (512 -> 256, batch 32, T 64, 8 features),
@@ -78,7 +78,7 @@ def ett(members: int, rounds: int) -> dict:
     pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
     step = pop.make_step()
     state = pop.init()
-    inputs, y = pop.batch(0)
+    inputs, y = jax.device_put(pop.batch(0), pop.sharding)
     flags = jax.device_put(np.ones(pop.size, bool), pop.sharding)
     state, m = step(state, pop.hp, pop.seeds, inputs, y, flags)  # compiles with this chunk
     holder[name] = state
@@ -88,7 +88,7 @@ def ett(members: int, rounds: int) -> dict:
       return m
 
     variants[name] = (run, (), members)
-  population.population_chunk, recurrence.POPULATION_RULE = 1, True
+  population.population_chunk, recurrence.POPULATION_RULE = None, True
 
   def run_single():
     holder["single"], m = single(holder["single"])

@@ -158,8 +158,8 @@ def conformal_metrics(
   val, test = data.window_starts("val"), data.window_starts("test")
   if not len(val) or not len(test):
     return {}
-  _, y_val = windows.gather_windows(data, val)
-  _, y_test = windows.gather_windows(data, test)
+  y_val = windows.gather_targets(data, val)
+  y_test = windows.gather_targets(data, test)
   unit = unit_scale(data, test)
   out = {}
   for name, (cal, point) in {

@@ -27,7 +27,7 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
 
 def split_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dict:
   """MSE/MAE/RMSE on the scaled values and (suffix `_original`) in the data's units."""
-  _, y = windows.gather_windows(data, starts)
+  y = windows.gather_targets(data, starts)
   scaled = regression_metrics(y, pred)
   orig = regression_metrics(data.inverse_targets(y, starts), data.inverse_targets(pred, starts))
   return {**scaled, **{f"{k}_original": v for k, v in orig.items()}}
@@ -35,7 +35,7 @@ def split_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dic
 
 def per_target_metrics(data: SeriesData, starts: np.ndarray, pred: np.ndarray) -> dict:
   """`split_metrics` on the scaled values of each target column alone, by name."""
-  _, y = windows.gather_windows(data, starts)
+  y = windows.gather_targets(data, starts)
   return {
     name: regression_metrics(y[..., i], pred[..., i]) for i, name in enumerate(data.target_names)
   }

@@ -82,7 +82,7 @@ class Setup:
     spec, data = self.spec, self.data
     starts = windows.batch_for_step(self._train_index, spec.train.batch_size, spec.seed, step)
     inputs = windows.model_inputs(data, starts[rows])
-    _, y = windows.gather_windows(data, starts[rows])
+    y = windows.gather_targets(data, starts[rows])
     if augment.is_on(spec.data.augment):
       x, _ = windows.gather_windows(data, starts)
       inputs["x"] = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[

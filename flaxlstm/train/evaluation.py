@@ -42,7 +42,7 @@ class Evaluator:
     self.setup, self.predict_fn, self.reporter, self.ckpts = setup, predict_fn, reporter, ckpts
     self.every = setup.spec.train.eval_every_steps or setup.steps_per_epoch
     self.starts = setup.data.window_starts("val")
-    self.targets = jnp.asarray(windows.gather_windows(setup.data, self.starts)[1])
+    self.targets = jnp.asarray(windows.gather_targets(setup.data, self.starts))
     self.head = setup.model.head
     self.unit = unit_scale(setup.data, self.starts) if self.head.n_params else None
 
@@ -115,7 +115,7 @@ def final_metrics(
     if len(data.target_names) > 1:  # e.g. a global model scored on one column
       out[split]["per_target"] = per_target_metrics(data, starts, point)
     if head.n_params:
-      _, y = windows.gather_windows(data, starts)
+      y = windows.gather_targets(data, starts)
       out[split]["distribution"] = distribution_metrics(
         HeadDistribution(head, pred), y, unit_scale(data, starts), levels
       )
@@ -153,7 +153,7 @@ def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None
     first = data.row_series(starts - 1) == 0
     starts, test_pred = starts[first], test_pred[first]
     title += f", series {data.series_ids[0]}"
-  _, y = windows.gather_windows(data, starts)
+  y = windows.gather_targets(data, starts)
   naive = baselines.naive_forecast(data, starts)
   bands = {}
   if head.n_params:

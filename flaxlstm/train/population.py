@@ -24,9 +24,10 @@ another, each a `lax.cond` that skips frozen members. Measured on 2 CPU cores
 (experiments/benchmarks/population_step.py), one member at a time is the fastest layout:
 a member's fused-LSTM residuals stay in cache between its forward and backward pass, which
 they cannot for P members at once under `vmap` (fresh memory, and page faults, for P times
-the activations on every step). `population_chunk` members per `lax.map` iteration
-(vmapped: the fused kernel's population rule, nn/recurrence.py) are meant for
-accelerators, where this has not been measured.
+the activations on every step). On an accelerator the opposite holds: a member of the
+default experiment is far too small to fill a GPU, and a step's cost is its kernel
+launches, so a device's members run all at once, vmapped (the fused kernel's population
+rule, nn/recurrence.py). `population_chunk` overrides that choice (benchmarks).
 
 Resume: every member checkpoints into its own workdir at each evaluation; a rerun restores
 all members at the newest step every member has (a kill -9 between two members' saves
@@ -35,13 +36,15 @@ leaves some one evaluation ahead: they step back to it).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -84,8 +87,9 @@ _HOST_KEYS = ("seed",)
 _HOST_PREFIXES = ("data.augment.",)
 # Bookkeeping that does not change the program (logging), also free per member.
 _FREE_KEYS = ("train.log_every_steps",)
-# Members per `lax.map` iteration (see the module docstring).
-population_chunk = 1
+# Members per `lax.map` iteration; None: 1 on CPU, all of a device's members elsewhere (see
+# the module docstring).
+population_chunk: int | None = None
 
 
 def group_key(spec: RunSpec) -> str:
@@ -160,11 +164,20 @@ class _Population:
       mspec = mspec.with_values(cell=tuple(cell.items()))
     return self.base.model.clone(spec=mspec)
 
+  def chunk(self) -> int:
+    """Members per `lax.map` iteration on a device (see the module docstring)."""
+    if population_chunk is not None:
+      return population_chunk
+    if self.mesh.devices.flat[0].platform == "cpu":
+      return 1
+    return self.size // self.mesh.devices.size
+
   def _per_device(self, fn, n_in: int):
-    """`fn(*member_args)` over each device's members, one after another (`lax.map`)."""
+    """`fn(*member_args)` over each device's members, `chunk()` at a time (`lax.map`)."""
+    chunk = self.chunk()
 
     def local(*args):
-      return jax.lax.map(lambda a: fn(*a), args, batch_size=population_chunk)
+      return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
 
     return jax.shard_map(
       local, mesh=self.mesh, in_specs=(P("pop"),) * n_in, out_specs=P("pop"), check_vma=False
@@ -206,12 +219,12 @@ class _Population:
       jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *trees), self.sharding
     )
 
-  def batch(self, step: int) -> tuple[dict, Any]:
+  def batch(self, step: int) -> tuple[dict, np.ndarray]:
+    """Every member's `(inputs, y)` of step `step`, stacked on the host."""
     parts = [s.host_batch(step) for s in self.setups]
     parts += [parts[0]] * (self.size - len(parts))
     inputs = {k: np.stack([p[0][k] for p in parts]) for k in parts[0][0]}
-    y = np.stack([p[1] for p in parts])
-    return jax.device_put(inputs, self.sharding), jax.device_put(y, self.sharding)
+    return inputs, np.stack([p[1] for p in parts])
 
   def predict(self, fn, params: Any, starts: np.ndarray) -> np.ndarray:
     """Scaled predictions of every member, `(P, N, horizon, targets)`."""
@@ -322,16 +335,18 @@ def _train(
       reporter.truncate_after(loop.step)
       reporter.write_config(config_lib.to_config(setup.spec), {"data": data_now})
       setup.data.save_scalers(os.path.join(w, "scalers.json"))
-      ck = closing(stack, Checkpoints(os.path.join(w, "checkpoints"), setup.spec.train.keep_best))
-      ck.drop_after(loop.step)  # a member that was ahead steps back with the others
+      own = closing(stack, Checkpoints(os.path.join(w, "checkpoints"), setup.spec.train.keep_best))
+      own.drop_after(loop.step)  # a member that was ahead steps back with the others
+      ck = _QueuedSaves(own)
       reporters.append(reporter)
       ckpts.append(ck)
-      evaluators.append(evaluation.Evaluator(setup, single_predict, reporter, ck))
+      evaluators.append(evaluation.Evaluator(setup, single_predict, reporter, ck))  # type: ignore[arg-type]
       logs.append(TrainLog(setup, reporter, _Silent(), evaluators[-1].every))  # type: ignore[arg-type]
     if restored[0] is None:
       state = pop.init()
     else:
       state = pop.stack([r[1] for r in restored])
+    saver = closing(stack, _Saver(ckpts))
     step_fn, predict_fn = pop.make_step(), pop.make_predict()
     evaluate_every = evaluators[0]
     val_starts = evaluate_every.starts
@@ -355,18 +370,11 @@ def _train(
         loops[k].wall_time_s += elapsed
         ckpts[k].save(loops[k], _member(host, k))
 
-    batch = pop.batch(step)
-    while any(active()):
-      on = active()
-      flags = jax.device_put(np.array(on + [False] * (pop.size - n)), pop.sharding)
-      state, metrics = step_fn(state, pop.hp, pop.seeds, *batch, flags)
-      step += 1
-      # The next batch is gathered while the devices run this step (dispatch is async).
-      if step < base.total_steps:
-        batch = pop.batch(step)
+    def record_train(metrics: Any, on: list[bool]) -> None:
+      """Logs one step's train metrics of the members that ran it (`on`)."""
       host_m = jax.device_get(metrics)
       for k in range(n):
-        if on[k]:
+        if on[k] and k not in failed:
           loops[k].step += 1
           try:
             logs[k](loops[k], {key: v[k] for key, v in host_m.items()})
@@ -374,19 +382,46 @@ def _train(
             failed[k] = str(e)
             log.warning(f"{workdirs[k]}: {e}")
       progress.update(1)
-      live = [k for k in range(n) if on[k] and k not in failed]
+
+    # One step runs ahead of the host: step t+1 is dispatched before step t's metrics are
+    # read, so the host's work of a step (the members' logs, the next batch) overlaps the
+    # devices' instead of leaving them idle. A member that fails at step t (non-finite
+    # losses) has run step t+1 too; it is neither recorded nor saved again. An evaluation,
+    # a stop and the last step read everything first.
+    pending = None
+    batch = pop.batch(step)
+    while any(active()):
+      on = active()
+      flags = np.array(on + [False] * (pop.size - n))
+      state, metrics = step_fn(
+        state, pop.hp, pop.seeds, *jax.device_put(batch + (flags,), pop.sharding)
+      )
+      step += 1
+      if pending is not None:
+        record_train(*pending)
+      if step < base.total_steps:
+        batch = pop.batch(step)
+      pending = (metrics, on)
       evaluated = evaluate_every.due(step)
       stopping = stop.agreed()
       if evaluated or stopping:
+        record_train(*pending)
+        pending = None
+        live = [k for k in range(n) if on[k] and k not in failed]
         host = jax.device_get(state)
         if evaluated:
           pred = pop.predict(predict_fn, state.params, val_starts)
           for k in live:
             evaluators[k].record(loops[k], _member(host.params, k), pred[k])
         save(live, host)
+        saver.submit()
       if stopping:
+        saver.flush()
         raise Preempted(stop.signum, step)
+    if pending is not None:  # the last active member failed at the step before
+      record_train(*pending)
     progress.close()
+    saver.flush()  # the best checkpoints are read back next
     host = jax.device_get(state)
     shared = baselines.baseline_metrics(base.data, base.spec.data.seasonal_period)
     out = []
@@ -401,6 +436,67 @@ def _train(
       evaluation.write_plots(reporters[k], setup, test_pred)
       out.append(metrics)
     return out
+
+
+class _QueuedSaves:
+  """A member's `Checkpoints` whose saves are queued for a `_Saver`; reads pass through."""
+
+  def __init__(self, ckpts: Checkpoints):
+    self.ckpts = ckpts
+    self.queued: list[Callable[[], None]] = []
+
+  def save(self, loop: LoopState, state: Any) -> None:
+    # A copy: the loop goes on counting while the save waits its turn.
+    self.queued.append(functools.partial(self.ckpts.save, dataclasses.replace(loop), state))
+
+  def save_best(self, step: int, params: Any, val_loss: float) -> None:
+    self.queued.append(functools.partial(self.ckpts.save_best, step, params, val_loss))
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.ckpts, name)
+
+
+class _Saver:
+  """Writes the members' checkpoints off the training loop's thread.
+
+  Saving is most of what an evaluation costs a population: orbax's writes, fsyncs and the
+  integrity digest take about 40 ms per save, two per member and evaluation (12 tiny
+  members on 2 CPU cores, an evaluation every 50 steps: 12.5 s of a 32 s run). `submit`
+  hands each member's queued saves (best, then latest) to a thread pool as one job, so they
+  are written while the devices train on; it first waits for the previous evaluation's
+  jobs, so a member's saves stay in order and one evaluation's at most are in flight.
+  `flush` waits for them all (before a stop, and before the best params are read back) and
+  raises a failed save's error in the loop's thread.
+  """
+
+  def __init__(self, members: list[_QueuedSaves]):
+    self.members = members
+    self.pending: list[concurrent.futures.Future] = []
+    workers = max(1, min(len(members), os.cpu_count() or 1, 8))
+    self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flaxlstm-save")
+
+  def submit(self) -> None:
+    self.flush()
+    for m in self.members:
+      jobs, m.queued = m.queued, []
+      if jobs:
+        self.pending.append(self.pool.submit(_run_in_order, jobs))
+
+  def flush(self) -> None:
+    pending, self.pending = self.pending, []
+    for job in pending:
+      job.result()
+
+  def close(self) -> None:
+    try:
+      self.flush()
+    finally:
+      self.pool.shutdown()
+
+
+def _run_in_order(jobs: list[Callable[[], None]]) -> None:
+  for job in jobs:
+    job()
 
 
 def _member(tree: Any, k: int) -> Any:

@@ -65,6 +65,18 @@ def test_member_k_equals_the_single_run_of_config_k(runs):
       _close(m[split]["mae"], s[split]["mae"])
 
 
+def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, monkeypatch, tiny):
+  # The accelerator layout: a device's members vmapped in one `lax.map` iteration (the fused
+  # kernel's population rule), frozen members masked instead of skipped.
+  monkeypatch.setattr(population, "population_chunk", len(MEMBERS))
+  workdirs = [str(tmp_path / f"m{k}") for k in range(len(MEMBERS))]
+  for s, m in zip(runs["single"], population.train_population(_configs(tiny), workdirs)):
+    for key in ("steps", "best_step", "stopped_early"):
+      assert m[key] == s[key], key
+    for split in ("val", "test"):
+      _close(m[split]["mse"], s[split]["mse"])
+
+
 def test_each_member_writes_the_workdir_a_single_run_writes(runs):
   root = runs["root"]
   for k, wd in enumerate(runs["workdirs"]):
