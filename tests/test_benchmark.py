@@ -104,3 +104,14 @@ def test_gpu_check_summary_reads_the_benchmark_rows(tmp_path):
   row = [r for r in (tmp_path / "s.md").read_text().splitlines() if r.startswith("| large")][0]
   # cuDNN is the faster path; 1.5 / 1.0 vs torch; bf16 2x the best fp32; torch bf16 1.5x.
   assert row == "| large | 2.0000 | 1.0000 | cudnn | 1.50x | 2.00x | 1.50x | 1.2000 |"
+
+
+def test_sequential_estimate_scales_measured_runs_by_their_steps():
+  # Runs that cost 10 s outside their loop and a loop of 2 s + 5 ms per step, exactly.
+  sweep = _load("population_sweep")
+  rows = [{"steps": s, "train_wall_time_s": 2 + 0.005 * s} for s in (1000, 1500, 3000)]
+  measured = [{"wall_s": 3 * 10 + sum(r["train_wall_time_s"] for r in rows), "rows": rows}]
+  got = sweep.estimate_sequential(measured, [800, 1200])
+  assert got["outside_loop_s"] == pytest.approx(10)
+  assert got["loop_ms_per_step"] == pytest.approx(5)
+  assert got["estimate_s"] == pytest.approx(2 * (10 + 2) + 0.005 * 2000)

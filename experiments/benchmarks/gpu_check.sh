@@ -89,11 +89,17 @@ stage pop_step 75 "$PY" experiments/benchmarks/population_step.py --shape ett,se
 stage sweep_seeds 150 "$PY" experiments/benchmarks/population_sweep.py \
   --sweeps "${SEEDS_SWEEP:-experiments/sweeps/seeds.py}" --modes population,sequential \
   --json "$W/sweep_seeds.json"
-# 3. The dropout ablation (27 runs) as populations; its sequential time is estimated from
-#    stage 2's per-run cost and each run's steps (27 sequential runs do not fit the budget).
+# 3. The dropout ablation (27 runs) as populations, then three of its runs as sequential
+#    processes: 27 sequential runs do not fit the budget, so their time is estimated from
+#    the six sequential runs measured here and the steps each population member took.
 rm -rf "$W/dropout"
 stage sweep_dropout 190 "$PY" -m flaxlstm.cli sweep "${DROPOUT_SWEEP:-experiments/sweeps/dropout.py}" \
   --population --workdir "$W/dropout"
+stage sweep_sample 100 "$PY" experiments/benchmarks/population_sweep.py \
+  --sweeps "${SAMPLE_SWEEP:-experiments/benchmarks/dropout_sample.py}" --modes sequential \
+  --json "$W/sweep_sample.json"
+stage estimate 20 "$PY" experiments/benchmarks/population_sweep.py \
+  --estimate "$W/dropout/results.csv" --measured "$W/sweep_seeds.json,$W/sweep_sample.json"
 # 4. Correctness of the fused, autodiff and cuDNN paths against the CPU.
 stage correctness 70 "$PY" experiments/benchmarks/gpu_check.py --out "$W/correctness.md"
 # 5. One train step against PyTorch's cuDNN LSTM.

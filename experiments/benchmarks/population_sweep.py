@@ -7,9 +7,17 @@ as a subprocess on a quiet machine, one mode after another, and is timed end to 
 tables are then compared: per setting, the mean test MSE over seeds of each mode against
 sequential, in units of the seed spread (the std over seeds).
 
+Where a sweep's sequential processes take too long to time (a GPU lease), `--estimate`
+gives their wall time from a few measured ones: each run costs what its process spends
+outside its training loop (the mode's wall time less the runs' `train_wall_time_s`, per
+run) plus a loop of `a + b * steps` (least squares over the measured runs), summed over the
+steps each run of the sweep took (its `results.csv`, from a population, say).
+
 Usage:
   python experiments/benchmarks/population_sweep.py \
       --sweeps experiments/sweeps/dropout.py,experiments/sweeps/seeds.py --out BENCHMARKS.md
+  python experiments/benchmarks/population_sweep.py --estimate runs/dropout/results.csv \
+      --measured seeds.json,sample.json    # --json files holding sequential modes
 """
 
 from __future__ import annotations
@@ -64,6 +72,30 @@ def table(rows: list[dict]) -> dict:
   return out
 
 
+def estimate_sequential(measured: list[dict], steps: list[int]) -> dict:
+  """Sequential wall time of runs of `steps` optimizer steps, from `measured` sequential
+  modes (this script's --json entries): see the module docstring."""
+  import numpy as np
+
+  loops = [(int(r["steps"]), float(r["train_wall_time_s"])) for m in measured for r in m["rows"]]
+  outside = sum(m["wall_s"] for m in measured) - sum(w for _, w in loops)
+  per_run = outside / len(loops)
+  x = np.array([s for s, _ in loops], float)
+  (a, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(x), x], 1), [w for _, w in loops], rcond=None)
+  residual = max(abs(w - a - b * s) for s, w in loops)
+  total = len(steps) * (per_run + a) + b * sum(steps)
+  return dict(
+    runs_measured=len(loops),
+    outside_loop_s=per_run,
+    loop_s=a,
+    loop_ms_per_step=1e3 * b,
+    largest_residual_s=residual,
+    runs=len(steps),
+    steps=sum(steps),
+    estimate_s=total,
+  )
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--sweeps", default="experiments/sweeps/dropout.py,experiments/sweeps/seeds.py")
@@ -76,7 +108,25 @@ def main() -> None:
     help="a --json file of an earlier run: the modes not in --modes are taken from it "
     "(re-time one mode after a change that cannot affect the others)",
   )
+  ap.add_argument(
+    "--estimate",
+    default=None,
+    help="a sweep's results.csv: estimate its "
+    "sequential wall time from --measured instead of timing anything",
+  )
+  ap.add_argument("--measured", default="", help="comma list of --json files (sequential modes)")
   args = ap.parse_args()
+  if args.estimate:
+    measured = [
+      r
+      for f in args.measured.split(",")
+      for key, r in json.loads(pathlib.Path(f).read_text()).items()
+      if key.endswith("|sequential")
+    ]
+    with open(args.estimate) as f:
+      steps = [int(r["steps"]) for r in csv.DictReader(f)]
+    print(json.dumps(estimate_sequential(measured, steps), indent=1))
+    return
   root = pathlib.Path(tempfile.mkdtemp(prefix="population-sweep-"))
   results = {}
   if args.previous:

@@ -25,9 +25,10 @@ another, each a `lax.cond` that skips frozen members. Measured on 2 CPU cores
 a member's fused-LSTM residuals stay in cache between its forward and backward pass, which
 they cannot for P members at once under `vmap` (fresh memory, and page faults, for P times
 the activations on every step). On an accelerator the opposite holds: a member of the
-default experiment is far too small to fill a GPU, and a step's cost is its kernel
-launches, so a device's members run all at once, vmapped (the fused kernel's population
-rule, nn/recurrence.py). `population_chunk` overrides that choice (benchmarks).
+default experiment is far too small to fill a GPU and its step is a chain of small
+kernels, so a device's members run all at once, vmapped (the fused kernel's population
+rule, nn/recurrence.py): on an H200, 12 members' step costs 0.10x of one model's per member
+(BENCHMARKS.md). `population_chunk` overrides that choice (benchmarks).
 
 Resume: every member checkpoints into its own workdir at each evaluation; a rerun restores
 all members at the newest step every member has (a kill -9 between two members' saves
