@@ -84,7 +84,7 @@ class Setup:
     inputs = windows.model_inputs(data, starts[rows])
     y = windows.gather_targets(data, starts[rows])
     if augment.is_on(spec.data.augment):
-      x, _ = windows.gather_windows(data, starts)
+      x = windows.gather_inputs(data, starts)
       inputs["x"] = augment.augment(x, spec.data.augment, augment.augment_rng(spec.seed, step))[
         rows
       ]
