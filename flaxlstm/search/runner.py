@@ -129,7 +129,7 @@ def train_runs(
   todo = [r for r in runs if not is_done(workdir, r)]
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   if population:
-    return train_populations(config, todo, workdir, say, len(runs))
+    return train_populations(config, runs, workdir, say)
   say(
     f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already done, "
     f"{len(todo)} to train ({parallel} at a time)"
@@ -170,52 +170,122 @@ def train_runs(
 
 
 def train_populations(
-  config: str, todo: Sequence[Run], workdir: pathlib.Path, say, n_runs: int
+  config: str, runs: Sequence[Run], workdir: pathlib.Path, say
 ) -> dict[str, str]:
-  """Trains `todo` in this process, each group of compatible runs (`population.groups`) as
-  one population (train/population.py); returns {failed run: error line}.
+  """Trains the unfinished `runs` in this process as populations (train/population.py);
+  returns {failed run: error line}.
+
+  Each group of compatible runs (`population.groups`) is split into one population per
+  device (`population_jobs`), and each device trains its populations one after another in
+  its own thread, taking the next from a shared queue, largest first, when it is done. So
+  no device waits for another's members: the lockstep of one population sharded over
+  every device made a device wait out a member's step whenever an odd number of members
+  was training, and left a core idle while the host wrote a population's results (on 2
+  CPU cores, BENCHMARKS.md). Which device trains a population does not change its
+  numbers; which members it has can, in the last bit (the hyperparameters that differ
+  between them are traced), so the split is made from all of `runs`, finished or not: a
+  rerun resumes each population with the members it had.
 
   Each run's workdir is the one its `flaxlstm train` process would write; a population
   that fails (bad data, non-finite losses) fails each of its runs with its message.
-  A signal stops the population after its members have saved checkpoints (`Stopped`).
+  A signal stops the populations after their members have saved checkpoints (`Stopped`).
   """
-  from flaxlstm.errors import Preempted, TrainingError
-  from flaxlstm.train import population as population_lib  # jax: only when training
+  import jax  # only when training
 
-  specs = [config_lib.to_spec(config_lib.load_config(config, list(r.overrides))) for r in todo]
-  groups = population_lib.groups(specs)
+  from flaxlstm.errors import Preempted, TrainingError
+  from flaxlstm.train import population as population_lib
+  from flaxlstm.train.preemption import stop_signals
+
+  specs = [config_lib.to_spec(config_lib.load_config(config, list(r.overrides))) for r in runs]
+  devices = jax.local_devices()
+  done = {k for k, r in enumerate(runs) if is_done(workdir, r)}
+  jobs = [
+    [k for k in job if k not in done]
+    for job in population_jobs(population_lib.groups(specs), len(devices))
+  ]
+  jobs = [job for job in jobs if job]
+  todo = len(runs) - len(done)
   say(
-    f"sweep: {n_runs} runs, {n_runs - len(todo)} already done, {len(todo)} to train as "
-    f"{len(groups)} population{'s' if len(groups) != 1 else ''} "
-    f"({', '.join(str(len(g)) for g in groups) or 0} members)"
+    f"sweep: {len(runs)} runs, {len(done)} already done, {todo} to train as "
+    f"{len(jobs)} population{'s' if len(jobs) != 1 else ''} "
+    f"({', '.join(str(len(j)) for j in jobs) or 0} members)"
+    + (f" over {len(devices)} devices" if len(devices) > 1 else "")
   )
   failures: dict[str, str] = {}
-  for i, group in enumerate(groups, 1):
-    members = [todo[k] for k in group]
+  lock = threading.Lock()
+  queue = list(enumerate(jobs, 1))
+  stopped: list[int] = []  # the signals that stopped populations
+  broken: list[bool] = []  # a worker raised (a bug): the others start nothing new
+
+  def train(i: int, job: list[int], device: Any, stop: Any) -> None:
+    members = [runs[k] for k in job]
     t0 = time.perf_counter()
     try:
       out = population_lib.train_population(
-        [specs[k] for k in group], [str(workdir / r.name) for r in members]
+        [specs[k] for k in job],
+        [str(workdir / r.name) for r in members],
+        devices=[device],
+        stop=stop,
       )
     except Preempted as e:
-      raise Stopped(
-        e.signum,
-        f"stopped by signal {e.signum}; the population's runs saved checkpoints, rerun the "
-        "same command to resume",
-      ) from None
+      stopped.append(e.signum)
+      return
     except (InputError, TrainingError) as e:
-      for r in members:
-        failures[r.name] = f"error: {e}"
-      say(f"[{i}/{len(groups)}] FAILED  {len(members)} runs: {e}")
-      continue
-    for r, m in zip(members, out):
-      if "error" in m:
-        failures[r.name] = f"error: {m['error']}"
-        say(f"[{i}/{len(groups)}] FAILED  {r.name}: error: {m['error']}")
-    ok = [r.name for r in members if r.name not in failures]
-    seconds = time.perf_counter() - t0
-    say(f"[{i}/{len(groups)}] ok      {len(ok)} runs ({seconds:.0f} s): {', '.join(ok)}")
+      with lock:
+        for r in members:
+          failures[r.name] = f"error: {e}"
+        say(f"[{i}/{len(jobs)}] FAILED  {len(members)} runs: {e}")
+      return
+    with lock:
+      for r, m in zip(members, out):
+        if "error" in m:
+          failures[r.name] = f"error: {m['error']}"
+          say(f"[{i}/{len(jobs)}] FAILED  {r.name}: error: {m['error']}")
+      ok = [r.name for r in members if r.name not in failures]
+      seconds = time.perf_counter() - t0
+      say(f"[{i}/{len(jobs)}] ok      {len(ok)} runs ({seconds:.0f} s): {', '.join(ok)}")
+
+  def worker(device: Any, stop: Any) -> None:
+    while True:
+      with lock:
+        if not queue or stop.signum or broken:
+          return
+        i, job = queue.pop(0)
+      try:
+        train(i, job, device, stop)
+      except BaseException:
+        broken.append(True)
+        raise
+
+  with stop_signals() as stop, concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
+    futures = [pool.submit(worker, d, stop) for d in devices[: len(jobs)]]
+    # Polled, not one blocking wait, so that the main thread keeps handling signals.
+    while concurrent.futures.wait(futures, timeout=0.5).not_done:
+      pass
+    for f in futures:
+      f.result()
+  if stopped:
+    raise Stopped(
+      stopped[0],
+      f"stopped by signal {stopped[0]}; the population's runs saved checkpoints, rerun the "
+      "same command to resume",
+    )
   return failures
+
+
+def population_jobs(groups: list[list[int]], n_devices: int) -> list[list[int]]:
+  """The populations to train: each group split into `n_devices` runs of consecutive
+  members (fewer if it has fewer members) of near-equal size, largest first."""
+  jobs = []
+  for group in groups:
+    parts = min(n_devices, len(group))
+    size, extra = divmod(len(group), parts)
+    start = 0
+    for p in range(parts):
+      end = start + size + (p < extra)
+      jobs.append(group[start:end])
+      start = end
+  return sorted(jobs, key=len, reverse=True)
 
 
 def format_value(value: Any) -> str:

@@ -66,7 +66,7 @@ from flaxlstm.train.assembly import Setup, assemble, build_model
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
 from flaxlstm.train.loop import TrainLog, claim_workdir, closing
 from flaxlstm.train.optim import make_optimizer
-from flaxlstm.train.preemption import stop_signals
+from flaxlstm.train.preemption import StopRequest, stop_signals
 from flaxlstm.train.step import make_predict_fn, train_step_fn
 
 log = logging.getLogger(__name__)
@@ -239,11 +239,12 @@ class _Population:
     return np.concatenate(out, axis=1)
 
 
-def assemble_population(specs: Sequence[RunSpec]) -> list[Setup]:
-  """One `Setup` per member on one device, sharing the prepared data (read and scaled once)."""
+def assemble_population(specs: Sequence[RunSpec], devices: list | None = None) -> list[Setup]:
+  """One `Setup` per member on one device (the first of `devices`), sharing the prepared
+  data (read and scaled once)."""
   if len({group_key(s) for s in specs}) != 1:
     raise InputError("a population's runs must differ only in seed and the member keys")
-  first = assemble(specs[0], jax.devices()[:1])
+  first = assemble(specs[0], list(jax.devices() if devices is None else devices)[:1])
   first.abstract_state()  # traced once, shared: every member has the same structure
   first.data.window_index("train")
   setups = [first]
@@ -269,11 +270,16 @@ def train_population(
   quiet: bool = True,
   devices: list | None = None,
   force: bool = False,
+  stop: StopRequest | None = None,
 ) -> list[dict]:
   """Trains `specs` (ConfigDicts or RunSpecs of one group, see `groups`) as one population,
-  member k in `workdirs[k]`; returns each member's final metrics, or `{"error": message}`
-  for a member that failed on its own (more non-finite steps than
-  `train.max_nonfinite_steps`: it stops, as its single run would, and the others go on)."""
+  member k in `workdirs[k]`, its members sharded over `devices` (default: all); returns
+  each member's final metrics, or `{"error": message}` for a member that failed on its own
+  (more non-finite steps than `train.max_nonfinite_steps`: it stops, as its single run
+  would, and the others go on).
+
+  `stop`: the stop request to obey (one shared by the populations a runner trains in
+  threads); by default SIGTERM/SIGINT, when called from the main thread."""
   specs = [s if isinstance(s, RunSpec) else config_lib.to_spec(s) for s in specs]
   specs = [workdir_lib.with_absolute_data_path(s) for s in specs]
   if len(specs) != len(workdirs) or not specs:
@@ -284,18 +290,13 @@ def train_population(
     raise InputError("populations run in one process (members shard over its devices)")
   for w in workdirs:
     workdir_lib.fail_if_busy(w)
-  setups = assemble_population(specs)
+  setups = assemble_population(specs, devices)
   data_now = workdir_lib.fingerprint(io.data_file(specs[0].data.path))
   claims: list[Any] = []
   try:
-    # Where each member's newest checkpoint is: all restart from the oldest of them (0: a
-    # member has none, all start afresh).
-    steps = []
-    for w in workdirs:
-      with Checkpoints(os.path.join(w, "checkpoints"), read_only=True) as ckpts:
-        loop = ckpts.latest_loop() if os.path.isdir(os.path.join(w, "checkpoints")) else None
-      steps.append(0 if loop is None else loop.step)
-    common = min(steps)
+    # All members restart from the oldest of their newest checkpoints (0: a member has
+    # none, all start afresh).
+    common = min(checkpoint_step(w) for w in workdirs)
     restored = []
     for setup, w in zip(setups, workdirs):
       claim, r = claim_workdir(setup, w, data_now, resume=resume, force=force, max_step=common)
@@ -313,15 +314,33 @@ def train_population(
         claim.abandon()
     raise
   try:
-    return _train(setups, list(workdirs), restored, data_now, devices=devices, quiet=quiet)
+    return _train(
+      setups, list(workdirs), restored, data_now, devices=devices, quiet=quiet, stop=stop
+    )
   finally:
     for claim in claims:
       if claim is not None:
         claim.keep()
 
 
+def checkpoint_step(workdir: str) -> int:
+  """The step of the newest checkpoint in a run's `workdir`; 0 if it has none."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return 0
+  with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
+    loop = ckpts.latest_loop()
+  return 0 if loop is None else loop.step
+
+
 def _train(
-  setups: list[Setup], workdirs: list[str], restored: list, data_now: dict, *, devices, quiet
+  setups: list[Setup],
+  workdirs: list[str],
+  restored: list,
+  data_now: dict,
+  *,
+  devices,
+  quiet,
+  stop: StopRequest | None,
 ) -> list[dict]:
   pop = _Population(setups, _pop_mesh(devices))
   base = pop.base
@@ -351,7 +370,8 @@ def _train(
     step_fn, predict_fn = pop.make_step(), pop.make_predict()
     evaluate_every = evaluators[0]
     val_starts = evaluate_every.starts
-    stop = stack.enter_context(stop_signals())
+    if stop is None:
+      stop = stack.enter_context(stop_signals())
     step = loops[0].step
     progress.update(step)
     t0 = time.perf_counter()

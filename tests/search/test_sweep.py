@@ -304,3 +304,12 @@ def test_population_sweep_trains_groups_in_process_into_the_same_store(
   assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in ok] == stamps
   assert cli.main(args + ["--parallel", "2"]) == 2
   assert "--population trains one program" in capsys.readouterr().err
+
+
+def test_population_jobs_split_each_group_over_the_devices_largest_first():
+  groups = [[0, 1, 2], [3], [4, 5, 6, 7, 8, 9]]
+  assert runner.population_jobs(groups, 1) == [[4, 5, 6, 7, 8, 9], [0, 1, 2], [3]]
+  assert runner.population_jobs(groups, 2) == [[4, 5, 6], [7, 8, 9], [0, 1], [2], [3]]
+  jobs = runner.population_jobs(groups, 8)
+  assert sorted(k for j in jobs for k in j) == list(range(10))
+  assert max(map(len, jobs)) == 1

@@ -479,3 +479,48 @@ def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, re
       (r["step"], r["split"]) for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
     ]
     assert steps(wd) == steps(reference)  # no line twice, none missing
+
+
+def test_population_sweep_on_two_devices_stops_on_sigterm_and_resumes(tiny, reference, tmp_path):
+  # Three runs on two host devices: populations of 2 and 1 (`runner.population_jobs`), each
+  # device training its own in its own thread. One SIGTERM stops both after their members
+  # have saved checkpoints; the rerun resumes them, and seed 0 ends where its single run
+  # (`reference`, the same flags) does.
+  sweep_file = tmp_path / "seeds.py"
+  spec = {
+    "config": tiny["exp"],
+    "overrides": [o.removeprefix("--config.") for o in FAULT],
+    "seeds": [0, 1, 2],
+  }
+  sweep_file.write_text(f"def get_sweep():\n  return {spec!r}\n")
+  wd = tmp_path / "sweep"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  cmd = _sweep_cmd(sweep_file, wd) + ["--population"]
+  log_lines = lambda run: (
+    sum(1 for _ in open(wd / run / "metrics.jsonl")) if (wd / run / "metrics.jsonl").exists() else 0
+  )
+  runs = ["seed=0", "seed=1", "seed=2"]
+  proc = subprocess.Popen(
+    cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+  )
+  _wait_until(
+    lambda: all(log_lines(r) >= 3 for r in runs) or proc.poll() is not None,
+    timeout=180,
+    what="both populations training",
+  )
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()[-2000:]
+  assert "stopped by signal 15" in proc.stderr.read()
+  for r in runs:
+    assert _latest_steps(wd / r) and not (wd / r / "metrics.json").exists(), r
+    assert workdir_lib.lock_holder(wd / r) is None
+
+  out = _run([c for c in cmd if c != "--quiet"], env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "to train as 2 populations (2, 1 members) over 2 devices" in out.stdout
+  for r in runs:
+    assert json.load(open(wd / r / "metrics.json"))["steps"] == 300
+  got = json.load(open(wd / "seed=0" / "metrics.json"))
+  want = json.load(open(os.path.join(reference, "metrics.json")))
+  for split in ("val", "test"):
+    np.testing.assert_allclose(got[split]["mse"], want[split]["mse"], rtol=1e-4)
