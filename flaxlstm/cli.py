@@ -271,10 +271,11 @@ def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
 
 
 def _population_devices(args) -> None:
-  """With --population on CPU: one host device per core, so the members train on every
-  core at once (members shard over the devices; XLA:CPU runs small recurrent matmuls on
-  about one core). Measured at the default experiment's shape on 2 cores: 4.6 ms per member
-  step on 2 host devices vs 7.3 ms on one (experiments/benchmarks/population_step.py).
+  """With --population on CPU: one host device per core, so that populations train on
+  every core at once (each device trains its own, search/runner.py; XLA:CPU runs small
+  recurrent matmuls on about one core). Measured at the default experiment's shape on 2
+  cores: 4.6 ms per member step on 2 host devices vs 7.3 ms on one
+  (experiments/benchmarks/population_step.py).
   Set before JAX starts its backends; an explicit device count in XLA_FLAGS is kept."""
   if not getattr(args, "population", False):
     return

@@ -30,6 +30,10 @@ kernels, so a device's members run all at once, vmapped (the fused kernel's popu
 rule, nn/recurrence.py): on an H200, 12 members' step costs 0.10x of one model's per member
 (BENCHMARKS.md). `population_chunk` overrides that choice (benchmarks).
 
+A sweep (`flaxlstm sweep --population`, search/runner.py) does not shard one population
+over several devices: it splits each group into one population per device and trains
+each on its own device, in its own thread, so that no device waits for another's members.
+
 Resume: every member checkpoints into its own workdir at each evaluation; a rerun restores
 all members at the newest step every member has (a kill -9 between two members' saves
 leaves some one evaluation ahead: they step back to it).
