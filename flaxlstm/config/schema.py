@@ -107,7 +107,8 @@ class DataSpec(_Spec):
   split_dates: tuple[str, ...] = ()
   # Long tables: drop the series too short for a window in every split (else an error).
   drop_short: bool = False
-  scaler: str = "standard"  # Fit on train rows: "standard" | "robust" | "minmax" | "none".
+  # Fit on train rows: "standard" | "robust" | "minmax" | "maxabs" (scale only) | "none".
+  scaler: str = "standard"
   # "global": one scaler fit on the train rows of every series; "series": each series of a
   # long table scaled by its own train rows.
   scaler_scope: str = "global"
@@ -232,7 +233,8 @@ class ModelSpec(_Spec):
   # steps one after another, each fed the previous segment (RMF).
   decoder: str = "dense"
   # What is forecast for each value: "point" (trained by train.loss) | "gaussian" |
-  # "student_t" (likelihood heads) | "quantile" (non-crossing quantiles, pinball loss).
+  # "student_t" | "lognormal" (likelihood heads; lognormal for positive targets) |
+  # "quantile" (non-crossing quantiles, pinball loss).
   head: str = "point"
   # Quantile levels the quantile head learns and `predict` writes as columns (OT_q0.1, ...);
   # the default holds the 50%, 80% and 95% central intervals and the median.
@@ -270,6 +272,16 @@ class ModelSpec(_Spec):
     )
     if self.head == "quantile":
       c.check("quantiles", len(levels) >= 2, "the quantile head needs at least two levels")
+    if self.head == "lognormal":
+      # A log-normal shifted by a level is no longer one (nor positive): only scaling maps
+      # it to another (forecast/heads.py).
+      for key in ("predict_delta", "revin"):
+        c.check(
+          key,
+          not getattr(self, key),
+          "shifts the forecast by a level: model.head="
+          "'lognormal' forecasts positive values as they are (set it to False)",
+        )
     for key in ("series_embedding", "segment_length"):
       c.non_negative(key)
       c.at_most(key, 2**16)
@@ -412,6 +424,14 @@ class RunSpec(_Spec):
         self.train.loss == "mse",
         f"is the point head's loss; model.head={self.model.head!r} trains by its own "
         "(likelihood or pinball)",
+      )
+    if self.model.head == "lognormal":
+      data = _Checker("data.", self.data)
+      data.check(
+        "scaler",
+        self.data.scaler in ("maxabs", "none") or not self.data.scale_target,
+        "must keep positive targets positive for model.head='lognormal': 'maxabs' or "
+        "'none' (or data.scale_target=False)",
       )
 
 

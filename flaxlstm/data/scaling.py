@@ -28,6 +28,7 @@ SCALERS = {
   "standard": "StandardScaler",
   "robust": "RobustScaler",
   "minmax": "MinMaxScaler",
+  "maxabs": "MaxAbsScaler",  # Scale only (x / max |x|): positive data stays positive.
   "none": None,
 }
 _SCALERS_FORMAT = "flaxlstm.scalers/2"  # /1 was a pickle
@@ -41,8 +42,14 @@ _SCALER_STATE = {
   "standard": ("mean_", "var_", "scale_"),
   "robust": ("center_", "scale_"),
   "minmax": ("min_", "scale_", "data_min_", "data_max_", "data_range_"),
+  "maxabs": ("max_abs_", "scale_"),
 }
-_SCALER_COUNTS = {"standard": ("n_samples_seen_",), "robust": (), "minmax": ("n_samples_seen_",)}
+_SCALER_COUNTS = {
+  "standard": ("n_samples_seen_",),
+  "robust": (),
+  "minmax": ("n_samples_seen_",),
+  "maxabs": ("n_samples_seen_",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +294,9 @@ class SeriesScaler:
       if kind == "minmax":  # x * scale_ + min_ == (x - (-min_ / scale_)) / (1 / scale_)
         centers.append(-fitted.min_ / fitted.scale_)
         scales.append(1.0 / fitted.scale_)
+      elif kind == "maxabs":
+        centers.append(np.zeros_like(fitted.scale_))
+        scales.append(fitted.scale_)
       else:
         centers.append(fitted.mean_ if kind == "standard" else fitted.center_)
         scales.append(fitted.scale_)

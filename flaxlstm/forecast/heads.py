@@ -27,10 +27,14 @@ Heads shipped (`model.head`):
   over a fine grid of levels, the quantile function interpolated linearly between the
   learned levels (flat beyond the outermost ones).
 
-No positive-only or count head (log-normal, negative binomial) is shipped: the framework
-standardizes targets and predicts changes from the last value (`predict_delta`), and
-neither quantity is positive, so such a head would only fit runs with `data.scaler="none"`
-and no level removal.
+- `"lognormal"`: for positive targets, :math:`\log y \sim \mathcal N(\mu, \sigma^2)`. It fits
+  where the model's targets stay positive: `data.scaler="maxabs"` (scale only) or `"none"`,
+  no `predict_delta` and no RevIN (a log-normal shifted by a level is no longer one; the
+  config refuses them, and training data with a target <= 0 is refused by name). CRPS in
+  closed form (Baran & Lerch, 2015).
+
+No count head (negative binomial, Poisson) is shipped: its likelihood is defined on the
+raw counts, and every head here is trained on the model's scaled targets.
 """
 
 from __future__ import annotations
@@ -189,6 +193,57 @@ class StudentTHead:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogNormalHead:
+  r"""A log-normal per value, for positive targets; parameters `(..., 2)` = (:math:`\mu`,
+  :math:`\sigma`) of :math:`\log y`, :math:`\sigma = \mathrm{softplus}(r_1) + \sigma_{\min}`.
+
+  Loss: :math:`\log y + \log\sigma + \tfrac12 z^2 + \tfrac12\log 2\pi`, :math:`z = (\log y -
+  \mu) / \sigma`. Median :math:`e^\mu` (the point forecast); quantiles :math:`e^{\mu +
+  \sigma\Phi^{-1}(\tau)}`. CRPS: :math:`y\,[2\Phi(z) - 1] - 2e^{\mu + \sigma^2/2}\,[\Phi(z -
+  \sigma) + \Phi(\sigma/\sqrt2) - 1]`. Scaling by :math:`s > 0` adds :math:`\log s` to
+  :math:`\mu`; a shift has no log-normal image (`ModelSpec.check` rules shifts out).
+  """
+
+  name: str = "lognormal"
+  n_params: int = 2
+
+  def constrain(self, raw: Array) -> Array:
+    return jnp.stack([raw[..., 0], jax.nn.softplus(raw[..., 1]) + MIN_SCALE], axis=-1)
+
+  def affine(self, params: Array, shift: Array, scale: Array) -> Array:
+    del shift  # zero: no level is removed under this head (see the class docstring)
+    xp = _xp(params)
+    return xp.stack([params[..., 0] + xp.log(xp.abs(scale)), params[..., 1]], axis=-1)
+
+  def loss(self, params: Array, y: Array) -> Array:
+    # Targets are positive (checked on the data); a masked-out entry may hold a 0, whose
+    # log would turn its (discarded) loss and gradient into NaN.
+    log_y = jnp.log(jnp.where(y > 0, y, 1.0))
+    z = (log_y - params[..., 0]) / params[..., 1]
+    return log_y + jnp.log(params[..., 1]) + 0.5 * jnp.square(z) + 0.5 * math.log(2 * math.pi)
+
+  def point(self, params: Array) -> Array:
+    return _xp(params).exp(params[..., 0])
+
+  def quantiles(self, params: np.ndarray, levels: Any) -> np.ndarray:
+    from scipy import stats
+
+    z = stats.norm.ppf(np.asarray(levels, np.float64))
+    return np.exp(params[..., :1] + params[..., 1:2] * z)
+
+  def crps(self, params: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy import stats
+
+    mu, sigma = params[..., 0], params[..., 1]
+    y = np.asarray(y, np.float64)
+    # y <= 0 (outside the support): the CDF is 0 there, and the limit z -> -inf applies.
+    z = np.where(y > 0, (np.log(np.where(y > 0, y, 1.0)) - mu) / sigma, -np.inf)
+    return y * (2 * stats.norm.cdf(z) - 1) - 2 * np.exp(mu + sigma**2 / 2) * (
+      stats.norm.cdf(z - sigma) + stats.norm.cdf(sigma / math.sqrt(2)) - 1
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class QuantileHead:
   """Non-crossing quantiles at `levels`; parameters `(..., Q)` are the quantiles, ascending.
 
@@ -256,10 +311,10 @@ class QuantileHead:
     return 2 * pinball(y[..., None], q, grid).mean(axis=-1)
 
 
-Head = PointHead | GaussianHead | StudentTHead | QuantileHead
+Head = PointHead | GaussianHead | StudentTHead | LogNormalHead | QuantileHead
 
 # The choices of model.head.
-HEADS = ("point", "gaussian", "student_t", "quantile")
+HEADS = ("point", "gaussian", "student_t", "lognormal", "quantile")
 
 
 def make(name: str, levels: tuple[float, ...] = ()) -> Head:
@@ -268,6 +323,8 @@ def make(name: str, levels: tuple[float, ...] = ()) -> Head:
     return GaussianHead()
   if name == "student_t":
     return StudentTHead()
+  if name == "lognormal":
+    return LogNormalHead()
   if name == "quantile":
     return QuantileHead(tuple(levels))
   if name == "point":

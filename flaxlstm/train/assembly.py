@@ -120,6 +120,8 @@ def assemble(
         f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)"
       )
   data = series.prepare(spec.data, scalers=scalers)
+  if spec.model.head == "lognormal":
+    _check_positive_targets(data)
   n_train = len(data.window_index("train"))
   bs = spec.train.batch_size
   if n_train < bs:
@@ -138,6 +140,20 @@ def assemble(
     total,
     mesh,
   )
+
+
+def _check_positive_targets(data: series.SeriesData) -> None:
+  """The log-normal head's likelihood needs every target it is trained or scored on > 0."""
+  bad = ~(data.y > 0)
+  if bad.any():
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    # A wide CSV's rows are the file's lines, after the header (a long table's are sorted).
+    line = f" (line {row + 2})" if data.source.endswith(".csv") and not data.series_ids else ""
+    raise InputError(
+      f"{data.source}: column {data.target_names[col]!r} has {data.y_raw[row, col]:g} at row "
+      f"{row}{line}, and {int(bad.sum()) - 1} more values <= 0; model.head='lognormal' needs "
+      "positive targets"
+    )
 
 
 def build_model(spec: RunSpec, data: series.SeriesData) -> Forecaster:

@@ -162,7 +162,7 @@ def test_scalers_are_fit_on_train_rows_only(tmp_path):
   assert data2.x[row, 0] != data.x[row, 0]
 
 
-@pytest.mark.parametrize("scaler", ["standard", "robust", "minmax", "none"])
+@pytest.mark.parametrize("scaler", ["standard", "robust", "minmax", "maxabs", "none"])
 @pytest.mark.parametrize("scale_target", [True, False])
 def test_inverse_targets_inverts(tmp_path, scaler, scale_target):
   data = series.prepare(
@@ -245,7 +245,14 @@ def test_scalers_round_trip_and_inference(tmp_path):
 
 @pytest.mark.parametrize(
   "kind, scale_target",
-  [("standard", True), ("robust", True), ("minmax", True), ("standard", False), ("none", True)],
+  [
+    ("standard", True),
+    ("robust", True),
+    ("minmax", True),
+    ("maxabs", True),
+    ("standard", False),
+    ("none", True),
+  ],
 )
 def test_saved_scalers_are_plain_json_and_exact(tmp_path, kind, scale_target):
   """Scalers are saved as numbers, not a pickle, and rebuild to the same transform bit for

@@ -134,6 +134,14 @@ def test_per_series_scaling_uses_each_series_train_rows(panel_path, tmp_path):
   assert loaded.scope == "series" and loaded.series_ids == ("a", "b", "c")
   again = series.prepare(spec(panel_path, scaler_scope="series"), scalers=loaded)
   np.testing.assert_array_equal(again.y, data.y)
+  # Scale only: each series' train rows divided by their own max |y|.
+  data = series.prepare(spec(panel_path, scaler_scope="series", scaler="maxabs"))
+  for s in range(data.n_series):
+    a, b = data.split_rows["train"][s]
+    np.testing.assert_allclose(np.abs(data.y[a:b]).max(), 1, rtol=1e-6)
+    np.testing.assert_allclose(
+      data.y[a:b] * np.abs(data.y_raw[a:b]).max(), data.y_raw[a:b], rtol=1e-5
+    )
 
 
 def test_global_scaling_pools_every_series_train_rows(panel_path):

@@ -203,3 +203,35 @@ def test_volatility_input_tells_the_model_each_columns_volatility(channels):
   assert not np.allclose(scaled[..., 0, 1], 3.0 * out[..., 0, 1], rtol=1e-3)
   if channels == "independent":  # column 1 saw the same window and the same volatility
     np.testing.assert_allclose(scaled[..., 1, :], out[..., 1, :], rtol=1e-5, atol=1e-6)
+
+
+# ---- the log-normal head (positive targets) ---------------------------------------------
+def test_lognormal_likelihood_quantiles_and_crps_equal_scipy():
+  rng = np.random.default_rng(3)
+  mu, sigma = rng.normal(size=40), rng.uniform(0.1, 2, 40)
+  y = rng.lognormal(mu, sigma)
+  head, params = heads.LogNormalHead(), np.stack([mu, sigma], -1)
+  dist = stats.lognorm(sigma, scale=np.exp(mu))
+  np.testing.assert_allclose(head.loss(jnp.asarray(params), y), -dist.logpdf(y), rtol=1e-4)
+  levels = np.array([0.025, 0.5, 0.9])
+  np.testing.assert_allclose(head.quantiles(params, levels), dist.ppf(levels[:, None]).T)
+  np.testing.assert_allclose(head.point(params), dist.median())
+  for k in (0, 7):  # the closed form against the integral, also below the support
+    one = stats.lognorm(sigma[k], scale=np.exp(mu[k]))
+    for target in (y[k], 0.5 * y[k], 3.0 * y[k], -1.0):
+      exact = _crps_by_integral(lambda x, d=one: d.cdf(x) if x > 0 else 0.0, target)
+      assert head.crps(params[k], np.float64(target)) == pytest.approx(exact, rel=1e-5)
+
+
+def test_lognormal_scales_but_the_config_refuses_shifts():
+  head = heads.LogNormalHead()
+  params = np.asarray(head.constrain(jax.random.normal(jax.random.key(4), (5, 2))), np.float64)
+  scale = np.array([0.5, 2.0, 1.0, 3.0, 0.1])
+  moved = head.affine(params, np.zeros(5), scale)
+  levels = np.array([0.1, 0.5, 0.9])
+  np.testing.assert_allclose(
+    head.quantiles(moved, levels), scale[:, None] * head.quantiles(params, levels), rtol=1e-6
+  )
+  # a masked-out target of 0 leaves the loss finite, its gradient too
+  grad = jax.grad(lambda p: head.loss(p, jnp.zeros(5)).sum())(jnp.asarray(params))
+  assert np.isfinite(np.asarray(grad)).all()

@@ -93,3 +93,41 @@ def test_a_population_of_distribution_heads_equals_its_single_runs(tiny, tmp_pat
   assert members[1]["best_step"] == single["best_step"]
   for key in ("crps", "coverage_80", "width_80"):
     assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_lognormal_run_on_positive_data(tiny, tmp_path, capsys):
+  # Positive targets with multiplicative noise: the log-normal head, scaled by max |y|.
+  frame = pd.read_csv(tiny["csv"])
+  frame["y"] = np.exp(frame["y"])
+  data = tmp_path / "positive.csv"
+  frame.to_csv(data, index=False)
+  wd = tmp_path / "run"
+  argv = ["train", "--config", tiny["exp"], "--workdir", str(wd), "--quiet"]
+  argv += [f"--config.data.path={data}", "--config.model.head=lognormal"]
+  argv += ["--config.data.scaler=maxabs", "--config.train.max_steps=20"]
+  assert cli.main(argv) == 0
+  dist = json.load(open(wd / "metrics.json"))["test"]["distribution"]
+  assert np.isfinite(dist["crps"]) and 0 < dist["coverage_80"] <= 1
+  out = str(tmp_path / "q.csv")
+  assert cli.main(["predict", "--workdir", str(wd), "--data", str(data), "--out", out]) == 0
+  rows = pd.read_csv(out)
+  q = rows[[c for c in rows.columns if c.startswith("y_q")]].to_numpy()
+  assert q.shape[1] == 7 and (q > 0).all() and (np.diff(q, axis=1) >= 0).all()
+  np.testing.assert_allclose(rows["y"], rows["y_q0.5"], rtol=1e-5)  # the median is the point
+  capsys.readouterr()
+
+  # A target <= 0 is named; so are the settings that would shift the distribution.
+  frame.loc[100, "y"] = -1.5
+  frame.to_csv(data, index=False)
+  cases = [
+    ([], "column 'y' has -1.5 at row 100 (line 102), and 0 more values <= 0"),
+    (["--config.model.predict_delta=True"], "config key 'model.predict_delta'"),
+    (["--config.model.revin=True"], "config key 'model.revin'"),
+    (["--config.data.scaler=standard"], "config key 'data.scaler'"),
+  ]
+  for extra, fragment in cases:
+    bad = tmp_path / "bad"
+    assert cli.main([*argv[:4], str(bad), *argv[5:], *extra]) == 2, extra
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
+    assert not bad.exists()
