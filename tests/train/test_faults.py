@@ -442,11 +442,12 @@ def _small_disk(folder):
 
 
 def _fill(folder):
-  with open(folder / "filler", "wb") as f:
+  # Unbuffered: a buffered file that hit ENOSPC would try to flush its rest again on close,
+  # and raise there (seen under load, when the run's own writes raced the filler's).
+  with open(folder / "filler", "wb", buffering=0) as f:
     try:
       while True:
         f.write(b"\0" * (1 << 16))
-        f.flush()
     except OSError as e:
       assert e.errno == errno.ENOSPC
 
