@@ -126,10 +126,10 @@ def train_runs(
   """
   logs = workdir / "logs"
   logs.mkdir(parents=True, exist_ok=True)
-  todo = [r for r in runs if not is_done(workdir, r)]
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   if population:
     return train_populations(config, runs, workdir, say)
+  todo = [r for r in runs if not is_done(workdir, r)]
   say(
     f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already done, "
     f"{len(todo)} to train ({parallel} at a time)"
@@ -194,7 +194,7 @@ def train_populations(
 
   from flaxlstm.errors import Preempted, TrainingError
   from flaxlstm.train import population as population_lib
-  from flaxlstm.train.preemption import stop_signals
+  from flaxlstm.train.preemption import StopRequest, stop_signals
 
   specs = [config_lib.to_spec(config_lib.load_config(config, list(r.overrides))) for r in runs]
   devices = jax.local_devices()
@@ -204,9 +204,8 @@ def train_populations(
     for job in population_jobs(population_lib.groups(specs), len(devices))
   ]
   jobs = [job for job in jobs if job]
-  todo = len(runs) - len(done)
   say(
-    f"sweep: {len(runs)} runs, {len(done)} already done, {todo} to train as "
+    f"sweep: {len(runs)} runs, {len(done)} already done, {len(runs) - len(done)} to train as "
     f"{len(jobs)} population{'s' if len(jobs) != 1 else ''} "
     f"({', '.join(str(len(j)) for j in jobs) or 0} members)"
     + (f" over {len(devices)} devices" if len(devices) > 1 else "")
@@ -217,7 +216,7 @@ def train_populations(
   stopped: list[int] = []  # the signals that stopped populations
   broken: list[bool] = []  # a worker raised (a bug): the others start nothing new
 
-  def train(i: int, job: list[int], device: Any, stop: Any) -> None:
+  def train(i: int, job: list[int], device: Any, stop: StopRequest) -> None:
     members = [runs[k] for k in job]
     t0 = time.perf_counter()
     try:
@@ -245,7 +244,7 @@ def train_populations(
       seconds = time.perf_counter() - t0
       say(f"[{i}/{len(jobs)}] ok      {len(ok)} runs ({seconds:.0f} s): {', '.join(ok)}")
 
-  def worker(device: Any, stop: Any) -> None:
+  def worker(device: Any, stop: StopRequest) -> None:
     while True:
       with lock:
         if not queue or stop.signum or broken:
@@ -274,7 +273,7 @@ def train_populations(
 
 
 def population_jobs(groups: list[list[int]], n_devices: int) -> list[list[int]]:
-  """The populations to train: each group split into `n_devices` runs of consecutive
+  """The populations to train: each group cut into `n_devices` slices of consecutive
   members (fewer if it has fewer members) of near-equal size, largest first."""
   jobs = []
   for group in groups:

@@ -300,7 +300,7 @@ def train_population(
   try:
     # All members restart from the oldest of their newest checkpoints (0: a member has
     # none, all start afresh).
-    common = min(checkpoint_step(w) for w in workdirs)
+    common = min(_checkpoint_step(w) for w in workdirs)
     restored = []
     for setup, w in zip(setups, workdirs):
       claim, r = claim_workdir(setup, w, data_now, resume=resume, force=force, max_step=common)
@@ -327,7 +327,7 @@ def train_population(
         claim.keep()
 
 
-def checkpoint_step(workdir: str) -> int:
+def _checkpoint_step(workdir: str) -> int:
   """The step of the newest checkpoint in a run's `workdir`; 0 if it has none."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return 0
