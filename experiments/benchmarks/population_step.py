@@ -78,7 +78,7 @@ def ett(members: int, rounds: int) -> dict:
     pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
     step = pop.make_step()
     state = pop.init()
-    inputs, y = jax.device_put(pop.batch(0), pop.sharding)
+    inputs, y = jax.device_put(pop.batch(0, [True] * len(setups)), pop.sharding)
     flags = jax.device_put(np.ones(pop.size, bool), pop.sharding)
     state, m = step(state, pop.hp, pop.seeds, inputs, y, flags)  # compiles with this chunk
     holder[name] = state

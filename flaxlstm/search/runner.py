@@ -175,16 +175,17 @@ def train_populations(
   """Trains the unfinished `runs` in this process as populations (train/population.py);
   returns {failed run: error line}.
 
-  Each group of compatible runs (`population.groups`) is split into one population per
-  device (`population_jobs`), and each device trains its populations one after another in
-  its own thread, taking the next from a shared queue, largest first, when it is done. So
-  no device waits for another's members: the lockstep of one population sharded over
-  every device made a device wait out a member's step whenever an odd number of members
-  was training, and left a core idle while the host wrote a population's results (on 2
-  CPU cores, BENCHMARKS.md). Which device trains a population does not change its
-  numbers; which members it has can, in the last bit (the hyperparameters that differ
-  between them are traced), so the split is made from all of `runs`, finished or not: a
-  rerun resumes each population with the members it had.
+  The groups of compatible runs (`population.groups`) are shared out over the devices,
+  cut only where a device's share requires it (`population_jobs`), and each device trains
+  its populations one after another in its own thread, taking the next from a shared
+  queue, largest first, when it is done. So no device waits for another's members: the
+  lockstep of one population sharded over every device made a device wait out a member's
+  step whenever an odd number of members was training, and left a core idle while the
+  host wrote a population's results (on 2 CPU cores, BENCHMARKS.md). Neither the device
+  nor the other members of a population change a member's numbers on CPU (each member
+  runs its own single-run step); the split is still made from all of `runs`, finished or
+  not, so that a rerun resumes each population with the members it had (on an
+  accelerator a device's members are vmapped together).
 
   Each run's workdir is the one its `flaxlstm train` process would write; a population
   that fails (bad data, non-finite losses) fails each of its runs with its message.
@@ -273,16 +274,27 @@ def train_populations(
 
 
 def population_jobs(groups: list[list[int]], n_devices: int) -> list[list[int]]:
-  """The populations to train: each group cut into `n_devices` slices of consecutive
-  members (fewer if it has fewer members) of near-equal size, largest first."""
-  jobs = []
-  for group in groups:
-    parts = min(n_devices, len(group))
-    size, extra = divmod(len(group), parts)
+  """The populations to train, largest first: groups cut only where a device's share
+  requires it.
+
+  McNaughton's wrap-around rule: each device's share is at most `ceil(members /
+  n_devices)` members; the groups, largest first, fill one share after another, and a group
+  that overflows a share continues in the next. So the shares differ by at most one member
+  and at most `n_devices - 1` groups are cut: every population pays a compile and its setup,
+  so a group of seeds is not cut when whole groups already fill the devices evenly.
+  """
+  total = sum(map(len, groups))
+  share = -(-total // max(n_devices, 1))
+  jobs: list[list[int]] = []
+  room = share  # left in the share being filled
+  for group in sorted(groups, key=len, reverse=True):
     start = 0
-    for p in range(parts):
-      end = start + size + (p < extra)
+    while start < len(group):
+      if room == 0:
+        room = share
+      end = start + min(room, len(group) - start)
       jobs.append(group[start:end])
+      room -= end - start
       start = end
   return sorted(jobs, key=len, reverse=True)
 

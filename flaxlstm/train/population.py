@@ -182,6 +182,11 @@ class _Population:
     chunk = self.chunk()
 
     def local(*args):
+      # One member per iteration is a plain scan: `batch_size=1` would vmap `fn` over a
+      # chunk of one, and under vmap the `lax.cond` that skips a frozen member becomes a
+      # select that computes both branches (a frozen member cost a full step).
+      if chunk == 1:
+        return jax.lax.map(lambda a: fn(*a), args)
       return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
 
     return jax.shard_map(
@@ -212,10 +217,13 @@ class _Population:
   def make_predict(self):
     model = self.base.model
 
-    def member(params, inputs):
-      return model.apply({"params": params}, **inputs, deterministic=True)
+    def member(params, inputs, active):
+      apply = lambda: model.apply({"params": params}, **inputs, deterministic=True)
+      shape = jax.eval_shape(apply)
+      # A stopped member's validation forecast is not read: skip it (see `_per_device`).
+      return jax.lax.cond(active, apply, lambda: jnp.zeros(shape.shape, shape.dtype))
 
-    fn = self._per_device(member, 2)
+    fn = self._per_device(member, 3)
     return jax.jit(fn)
 
   def stack(self, trees: list[Any]) -> Any:
@@ -224,22 +232,30 @@ class _Population:
       jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *trees), self.sharding
     )
 
-  def batch(self, step: int) -> tuple[dict, np.ndarray]:
-    """Every member's `(inputs, y)` of step `step`, stacked on the host."""
-    parts = [s.host_batch(step) for s in self.setups]
-    parts += [parts[0]] * (self.size - len(parts))
+  def batch(self, step: int, active: list[bool]) -> tuple[dict, np.ndarray]:
+    """Every member's `(inputs, y)` of step `step`, stacked on the host; a stopped member
+    (not `active`, it skips the step) gets a copy of another's instead of its own."""
+    first = active.index(True) if any(active) else 0
+    own = {k: s.host_batch(step) for k, s in enumerate(self.setups) if active[k] or k == first}
+    parts = [own.get(k, own[first]) for k in range(self.size)]
     inputs = {k: np.stack([p[0][k] for p in parts]) for k in parts[0][0]}
     return inputs, np.stack([p[1] for p in parts])
 
-  def predict(self, fn, params: Any, starts: np.ndarray) -> np.ndarray:
-    """Scaled predictions of every member, `(P, N, horizon, targets)`."""
+  def flags(self, members: list[bool]) -> np.ndarray:
+    """Per-member flags padded to the population's size (a padding member is never on)."""
+    return np.array(members + [False] * (self.size - len(members)))
+
+  def predict(self, fn, params: Any, starts: np.ndarray, active: list[bool]) -> np.ndarray:
+    """Scaled predictions of the `active` members, `(P, N, horizon, targets)` (zeros for
+    the others)."""
     data, bs = self.base.data, self.base.spec.train.eval_batch_size
     positions, mask = windows.eval_batches(len(starts), bs)
     out = []
     for pos, real in zip(positions, mask):
       inputs = windows.model_inputs(data, starts[pos])
       stacked = {k: np.broadcast_to(v, (self.size,) + v.shape) for k, v in inputs.items()}
-      out.append(np.asarray(fn(params, jax.device_put(stacked, self.sharding)))[:, real])
+      on = jax.device_put(self.flags(active), self.sharding)
+      out.append(np.asarray(fn(params, jax.device_put(stacked, self.sharding), on))[:, real])
     return np.concatenate(out, axis=1)
 
 
@@ -414,18 +430,17 @@ def _train(
     # losses) has run step t+1 too; it is neither recorded nor saved again. An evaluation,
     # a stop and the last step read everything first.
     pending = None
-    batch = pop.batch(step)
+    batch = pop.batch(step, active())
     while any(active()):
       on = active()
-      flags = np.array(on + [False] * (pop.size - n))
       state, metrics = step_fn(
-        state, pop.hp, pop.seeds, *jax.device_put(batch + (flags,), pop.sharding)
+        state, pop.hp, pop.seeds, *jax.device_put(batch + (pop.flags(on),), pop.sharding)
       )
       step += 1
       if pending is not None:
         record_train(*pending)
       if step < base.total_steps:
-        batch = pop.batch(step)
+        batch = pop.batch(step, active())
       pending = (metrics, on)
       evaluated = evaluate_every.due(step)
       stopping = stop.agreed()
@@ -435,7 +450,7 @@ def _train(
         live = [k for k in range(n) if on[k] and k not in failed]
         host = jax.device_get(state)
         if evaluated:
-          pred = pop.predict(predict_fn, state.params, val_starts)
+          pred = pop.predict(predict_fn, state.params, val_starts, [k in live for k in range(n)])
           for k in live:
             evaluators[k].record(loops[k], _member(host.params, k), pred[k])
         save(live, host)

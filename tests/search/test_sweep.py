@@ -311,10 +311,20 @@ def test_population_sweep_trains_groups_in_process_into_the_same_store(
   assert "--population trains one program" in capsys.readouterr().err
 
 
-def test_population_jobs_split_each_group_over_the_devices_largest_first():
+def test_population_jobs_cut_groups_only_where_a_device_share_needs_it():
   groups = [[0, 1, 2], [3], [4, 5, 6, 7, 8, 9]]
   assert runner.population_jobs(groups, 1) == [[4, 5, 6, 7, 8, 9], [0, 1, 2], [3]]
-  assert runner.population_jobs(groups, 2) == [[4, 5, 6], [7, 8, 9], [0, 1], [2], [3]]
-  jobs = runner.population_jobs(groups, 8)
-  assert sorted(k for j in jobs for k in j) == list(range(10))
-  assert max(map(len, jobs)) == 1
+  # Shares of 5: the 6 overflow by one into the second share, which the 3 and the 1 fill.
+  assert runner.population_jobs(groups, 2) == [[4, 5, 6, 7, 8], [0, 1, 2], [9], [3]]
+  # Whole groups that already fill the devices evenly are not cut (seed pairs, 2 devices).
+  pairs = [[2 * i, 2 * i + 1] for i in range(4)]
+  assert runner.population_jobs(pairs, 2) == pairs
+  # The dropout sweep's groups on 2 devices: 5 populations, not one per group and device.
+  sweep = [list(range(0, 3)), list(range(3, 9)), list(range(9, 15)), list(range(15, 27))]
+  assert [len(j) for j in runner.population_jobs(sweep, 2)] == [12, 6, 4, 3, 2]
+  for n in (1, 2, 3, 8, 16):
+    jobs = runner.population_jobs(sweep, n)
+    assert sorted(k for j in jobs for k in j) == list(range(27))  # each run once
+    assert len(jobs) <= len(sweep) + n - 1  # at most n - 1 cuts
+    assert all(j == list(range(j[0], j[-1] + 1)) for j in jobs)  # consecutive members
+  assert max(map(len, runner.population_jobs(groups, 16))) == 1

@@ -77,6 +77,25 @@ def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, monkeypatch, 
       _close(m[split]["mse"], s[split]["mse"])
 
 
+def test_a_frozen_member_is_skipped_one_member_at_a_time(tiny):
+  # On CPU a device's members run one per `lax.map` iteration, each behind a `lax.cond`
+  # on its flag. The loop must stay a plain scan: vmapped over a chunk of one, the cond
+  # becomes a select and a stopped member costs a whole train step (or forecast).
+  specs = [config_lib.to_spec(c) for c in _configs(tiny)]
+  pop = population._Population(
+    population.assemble_population(specs), population._pop_mesh(jax.devices()[:1])
+  )
+  assert pop.chunk() == 1
+  on = pop.flags([True, False, True])
+  inputs, y = pop.batch(0, [True, False, True])
+  step = pop.make_step().lower(pop.init(), pop.hp, pop.seeds, inputs, y, on).as_text()
+  params = pop.init().params
+  assert "stablehlo.case" in step
+  window = {k: v[:, :2] for k, v in inputs.items()}
+  predict = pop.make_predict().lower(params, window, on).as_text()
+  assert "stablehlo.case" in predict
+
+
 def test_each_member_writes_the_workdir_a_single_run_writes(runs):
   root = runs["root"]
   for k, wd in enumerate(runs["workdirs"]):
