@@ -5,13 +5,11 @@ and the continuous hyperparameters (`MEMBER_KEYS`), as one jitted step over a le
 axis. Each member keeps its own early stopping (a stopped member is frozen, its best params
 kept) and writes its own standard workdir (`config.json`, `metrics.json`, `scalers.json`,
 checkpoints, plots): a member's workdir is indistinguishable from the single run's, and
-`flaxlstm evaluate`/`predict`, or a `flaxlstm train` resume, read it as one. Member k's
-numbers equal those of `train_and_evaluate(specs[k])` to float tolerance, with the same
-early-stopping step, over short runs (tests/train/test_population.py). The batches, the
-initial params and the first update are bitwise equal; after that the member loop's fused
-ops (and traced hyperparameters) round differently in the last bit, and over thousands of
-steps that can move the early-stopping epoch: the results agree within seed noise, not run
-for run (BENCHMARKS.md).
+`flaxlstm evaluate`/`predict`, or a `flaxlstm train` resume, read it as one. On CPU member
+k's numbers are those of `train_and_evaluate(specs[k])` to the bit, early-stopping step
+included (tests/train/test_population.py; 27 of 27 runs of the dropout sweep, over
+1,000-3,000 steps each, BENCHMARKS.md): each member runs its single run's program. Under
+`vmap` (accelerators, below) they agree to float tolerance.
 
 Runs whose structure differs (shapes, layer sizes, lookback, which optional terms are on)
 form separate populations: `groups(specs)`. Zero vs non-zero of a member hyperparameter is
@@ -20,7 +18,9 @@ a member with dropout 0 draws the same random numbers as its single run.
 
 How the step runs the members: `jax.shard_map` gives each device its members (the member
 axis is sharded over a 1-D `("pop",)` mesh); on each device `lax.map` runs them one after
-another, each a `lax.cond` that skips frozen members. Measured on 2 CPU cores
+another, each a `lax.cond` that skips frozen members (a plain scan, one member per
+iteration: under `vmap`, even over a chunk of one, the cond would become a select that
+computes a frozen member's step too). Measured on 2 CPU cores
 (experiments/benchmarks/population_step.py), one member at a time is the fastest layout:
 a member's fused-LSTM residuals stay in cache between its forward and backward pass, which
 they cannot for P members at once under `vmap` (fresh memory, and page faults, for P times
@@ -28,11 +28,13 @@ the activations on every step). On an accelerator the opposite holds: a member o
 default experiment is far too small to fill a GPU and its step is a chain of small
 kernels, so a device's members run all at once, vmapped (the fused kernel's population
 rule, nn/recurrence.py): on an H200, 12 members' step costs 0.10x of one model's per member
-(BENCHMARKS.md). `population_chunk` overrides that choice (benchmarks).
+(BENCHMARKS.md), and a frozen member is masked there, not skipped. `population_chunk`
+overrides that choice (benchmarks).
 
 A sweep (`flaxlstm sweep --population`, search/runner.py) does not shard one population
-over several devices: it splits each group into one population per device and trains
-each on its own device, in its own thread, so that no device waits for another's members.
+over several devices: it shares the groups out over the devices, cutting one only where a
+device's share needs it, and trains each population on its own device, in its own
+thread, so that no device waits for another's members.
 
 Resume: every member checkpoints into its own workdir at each evaluation; a rerun restores
 all members at the newest step every member has (a kill -9 between two members' saves
