@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,9 @@ def main() -> None:
     "sequential wall time from --measured instead of timing anything",
   )
   ap.add_argument("--measured", default="", help="comma list of --json files (sequential modes)")
+  ap.add_argument(
+    "--keep-runs", action="store_true", help="keep the sweeps' workdirs (printed) to inspect"
+  )
   args = ap.parse_args()
   if args.estimate:
     measured = [
@@ -128,6 +132,17 @@ def main() -> None:
     print(json.dumps(estimate_sequential(measured, steps), indent=1))
     return
   root = pathlib.Path(tempfile.mkdtemp(prefix="population-sweep-"))
+  try:
+    results = time_modes(args, root)
+  finally:
+    if args.keep_runs:
+      print(f"runs kept in {root}")
+    else:
+      shutil.rmtree(root, ignore_errors=True)
+  write_block(args, results)
+
+
+def time_modes(args, root: pathlib.Path) -> dict:
   results = {}
   if args.previous:
     for key, r in json.loads(pathlib.Path(args.previous).read_text()).items():
@@ -138,6 +153,10 @@ def main() -> None:
       r = run(sweep, mode, root)
       results[(sweep, mode)] = r
       print(f"{sweep} {mode}: {r['wall_s']:.0f} s, {len(r['rows'])} runs", flush=True)
+  return results
+
+
+def write_block(args, results: dict) -> None:
   modes = [m for m in MODES if any((s, m) in results for s in args.sweeps.split(","))]
   lines = [
     START,
