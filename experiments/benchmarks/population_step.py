@@ -9,12 +9,17 @@ machine hit every variant alike):
   P members (train/population.py) run one member after another (`population_chunk=1`, the CPU
   default), all P at once under vmap with the fused kernel's population rule, and all at
   once with JAX's default batching of the fused kernel (the rule off).
+* `--shape frozen`: what members that have stopped early cost. One step of a population of
+  P members of the default experiment (the CPU layout, one member at a time) with every
+  member training, with one, and with none, against one model's step; ms per step, not per
+  member. A stopped member is skipped by a `lax.cond`, so it should cost next to nothing.
 * `--shape seed`: the seed model's LSTM stack (512 -> 256, batch 32, T 64, 8 features),
   gradient of one model vs `jax.vmap` over P members' parameters and inputs (rule on and
   off) and `lax.map` over the members.
 
 Usage:
   python experiments/benchmarks/population_step.py --shape ett,seed --members 12
+  python experiments/benchmarks/population_step.py --shape frozen
 """
 
 from __future__ import annotations
@@ -128,6 +133,45 @@ def seed(members: int, rounds: int) -> dict:
   return _interleave(variants, rounds, 1)
 
 
+def frozen(members: int, rounds: int) -> dict:
+  from flaxlstm import config as config_lib
+  from flaxlstm.train import population
+  from flaxlstm.train.step import make_train_step
+
+  specs = [config_lib.to_spec(config_lib.load_config("ett", [f"seed={k}"])) for k in range(members)]
+  setups = population.assemble_population(specs)
+  one = setups[0]
+  step1 = make_train_step(
+    one.model, one.tx, one.spec.train, one.spec.seed, one.mesh, one.state_sharding()
+  )
+  batch1 = one.train_batch(0)
+  pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
+  step = pop.make_step()
+  inputs, y = jax.device_put(pop.batch(0, [True] * members), pop.sharding)
+  holder = {"one model": one.init_state()}
+  variants = {}
+
+  def run_single():
+    holder["one model"], m = step1(holder["one model"], *batch1)
+    return m
+
+  variants["one model"] = (run_single, (), 1)
+  for name, training in (
+    (f"{members} members, all training", members),
+    (f"{members} members, one training", 1),
+    (f"{members} members, none training", 0),
+  ):
+    holder[name] = pop.init()
+    flags = jax.device_put(pop.flags([k < training for k in range(members)]), pop.sharding)
+
+    def run(name=name, flags=flags):
+      holder[name], m = step(holder[name], pop.hp, pop.seeds, inputs, y, flags)
+      return m
+
+    variants[name] = (run, (), 1)
+  return _interleave(variants, rounds, 10)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--shape", default="ett,seed")
@@ -135,9 +179,10 @@ def main() -> None:
   ap.add_argument("--rounds", type=int, default=5)
   args = ap.parse_args()
   for shape in args.shape.split(","):
-    ms = {"ett": ett, "seed": seed}[shape](args.members, args.rounds)
+    ms = {"ett": ett, "seed": seed, "frozen": frozen}[shape](args.members, args.rounds)
     base = ms["one model"]
-    print(f"\n{shape} shape, P={args.members} (ms per member per step; ratio to one model)")
+    unit = "ms per step" if shape == "frozen" else "ms per member per step"
+    print(f"\n{shape} shape, P={args.members} ({unit}; ratio to one model)")
     for name, v in ms.items():
       print(f"  {name:60s} {v:8.2f} ms  {v / base:5.2f}x")
     print(json.dumps({"shape": shape, "members": args.members, "ms_per_member": ms}))
