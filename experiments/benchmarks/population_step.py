@@ -53,21 +53,28 @@ def _interleave(variants: dict, rounds: int, reps: int) -> dict:
   return {k: statistics.median(v) * 1e3 / variants[k][2] for k, v in times.items()}
 
 
-def ett(members: int, rounds: int) -> dict:
+def _default_experiment(members: int):
+  """`members` seeds of the default experiment as population setups, and the first one's
+  single-model train step and first batch."""
   from flaxlstm import config as config_lib
-  from flaxlstm.nn import recurrence
   from flaxlstm.train import population
   from flaxlstm.train.step import make_train_step
 
   specs = [config_lib.to_spec(config_lib.load_config("ett", [f"seed={k}"])) for k in range(members)]
   setups = population.assemble_population(specs)
   one = setups[0]
-  state1 = one.init_state()
   step1 = make_train_step(
     one.model, one.tx, one.spec.train, one.spec.seed, one.mesh, one.state_sharding()
   )
-  batch1 = one.train_batch(0)
-  state1, _ = step1(state1, *batch1)
+  return setups, step1, one.train_batch(0)
+
+
+def ett(members: int, rounds: int) -> dict:
+  from flaxlstm.nn import recurrence
+  from flaxlstm.train import population
+
+  setups, step1, batch1 = _default_experiment(members)
+  state1, _ = step1(setups[0].init_state(), *batch1)
 
   def single(state):
     return step1(state, *batch1)
@@ -134,21 +141,13 @@ def seed(members: int, rounds: int) -> dict:
 
 
 def frozen(members: int, rounds: int) -> dict:
-  from flaxlstm import config as config_lib
   from flaxlstm.train import population
-  from flaxlstm.train.step import make_train_step
 
-  specs = [config_lib.to_spec(config_lib.load_config("ett", [f"seed={k}"])) for k in range(members)]
-  setups = population.assemble_population(specs)
-  one = setups[0]
-  step1 = make_train_step(
-    one.model, one.tx, one.spec.train, one.spec.seed, one.mesh, one.state_sharding()
-  )
-  batch1 = one.train_batch(0)
+  setups, step1, batch1 = _default_experiment(members)
   pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
   step = pop.make_step()
   inputs, y = jax.device_put(pop.batch(0, [True] * members), pop.sharding)
-  holder = {"one model": one.init_state()}
+  holder = {"one model": setups[0].init_state()}
   variants = {}
 
   def run_single():

@@ -252,11 +252,11 @@ class _Population:
     the others)."""
     data, bs = self.base.data, self.base.spec.train.eval_batch_size
     positions, mask = windows.eval_batches(len(starts), bs)
+    on = jax.device_put(self.flags(active), self.sharding)
     out = []
     for pos, real in zip(positions, mask):
       inputs = windows.model_inputs(data, starts[pos])
       stacked = {k: np.broadcast_to(v, (self.size,) + v.shape) for k, v in inputs.items()}
-      on = jax.device_put(self.flags(active), self.sharding)
       out.append(np.asarray(fn(params, jax.device_put(stacked, self.sharding), on))[:, real])
     return np.concatenate(out, axis=1)
 

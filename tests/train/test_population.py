@@ -90,11 +90,11 @@ def test_a_frozen_member_is_skipped_one_member_at_a_time(tiny):
   assert pop.chunk() == 1
   on = pop.flags([True, False, True])
   inputs, y = pop.batch(0, [True, False, True])
-  step = pop.make_step().lower(pop.init(), pop.hp, pop.seeds, inputs, y, on).as_text()
-  params = pop.init().params
+  state = pop.init()
+  step = pop.make_step().lower(state, pop.hp, pop.seeds, inputs, y, on).as_text()
   assert "stablehlo.case" in step
   window = {k: v[:, :2] for k, v in inputs.items()}
-  predict = pop.make_predict().lower(params, window, on).as_text()
+  predict = pop.make_predict().lower(state.params, window, on).as_text()
   assert "stablehlo.case" in predict
 
 
