@@ -14,7 +14,7 @@ Bad input (data, config, workdir) prints `error: <one line>` and exits with code
 environment failure (a full disk, too many non-finite steps) exits with code 1. Warnings
 from the library (the `flaxlstm` logger) are printed as `warning: <one line>`; what orbax
 and asyncio log from their threads is printed after the command, unless it failed with its
-own `error:` line (FLAXLSTM_DEBUG=1: as it comes).
+own `error:` line (FLAXLSTM_DEBUG=1: as it comes); flaxlstm/console.py does that.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from typing import Sequence
 
+from flaxlstm import console
 from flaxlstm.errors import InputError, Stopped, TrainingError
 
 # The packaged default experiment: what a new user gets, from whatever directory.
@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
   tu = sub.add_parser(
     "tune",
     help="search hyperparameters (random or TPE) over a tune file",
-    description="See flaxlstm/search/tune.py for the tune file format.",
+    description="See flaxlstm/search/tune_file.py for the tune file format.",
     parents=[common],
   )
   tu.add_argument("tune_file", help="experiments/tune/NAME.py (defines get_tune())")
@@ -273,9 +273,8 @@ def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
 def _population_devices(args) -> None:
   """With --population on CPU: one host device per core, so that populations train on
   every core at once (each device trains its own, search/runner.py; XLA:CPU runs small
-  recurrent matmuls on about one core). Measured at the default experiment's shape on 2
-  cores: 4.6 ms per member step on 2 host devices vs 7.3 ms on one
-  (experiments/benchmarks/population_step.py).
+  recurrent matmuls on about one core), which measured clearly faster per member step
+  than one device (experiments/benchmarks/population_step.py; BENCHMARKS.md).
   Set before JAX starts its backends; an explicit device count in XLA_FLAGS is kept."""
   if not getattr(args, "population", False):
     return
@@ -311,10 +310,10 @@ def _sweep(args) -> int:
     print(f"# written to {os.path.join(workdir, 'sweep.sbatch')}", file=sys.stderr)
     return 0
   if args.aggregate_only:
-    from flaxlstm.train import workdir as workdir_lib
+    from flaxlstm.train import lock as lock_lib
 
     os.makedirs(workdir, exist_ok=True)
-    with workdir_lib.Lock(workdir, "flaxlstm sweep --aggregate-only"):
+    with lock_lib.Lock(workdir, "flaxlstm sweep --aggregate-only"):
       sweep_lib.aggregate(sweep, workdir)
     failures = {}
   else:
@@ -334,10 +333,12 @@ def _sweep(args) -> int:
 
 
 def _tune(args) -> int:
-  from flaxlstm.search import tune as tune_lib  # imported late: `--help` stays instant
+  # imported late: `--help` stays instant
+  from flaxlstm.search import tune as tune_lib
+  from flaxlstm.search import tune_file
 
   _population_devices(args)
-  tune = tune_lib.load_tune(args.tune_file, trials=args.trials)
+  tune = tune_file.load_tune(args.tune_file, trials=args.trials)
   _, workdir = _name_and_workdir(args.tune_file, args)
   if args.dry_run:
     print("\n".join(tune_lib.dry_run_lines(tune, workdir)))
@@ -365,136 +366,21 @@ def _tune(args) -> int:
   return 0
 
 
-class _OneLine(logging.Formatter):
-  """`warning: <message>` on one line, like the `error:` lines."""
-
-  def format(self, record: logging.LogRecord) -> str:
-    return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
-
-
-class _Stderr(logging.StreamHandler):
-  """Writes to whatever `sys.stderr` is at the time (tests and notebooks replace it)."""
-
-  @property
-  def stream(self):
-    return sys.stderr
-
-  @stream.setter
-  def stream(self, value):
-    del value
-
-
-class _Held(logging.Handler):
-  """Keeps the records of libraries that log from background threads (orbax through absl,
-  asyncio) until the command ends.
-
-  When a write fails (a full disk), orbax's writer threads each log the failure with a
-  traceback, and asyncio logs the tasks it dropped, some only at exit; the command itself
-  reports the failure in one line. So: printed after a command that succeeded, dropped
-  after one that failed with its own `error:` line. FLAXLSTM_DEBUG=1 prints them as they
-  come.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.records: list[logging.LogRecord] = []
-
-  def emit(self, record: logging.LogRecord) -> None:
-    self.records.append(record)
-
-  def replay(self) -> None:
-    formatter = logging.Formatter(logging.BASIC_FORMAT)
-    for record in self.records:
-      print(formatter.format(record), file=sys.stderr)
-    self.records = []
-
-
-_HELD = _Held()
-_BACKGROUND_LOGGERS = ("absl", "asyncio")
-_LOOP_CLOSED = "RuntimeError: Event loop is closed"
-
-
-class _QuietForeignThreads:
-  """`sys.stderr` while the CLI runs: everything passes, except one kind of traceback.
-
-  When orbax gives up on a failed save (a full disk) it closes its event loop while
-  TensorStore writes are still in flight; as each completes, TensorStore's own threads
-  (not started by Python, so named "Dummy-N") print a traceback ending in "Event loop is
-  closed", straight to stderr, before and even after the command's one-line error. Those
-  are held like the records above; any other output, from any thread, passes unchanged.
-  """
-
-  def __init__(self, stream):
-    self.stream = stream
-    self._pending: dict[int, list[str]] = {}
-
-  def write(self, text: str) -> int:
-    thread = threading.current_thread()
-    ident = thread.ident or 0
-    buffer = self._pending.get(ident)
-    if buffer is None:
-      if not (thread.name.startswith("Dummy-") and text.startswith("Traceback")):
-        return self.stream.write(text)
-      buffer = self._pending[ident] = []
-    buffer.append(text)
-    block = "".join(buffer)
-    last = block.splitlines()[-1] if block.strip() else ""
-    if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
-      del self._pending[ident]  # the exception line: the traceback is complete
-      if last == _LOOP_CLOSED:
-        _HELD.emit(
-          logging.LogRecord("tensorstore", logging.ERROR, "", 0, "%s", (block.rstrip(),), None)
-        )
-      else:
-        self.stream.write(block)
-    return len(text)
-
-  def flush(self) -> None:
-    self.stream.flush()
-
-  def __getattr__(self, name: str):
-    return getattr(self.stream, name)
-
-
-def _log_to_stderr() -> None:
-  logger = logging.getLogger("flaxlstm")
-  if not any(isinstance(h, _Stderr) for h in logger.handlers):
-    handler = _Stderr()
-    handler.setFormatter(_OneLine())
-    logger.addHandler(handler)
-  logger.setLevel(logging.WARNING)  # --verbose: INFO, set once the arguments are read
-  logger.propagate = False
-  if os.environ.get("FLAXLSTM_DEBUG"):
-    return
-  _HELD.records = []
-  for name in _BACKGROUND_LOGGERS:
-    background = logging.getLogger(name)
-    if _HELD not in background.handlers:
-      background.addHandler(_HELD)
-    background.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command; returns its exit code (0, 1, 2 or 128 + signal)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  _log_to_stderr()
-  stderr = sys.stderr
-  if not isinstance(stderr, _QuietForeignThreads) and not os.environ.get("FLAXLSTM_DEBUG"):
-    sys.stderr = _QuietForeignThreads(stderr)
-  try:
+  console.log_to_stderr()
+  with console.held_stderr():
     code = _main(argv)
-  finally:
-    sys.stderr = stderr
   if code == 0:
-    _HELD.replay()
+    console.replay_held()
   return code
 
 
 def entry() -> None:
   """The `flaxlstm` program: `main`, with stderr kept quiet of TensorStore's leftover
   tracebacks until the interpreter has exited (some arrive during shutdown)."""
-  if not os.environ.get("FLAXLSTM_DEBUG"):
-    sys.stderr = _QuietForeignThreads(sys.stderr)
+  console.hold_until_exit()
   sys.exit(main())
 
 

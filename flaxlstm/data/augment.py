@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flaxlstm.config.schema import AugmentSpec
+from flaxlstm.config.specs import AugmentSpec
 
 # Stream tag of the augmentation random stream (windows.py has the permutation's).
 AUGMENT_STREAM = 1

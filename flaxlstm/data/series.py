@@ -1,12 +1,12 @@
 """Validated, split and scaled series (`SeriesData`), prepared from a `DataSpec`.
 
-The flow: CSV/Parquet -> a validated table (io.py), wide (one series whose columns are the
-features and targets) or long (one row per (series, date), `data.id_column`) -> every
-series' rows one after another in one array -> chronological splits, per series -> scalers
-fit on the train rows only (scaling.py: one for all series, or one per series) -> float32
-inputs, targets and known-in-advance covariates for every row, static covariates per
-series -> a window index per split (`SeriesData.window_index`, never materialized), which
-windows.py gathers into batches.
+The flow: CSV/Parquet -> a validated table (io.py, table.py), wide (one series whose
+columns are the features and targets) or long (one row per (series, date),
+`data.id_column`) -> every series' rows one after another in one array -> chronological
+splits, per series (splits.py) -> scalers fit on the train rows only (scaling.py: one for
+all series, or one per series) -> float32 inputs, targets and known-in-advance covariates
+(calendar.py) for every row, static covariates per series -> a window index per split
+(`SeriesData.window_index`, never materialized), which windows.py gathers into batches.
 
 The spec's values are checked once, by the schema; what is checked here needs the data:
 columns that exist, splits that fit the file, series long enough for their windows.
@@ -16,67 +16,55 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from flaxlstm.config.schema import DataSpec
-from flaxlstm.data import io
+from flaxlstm.config.specs import DataSpec
+from flaxlstm.data import io, splits
+from flaxlstm.data.calendar import calendar_features, calendar_names
 from flaxlstm.data.io import error, list_names, short
 from flaxlstm.data.scaling import FittedScalers, SeriesScaler, inverse, make_scaler, transform
-from flaxlstm.data.windows import WindowIndex
+from flaxlstm.data.table import Table, check_named, feature_columns, static_values, validate_table
 
 log = logging.getLogger(__name__)
 
-# data.split: how rows are split in time.
-SPLITS = ("fractions", "rows", "dates", "ett")
-# Informer's ETT protocol: 12/4/4 months of 30 days of hourly rows.
-ETT_BOUNDS = {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
-_SPLIT_NAMES = ("train", "val", "test")
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowIndex:
+  """The windows of one split: series ``s`` has the window starts ``first[s]``, ...,
+  ``first[s] + counts[s] - 1`` (rows of the data's arrays).
 
-# data.calendar: each feature's phase in [0, 1) from the timestamps, fed as sin/cos so that
-# the end of a cycle meets its start (23h is next to 0h).
-def _phase(name: str, idx: pd.DatetimeIndex) -> np.ndarray:
-  if name == "hour":
-    return (idx.hour + idx.minute / 60.0) / 24.0
-  if name == "dayofweek":
-    return idx.day_of_week / 7.0
-  if name == "dayofmonth":
-    return (idx.day - 1) / idx.days_in_month
-  if name == "dayofyear":
-    return (idx.day_of_year - 1) / (365.0 + idx.is_leap_year)
-  return (idx.month - 1) / 12.0
+  Position ``p`` (0 <= p < len) numbers the windows series by series; `rows` maps
+  positions to window starts with one binary search over the series, so nothing of size
+  ``len`` is ever built unless asked for (`all_rows`).
+  """
 
+  first: np.ndarray
+  counts: np.ndarray
+  _ends: np.ndarray = dataclasses.field(init=False, repr=False)
 
-CALENDAR = ("hour", "dayofweek", "dayofmonth", "dayofyear", "month")
+  def __post_init__(self) -> None:
+    object.__setattr__(self, "_ends", np.cumsum(self.counts, dtype=np.int64))
 
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
 
-def calendar_features(dates: np.ndarray, names: Sequence[str]) -> np.ndarray:
-  """``(n, 2 * len(names))`` float32: sin and cos of each calendar phase of `dates`."""
-  idx = pd.DatetimeIndex(dates)
-  out = []
-  for name in names:
-    angle = 2 * math.pi * np.asarray(_phase(name, idx), np.float64)
-    out += [np.sin(angle), np.cos(angle)]
-  return np.stack(out, axis=-1).astype(np.float32) if out else np.zeros((len(idx), 0), np.float32)
+  @property
+  def n_series(self) -> int:
+    return len(self.first)
 
+  def rows(self, positions: Any) -> np.ndarray:
+    """Window starts (int64) at `positions` of this index."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if self.n_series == 1:
+      return self.first[0] + positions
+    series = np.searchsorted(self._ends, positions, side="right")
+    return self.first[series] + positions - (self._ends[series] - self.counts[series])
 
-def calendar_names(names: Sequence[str]) -> tuple[str, ...]:
-  return tuple(f"{name}_{f}" for name in names for f in ("sin", "cos"))
-
-
-def increasing_dates(values: Sequence[str]) -> bool:
-  """Whether every value is a timestamp and each is later than the one before."""
-  try:
-    stamps = [pd.Timestamp(v) for v in values]
-  except (ValueError, TypeError):
-    return False
-  return all(a < b for a, b in zip(stamps, stamps[1:]))
+  def all_rows(self) -> np.ndarray:
+    return self.rows(np.arange(len(self), dtype=np.int64))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -224,220 +212,6 @@ class SeriesData:
     return self.window_index(split).all_rows()
 
 
-def split_bounds(
-  spec: DataSpec, n_rows: int, dates: np.ndarray | None = None
-) -> dict[str, tuple[int, int]]:
-  """The train/val/test row ranges of `spec.split` for a series of `n_rows` rows."""
-  if spec.split == "ett":
-    if n_rows < ETT_BOUNDS["test"][1]:
-      raise error(
-        f"data.split='ett' needs at least {ETT_BOUNDS['test'][1]} rows "
-        f"(12/4/4 months of 30 days, hourly), the file has {n_rows}"
-      )
-    return dict(ETT_BOUNDS)
-  if spec.split in ("rows", "dates"):
-    if spec.split == "dates":
-      assert dates is not None  # the schema requires a date column
-      ends = _date_ends(spec, dates[None], np.array([0, n_rows]))[0]
-    else:
-      ends = tuple(spec.split_rows)
-      if len(ends) == 2:
-        ends += (n_rows,)  # Without test_end the test split runs to the end of the file.
-    if not 0 < ends[0] < ends[1] < ends[2] <= n_rows:
-      got = tuple(int(e) for e in ends)
-      if spec.split == "dates":
-        raise error(
-          f"data.split_dates {tuple(spec.split_dates)} leave a split without rows: they end "
-          f"the splits at rows {got} of {n_rows}"
-        )
-      raise error(
-        f"data.split_rows must satisfy 0 < train_end < val_end < test_end <= "
-        f"{n_rows} (the number of rows), got {got}"
-      )
-  else:
-    train_end = int(n_rows * spec.split_fractions[0])
-    val_end = train_end + int(n_rows * spec.split_fractions[1])
-    ends = (train_end, val_end, val_end + int(n_rows * spec.split_fractions[2]))
-  return {"train": (0, ends[0]), "val": (ends[0], ends[1]), "test": (ends[1], ends[2])}
-
-
-def _date_ends(spec: DataSpec, dates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  """Per series, the local row where each split of `data.split_dates` ends: ``(S, 3)``.
-
-  `dates` holds every row (all series, in row order); a row is in the first split whose
-  end date is after it. Without a test end the test split runs to each series' end.
-  """
-  flat = np.asarray(dates).reshape(-1)
-  ends_at = [np.datetime64(pd.Timestamp(d).tz_localize(None), "ns") for d in spec.split_dates]
-  begin, stop = offsets[:-1], offsets[1:]
-  # Dates increase within each series, so "rows before the end date" is a count per
-  # series: the rows of that series whose date is before it.
-  out = np.empty((len(begin), 3), np.int64)
-  for k in range(3):
-    if k < len(ends_at):
-      before = np.concatenate([[0], np.cumsum(flat < ends_at[k])])
-      out[:, k] = before[stop] - before[begin]
-    else:
-      out[:, k] = stop - begin
-  return out
-
-
-def _check_lengths(bounds: dict[str, tuple[int, int]], spec: DataSpec, n_rows: int) -> None:
-  """Requires at least one window per split (train: inputs inside train rows too)."""
-  sizes = {name: stop - start for name, (start, stop) in bounds.items()}
-  lookback, horizon = spec.lookback, spec.horizon
-  if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and sizes["test"] >= horizon:
-    return
-  raise error(
-    f"series too short: data.lookback={lookback} + data.horizon={horizon} need "
-    f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
-    f"but data.split={spec.split!r} gives train={sizes['train']}, "
-    f"val={sizes['val']}, test={sizes['test']} (of {n_rows} rows)"
-  )
-
-
-def _panel_ends(spec: DataSpec, lengths: np.ndarray, dates, offsets) -> np.ndarray:
-  """Each series' local split ends ``(S, 3)`` (train_end, val_end, test_end)."""
-  if spec.split == "dates":
-    return _date_ends(spec, dates, offsets)
-  if spec.split == "fractions":
-    f = spec.split_fractions
-    train = (lengths * f[0]).astype(np.int64)
-    val = train + (lengths * f[1]).astype(np.int64)
-    return np.stack([train, val, val + (lengths * f[2]).astype(np.int64)], axis=-1)
-  fixed = [ETT_BOUNDS[k][1] for k in _SPLIT_NAMES] if spec.split == "ett" else list(spec.split_rows)
-  ends = np.empty((len(lengths), 3), np.int64)
-  ends[:, : len(fixed)] = fixed
-  if len(fixed) == 2:
-    ends[:, 2] = lengths
-  # A series that ends before a fixed boundary is too short (found by `_short_series`).
-  return np.minimum(ends, lengths[:, None])
-
-
-def _short_series(spec: DataSpec, ends: np.ndarray) -> np.ndarray:
-  """Which series lack a window in some split (train: inputs inside train rows too)."""
-  train, val, test = ends[:, 0], ends[:, 1] - ends[:, 0], ends[:, 2] - ends[:, 1]
-  return (train < spec.lookback + spec.horizon) | (val < spec.horizon) | (test < spec.horizon)
-
-
-def _columns(
-  spec: DataSpec, frame_columns: Sequence[str]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  if spec.features:
-    features = spec.features
-  elif spec.id_column:
-    features = spec.target  # a long table: each series' own past
-  else:
-    taken = {spec.date_column, *spec.known}
-    features = tuple(c for c in frame_columns if c not in taken)
-  date_column = spec.date_column or None
-  if date_column and date_column in features + spec.target + spec.known + spec.static:
-    raise error(
-      f"date column {date_column!r} cannot be a feature or target (or a covariate); "
-      "check data.features / data.target / data.known / data.static"
-    )
-  return features, spec.target
-
-
-@dataclasses.dataclass
-class _Table:
-  """A validated table, every series' rows one after another in time order."""
-
-  frame: pd.DataFrame
-  offsets: np.ndarray
-  series_ids: tuple[str, ...]
-  path: Any
-
-  @property
-  def row_series(self) -> np.ndarray:
-    return np.repeat(np.arange(len(self.offsets) - 1, dtype=np.int32), np.diff(self.offsets))
-
-  def select(self, keep: np.ndarray) -> _Table:
-    """Only the series where `keep` is True."""
-    lengths = np.diff(self.offsets)
-    rows = np.repeat(keep, lengths)
-    return _Table(
-      self.frame[rows].reset_index(drop=True),
-      np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
-      tuple(i for i, k in zip(self.series_ids, keep) if k),
-      self.path,
-    )
-
-
-def _read(
-  spec: DataSpec,
-  path: Any,
-  raw: pd.DataFrame,
-  kind: str,
-  columns: list[str],
-  *,
-  check_constant: bool,
-  optional: Sequence[str] = (),
-) -> tuple[_Table, bool]:
-  """Validates the freshly read `raw` as the spec's wide or long table.
-
-  `optional` columns (an inference file's targets) may be absent: the second value says
-  whether they are all there.
-  """
-  date_column = spec.date_column or None
-  present = all(c in raw.columns for c in optional)
-  wanted = list(dict.fromkeys(columns + (list(optional) if present else [])))
-  if spec.id_column:
-    frame, offsets, ids = io.validate_long(
-      raw,
-      path,
-      kind,
-      id_column=spec.id_column,
-      date_column=date_column,
-      columns=wanted,
-      fill=spec.fill,
-      check_constant=check_constant,
-    )
-    return _Table(frame, offsets, tuple(ids), path), present
-  frame = io.validate_frame(
-    raw,
-    path,
-    kind,
-    date_column=date_column,
-    columns=wanted,
-    fill=spec.fill,
-    check_constant=check_constant,
-  )
-  return _Table(frame, np.array([0, len(frame)], np.int64), (), path), present
-
-
-def _check_named(spec: DataSpec, raw_columns: Sequence[str], path: Any, features, targets) -> None:
-  for key, names in (
-    ("data.features", features),
-    ("data.target", targets),
-    ("data.known", spec.known),
-    ("data.static", spec.static),
-  ):
-    for name in names:
-      if name not in raw_columns:
-        # Checked here, not only in validation, so the message names the config key.
-        raise error(
-          f"column {name!r} ({key}) not found in {path} (columns: {list_names(list(raw_columns))})"
-        )
-
-
-def _static_values(spec: DataSpec, table: _Table) -> np.ndarray | None:
-  """One row per series of the `data.static` columns; each must be constant in its series."""
-  if not spec.static:
-    return None
-  values = table.frame[list(spec.static)].to_numpy(np.float64)
-  begin = table.offsets[:-1]
-  low, high = np.minimum.reduceat(values, begin), np.maximum.reduceat(values, begin)
-  bad = np.argwhere(low != high)
-  if bad.size:
-    s, c = (int(v) for v in bad[0])
-    raise error(
-      f"static column {spec.static[c]!r} (data.static) of {table.path} varies within series "
-      f"{short(table.series_ids[s])} (from {low[s, c]:g} to {high[s, c]:g})"
-    )
-  return values[begin]
-
-
 def _fit(
   kind: str, scope: str, values: np.ndarray, train: np.ndarray, split_rows: np.ndarray
 ) -> Any:
@@ -469,17 +243,17 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   """
   path = io.data_file(spec.path)
   raw, kind = io.read_table(path)
-  features, targets = _columns(spec, list(raw.columns))
-  _check_named(spec, list(raw.columns), path, features, targets)
+  features, targets = feature_columns(spec, list(raw.columns))
+  check_named(spec, list(raw.columns), path, features, targets)
   columns = list(dict.fromkeys(features + targets + spec.known + spec.static))
-  table, _ = _read(spec, path, raw, kind, columns, check_constant=True)
+  table, _ = validate_table(spec, path, raw, kind, columns, check_constant=True)
   del raw  # the validated table holds what is needed; a large file is not kept twice
   date_column = spec.date_column or None
   dates = table.frame[date_column].to_numpy() if date_column else None
   lengths = np.diff(table.offsets)
   if spec.id_column:
-    ends = _panel_ends(spec, lengths, dates, table.offsets)
-    short_ = _short_series(spec, ends)
+    ends = splits.panel_ends(spec, lengths, dates, table.offsets)
+    short_ = splits.short_series(spec, ends)
     if short_.any():
       first = int(np.argmax(short_))
       what = (
@@ -500,12 +274,12 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
       ends, lengths = ends[~short_], np.diff(table.offsets)
       dates = table.frame[date_column].to_numpy() if date_column else None
   else:
-    bounds = split_bounds(spec, len(table.frame), dates)
-    _check_lengths(bounds, spec, len(table.frame))
-    ends = np.array([[bounds[k][1] for k in _SPLIT_NAMES]], np.int64)
+    bounds = splits.split_bounds(spec, len(table.frame), dates)
+    splits.check_lengths(bounds, spec, len(table.frame))
+    ends = np.array([[bounds[k][1] for k in splits.SPLIT_NAMES]], np.int64)
   begin = table.offsets[:-1, None]
   local = np.concatenate([np.zeros((len(ends), 1), np.int64), ends], axis=1)
-  split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(_SPLIT_NAMES)}
+  split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
 
   frame = table.frame
   blocks = {
@@ -513,7 +287,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     "targets": frame[list(targets)].to_numpy(np.float64),
     "known": frame[list(spec.known)].to_numpy(np.float64),
   }
-  static = _static_values(spec, table)
+  static = static_values(spec, table)
   if scalers is None:
     train_mask = np.zeros(len(frame), bool)
     for a, b in split_rows["train"]:
@@ -559,7 +333,7 @@ def _check_saved(scalers: FittedScalers, features, targets, spec: DataSpec) -> N
     )
 
 
-def _series_codes(scalers: FittedScalers, table: _Table) -> np.ndarray:
+def _series_codes(scalers: FittedScalers, table: Table) -> np.ndarray:
   """Each series' position among the run's series; -1 for a new one."""
   if not table.series_ids:
     return np.zeros(1, np.int32)
@@ -576,7 +350,7 @@ def _series_codes(scalers: FittedScalers, table: _Table) -> np.ndarray:
 
 def _build(
   spec: DataSpec,
-  table: _Table,
+  table: Table,
   blocks: dict[str, np.ndarray],
   static: np.ndarray | None,
   scalers: FittedScalers,
@@ -654,7 +428,7 @@ def prepare_inference(
   columns = list(dict.fromkeys(features + spec.known + spec.static))
   # No constant check: a short inference file may legitimately hold a flat stretch.
   raw, kind = io.read_table(resolved)
-  table, has_targets = _read(
+  table, has_targets = validate_table(
     spec, resolved, raw, kind, columns, check_constant=False, optional=targets
   )
   del raw
@@ -683,7 +457,7 @@ def prepare_inference(
     spec,
     table,
     blocks,
-    _static_values(spec, table),
+    static_values(spec, table),
     scalers,
     codes,
     split_rows,

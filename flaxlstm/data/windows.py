@@ -12,56 +12,17 @@ a jitted step compiles once.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from flaxlstm.data.io import error
-
-if TYPE_CHECKING:
-  from flaxlstm.data.series import SeriesData
+from flaxlstm.data.series import SeriesData, WindowIndex
 
 # Stream tag of the permutation random stream (augment.py has its own), so the streams
 # stay independent even when (seed, epoch) and (seed, step) hold equal numbers.
 PERMUTATION_STREAM = 0
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class WindowIndex:
-  """The windows of one split: series ``s`` has the window starts ``first[s]``, ...,
-  ``first[s] + counts[s] - 1`` (rows of the data's arrays).
-
-  Position ``p`` (0 <= p < len) numbers the windows series by series; `rows` maps
-  positions to window starts with one binary search over the series, so nothing of size
-  ``len`` is ever built unless asked for (`all_rows`).
-  """
-
-  first: np.ndarray
-  counts: np.ndarray
-  _ends: np.ndarray = dataclasses.field(init=False, repr=False)
-
-  def __post_init__(self) -> None:
-    object.__setattr__(self, "_ends", np.cumsum(self.counts, dtype=np.int64))
-
-  def __len__(self) -> int:
-    return int(self._ends[-1]) if len(self._ends) else 0
-
-  @property
-  def n_series(self) -> int:
-    return len(self.first)
-
-  def rows(self, positions: Any) -> np.ndarray:
-    """Window starts (int64) at `positions` of this index."""
-    positions = np.asarray(positions, dtype=np.int64)
-    if self.n_series == 1:
-      return self.first[0] + positions
-    series = np.searchsorted(self._ends, positions, side="right")
-    return self.first[series] + positions - (self._ends[series] - self.counts[series])
-
-  def all_rows(self) -> np.ndarray:
-    return self.rows(np.arange(len(self), dtype=np.int64))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -264,8 +225,8 @@ def batch_for_step(
 
 
 # An epoch's order serves all of its steps: computed once per (seed, epoch), not once per
-# step (a permutation of every window, 0.1 ms at ETTh1's 8.5k windows, paid by each member
-# of a population on every step). Kept for splits of up to 100k windows, so the 64 entries
+# step (a permutation of every window, which each member of a population would otherwise
+# pay on every step). Kept for splits of up to 100k windows, so the 64 entries
 # (a population's members' current epochs) hold at most 51 MB.
 _CACHED_WINDOWS = 100_000
 

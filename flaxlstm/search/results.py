@@ -1,6 +1,6 @@
 """Results of a search, from its runs' metrics.json: `results.csv` (one row per run),
 `results.md` and the plots, for sweeps (mean ± std over seeds per setting, one plot per
-swept key) and for tune (trials best first, the metric per trial)."""
+swept key); a tune search's tables (tune_results.py) are built from the same rows."""
 
 from __future__ import annotations
 

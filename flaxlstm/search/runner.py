@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError, Stopped
-from flaxlstm.train import workdir as workdir_lib
+from flaxlstm.train import lock as lock_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,11 +387,11 @@ class Children:
 
   def wait_for_lock(self, directory: pathlib.Path, say) -> bool:
     """Waits while another process holds `directory`'s lock; True if one did."""
-    holder = workdir_lib.lock_holder(directory)
+    holder = lock_lib.lock_holder(directory)
     if holder is None:
       return False
     say(f"waiting for {holder} to release {directory}")
-    while workdir_lib.lock_holder(directory) is not None and not self.signum:
+    while lock_lib.lock_holder(directory) is not None and not self.signum:
       time.sleep(0.2)
     return True
 

@@ -43,9 +43,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from flaxlstm.errors import InputError
-from flaxlstm.search import runner
-from flaxlstm.search import tune as tune_lib
-from flaxlstm.search.tune import Outcome, Trial, Tune
+from flaxlstm.search import runner, searchers, trial_store, tune_results
+from flaxlstm.search.trial_store import Outcome, Trial
+from flaxlstm.search.tune_file import Tune, import_optuna
 
 HEARTBEAT_S = 5.0  # how often a training worker touches its trials' heartbeat files
 _NAME = "flaxlstm_name"  # user attr: the trial folder (a retry trains in its original's)
@@ -71,7 +71,7 @@ def open_storage(optuna, url: str) -> Any:
 
 
 def study_name(tune: Tune) -> str:
-  identity = json.dumps(tune_lib._identity(tune), sort_keys=True)
+  identity = json.dumps(trial_store.search_identity(tune), sort_keys=True)
   return "flaxlstm-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -86,14 +86,14 @@ def run_worker(
   stale_after: float,
 ) -> Outcome:
   """One worker: ask, train and tell rounds of `parallel` trials until the search is full."""
-  optuna = tune_lib._import_optuna()
+  optuna = import_optuna()
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
   storage = open_storage(optuna, storage_url)  # refused before anything is written
-  tune_lib.open_store(tune, workdir)  # the same search in this workdir, or refused
+  trial_store.open_store(tune, workdir)  # the same search in this workdir, or refused
   study = optuna.create_study(
     study_name=study_name(tune), storage=storage, direction="minimize", load_if_exists=True
   )
-  distributions = tune_lib._distributions(optuna, tune.space)
+  distributions = searchers.optuna_distributions(optuna, tune.space)
   state = optuna.trial.TrialState
   say(f"tune worker: study {study.study_name}, {tune.trials} trials, {parallel} per round")
   with runner.Children() as children:
@@ -112,7 +112,7 @@ def run_worker(
       with _heartbeats(workdir, [t.name for t in trials], _interval(stale_after)):
         failed = runner.train_runs(
           tune.config,
-          tune_lib._runs(tune, trials),
+          trial_store.as_runs(tune, trials),
           workdir,
           children,
           parallel=parallel,
@@ -121,7 +121,7 @@ def run_worker(
         )
       children.raise_if_stopped("tune worker")  # the trials stay RUNNING: retried later
       for asked, trial in batch:
-        value = tune_lib.value_of(tune, workdir, trial)
+        value = trial_store.value_of(tune, workdir, trial)
         if value is None:
           asked.set_user_attr(_ERROR, failed.get(trial.name, "no metric"))
           study.tell(asked, state=state.FAIL)
@@ -130,9 +130,9 @@ def run_worker(
         shown = "FAILED " + failed.get(trial.name, "") if value is None else f"{value:.4g}"
         say(f"{trial.name}  {tune.metric}={shown}")
   trials, failures = _finished(optuna, study, tune, workdir)
-  runner.write_failures(workdir, tune_lib._runs(tune, trials), failures)
-  tune_lib.aggregate(tune, workdir, trials, failures)
-  best = tune_lib._read_best(workdir)
+  runner.write_failures(workdir, trial_store.as_runs(tune, trials), failures)
+  tune_results.aggregate(tune, workdir, trials, failures)
+  best = tune_results.read_best(workdir)
   return Outcome(len(trials), len(failures), best)
 
 
@@ -170,7 +170,7 @@ def _ask(optuna, study, tune: Tune, distributions: dict, n: int) -> list[tuple[A
         study.tell(asked, state=state.PRUNED)
         break
     number = int(asked.user_attrs.get(_NUMBER, asked.number))
-    batch.append((asked, Trial(number, tune_lib._from_optuna(tune.space, asked.params))))
+    batch.append((asked, Trial(number, searchers.from_optuna(tune.space, asked.params))))
   return batch
 
 
@@ -232,7 +232,7 @@ def _finished(optuna, study, tune: Tune, workdir: pathlib.Path) -> tuple[list[Tr
     if not _counts(t) or t.state == state.WAITING:
       continue
     number = int(t.user_attrs.get(_NUMBER, t.number))
-    trial = Trial(number, tune_lib._from_optuna(tune.space, t.params))
+    trial = Trial(number, searchers.from_optuna(tune.space, t.params))
     by_number[number] = trial
     if t.state == state.FAIL:
       failures[trial.name] = str(t.user_attrs.get(_ERROR, "failed (its worker's logs/)"))
@@ -253,7 +253,7 @@ def _random_sampler(optuna, tune: Tune) -> Any:
       return {}
 
     def sample_independent(self, study, trial, name, distribution) -> Any:
-      values = tune_lib.random_params(tune, trial.number)
-      return tune_lib._to_optuna(tune.space, values)[name]
+      values = searchers.random_params(tune, trial.number)
+      return searchers.to_optuna(tune.space, values)[name]
 
   return FromNumber()

@@ -36,7 +36,7 @@ from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError
 from flaxlstm.search import results, runner
 from flaxlstm.search.runner import Run
-from flaxlstm.train import workdir as workdir_lib
+from flaxlstm.train import lock as lock_lib
 
 _SWEEP_KEYS = ("config", "overrides", "grid", "zip", "seeds")
 
@@ -110,8 +110,8 @@ def check_spec(spec: Any) -> None:
       # Typos are caught here, not after an hour of runs; values are checked by each run.
       if key == "seed":  # Seeds are not a setting: results.md averages over them.
         raise InputError(f"{part}: sweep the seed with 'seeds', not '{key}'")
-      if key not in schema:
-        raise InputError(f"{part}: unknown config key '{key}'")
+      if key not in schema:  # named as a config override is: renamed keys, close matches
+        raise InputError(f"{part}: {config_lib.unknown_key_message(key, schema)}")
       if not isinstance(options, (list, tuple)) or not options:
         raise InputError(f"{part}: '{key}' must be a non-empty list of values")
   if set(grid) & set(zipped):
@@ -152,7 +152,7 @@ def run_sweep(
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lib.Lock(workdir, "flaxlstm sweep"), runner.Children() as children:
+  with lock_lib.Lock(workdir, "flaxlstm sweep"), runner.Children() as children:
     failures = runner.train_runs(
       sweep.config,
       sweep.runs,

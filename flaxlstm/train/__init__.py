@@ -7,7 +7,8 @@ optim.py       optimizers, schedules, losses, penalties
 evaluation.py  validation and early stopping, final metrics, plots
 preemption.py  SIGTERM/SIGINT as a stop request
 checkpoint.py  orbax checkpoints: latest and best, digests, fallbacks
-workdir.py     run directories: lock, fingerprints, refusal before any write
+workdir.py     run directories: what one is, fingerprints, refusal before any write
+lock.py        who owns a run directory: the lock, a training command's claim
 inference.py   evaluate / predict on a finished run
 """
 

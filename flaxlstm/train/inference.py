@@ -12,11 +12,12 @@ import jax
 import numpy as np
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import io, scaling, series, windows
+from flaxlstm.data import calendar, io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
 from flaxlstm.forecast.metrics import HeadDistribution
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
+from flaxlstm.train import lock as lock_lib
 from flaxlstm.train import workdir as workdir_lib
 from flaxlstm.train.assembly import assemble, build_model
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
@@ -60,7 +61,7 @@ def evaluate(
   summary from the checkpoint's bookkeeping, so a damaged one is simply replaced.
   """
   config, record = workdir_lib.read_run_config(workdir)
-  lock = workdir_lib.Lock(workdir, "flaxlstm evaluate")
+  lock = lock_lib.Lock(workdir, "flaxlstm evaluate")
   with lock:
     data_now = workdir_lib.fingerprint(io.data_file(config.data.path))
     warning = workdir_lib.check_same_data(
@@ -227,5 +228,5 @@ def _future_known(spec, data: series.SeriesData, starts, series_of, steps) -> np
     last[:, None].repeat(data.horizon, 1)[~inside]
     + ahead * steps[series_of][:, None].repeat(data.horizon, 1)[~inside]
   )
-  out[~inside] = series.calendar_features(dates, spec.calendar)
+  out[~inside] = calendar.calendar_features(dates, spec.calendar)
   return out

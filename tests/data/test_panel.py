@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flaxlstm.config import DataSpec
-from flaxlstm.data import scaling, series, windows
+from flaxlstm.config import DataSpec, RunSpec, validate
+from flaxlstm.data import calendar, scaling, series, windows
 from flaxlstm.errors import InputError
 
 LOOKBACK, HORIZON = 8, 4
@@ -176,7 +176,7 @@ def test_past_only_columns_are_inputs_but_not_targets(panel_path):
 
 def test_calendar_features_are_unit_circles():
   dates = pd.date_range("2020-02-28", periods=80, freq="7h").to_numpy()
-  out = series.calendar_features(dates, series.CALENDAR)
+  out = calendar.calendar_features(dates, calendar.CALENDAR)
   assert out.shape == (80, 10)
   np.testing.assert_allclose(out[:, 0::2] ** 2 + out[:, 1::2] ** 2, 1, atol=1e-6)
 
@@ -254,7 +254,7 @@ def test_config_checks_for_panels():
     (dict(split_dates=("2021-01-01", "2021-01-02")), "only used with data.split='dates'"),
     (dict(known=("OT",)), "'OT' is also in data.target"),
   ]:
-    _error(fragment, DataSpec, **overrides)
+    _error(fragment, lambda **kw: validate(RunSpec(data=DataSpec(**kw))), **overrides)
 
 
 def test_saved_scalers_reject_a_malformed_panel_block(panel_path, tmp_path):

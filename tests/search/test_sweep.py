@@ -246,18 +246,18 @@ def test_slurm_script_works_with_a_space_in_the_workdir(tmp_path, capsys):
 
 
 def test_a_second_runner_on_a_busy_sweep_is_refused(tiny, tmp_path, capsys):
-  from flaxlstm.train import workdir as workdir_lib
+  from flaxlstm.train import lock as lock_lib
 
   path = _write_sweep(
     tmp_path / "s.py", {"config": tiny["exp"], "overrides": ["train.max_steps=5"]}
   )
   workdir = tmp_path / "runs"
   workdir.mkdir()
-  with workdir_lib.Lock(workdir, "another sweep runner"):
+  with lock_lib.Lock(workdir, "another sweep runner"):
     assert cli.main(["sweep", path, "--workdir", str(workdir)]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "is in use by pid" in err and err.count("\n") == 1
-  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_NAME]
+  assert sorted(p.name for p in workdir.iterdir()) == [lock_lib.LOCK_NAME]
 
 
 def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):

@@ -16,8 +16,7 @@ import pytest
 
 from flaxlstm import cli
 from flaxlstm.errors import InputError
-from flaxlstm.search import runner
-from flaxlstm.search import tune as tune_lib
+from flaxlstm.search import runner, searchers, trial_store, tune_file
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,9 +39,9 @@ def _write_tune(path: pathlib.Path, spec: dict) -> str:
 
 
 def test_parse_fills_defaults_and_snaps_int_ranges_to_the_step():
-  tune = tune_lib.parse(_spec(space={"train.batch_size": {"int": [16, 70], "step": 16}}))
+  tune = tune_file.parse(_spec(space={"train.batch_size": {"int": [16, 70], "step": 16}}))
   assert (tune.metric, tune.algorithm, tune.seed, tune.overrides) == ("val_mse", "tpe", 0, ())
-  assert tune.space["train.batch_size"] == tune_lib.Dist("int", low=16, high=64, step=16)
+  assert tune.space["train.batch_size"] == tune_file.Dist("int", low=16, high=64, step=16)
 
 
 @pytest.mark.parametrize(
@@ -88,18 +87,18 @@ def test_parse_fills_defaults_and_snaps_int_ranges_to_the_step():
 )
 def test_parse_rejects_bad_specs(changes, message):
   with pytest.raises(InputError, match=message):
-    tune_lib.parse(_spec(**changes))
+    tune_file.parse(_spec(**changes))
 
 
 def test_random_search_is_a_function_of_seed_and_trial_number():
-  tune = tune_lib.parse(_spec(algorithm="random", seed=7))
-  first = [tune_lib.random_params(tune, i) for i in range(20)]
+  tune = tune_file.parse(_spec(algorithm="random", seed=7))
+  first = [searchers.random_params(tune, i) for i in range(20)]
   # Again, and in a longer search: the same trials (a resumed search proposes these).
-  assert [tune_lib.random_params(tune, i) for i in range(20)] == first
-  longer = tune_lib.parse(_spec(algorithm="random", seed=7, trials=50))
-  assert [tune_lib.random_params(longer, i) for i in range(20)] == first
-  other = tune_lib.parse(_spec(algorithm="random", seed=8))
-  assert tune_lib.random_params(other, 0) != first[0]
+  assert [searchers.random_params(tune, i) for i in range(20)] == first
+  longer = tune_file.parse(_spec(algorithm="random", seed=7, trials=50))
+  assert [searchers.random_params(longer, i) for i in range(20)] == first
+  other = tune_file.parse(_spec(algorithm="random", seed=8))
+  assert searchers.random_params(other, 0) != first[0]
   for p in first:
     assert p["model.hidden_sizes"] in {(8,), (16,), (8, 8)}
     assert 0.0 <= p["model.dropout"] <= 0.5
@@ -110,25 +109,25 @@ def test_random_search_is_a_function_of_seed_and_trial_number():
 
 
 def test_tpe_rebuilds_its_study_from_the_store():
-  tune = tune_lib.parse(_spec())
-  search = tune_lib.make_search(tune, 0)
-  trials = [tune_lib.Trial(n, search.propose(n)) for n in range(4)]
+  tune = tune_file.parse(_spec())
+  search = searchers.make_search(tune, 0)
+  trials = [trial_store.Trial(n, search.propose(n)) for n in range(4)]
   values = [0.5, None, 0.2, 0.9]  # trial 1 failed
   for trial, value in zip(trials, values):
     search.report(trial, value)
 
   # A restart reports the recorded trials to a fresh study instead of re-running them.
-  resumed = tune_lib.make_search(tune, len(trials))
+  resumed = searchers.make_search(tune, len(trials))
   for trial, value in zip(trials, values):
     resumed.report(trial, value)
   states = [t.state.name for t in resumed.study.trials]
   assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
   assert resumed.study.best_value == 0.2
-  best = tune_lib._from_optuna(tune.space, resumed.study.best_trial.params)
+  best = searchers.from_optuna(tune.space, resumed.study.best_trial.params)
   assert best == trials[2].params
   # The same seed proposes the same first trial; the resumed sampler is seeded apart, so it
   # does not propose trial 0 again (TPE's start-up trials are random draws from its seed).
-  assert tune_lib.make_search(tune, 0).propose(0) == trials[0].params
+  assert searchers.make_search(tune, 0).propose(0) == trials[0].params
   proposal = resumed.propose(4)
   assert proposal not in [t.params for t in trials]
   assert set(proposal) == set(SPACE) and proposal["model.hidden_sizes"] in {(8,), (16,), (8, 8)}
@@ -137,27 +136,27 @@ def test_tpe_rebuilds_its_study_from_the_store():
 def test_tpe_without_optuna_says_how_to_install_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
   with pytest.raises(InputError, match=r"pip install 'flaxlstm\[tune\]'"):
-    tune_lib.make_search(tune_lib.parse(_spec()), 0)
+    searchers.make_search(tune_file.parse(_spec()), 0)
 
 
 def test_store_round_trips_trials_and_refuses_another_search(tmp_path):
-  tune = tune_lib.parse(_spec(algorithm="random"))
-  assert tune_lib.open_store(tune, tmp_path / "w") == []
-  trials = [tune_lib.Trial(n, tune_lib.random_params(tune, n)) for n in range(3)]
+  tune = tune_file.parse(_spec(algorithm="random"))
+  assert trial_store.open_store(tune, tmp_path / "w") == []
+  trials = [trial_store.Trial(n, searchers.random_params(tune, n)) for n in range(3)]
   for trial in trials:
-    tune_lib._record(tmp_path / "w", trial)
+    trial_store.record_trial(tmp_path / "w", trial)
   # Tuples (stored as JSON lists) come back as the space's values.
-  assert tune_lib.open_store(tune, tmp_path / "w") == trials
+  assert trial_store.open_store(tune, tmp_path / "w") == trials
   # More trials extend the search; another space or seed is another search.
   assert (
-    tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", trials=9)), tmp_path / "w")
+    trial_store.open_store(tune_file.parse(_spec(algorithm="random", trials=9)), tmp_path / "w")
     == trials
   )
   with pytest.raises(InputError, match="holds a search with another seed"):
-    tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", seed=1)), tmp_path / "w")
+    trial_store.open_store(tune_file.parse(_spec(algorithm="random", seed=1)), tmp_path / "w")
   other = dict(SPACE, **{"model.dropout": {"uniform": [0.0, 0.3]}})
   with pytest.raises(InputError, match="another space"):
-    tune_lib.open_store(tune_lib.parse(_spec(algorithm="random", space=other)), tmp_path / "w")
+    trial_store.open_store(tune_file.parse(_spec(algorithm="random", space=other)), tmp_path / "w")
 
 
 def test_dry_run_and_bad_files(tiny, tmp_path, capsys):
@@ -236,17 +235,17 @@ def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(
 
   # A kill after recording trial 3 but before it finished: the rerun trains it with its
   # recorded values, retries the failed trial 1, and proposes only trial 4.
-  tune = tune_lib.load_tune(path, trials=5)
-  killed = tune_lib.Trial(3, tune_lib.random_params(tune, 99))
-  tune_lib._record(workdir, killed)
+  tune = tune_file.load_tune(path, trials=5)
+  killed = trial_store.Trial(3, searchers.random_params(tune, 99))
+  trial_store.record_trial(workdir, killed)
   trained.clear()
   monkeypatch.setattr(runner, "train_runs", _fake_train_runs(trained, set()))
   assert cli.main(args + ["--trials", "5", "--quiet"]) == 0
   assert trained == [["trial_001"], ["trial_003"], ["trial_004"]]
   assert not (workdir / "failures.txt").exists()
-  trials = tune_lib.read_trials(tune, workdir)
+  trials = trial_store.read_trials(tune, workdir)
   assert trials[3] == killed and len(trials) == 5
-  assert len({json.dumps(tune_lib._jsonable(t.params)) for t in trials}) == 5
+  assert len({json.dumps(trial_store.jsonable(t.params)) for t in trials}) == 5
 
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -273,8 +272,8 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
     "algorithm": "random",
     "seed": 2,
   }
-  tune = tune_lib.parse(spec)
-  assert [tune_lib.random_params(tune, i)["train.batch_size"] for i in range(3)] == [1024, 16, 32]
+  tune = tune_file.parse(spec)
+  assert [searchers.random_params(tune, i)["train.batch_size"] for i in range(3)] == [1024, 16, 32]
   path = _write_tune(tmp_path / "tiny_tune.py", spec)
   workdir = tmp_path / "runs"
   args = ["tune", path, "--workdir", str(workdir)]
@@ -294,12 +293,12 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
     assert int(rows[n]["params_count"]) > 0
     assert (
       float(rows[n]["train.learning_rate"])
-      == tune_lib.random_params(tune, int(n[-1]))["train.learning_rate"]
+      == searchers.random_params(tune, int(n[-1]))["train.learning_rate"]
     )
   winner = min(good, key=lambda n: metrics[n]["val"]["mse"])
   best = json.loads((workdir / "best.json").read_text())
   assert best["name"] == winner and best["value"] == metrics[winner]["val"]["mse"]
-  params = tune_lib.random_params(tune, int(winner[-1]))
+  params = searchers.random_params(tune, int(winner[-1]))
   assert best["overrides"] == ["train.max_steps=10"] + [
     f"{k}={runner.format_value(v)}" for k, v in params.items()
   ]
@@ -327,7 +326,7 @@ def test_shipped_tune_files_load(monkeypatch):
   files = sorted((REPO / "experiments" / "tune").glob("*.py"))
   assert "ett_univariate" in {f.stem for f in files}
   for f in files:
-    tune = tune_lib.load_tune(f)
+    tune = tune_file.load_tune(f)
     assert tune.trials >= 10 and tune.metric.startswith("val_")
 
 
@@ -357,7 +356,7 @@ def test_a_damaged_search_store_is_one_line(tiny, tmp_path, capsys, name, conten
     tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 2, "algorithm": "random"}
   )
   workdir = tmp_path / "runs"
-  tune_lib.open_store(tune_lib.load_tune(path), workdir)  # a search that has begun
+  trial_store.open_store(tune_file.load_tune(path), workdir)  # a search that has begun
   (workdir / name).write_bytes(content)
   before = sorted(p.name for p in workdir.iterdir())
   assert cli.main(["tune", path, "--workdir", str(workdir)]) == 2
@@ -395,7 +394,7 @@ def test_workers_share_one_journal_and_retry_a_killed_workers_trial(tiny, tmp_pa
     "trials": 4,
     "algorithm": "random",
   }
-  tune = tune_lib.parse(spec)
+  tune = tune_file.parse(spec)
   path = _write_tune(tmp_path / "shared.py", spec)
   workdir, journal = tmp_path / "runs", tmp_path / "study.journal"
 
@@ -424,7 +423,7 @@ def test_workers_share_one_journal_and_retry_a_killed_workers_trial(tiny, tmp_pa
   assert numbers == [0, 1, 2, 3]  # each trial once, the retries in their originals' place
   for t in done:
     number = t.user_attrs.get("flaxlstm_number", t.number)
-    expected = tune_lib.random_params(tune, number)["train.learning_rate"]
+    expected = searchers.random_params(tune, number)["train.learning_rate"]
     assert t.params["train.learning_rate"] == expected  # a local random search's values
     metrics = json.loads((workdir / f"trial_{number:03d}" / "metrics.json").read_text())
     assert t.value == metrics["val"]["mse"]

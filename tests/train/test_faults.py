@@ -23,7 +23,7 @@ import pytest
 
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
-from flaxlstm.train import workdir as workdir_lib
+from flaxlstm.train import lock as lock_lib
 from flaxlstm.train.assembly import assemble
 
 # Every test here runs real `flaxlstm train` processes.
@@ -329,7 +329,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, re
     assert f"is in use by pid {first.pid} on" in _one_error_line(err)
   # The lock file still names the dead process; the kernel dropped its lock, so the
   # rerun takes over and ends exactly as the uninterrupted run.
-  assert str(first.pid) in (wd / workdir_lib.LOCK_NAME).read_text()
+  assert str(first.pid) in (wd / lock_lib.LOCK_NAME).read_text()
   out = _run(_cmd(tiny, wd))
   assert out.returncode == 0, out.stderr[-2000:]
   _assert_same_run(str(wd), reference)
@@ -385,7 +385,7 @@ def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny,
   runner.send_signal(signal.SIGTERM)
   assert runner.wait(timeout=60) == 128 + signal.SIGTERM
   assert "sweep stopped by signal 15" in runner.stderr.read()
-  assert workdir_lib.lock_holder(run_dir) is None  # the run is not left training
+  assert lock_lib.lock_holder(run_dir) is None  # the run is not left training
   first_stop = _latest_steps(run_dir)[-1]
   assert not (run_dir / "metrics.json").exists()
 
@@ -398,7 +398,7 @@ def test_sweep_runner_passes_sigterm_on_and_kill_9_leaves_no_second_writer(tiny,
   _wait_until(lambda: log_lines() > seen + 1, what="the resumed run")
   runner.kill()
   runner.wait()
-  _wait_until(lambda: workdir_lib.lock_holder(run_dir) is None, what="the orphaned run")
+  _wait_until(lambda: lock_lib.lock_holder(run_dir) is None, what="the orphaned run")
   log = (wd / "logs" / "seed=0.log").read_text()
   assert "stopped by signal 15 at step" in log
   assert first_stop < _latest_steps(run_dir)[-1] < 150
@@ -514,7 +514,7 @@ def test_population_sweep_on_two_devices_stops_on_sigterm_and_resumes(tiny, refe
   assert "stopped by signal 15" in proc.stderr.read()
   for r in runs:
     assert _latest_steps(wd / r) and not (wd / r / "metrics.json").exists(), r
-    assert workdir_lib.lock_holder(wd / r) is None
+    assert lock_lib.lock_holder(wd / r) is None
 
   out = _run([c for c in cmd if c != "--quiet"], env=env)
   assert out.returncode == 0, out.stderr[-2000:]

@@ -42,7 +42,7 @@ import sys
 import pytest
 
 from flaxlstm import cli
-from flaxlstm.train import workdir as workdir_lib
+from flaxlstm.train import lock as lock_lib
 
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "data" / "malformed"
 CASES = json.loads((CORPUS / "workdir_cases.json").read_text())
@@ -257,7 +257,7 @@ def test_hostile_workdir(case, finished_run, tmp_path, capsys, monkeypatch):
 
   holder = None
   if any(op["op"] == "hold_lock" for op in case["damage"]):
-    holder = workdir_lib.Lock(workdir, "a test holding the lock").acquire()
+    holder = lock_lib.Lock(workdir, "a test holding the lock").acquire()
   try:
     code = cli.main(args)
   finally:
