@@ -6,9 +6,12 @@ pandas or matplotlib), so researchers can drop the cell into their own models.
 
 from flaxlstm.nn import (
   LSTM,
+  RNN,
   Bidirectional,
+  LSTMCarry,
   LSTMCell,
   StackedLSTM,
+  StackedRNN,
   flip_sequences,
   from_flax_params,
   from_torch_lstm,
@@ -16,10 +19,13 @@ from flaxlstm.nn import (
 
 __version__ = "0.1.0"
 
-__all__ = [  # the LSTM library's public API (flaxlstm.nn)
+__all__ = [  # the recurrent library's public API (flaxlstm.nn)
+  "RNN",
   "LSTMCell",
+  "LSTMCarry",
   "LSTM",
   "StackedLSTM",
+  "StackedRNN",
   "Bidirectional",
   "flip_sequences",
   "from_flax_params",

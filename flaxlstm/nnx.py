@@ -5,6 +5,7 @@ The modules live in `flaxlstm/nn/nnx.py`, beside the Linen layers whose code the
 
 from flaxlstm.nn.nnx import (  # noqa: F401
   LSTM,
+  RNN,
   Bidirectional,
   LSTMCell,
   StackedLSTM,

@@ -1,12 +1,13 @@
 """Interleaved A/B of the fused LSTM kernels: the working tree against a git revision.
 
 Builds flaxlstm's benchmark train step (`train_step.make_flaxlstm`) twice in one process:
-once with `flaxlstm/nn/recurrence.py` as it is now, and once with the fused forward/backward
-functions of that file at `--rev` (loaded from `git show`; `flaxlstm/kernels.py` in
-revisions before the v2 layout). It then times them step by
-step, interleaved, optionally with PyTorch beside them. On a shared machine, this is the
-comparison to trust for a kernel change: load hits both variants alike. Reported per
-variant: best and median step time, page faults per step and XLA's temporary memory.
+once with the fused LSTM kernel (`flaxlstm/nn/kernels/lstm_fused.py`) as it is now, and once
+with the fused forward/backward functions of that file at `--rev` (loaded from `git show`;
+`flaxlstm/nn/recurrence.py` before architecture v3, `flaxlstm/kernels.py` before v2). It
+then times them step by step, interleaved, optionally with PyTorch beside them. On a shared
+machine, this is the comparison to trust for a kernel change: load hits both variants
+alike. Reported per variant: best and median step time, page faults per step and XLA's
+temporary memory.
 
 Usage:
   python experiments/benchmarks/ab_kernels.py --rev 6c7636a --shape seed --steps 20 --torch
@@ -27,10 +28,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # noqa: E402  (the shapes and peers of the main benchmark)
 
-from flaxlstm.nn import recurrence as kernels  # noqa: E402
+from flaxlstm.nn.kernels import lstm_fused as kernels  # noqa: E402
 
 # Where the fused recurrence lives, newest layout first.
-_KERNEL_PATHS = ("flaxlstm/nn/recurrence.py", "flaxlstm/kernels.py")
+_KERNEL_PATHS = (
+  "flaxlstm/nn/kernels/lstm_fused.py",
+  "flaxlstm/nn/recurrence.py",
+  "flaxlstm/kernels.py",
+)
 
 
 def kernels_at(rev: str):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlstm import StackedLSTM
-from flaxlstm.nn import cudnn
+from flaxlstm.nn.kernels import cudnn
 
 B, T, D = 16, 32, 8
 CASES = {  # name: (widths, bidirectional)

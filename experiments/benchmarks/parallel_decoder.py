@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxlstm.nn.blocks import ParallelDecoder
-from flaxlstm.nn.cell import LSTMCell
+from flaxlstm.nn.cells.lstm import LSTMCell
 
 
 def naive(params, carry, series, m, s):
@@ -47,7 +47,7 @@ def main():
   for horizon in (96, 336, 720):
     m = horizon // s
     dec = ParallelDecoder(
-      features=d, n_segments=m, segment_length=s, out_features=1, n_series=n_series,
+      LSTMCell(d), n_segments=m, segment_length=s, out_features=1, n_series=n_series,
       series_features=128,
     )  # fmt: skip
     key = jax.random.key(0)

@@ -6,9 +6,11 @@ machine hit every variant alike):
 
 * `--shape ett`: the default experiment's whole train step (LSTM 64, batch 64, T 96, one
   feature, dense 24, AdamW with clipping), one model (`make_train_step`) vs a population of
-  P members (train/population.py) run one member after another (`population_chunk=1`, the CPU
+  P members (train/population.py) run one member after another (`chunk=1`, the CPU
   default), all P at once under vmap with the fused kernel's population rule, and all at
-  once with JAX's default batching of the fused kernel (the rule off).
+  once with JAX's default batching of the fused kernel (the rule off: the kernel variant
+  `FusedLSTM(population_rule=False)`, registered here as "fused_jax_batching" and chosen
+  by `implementation=`).
 * `--shape frozen`: what members that have stopped early cost. One step of a population of
   P members of the default experiment (the CPU layout, one member at a time) with every
   member training, with one, and with none, against one model's step; ms per step, not per
@@ -53,14 +55,32 @@ def _interleave(variants: dict, rounds: int, reps: int) -> dict:
   return {k: statistics.median(v) * 1e3 / variants[k][2] for k, v in times.items()}
 
 
-def _default_experiment(members: int):
+# The fused LSTM kernel with JAX's default batching under vmap instead of its population
+# rule: a variant registered under its own name, which a layer or config picks by name.
+PLAIN_VMAP = "fused_jax_batching"
+
+
+def _register_plain_vmap() -> None:
+  from flaxlstm.nn import kernels
+  from flaxlstm.nn.kernels import lstm_fused
+
+  if PLAIN_VMAP not in kernels.KERNELS:
+    kernels.register(lstm_fused.FusedLSTM(PLAIN_VMAP, population_rule=False))
+
+
+def _default_experiment(members: int, implementation: str = "auto"):
   """`members` seeds of the default experiment as population setups, and the first one's
   single-model train step and first batch."""
   from flaxlstm import config as config_lib
   from flaxlstm.train import population
   from flaxlstm.train.step import make_train_step
 
-  specs = [config_lib.to_spec(config_lib.load_config("ett", [f"seed={k}"])) for k in range(members)]
+  specs = [
+    config_lib.to_spec(
+      config_lib.load_config("ett", [f"seed={k}", f"model.cell.implementation={implementation}"])
+    )
+    for k in range(members)
+  ]
   setups = population.assemble_population(specs)
   one = setups[0]
   step1 = make_train_step(
@@ -70,10 +90,11 @@ def _default_experiment(members: int):
 
 
 def ett(members: int, rounds: int) -> dict:
-  from flaxlstm.nn import recurrence
   from flaxlstm.train import population
 
+  _register_plain_vmap()
   setups, step1, batch1 = _default_experiment(members)
+  plain_setups, _, _ = _default_experiment(members, PLAIN_VMAP)
   state1, _ = step1(setups[0].init_state(), *batch1)
 
   def single(state):
@@ -81,13 +102,13 @@ def ett(members: int, rounds: int) -> dict:
 
   variants = {}
   holder = {"single": state1}
-  for name, chunk, rule in (
-    ("population, one member at a time", 1, True),
-    (f"population, {members} at once (vmap, fused rule)", members, True),
-    (f"population, {members} at once (vmap, JAX default batching)", members, False),
+  for name, chunk, members_setups in (
+    ("population, one member at a time", 1, setups),
+    (f"population, {members} at once (vmap, fused rule)", members, setups),
+    (f"population, {members} at once (vmap, JAX default batching)", members, plain_setups),
   ):
-    population.population_chunk, recurrence.POPULATION_RULE = chunk, rule
-    pop = population._Population(setups, population._pop_mesh(jax.devices()[:1]))
+    mesh = population._pop_mesh(jax.devices()[:1])
+    pop = population._Population(members_setups, mesh, chunk=chunk)
     step = pop.make_step()
     state = pop.init()
     inputs, y = jax.device_put(pop.batch(0, [True] * len(setups)), pop.sharding)
@@ -100,7 +121,6 @@ def ett(members: int, rounds: int) -> dict:
       return m
 
     variants[name] = (run, (), members)
-  population.population_chunk, recurrence.POPULATION_RULE = None, True
 
   def run_single():
     holder["single"], m = single(holder["single"])
@@ -111,9 +131,9 @@ def ett(members: int, rounds: int) -> dict:
 
 
 def seed(members: int, rounds: int) -> dict:
-  from flaxlstm.nn import recurrence
-  from flaxlstm.nn.layers import StackedLSTM
+  from flaxlstm.nn.stacks import StackedLSTM
 
+  _register_plain_vmap()
   b, t, d = 32, 64, 8
   model = StackedLSTM(features=(512, 256))
   key = jax.random.key(0)
@@ -122,21 +142,23 @@ def seed(members: int, rounds: int) -> dict:
   p1 = model.init(key, x1)["params"]
   ps = jax.vmap(lambda k: model.init(k, x1)["params"])(jax.random.split(key, members))
 
-  def loss(p, x):
-    return jnp.square(model.apply({"params": p}, x)[:, -1]).sum()
+  def grad_of(model):
+    loss = lambda p, x: jnp.square(model.apply({"params": p}, x)[:, -1]).sum()
+    return jax.grad(loss)
 
-  grad = jax.grad(loss)
+  grad = grad_of(model)
   variants = {"one model": (jax.jit(grad), (p1, x1), 1)}
   variants["lax.map over members"] = (
     jax.jit(lambda p, x: jax.lax.map(lambda a: grad(*a), (p, x))),
     (ps, xs),
     members,
   )
-  for name, rule in (("vmap, fused rule", True), ("vmap, JAX default batching", False)):
-    recurrence.POPULATION_RULE = rule
-    fn = jax.jit(jax.vmap(grad)).lower(ps, xs).compile()  # traced with this setting
-    variants[name] = (fn, (ps, xs), members)
-  recurrence.POPULATION_RULE = True
+  for name, implementation in (
+    ("vmap, fused rule", "fused"),
+    ("vmap, JAX default batching", PLAIN_VMAP),
+  ):
+    g = grad_of(model.clone(implementation=implementation))
+    variants[name] = (jax.jit(jax.vmap(g)).lower(ps, xs).compile(), (ps, xs), members)
   return _interleave(variants, rounds, 1)
 
 

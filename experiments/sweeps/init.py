@@ -9,7 +9,7 @@ def get_sweep():
     "config": "ett",
     "grid": {
       "model.cell.kernel_init": ["glorot_uniform", "lecun_normal"],
-      "model.cell.forget_bias": [0.0, 1.0],
+      "model.lstm.forget_bias": [0.0, 1.0],
     },
     "seeds": [0, 1, 2],
   }

@@ -1,4 +1,6 @@
-"""Configs: the schema (one frozen dataclass per section) and how configs are loaded.
+"""Configs: the specs (one frozen dataclass per section, specs.py), the schema that turns a
+ConfigDict into them and checks it against the registries (schema.py), and how configs are
+loaded (loading.py).
 
   config = flaxlstm.config.load_config("ett:48", ["train.max_epochs=20"])
   spec = flaxlstm.config.to_spec(config)   # a RunSpec: what the trainer takes
@@ -22,19 +24,15 @@ from flaxlstm.config.loading import (
 )
 from flaxlstm.config.schema import (
   RENAMED,
-  AugmentSpec,
-  DataSpec,
-  MeshSpec,
-  ModelSpec,
-  RunSpec,
-  TrainSpec,
   check_keys,
   default_config,
   flatten,
   to_config,
   to_spec,
   unknown_key_message,
+  validate,
 )
+from flaxlstm.config.specs import AugmentSpec, DataSpec, MeshSpec, ModelSpec, RunSpec, TrainSpec
 
 __all__ = [
   "RUN_RECORD_KEY",
@@ -61,4 +59,5 @@ __all__ = [
   "to_config",
   "to_spec",
   "unknown_key_message",
+  "validate",
 ]

@@ -1,464 +1,108 @@
-"""The config schema, declared once: a frozen dataclass per section.
+"""The config schema: the specs (specs.py) as a `ml_collections.ConfigDict` and back, and
+the checks that read the registries.
 
-Each field of these specs is one config key: its default is the schema's default, its
-comment says what it means. `default_config()` builds the `ml_collections.ConfigDict`
-that experiment files edit from them; `to_spec(config)` validates a ConfigDict and turns it
-back into a `RunSpec`, which is what the code takes (data, model, trainer, mesh): no module
+`default_config()` builds the ConfigDict that experiment files edit from the specs' defaults
+and the registries' options; `to_spec(config)` validates a ConfigDict and turns it back
+into a `RunSpec`, which is what the code takes (data, model, trainer, mesh): no module
 declares a default of its own.
 
-The cell's options (`model.cell.*`) are not listed here: they are the fields of
-`flaxlstm.nn.cell.CellOptions`, read from it, so an option added to the cell is a config
-key at once. Choice tables (scalers, fills, splits, initializers, losses, optimizers) live
-with the code that uses them; validation reads them from there.
+The model's option sections come from the registries, not from a list here: `model.cell.*`
+are the options every cell takes (`flaxlstm.nn.cells.base.CellOptions`) and the layers'
+`implementation` (a kernel of `flaxlstm.nn.kernels.KERNELS`); `model.<encoder>.*` are each
+registered encoder's own (`model.lstm.forget_bias`, ...: forecast/encoders.py). A new
+encoder's options are config keys at once. Choice tables (scalers, fills, splits, losses,
+optimizers, encoders, decoders, heads) live with the code that uses them; `validate` reads
+them there, and runs each chosen encoder's, decoder's and head's own rules.
 
 Messages name the key and the value: ``config key 'data.lookback' = 0: must be > 0``.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+import types
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from flaxlstm.config.specs import (
+  AugmentSpec,
+  Checker,
+  DataSpec,
+  MeshSpec,
+  ModelSpec,
+  RunSpec,
+  TrainSpec,
+)
 from flaxlstm.errors import InputError
-
-
-def _cell_fields() -> tuple[dataclasses.Field, ...]:
-  """The cell options (`model.cell.*`): the fields of `flaxlstm.nn.cell.CellOptions`."""
-  from flaxlstm.nn import cell  # already imported by `import flaxlstm`
-
-  return cell.CELL_OPTIONS
-
-
-class _Spec:
-  """Checks its values when it is made (`check`), so a spec is valid by construction."""
-
-  _SECTION: ClassVar[str] = ""
-
-  def __post_init__(self) -> None:
-    self.check(_Checker(self._SECTION, self))
-
-  def check(self, c: _Checker) -> None:
-    raise NotImplementedError
-
-  def with_values(self, **values: Any) -> Any:
-    """A copy with `values` set *unchecked*: for traced per-member hyperparameters inside a
-    population's step (train/population.py), which have no Python value to check. Every
-    member's config was validated as a whole before."""
-    out = copy.copy(self)
-    for key, value in values.items():
-      object.__setattr__(out, key, value)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentSpec(_Spec):
-  """Train-time augmentation of the input windows (data/augment.py); 0 = off."""
-
-  _SECTION: ClassVar[str] = "data.augment."
-
-  jitter: float = 0.0  # Std of Gaussian noise added to every input value.
-  scaling: float = 0.0  # Std of a per-window, per-feature scale factor around 1.
-  magnitude_warp: float = 0.0  # Std of a smooth per-window warp curve around 1.
-  window_slice: float = 0.0  # Share of the window cropped and stretched back, in [0, 1).
-
-  def check(self, c: _Checker) -> None:
-    for key in ("jitter", "scaling", "magnitude_warp"):
-      c.non_negative(key)
-    c.probability("window_slice")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec(_Spec):
-  """Where the series comes from and how it is split, scaled and windowed (data/)."""
-
-  _SECTION: ClassVar[str] = "data."
-
-  path: str = ""  # CSV or Parquet file; "" = the bundled ETTh1.csv.
-  date_column: str = "date"  # Timestamp column; "" = the table has none.
-  # A long table (NeuralForecast's unique_id, ds, y): the column naming each row's series,
-  # every series split, scaled and windowed on its own. "" = a wide table (one series).
-  id_column: str = ""
-  # Input columns read over the lookback; () = every other column of a wide table, the
-  # target of a long one.
-  features: tuple[str, ...] = ()
-  target: tuple[str, ...] = ("OT",)  # Columns to forecast.
-  known: tuple[str, ...] = ()  # Columns known in advance: read over lookback and horizon.
-  # Known-in-advance features of the date, each as a sin/cos pair: "hour", "dayofweek",
-  # "dayofmonth", "dayofyear", "month".
-  calendar: tuple[str, ...] = ()
-  static: tuple[str, ...] = ()  # Long tables: columns constant within each series.
-  lookback: int = 96  # Input window length (rows).
-  horizon: int = 24  # Steps forecast per window.
-  # How rows are split in time, per series: "fractions" | "rows" | "dates" | "ett" (12/4/4
-  # months of hourly rows, see DESIGN.md).
-  split: str = "fractions"
-  split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # Train/val/test shares of rows.
-  # split="rows": row boundaries (train_end, val_end[, test_end]): train = [0, train_end),
-  # val = [train_end, val_end), test = [val_end, test_end or the last row].
-  split_rows: tuple[int, ...] = ()
-  # split="dates": (train_end, val_end[, test_end]) timestamps; a row is in the first split
-  # whose end is after its date (test: up to test_end, or every later row).
-  split_dates: tuple[str, ...] = ()
-  # Long tables: drop the series too short for a window in every split (else an error).
-  drop_short: bool = False
-  # Fit on train rows: "standard" | "robust" | "minmax" | "maxabs" (scale only) | "none".
-  scaler: str = "standard"
-  # "global": one scaler fit on the train rows of every series; "series": each series of a
-  # long table scaled by its own train rows.
-  scaler_scope: str = "global"
-  scale_target: bool = True  # Also scale the target columns (metrics reported both ways).
-  fill: str = "none"  # Missing values: "none" (reject them) | "ffill" | "interpolate".
-  seasonal_period: int = 24  # Rows per season, for the seasonal-naive baseline (24 = daily).
-  augment: AugmentSpec = dataclasses.field(default_factory=lambda: AugmentSpec())
-
-  def check(self, c: _Checker) -> None:
-    from flaxlstm.data import io, scaling, series  # the tables live with their code
-
-    for key in ("lookback", "horizon", "seasonal_period"):
-      c.positive(key)
-    for key in ("lookback", "horizon"):
-      c.at_most(key, 2**20)
-    c.choice("split", series.SPLITS)
-    c.choice("scaler", scaling.SCALERS)
-    c.choice("scaler_scope", scaling.SCOPES)
-    c.choice("fill", io.FILLS)
-    c.check("target", bool(self.target), "must name at least one column")
-    for key in ("features", "target", "known", "calendar", "static"):
-      names = getattr(self, key)
-      c.check(
-        key,
-        all(names) and len(set(names)) == len(names),
-        "column names must be non-empty and distinct",
-      )
-    for name in self.calendar:
-      c.check(
-        "calendar", name in series.CALENDAR, f"{name!r} is not one of {', '.join(series.CALENDAR)}"
-      )
-    if self.calendar:
-      c.check("calendar", bool(self.date_column), "needs data.date_column")
-    # Each column has one role: the series id, an input, a target, known or static.
-    ids = (self.id_column,) if self.id_column else ()
-    roles = dict(features=self.features, target=self.target, known=self.known, static=self.static)
-    for key, names, others in (
-      ("id_column", ids, ("features", "target", "known", "static")),
-      ("known", self.known, ("features", "target", "static")),
-      ("static", self.static, ("features", "target")),
-    ):
-      for other in others:
-        clash = sorted(set(names) & set(roles[other]))
-        c.check(key, not clash, f"{clash[0]!r} is also in data.{other}" if clash else "")
-    if self.id_column:
-      c.check("id_column", self.id_column != self.date_column, "must differ from data.date_column")
-    if not self.id_column:
-      c.check("static", not self.static, "needs a long table (data.id_column)")
-      c.check(
-        "scaler_scope",
-        self.scaler_scope == "global",
-        "'series' needs a long table (data.id_column)",
-      )
-    dates = self.split_dates
-    if self.split == "dates":
-      c.check(
-        "split_dates",
-        len(dates) in (2, 3) and series.increasing_dates(dates),
-        "split='dates' needs increasing timestamps (train_end, val_end[, test_end])",
-      )
-      c.check("split", bool(self.date_column), "'dates' needs data.date_column")
-    else:
-      c.check("split_dates", not dates, "is only used with data.split='dates'")
-    fractions = self.split_fractions
-    c.check(
-      "split_fractions",
-      len(fractions) == 3 and all(f > 0 for f in fractions) and sum(fractions) <= 1 + 1e-9,
-      "must be three shares (train, val, test), each > 0, summing to at most 1",
-    )
-    rows = self.split_rows
-    if self.split == "rows":
-      c.check(
-        "split_rows",
-        len(rows) in (2, 3) and rows[0] > 0 and all(a < b for a, b in zip(rows, rows[1:])),
-        "split='rows' needs increasing row boundaries (train_end, val_end[, test_end])",
-      )
-    else:
-      # Setting boundaries but forgetting split=rows would silently split by fractions.
-      c.check("split_rows", not rows, "is only used with data.split='rows'")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec(_Spec):
-  """The forecaster (forecast/model.py): an LSTM encoder, a dense head."""
-
-  _SECTION: ClassVar[str] = "model."
-
-  hidden_sizes: tuple[int, ...] = (64,)  # Hidden units of each stacked LSTM layer.
-  # The cell's options, resolved (initializer functions, dtypes): one (name, value) pair
-  # per `CellOptions` field. The config holds them by name under `model.cell`.
-  cell: tuple[tuple[str, Any], ...] = dataclasses.field(
-    default_factory=lambda: tuple((f.name, f.default) for f in _cell_fields())
-  )
-  dropout: float = 0.0  # Variational dropout on each LSTM layer's inputs.
-  recurrent_dropout: float = 0.0  # Variational dropout on the recurrent state h.
-  inter_layer_dropout: float = 0.0  # Dropout between stacked layers.
-  dense_dropout: float = 0.0  # Dropout before the output head.
-  bidirectional: bool = False  # Read the lookback window both ways.
-  remat: bool = False  # Recompute activations in the backward pass to save memory.
-  unroll: int = 1  # Time steps unrolled per scan iteration.
-  predict_delta: bool = False  # Predict the change from the last observed target value.
-  # With predict_delta: measure the changes in units of each window's own volatility (its
-  # mean absolute step change), inputs and forecast alike (DeepAR's per-window scaling).
-  volatility_scaling: bool = False
-  # With volatility_scaling: also give the encoder each input column's log volatility at
-  # every step (DeepAR feeds its log scale as a covariate), so the spread need not be exactly
-  # proportional to the window's volatility: calm windows can keep a floor of noise.
-  volatility_input: bool = False
-  linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
-  # "mixed": all input columns read together, the targets forecast jointly. "independent":
-  # one shared model forecasts each column from its own past (channel independence: every
-  # (column, window) is a sample); data.features must then equal data.target.
-  channels: str = "mixed"
-  # Width of a learned embedding of the series (each column with channels="independent",
-  # each series of a long table); 0 = none.
-  series_embedding: int = 0
-  revin: bool = False  # Reversible instance normalization of every window (RevIN).
-  revin_affine: bool = False  # RevIN's learned per-column scale and shift.
-  segment_length: int = 0  # Embed the window in segments of this many steps; 0 = per step.
-  # "dense": one map from the last state to the whole horizon. "parallel": one decoder step
-  # per output segment of segment_length, all at once (SegRNN's PMF). "recurrent": the same
-  # steps one after another, each fed the previous segment (RMF).
-  decoder: str = "dense"
-  # What is forecast for each value: "point" (trained by train.loss) | "gaussian" |
-  # "student_t" | "lognormal" (likelihood heads; lognormal for positive targets) |
-  # "quantile" (non-crossing quantiles, pinball loss).
-  head: str = "point"
-  # Quantile levels the quantile head learns and `predict` writes as columns (OT_q0.1, ...);
-  # the default holds the 50%, 80% and 95% central intervals and the median.
-  quantiles: tuple[float, ...] = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
-
-  @property
-  def cell_options(self) -> dict[str, Any]:
-    """The cell options as `StackedLSTM` keyword arguments."""
-    return dict(self.cell)
-
-  def check(self, c: _Checker) -> None:
-    c.check(
-      "hidden_sizes",
-      bool(self.hidden_sizes) and all(n > 0 for n in self.hidden_sizes),
-      "must be one or more layer sizes > 0",
-    )
-    c.check(
-      "hidden_sizes", all(n <= 2**16 for n in self.hidden_sizes), "layer sizes must be <= 65536"
-    )
-    for key in ("dropout", "recurrent_dropout", "inter_layer_dropout", "dense_dropout"):
-      c.probability(key)
-    c.check("unroll", self.unroll >= 1, "must be >= 1")
-    from flaxlstm.forecast import heads, model  # the tables live with their code
-
-    c.choice("channels", model.CHANNELS)
-    c.choice("decoder", model.DECODERS)
-    c.choice("head", heads.HEADS)
-    levels = self.quantiles
-    c.check(
-      "quantiles",
-      len(levels) >= 1
-      and all(0 < q < 1 for q in levels)
-      and all(a < b for a, b in zip(levels, levels[1:])),
-      "must be increasing levels in (0, 1)",
-    )
-    if self.head == "quantile":
-      c.check("quantiles", len(levels) >= 2, "the quantile head needs at least two levels")
-    if self.head == "lognormal":
-      # A log-normal shifted by a level is no longer one (nor positive): only scaling maps
-      # it to another (forecast/heads.py).
-      for key in ("predict_delta", "revin"):
-        c.check(
-          key,
-          not getattr(self, key),
-          "shifts the forecast by a level: model.head="
-          "'lognormal' forecasts positive values as they are (set it to False)",
-        )
-    for key in ("series_embedding", "segment_length"):
-      c.non_negative(key)
-      c.at_most(key, 2**16)
-    if self.decoder != "dense":
-      c.check("decoder", self.segment_length > 0, "needs model.segment_length > 0")
-      c.check("decoder", not self.bidirectional, "needs a unidirectional encoder")
-    if self.series_embedding:
-      c.check(
-        "series_embedding",
-        self.decoder != "recurrent",
-        "is not read by model.decoder='recurrent' (use 'dense' or 'parallel')",
-      )
-    if self.revin:
-      c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")
-    if self.volatility_scaling:
-      c.check("volatility_scaling", self.predict_delta, "needs model.predict_delta=True")
-    if self.volatility_input:
-      c.check("volatility_input", self.volatility_scaling, "needs model.volatility_scaling=True")
-    if self.revin_affine:
-      c.check("revin_affine", self.revin, "needs model.revin=True")
-    proj = self.cell_options.get("proj_features")
-    if proj is not None:
-      c.check(
-        "cell.proj_features", 1 <= proj <= 2**16, "must be None (no projection) or in [1, 65536]"
-      )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec(_Spec):
-  """Optimization, early stopping, evaluation and checkpoints (train/)."""
-
-  _SECTION: ClassVar[str] = "train."
-
-  batch_size: int = 32  # Global batch size (split over devices and hosts).
-  eval_batch_size: int = 256  # Global batch size for val/test.
-  max_epochs: int = 100  # Epoch budget.
-  max_steps: int = 0  # Step budget; 0 = no limit (the epoch budget decides).
-  learning_rate: float = 1e-3  # Peak learning rate.
-  # "constant" | "cosine" | "exponential". Cosine decays to 1% of the peak over the budget
-  # (max_steps if > 0, else max_epochs * steps_per_epoch); exponential keeps the peak for
-  # decay_after_epochs epochs, then multiplies it by epoch_decay at every new epoch.
-  schedule: str = "constant"
-  epoch_decay: float = 0.8  # schedule="exponential": learning-rate factor per epoch.
-  decay_after_epochs: int = 3  # schedule="exponential": epochs at the peak first.
-  warmup_steps: int = 0  # Linear warmup from 0 to the peak learning rate.
-  weight_decay: float = 1e-4  # Decoupled weight decay (AdamW; SGD adds it to the gradient).
-  clip_norm: float = 1.0  # Clip gradients to this global norm; 0 = off.
-  optimizer: str = "adamw"  # "adamw" | "sgd".
-  momentum: float = 0.9  # SGD momentum.
-  l1: float = 0.0  # L1 penalty on kernels, added to the loss.
-  l2: float = 0.0  # L2 penalty on kernels, added to the loss.
-  loss: str = "mse"  # "mse" | "mae" | "huber" (on scaled values).
-  huber_delta: float = 1.0  # Huber transition point.
-  patience: int = 10  # Evaluations without val improvement before stopping; 0 = never.
-  min_delta: float = 0.0  # Smallest val-loss decrease that counts as an improvement.
-  restore_best: bool = True  # Evaluate and export the best checkpoint, not the last.
-  keep_best: int = 2  # Best checkpoints kept on disk.
-  eval_every_steps: int = 0  # Validate every N steps; 0 = once per epoch.
-  log_every_steps: int = 50  # Train-metric logging interval.
-  # Steps whose loss or gradient is NaN/inf are skipped (no update); more than this many
-  # stops the run with an error naming the step.
-  max_nonfinite_steps: int = 10
-
-  def check(self, c: _Checker) -> None:
-    from flaxlstm.train import optim  # the tables live with their code
-
-    for key in ("batch_size", "eval_batch_size"):
-      c.at_most(key, 2**20)
-    for key in (
-      "batch_size",
-      "eval_batch_size",
-      "max_epochs",
-      "log_every_steps",
-      "learning_rate",
-      "huber_delta",
-    ):
-      c.positive(key)
-    for key in (
-      "max_steps",
-      "warmup_steps",
-      "patience",
-      "weight_decay",
-      "clip_norm",
-      "l1",
-      "l2",
-      "min_delta",
-      "eval_every_steps",
-      "max_nonfinite_steps",
-    ):
-      c.non_negative(key)
-    c.probability("momentum")
-    c.check("epoch_decay", 0 < self.epoch_decay <= 1, "must be in (0, 1]")
-    c.non_negative("decay_after_epochs")
-    c.check("keep_best", self.keep_best >= 1, "must be >= 1")
-    c.choice("schedule", optim.SCHEDULES)
-    c.choice("optimizer", optim.OPTIMIZERS)
-    c.choice("loss", optim.LOSSES)
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSpec(_Spec):
-  """The device mesh (parallel.py); -1 = all remaining devices. The global batch is split
-  over data x fsdp; params and optimizer state over fsdp (FSDP); the LSTM gate axis over
-  model."""
-
-  _SECTION: ClassVar[str] = "mesh."
-
-  data: int = -1
-  fsdp: int = 1
-  model: int = 1
-
-  def check(self, c: _Checker) -> None:
-    for axis in ("data", "fsdp", "model"):
-      c.check(
-        axis,
-        getattr(self, axis) == -1 or getattr(self, axis) >= 1,
-        "must be -1 (all remaining) or >= 1",
-      )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec(_Spec):
-  """A whole run: what `train_and_evaluate` takes, built by `to_spec(config)`."""
-
-  _SECTION: ClassVar[str] = ""
-
-  seed: int = 0  # Root of every random key (init, dropout, shuffling, augmentation).
-  data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec())
-  model: ModelSpec = dataclasses.field(default_factory=lambda: ModelSpec())
-  train: TrainSpec = dataclasses.field(default_factory=lambda: TrainSpec())
-  mesh: MeshSpec = dataclasses.field(default_factory=lambda: MeshSpec())
-
-  def check(self, c: _Checker) -> None:
-    c.check("seed", 0 <= self.seed < 2**31, "must be in [0, 2**31)")
-    if self.model.head != "point":
-      # The distribution heads train by their own loss; a point loss would be ignored.
-      train = _Checker("train.", self.train)
-      train.check(
-        "loss",
-        self.train.loss == "mse",
-        f"is the point head's loss; model.head={self.model.head!r} trains by its own "
-        "(likelihood or pinball)",
-      )
-    if self.model.head == "lognormal":
-      data = _Checker("data.", self.data)
-      data.check(
-        "scaler",
-        self.data.scaler in ("maxabs", "none") or not self.data.scale_target,
-        "must keep positive targets positive for model.head='lognormal': 'maxabs' or "
-        "'none' (or data.scale_target=False)",
-      )
-
 
 # Keys of earlier versions: a config naming one is told the new name (and a run directory
 # written by an earlier version is read with its keys moved, see `migrate`).
 RENAMED = {
   "model.features": "model.hidden_sizes",
-  "model.forget_bias": "model.cell.forget_bias",
+  "model.forget_bias": "model.lstm.forget_bias",
   "model.kernel_init": "model.cell.kernel_init",
   "model.recurrent_init": "model.cell.recurrent_kernel_init",
-  "model.proj_features": "model.cell.proj_features",
-  "model.layer_norm": "model.cell.layer_norm",
+  "model.proj_features": "model.lstm.proj_features",
+  "model.layer_norm": "model.lstm.layer_norm",
   "model.dtype": "model.cell.dtype",
+  # The LSTM's own options left the options every cell takes (architecture v3).
+  "model.cell.forget_bias": "model.lstm.forget_bias",
+  "model.cell.proj_features": "model.lstm.proj_features",
+  "model.cell.layer_norm": "model.lstm.layer_norm",
 }
 
 
-# ---- spec <-> ConfigDict ----------------------------------------------------------------------
-def _cell_config_value(f: dataclasses.Field, value: Any) -> Any:
-  """A cell option as the config holds it: a name for an initializer or dtype."""
+# ---- the model's option sections, from the registries -----------------------------------------
+def model_sections() -> dict[str, tuple[dataclasses.Field, ...]]:
+  """`model.cell` and each registered encoder's own section: name -> its option fields."""
+  from flaxlstm.forecast import encoders  # the registry lives with the encoders
+
+  sections = {"cell": encoders.cell_fields()}
+  sections.update({name: enc.options for name, enc in encoders.ENCODERS.items() if enc.options})
+  return sections
+
+
+def _config_value(f: dataclasses.Field, value: Any) -> Any:
+  """An option as the config holds it: a name for an initializer or dtype."""
   choices = f.metadata.get("choices")
   if choices is not None:
-    return next(name for name, v in choices.items() if v is value)
+    return next(name for name, v in choices.items() if v is value or v == value)
   if value is None:
     return config_dict.placeholder(f.metadata["kind"])
   return value
 
 
+def _section(fields: tuple[dataclasses.Field, ...], values: Mapping[str, Any]):
+  return ml_collections.ConfigDict(
+    {f.name: _config_value(f, values.get(f.name, f.default)) for f in fields}
+  )
+
+
+def _options_from_config(
+  fields: tuple[dataclasses.Field, ...], config: Any, prefix: str
+) -> tuple[tuple[str, Any], ...]:
+  """A section's options as (name, value) pairs, names resolved through their tables; only
+  those that differ from their defaults, so that a spec has one form (`RunSpec()` is the
+  default config's spec) and the code reads the defaults from where they are declared."""
+  out = []
+  for f in fields:
+    value = config[f.name]
+    choices = f.metadata.get("choices")
+    if choices is not None:
+      if value not in choices:
+        shown = ", ".join(repr(n) if not n else n for n in choices)
+        raise InputError(f"config key '{prefix}{f.name}' = {value!r}: must be one of {shown}")
+      value = choices[value]
+    if not (value is f.default or (type(value) is type(f.default) and value == f.default)):
+      out.append((f.name, value))
+  return tuple(out)
+
+
+# ---- spec <-> ConfigDict ----------------------------------------------------------------------
 def default_config() -> ml_collections.ConfigDict:
   """The whole schema with its defaults (unlocked, so experiment files can edit it)."""
   return to_config(RunSpec())
@@ -471,10 +115,12 @@ def to_config(spec: Any) -> ml_collections.ConfigDict:
     value = getattr(spec, f.name)
     if dataclasses.is_dataclass(value):
       config[f.name] = to_config(value)
-    elif f.name == "cell" and isinstance(spec, ModelSpec):
-      config.cell = ml_collections.ConfigDict(
-        {cf.name: _cell_config_value(cf, dict(value)[cf.name]) for cf in _cell_fields()}
-      )
+    elif isinstance(spec, ModelSpec) and f.name == "cell":
+      config.cell = _section(model_sections()["cell"], spec.cell_options)
+    elif isinstance(spec, ModelSpec) and f.name == "encoders":
+      for name, fields in model_sections().items():
+        if name != "cell":
+          config[name] = _section(fields, spec.options_of(name))
     else:
       config[f.name] = value
   return config
@@ -485,75 +131,36 @@ def to_spec(config: ml_collections.ConfigDict | Mapping[str, Any]) -> RunSpec:
 
   Raises:
     InputError: an unknown, renamed or missing key, a value of the wrong type or out of
-      range; one line naming the key and the value.
+      range, a choice that is not registered or whose rules the config breaks; one line
+      naming the key and the value.
   """
   check_keys(config)
   flat = flatten(config)
   for key, default in flatten(default_config()).items():
     check_type(key, flat[key], default)
-  spec = _from_config(RunSpec, config, "")
-  return spec
+  return validate(_from_config(RunSpec, config, ""))
 
 
 def _from_config(cls: type, config: Any, prefix: str) -> Any:
   """A spec of class `cls` from its ConfigDict section (checked by the spec itself)."""
   values = {}
   for f in dataclasses.fields(cls):
-    raw = config[f.name]
     kind = _SUBSPECS.get((cls, f.name))
     if kind is not None:
-      values[f.name] = _from_config(kind, raw, f"{prefix}{f.name}.")
-    elif f.name == "cell" and cls is ModelSpec:
-      values[f.name] = _cell_from_config(raw, f"{prefix}cell.")
+      values[f.name] = _from_config(kind, config[f.name], f"{prefix}{f.name}.")
+    elif cls is ModelSpec and f.name == "cell":
+      values[f.name] = _options_from_config(model_sections()["cell"], config.cell, "model.cell.")
+    elif cls is ModelSpec and f.name == "encoders":
+      sections = (
+        (name, _options_from_config(fields, config[name], f"model.{name}."))
+        for name, fields in model_sections().items()
+        if name != "cell"
+      )
+      values[f.name] = tuple((name, options) for name, options in sections if options)
     else:
+      raw = config[f.name]
       values[f.name] = tuple(raw) if isinstance(raw, list) else raw
   return cls(**values)  # checks itself
-
-
-def _cell_from_config(config: Any, prefix: str) -> tuple[tuple[str, Any], ...]:
-  out = []
-  for f in _cell_fields():
-    value = config[f.name]
-    choices = f.metadata.get("choices")
-    if choices is not None:
-      if value not in choices:
-        shown = ", ".join(repr(n) if not n else n for n in choices)
-        raise InputError(f"config key '{prefix}{f.name}' = {value!r}: must be one of {shown}")
-      value = choices[value]
-    out.append((f.name, value))
-  return tuple(out)
-
-
-class _Checker:
-  """Range and choice checks on one spec, worded with the full config key."""
-
-  def __init__(self, prefix: str, spec: Any):
-    self.prefix, self.spec = prefix, spec
-
-  def _value(self, key: str) -> Any:
-    if key.startswith("cell."):
-      return self.spec.cell_options[key[len("cell.") :]]
-    return getattr(self.spec, key)
-
-  def check(self, key: str, ok: bool, requirement: str) -> None:
-    if not ok:
-      raise InputError(f"config key '{self.prefix}{key}' = {self._value(key)!r}: {requirement}")
-
-  def positive(self, key: str) -> None:
-    self.check(key, self._value(key) > 0, "must be > 0")
-
-  def non_negative(self, key: str) -> None:
-    self.check(key, self._value(key) >= 0, "must be >= 0")
-
-  def probability(self, key: str) -> None:
-    self.check(key, 0 <= self._value(key) < 1, "must be in [0, 1)")
-
-  def at_most(self, key: str, bound: int) -> None:
-    # Upper bounds keep absurd sizes from reaching JAX as overflow tracebacks.
-    self.check(key, self._value(key) <= bound, f"must be <= 2**{int(math.log2(bound))}")
-
-  def choice(self, key: str, choices: Sequence[str] | Mapping[str, Any]) -> None:
-    self.check(key, self._value(key) in choices, f"must be one of {', '.join(choices)}")
 
 
 # Which fields of which spec are specs themselves.
@@ -564,6 +171,61 @@ _SUBSPECS = {
   (RunSpec, "train"): TrainSpec,
   (RunSpec, "mesh"): MeshSpec,
 }
+
+
+# ---- the checks that read the registries --------------------------------------------------------
+def validate(spec: RunSpec) -> RunSpec:
+  """Checks `spec`'s choices against the tables beside their code and runs the chosen
+  encoder's, decoder's and head's own rules; returns `spec`.
+
+  The tables are imported here, when a config is validated, not when the config package is:
+  sweeps validate configs before they start anything, and the data tables bring pandas.
+  """
+  # Imported by module path, not through their packages' __init__ (which import the
+  # training loop, which imports the config).
+  import flaxlstm.data.calendar as calendar
+  import flaxlstm.data.io as io
+  import flaxlstm.data.scaling as scaling
+  import flaxlstm.data.splits as splits
+  import flaxlstm.forecast.decoders as decoders
+  import flaxlstm.forecast.encoders as encoders
+  import flaxlstm.forecast.heads as heads
+  import flaxlstm.forecast.model as model
+  import flaxlstm.train.optim as optim
+
+  sections = types.SimpleNamespace(
+    data=Checker("data.", spec.data),
+    model=Checker("model.", spec.model),
+    train=Checker("train.", spec.train),
+  )
+  d, m, t = sections.data, sections.model, sections.train
+  d.choice("split", splits.SPLITS)
+  d.choice("scaler", scaling.SCALERS)
+  d.choice("scaler_scope", scaling.SCOPES)
+  d.choice("fill", io.FILLS)
+  for name in spec.data.calendar:
+    d.check(
+      "calendar",
+      name in calendar.CALENDAR,
+      f"{name!r} is not one of {', '.join(calendar.CALENDAR)}",
+    )
+  if spec.data.split == "dates":
+    d.check(
+      "split_dates",
+      splits.increasing_dates(spec.data.split_dates),
+      "split='dates' needs increasing timestamps (train_end, val_end[, test_end])",
+    )
+  m.choice("encoder", encoders.ENCODERS)
+  m.choice("channels", model.CHANNELS)
+  m.choice("decoder", decoders.DECODERS)
+  m.choice("head", heads.HEADS)
+  t.choice("schedule", optim.SCHEDULES)
+  t.choice("optimizer", optim.OPTIMIZERS)
+  t.choice("loss", optim.LOSSES)
+  encoders.ENCODERS[spec.model.encoder].check(spec, sections)
+  decoders.DECODERS[spec.model.decoder].check(spec, sections)
+  heads.HEADS[spec.model.head].check(spec, sections)
+  return spec
 
 
 # ---- keys and types ------------------------------------------------------------------------

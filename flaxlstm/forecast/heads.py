@@ -10,7 +10,11 @@ distribution, and says how to train and score it:
   distribution back to the data's units: on its location and scale, never on a point;
 - `loss(params, y)`: the elementwise training loss (negative log-likelihood, or pinball);
 - `point`, `quantiles`, `crps`: the median, the quantile function at given levels and the
-  continuous ranked probability score, on the host in float64 (metrics, `predict`).
+  continuous ranked probability score, on the host in float64 (metrics, `predict`);
+- its rules: `check(spec, c)` on the config (which losses, scalers and levels it takes;
+  the schema reads it, config/schema.py) and `check_data(data)` on the training data.
+
+`HEADS` is the registry (`model.head`); a new head is one class and one entry.
 
 Heads shipped (`model.head`):
 
@@ -47,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxlstm.errors import InputError
+
 Array = Any  # a jax or numpy array
 
 # The smallest Gaussian / Student-t scale, in normalized units: a floor that keeps the
@@ -75,12 +81,41 @@ def pinball(y: Array, q: Array, level: Array) -> Array:
   return xp.maximum(level * err, (level - 1) * err)
 
 
+class _Rules:
+  """A head's rules; the defaults are a distribution head's."""
+
+  @classmethod
+  def build(cls, levels: tuple[float, ...]) -> Any:
+    """The head for `model.quantiles` = `levels` (only the quantile head reads them)."""
+    del levels
+    return cls()
+
+  @classmethod
+  def check(cls, spec: Any, c: Any) -> None:
+    """The config's rules (`spec` a `RunSpec`; `c.model`, `c.data`, `c.train` checkers)."""
+    # A distribution head trains by its own loss; a point loss would be ignored.
+    c.train.check(
+      "loss",
+      spec.train.loss == "mse",
+      f"is the point head's loss; model.head={spec.model.head!r} trains by its own "
+      "(likelihood or pinball)",
+    )
+
+  def check_data(self, data: Any) -> None:
+    """Refuses training data the head cannot model (`data`: a `SeriesData`)."""
+    del data
+
+
 @dataclasses.dataclass(frozen=True)
-class PointHead:
+class PointHead(_Rules):
   """The point forecast: the output is the value itself, trained by `train.loss`."""
 
   name: str = "point"
   n_params: int = 0
+
+  @classmethod
+  def check(cls, spec: Any, c: Any) -> None:
+    del spec, c  # any point loss
 
   def constrain(self, raw: Array) -> Array:
     return raw
@@ -90,7 +125,7 @@ class PointHead:
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianHead:
+class GaussianHead(_Rules):
   r"""A normal distribution per value; parameters `(..., 2)` = (:math:`\mu`, :math:`\sigma`).
 
   Loss: :math:`\log\sigma + \tfrac12 z^2 + \tfrac12\log 2\pi`, :math:`z = (y - \mu) /
@@ -131,7 +166,7 @@ class GaussianHead:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudentTHead:
+class StudentTHead(_Rules):
   r"""A Student-t per value; parameters `(..., 3)` = (:math:`\mu`, :math:`\sigma`,
   :math:`\nu`), :math:`\nu > 2`.
 
@@ -193,7 +228,7 @@ class StudentTHead:
 
 
 @dataclasses.dataclass(frozen=True)
-class LogNormalHead:
+class LogNormalHead(_Rules):
   r"""A log-normal per value, for positive targets; parameters `(..., 2)` = (:math:`\mu`,
   :math:`\sigma`) of :math:`\log y`, :math:`\sigma = \mathrm{softplus}(r_1) + \sigma_{\min}`.
 
@@ -206,6 +241,38 @@ class LogNormalHead:
 
   name: str = "lognormal"
   n_params: int = 2
+
+  @classmethod
+  def check(cls, spec: Any, c: Any) -> None:
+    super().check(spec, c)
+    # A log-normal shifted by a level is no longer one (nor positive): only scaling maps it
+    # to another.
+    for key in ("predict_delta", "revin"):
+      c.model.check(
+        key,
+        not getattr(spec.model, key),
+        "shifts the forecast by a level: model.head="
+        "'lognormal' forecasts positive values as they are (set it to False)",
+      )
+    c.data.check(
+      "scaler",
+      spec.data.scaler in ("maxabs", "none") or not spec.data.scale_target,
+      "must keep positive targets positive for model.head='lognormal': 'maxabs' or "
+      "'none' (or data.scale_target=False)",
+    )
+
+  def check_data(self, data: Any) -> None:
+    """The likelihood needs every target it is trained or scored on > 0."""
+    bad = ~(data.y > 0)
+    if bad.any():
+      row, col = (int(i) for i in np.argwhere(bad)[0])
+      # A wide CSV's rows are the file's lines, after the header (a long table's are sorted).
+      line = f" (line {row + 2})" if data.source.endswith(".csv") and not data.series_ids else ""
+      raise InputError(
+        f"{data.source}: column {data.target_names[col]!r} has {data.y_raw[row, col]:g} at "
+        f"row {row}{line}, and {int(bad.sum()) - 1} more values <= 0; model.head='lognormal' "
+        "needs positive targets"
+      )
 
   def constrain(self, raw: Array) -> Array:
     return jnp.stack([raw[..., 0], jax.nn.softplus(raw[..., 1]) + MIN_SCALE], axis=-1)
@@ -244,7 +311,7 @@ class LogNormalHead:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantileHead:
+class QuantileHead(_Rules):
   """Non-crossing quantiles at `levels`; parameters `(..., Q)` are the quantiles, ascending.
 
   The raw output at the level nearest 0.5 is that quantile; each level above adds a
@@ -255,6 +322,17 @@ class QuantileHead:
 
   levels: tuple[float, ...]
   name: str = "quantile"
+
+  @classmethod
+  def build(cls, levels: tuple[float, ...]) -> Any:
+    return cls(tuple(levels))
+
+  @classmethod
+  def check(cls, spec: Any, c: Any) -> None:
+    super().check(spec, c)
+    c.model.check(
+      "quantiles", len(spec.model.quantiles) >= 2, "the quantile head needs at least two levels"
+    )
 
   @property
   def n_params(self) -> int:
@@ -313,20 +391,14 @@ class QuantileHead:
 
 Head = PointHead | GaussianHead | StudentTHead | LogNormalHead | QuantileHead
 
-# The choices of model.head.
-HEADS = ("point", "gaussian", "student_t", "lognormal", "quantile")
+# The registry of model.head: name -> head class.
+HEADS: dict[str, Any] = {
+  cls.name: cls for cls in (PointHead, GaussianHead, StudentTHead, LogNormalHead, QuantileHead)
+}
 
 
 def make(name: str, levels: tuple[float, ...] = ()) -> Head:
   """The head called `name` (`model.head`); `levels` are the quantile head's."""
-  if name == "gaussian":
-    return GaussianHead()
-  if name == "student_t":
-    return StudentTHead()
-  if name == "lognormal":
-    return LogNormalHead()
-  if name == "quantile":
-    return QuantileHead(tuple(levels))
-  if name == "point":
-    return PointHead()
-  raise ValueError(f"unknown head {name!r}: expected one of {', '.join(HEADS)}")
+  if name not in HEADS:
+    raise ValueError(f"unknown head {name!r}: expected one of {', '.join(HEADS)}")
+  return HEADS[name].build(tuple(levels))

@@ -1,4 +1,5 @@
-"""`Forecaster`: an LSTM encoder and a decoder predicting `horizon` steps at once.
+"""`Forecaster`: an encoder, a decoder and a head, each chosen by name from its registry
+(encoders.py, decoders.py, heads.py), predicting `horizon` steps at once.
 
 Pure modelling: the model is built from a `ModelSpec` and nothing else (no files, no run
 directories).
@@ -13,20 +14,17 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
-from flaxlstm.config.schema import ModelSpec
-from flaxlstm.forecast import heads
-from flaxlstm.nn.blocks import ParallelDecoder, RecurrentDecoder, RevIN, SegmentEmbedding
-from flaxlstm.nn.dropout import Dropout
-from flaxlstm.nn.layers import StackedLSTM
+from flaxlstm.config.specs import ModelSpec
+from flaxlstm.forecast import decoders, encoders, heads
+from flaxlstm.nn.blocks import RevIN, SegmentEmbedding
 
 Array = jax.Array
 
 # model.volatility_scaling: the smallest volatility a window is divided by (scaled units),
 # so a constant window does not divide by zero.
 VOLATILITY_FLOOR = 1e-3
-# model.channels and model.decoder (defined before `Forecaster`: its default spec checks them).
+# The choices of model.channels.
 CHANNELS = ("mixed", "independent")
-DECODERS = ("dense", "parallel", "recurrent")
 
 
 class Forecaster(nn.Module):
@@ -47,12 +45,14 @@ class Forecaster(nn.Module):
     reshapes `(B, L, C) -> (B * C, L, 1)`: one shared model forecasts every column from its
     own past, optionally told which column by a learned series embedding, and the result is
     reshaped back to `(B, H, C)`. The targets are then the inputs, in order.
-  - encoder: a `StackedLSTM` over the steps, or over `SegmentEmbedding` segments of
-    `segment_length` steps (the fused recurrence either way).
-  - decoder: `"dense"` maps the last state to all `horizon x n_targets` values at once;
-    `"parallel"` runs one decoder LSTM step per output segment, all at once, from the
-    encoder's final carry (`ParallelDecoder`); `"recurrent"` runs them one after another
-    (`RecurrentDecoder`). No decoder feeds back point forecasts unless it is `"recurrent"`.
+  - encoder (`model.encoder`, forecast/encoders.py): a recurrent stack (`"lstm"`: a
+    `StackedLSTM`; `"gru"`; any registered cell) over the steps, or over
+    `SegmentEmbedding` segments of `segment_length` steps.
+  - decoder (`model.decoder`, forecast/decoders.py): `"dense"` maps the last state to all
+    `horizon x n_targets` values at once; `"parallel"` runs one step of the encoder's cell
+    per output segment, all at once, from the encoder's final carry (`ParallelDecoder`);
+    `"recurrent"` runs them one after another (`RecurrentDecoder`). No decoder feeds back
+    point forecasts unless it is `"recurrent"`.
   - `linear_skip` adds a linear map from the whole (normalized) window, zero at start
     (LSTNet's autoregressive highway; with independent channels, NLinear's model).
   - head (`model.head`, forecast/heads.py): the point forecast, or the P parameters of a
@@ -213,74 +213,24 @@ class Forecaster(nn.Module):
 
   def _encode(self, x: Array, deterministic: bool):
     spec = self.spec
-    cell = spec.cell_options
     if spec.segment_length:
+      common = encoders.common_options(spec)
       x = SegmentEmbedding(
         spec.segment_length,
         spec.hidden_sizes[0],
-        kernel_init=cell["kernel_init"],
-        dtype=cell["dtype"],
+        kernel_init=common["kernel_init"],
+        dtype=common["dtype"],
         name="segments",
       )(x)
-    carries, h = StackedLSTM(
-      features=spec.hidden_sizes,
-      dropout=spec.dropout,
-      recurrent_dropout=spec.recurrent_dropout,
-      inter_layer_dropout=spec.inter_layer_dropout,
-      return_sequences=False,
-      return_carry=True,
-      bidirectional=spec.bidirectional,
-      unroll=spec.unroll,
-      remat=spec.remat,
-      **cell,
-      name="encoder",
-    )(x, deterministic=deterministic)
+    encoder = encoders.ENCODERS[spec.encoder].module(spec, name="encoder")
+    carries, h = encoder(x, deterministic=deterministic)
     return carries[-1], h
 
   def _decode(self, carry, h: Array, series, future, n_out: int, deterministic: bool) -> Array:
     """The encoder's top carry and last output (and the known future `(B', horizon, K)`)
-    -> `(B', horizon, n_out)`."""
-    spec, horizon = self.spec, self.horizon
-    cell = spec.cell_options
-    # Rows of the series embedding: the columns (independent channels) or the series.
-    n_series = self.n_series or self.n_targets
+    -> `(B', horizon, n_out)`, by the decoder `model.decoder` names."""
     if series is not None:
-      series = jnp.clip(series, 0, n_series - 1)  # -1 (an unseen series) is refused before
-    if spec.decoder != "dense":
-      segments = -(-horizon // spec.segment_length)  # the last one is cut to the horizon
-      if future is not None:
-        # (B', H, K) -> (B', m, S * K): each output segment's known values, zero-padded.
-        pad = segments * spec.segment_length - horizon
-        future = jnp.pad(future, ((0, 0), (0, pad), (0, 0)))
-        future = future.reshape(future.shape[0], segments, -1)
-      common = dict(
-        features=spec.hidden_sizes[-1],
-        n_segments=segments,
-        segment_length=spec.segment_length,
-        out_features=n_out,
-        dropout=spec.dense_dropout,
-        **{k: v for k, v in cell.items() if k != "features"},
-      )
-      if spec.decoder == "parallel":
-        y = ParallelDecoder(
-          n_series=n_series if series is not None else 0,
-          series_features=spec.series_embedding,
-          name="decoder",
-          **common,
-        )(carry, series, future, deterministic=deterministic)
-      else:
-        y = RecurrentDecoder(name="decoder", **common)(carry, future, deterministic=deterministic)
-      return y[..., :horizon, :]
-    if series is not None and spec.series_embedding:
-      table = self.param(
-        "series_embedding", initializers.normal(1.0), (n_series, spec.series_embedding)
-      )
-      h = jnp.concatenate([h, table[series].astype(h.dtype)], axis=-1)
-    if future is not None:
-      h = jnp.concatenate([h, future.reshape(future.shape[0], -1).astype(h.dtype)], axis=-1)
-    h = Dropout(spec.dense_dropout)(h, deterministic=deterministic)
-    # With predict_delta the head starts at zero, so the untrained model *is* the naive
-    # forecast and training can only move it where the data says corrections help.
-    head_init = initializers.zeros_init() if spec.predict_delta else cell["kernel_init"]
-    y = nn.Dense(horizon * n_out, kernel_init=head_init, dtype=cell["dtype"], name="head")(h)
-    return y.reshape(h.shape[:-1] + (horizon, n_out))
+      # -1 (an unseen series) is refused before; rows: the columns or the series.
+      series = jnp.clip(series, 0, (self.n_series or self.n_targets) - 1)
+    decoder = decoders.DECODERS[self.spec.decoder]
+    return decoder.decode(self, carry, h, series, future, n_out, deterministic)

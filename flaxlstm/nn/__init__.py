@@ -1,17 +1,30 @@
-"""The LSTM library: cell, time loop, layers, weight converters.
+"""The recurrent library: cells, kernels (time loops), layers, blocks, weight converters.
 
 Imports nothing from the rest of flaxlstm: it is what researchers drop into their own
 Flax models, and what the forecasting framework around it is built on.
+
+    cells/     one module per cell (math, typed carry, parameters, the kernels it offers);
+               base.py: the protocol any Flax cell follows
+    kernels/   the time loops as pure functions of arrays, their registry and `select`
+    layers.py  RNN over any cell; LSTM, Bidirectional
+    stacks.py  StackedLSTM (one cuDNN call where it can), StackedRNN over any cell
+    blocks.py  RevIN, segment embedding, the parallel and recurrent decoders
+    convert.py Flax, PyTorch and cuDNN weight layouts
+    nnx.py     the same layers for Flax NNX, on the same kernels
 """
 
-from flaxlstm.nn.cell import LSTMCell
+from flaxlstm.nn.cells import LSTMCarry, LSTMCell
 from flaxlstm.nn.convert import from_flax_params, from_torch_lstm
-from flaxlstm.nn.layers import LSTM, Bidirectional, StackedLSTM, flip_sequences
+from flaxlstm.nn.layers import LSTM, RNN, Bidirectional, flip_sequences
+from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
 
 __all__ = [
+  "RNN",
   "LSTMCell",
+  "LSTMCarry",
   "LSTM",
   "StackedLSTM",
+  "StackedRNN",
   "Bidirectional",
   "flip_sequences",
   "from_flax_params",

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
-from flaxlstm.nn.cell import CellOptions, LSTMCell, cell_options
+from flaxlstm.nn.cells.base import feedback
 from flaxlstm.nn.dropout import Dropout
 
 Array = jax.Array
-Carry = tuple[Array, Array]
+Carry = Any  # the decoder cell's carry (`LSTMCarry(c, h)` for the LSTM)
 
 
 class RevIN(nn.Module):
@@ -117,45 +117,50 @@ def _embedding_table(module: nn.Module, name: str, rows: int, width: int) -> Arr
   return module.param(name, initializers.normal(1.0), (rows, width))
 
 
-class ParallelDecoder(CellOptions):
-  r"""Parallel multi-step decoding (SegRNN's PMF): every output segment `j` is one LSTM step
-  from the encoder's final carry, with a learned position embedding as input, all `m`
-  steps computed at once (no step waits for another, so errors cannot compound):
+class ParallelDecoder(nn.Module):
+  r"""Parallel multi-step decoding (SegRNN's PMF): every output segment `j` is one step of
+  the decoder's cell from the encoder's final carry, with a learned position embedding as
+  input, all `m` steps computed at once (no step waits for another, so errors cannot
+  compound). For the LSTM:
 
   .. math::
 
       z_j = W\,[p_j; s] + K k_j + U h_L + b, \quad (c_j, h_j) = \mathrm{gates}(c_L, z_j),
       \quad \hat y_{jS:(j+1)S} = V \,\mathrm{dropout}(h_j) + a
 
-  `p_j` is the position embedding (`features` wide), `s` the optional series embedding of
-  the sample's series (`series_features` wide; pass `series` ids), `k_j` the optional
+  `p_j` is the position embedding (as wide as the cell), `s` the optional series embedding
+  of the sample's series (`series_features` wide; pass `series` ids), `k_j` the optional
   known-in-advance inputs of output segment `j` (pass `known`; e.g. its calendar). The
-  decoder's LSTM cell has its own parameters (`cell`) and the same options as an
-  `LSTMCell`.
+  decoder's cell (`cell`, e.g. `LSTMCell(d)`) has its own parameters; its carry is the
+  encoder's, so it is the encoder's kind of cell.
 
-  Performance: the `m` steps share one `h_L`, so `U h_L + b` is computed once per sample,
+  Performance: with a cell that splits its step (`LSTMCell`: `recurrent_preactivations`,
+  `activate`), the `m` steps share one `h_L`, so `U h_L + b` is computed once per sample,
   and `W [p_j; s]` once per (position, series) pair for the whole batch; what remains per
   (sample, segment) is elementwise gate math and the output map. Running the decoder as
-  `B x m` full LSTM steps on a repeated carry (as the reference code does) measured 3.2x
-  (m = 4) to 4.3x (m = 30) slower, forward + backward, at the LTSF recipe's shapes
-  (`experiments/benchmarks/parallel_decoder.py`).
+  `B x m` full steps on a repeated carry (as the reference code does, and as any other cell
+  runs here: one call of the cell over the `m` segments) is several times slower
+  (`experiments/benchmarks/parallel_decoder.py`, BENCHMARKS.md).
 
   Attributes:
-    features: the cell's hidden size (the encoder's top layer).
+    cell: the decoder's cell, `features` wide (the encoder's top layer).
     n_segments: `m`, output segments.
     segment_length: `S`, steps per output segment.
     out_features: values per output step (1 for a channel-independent model).
     n_series: rows of the series embedding (0: no series embedding).
     series_features: width of the series embedding.
     dropout: on `h_j` before the output map.
+    kernel_init: initializer of the output and known-input maps.
   """
 
+  cell: nn.Module
   n_segments: int = 1
   segment_length: int = 1
   out_features: int = 1
   n_series: int = 0
   series_features: int = 0
   dropout: float = 0.0
+  kernel_init: Callable[..., Array] = initializers.glorot_uniform()
 
   @nn.compact
   def __call__(
@@ -166,23 +171,40 @@ class ParallelDecoder(CellOptions):
     *,
     deterministic: bool = True,
   ) -> Array:
-    """`carry (c, h)` of shape `(*batch, d)` -> `(*batch, m * S, out_features)`.
+    """`carry` (leaves `(*batch, ...)`) -> `(*batch, m * S, out_features)`.
 
     `series`: int ids of shape `batch` (needed when `n_series > 0`). `known`: inputs of
-    each output segment, `(*batch, m, E)`, mapped straight to the gates. Gathering the projected
-    table per sample measured faster on CPU than giving the carry a series axis and
-    broadcasting (0.67 s vs 0.92 s per step at d=256, 1792 rows, m=30).
+    each output segment, `(*batch, m, E)`, mapped straight to the gates. Gathering the
+    projected table per sample measured faster on CPU than giving the carry a series axis
+    and broadcasting (BENCHMARKS.md, the parallel decoder).
     """
-    c, h = carry
-    cell = LSTMCell(self.features, **cell_options(self), name="cell")
-    position = _embedding_table(self, "position_embedding", self.n_segments, self.features)
+    cell = self.cell
+    d = cell.features
+    position = _embedding_table(self, "position_embedding", self.n_segments, d)
     use_series = self.n_series and self.series_features
-    in_features = self.features + (self.series_features if use_series else 0)
-    p = cell.parameters(in_features)
+    table = None
     if use_series:
       if series is None:
         raise ValueError("ParallelDecoder(n_series > 0) needs the series ids")
       table = _embedding_table(self, "series_embedding", self.n_series, self.series_features)
+    if hasattr(cell, "recurrent_preactivations") and hasattr(cell, "activate"):
+      out = self._shared_h(cell, carry, position, table, series, known)
+    else:
+      out = self._steps(cell, carry, position, table, series, known)
+    out = Dropout(self.dropout)(out, deterministic=deterministic)
+    y = nn.Dense(
+      self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
+    )(out)
+    return y.reshape(y.shape[:-2] + (self.n_segments * self.segment_length, self.out_features))
+
+  @nn.nowrap
+  def _shared_h(self, cell, carry, position, table, series, known) -> Array:
+    """The LSTM's shortcut: `U h_L + b` once per sample (the class docstring)."""
+    c, h = carry
+    d = cell.features
+    in_features = d + (table.shape[-1] if table is not None else 0)
+    p = cell.parameters(in_features)
+    if table is not None:
       # Every (series, position) input: (n_series, m, in_features), projected once.
       inputs = jnp.concatenate(
         [
@@ -197,49 +219,66 @@ class ParallelDecoder(CellOptions):
     zh = cell.recurrent_preactivations(p, h)[..., None, :]  # once per sample: (*batch, 1, 4d)
     z = zx + zh
     if known is not None:
-      z = z + nn.Dense(
-        4 * self.features, use_bias=False, kernel_init=self.kernel_init, name="known"
-      )(known.astype(z.dtype))
+      z = z + nn.Dense(4 * d, use_bias=False, kernel_init=self.kernel_init, name="known")(
+        known.astype(z.dtype)
+      )
     c = jnp.broadcast_to(c[..., None, :], z.shape[:-1] + (c.shape[-1],))
     _, out = cell.activate(p, c, z)  # (*batch, m, R)
-    out = Dropout(self.dropout)(out, deterministic=deterministic)
-    y = nn.Dense(
-      self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
-    )(out)
-    return y.reshape(y.shape[:-2] + (self.n_segments * self.segment_length, self.out_features))
+    return out
+
+  @nn.nowrap
+  def _steps(self, cell, carry, position, table, series, known) -> Array:
+    """Any cell: one call over the `m` segments, from the carry repeated per segment."""
+    batch = feedback(carry).shape[:-1]
+    inputs = jnp.broadcast_to(position, batch + position.shape)
+    if table is not None:
+      rows = jnp.broadcast_to(
+        table[series][..., None, :], batch + (self.n_segments, table.shape[-1])
+      )
+      inputs = jnp.concatenate([inputs, rows], axis=-1)
+    if known is not None:
+      inputs = jnp.concatenate([inputs, known.astype(inputs.dtype)], axis=-1)
+    per_segment = jax.tree.map(
+      lambda a: jnp.broadcast_to(a[..., None, :], batch + (self.n_segments, a.shape[-1])), carry
+    )
+    _, out = cell(per_segment, inputs)
+    return out
 
 
-class RecurrentDecoder(CellOptions):
+class RecurrentDecoder(nn.Module):
   r"""Recurrent (autoregressive) multi-step decoding (SegRNN's RMF): each output segment is
   predicted from the current state and fed back, embedded, as the next step's input:
 
   .. math::
 
-      \hat y_0 = V h_L + a, \quad (c_j, h_j) = \mathrm{LSTM}((c_{j-1}, h_{j-1}),
+      \hat y_0 = V h_L + a, \quad (c_j, h_j) = \mathrm{cell}((c_{j-1}, h_{j-1}),
       \mathrm{ReLU}(E \hat y_{j-1} + e)), \quad \hat y_j = V h_j + a
 
   Sequential over the `m` segments, and errors compound; kept as the classic baseline to
-  `ParallelDecoder`. Attributes as `ParallelDecoder` (no series embedding). With `known`
-  inputs `(*batch, m, E)`, step `j` reads `ReLU(E [\hat y_{j-1}; k_j] + e)`.
+  `ParallelDecoder`. Attributes as `ParallelDecoder` (no series embedding); any cell (its
+  output, the fed-back state, feeds the output map). With `known` inputs `(*batch, m, E)`,
+  step `j` reads `ReLU(E [\hat y_{j-1}; k_j] + e)`.
   """
 
+  cell: nn.Module
   n_segments: int = 1
   segment_length: int = 1
   out_features: int = 1
   dropout: float = 0.0
+  kernel_init: Callable[..., Array] = initializers.glorot_uniform()
 
   @nn.compact
   def __call__(
     self, carry: Carry, known: Array | None = None, *, deterministic: bool = True
   ) -> Array:
-    cell = LSTMCell(self.features, **cell_options(self), name="cell")
-    embed = nn.Dense(self.features, kernel_init=self.kernel_init, name="embedding")
+    cell = self.cell
+    embed = nn.Dense(cell.features, kernel_init=self.kernel_init, name="embedding")
     head = nn.Dense(
       self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
     )
     drop = Dropout(self.dropout)
     outputs = []
-    h = carry[1]
+    h = feedback(carry)
     for j in range(self.n_segments):
       y = head(drop(h, deterministic=deterministic))
       outputs.append(y)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlstm.nn.cell import GATES
+from flaxlstm.nn.cells.lstm import GATES
 
 
 def _np(a) -> np.ndarray:

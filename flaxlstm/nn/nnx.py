@@ -1,4 +1,5 @@
-"""The LSTM for Flax NNX: `LSTMCell`, `LSTM`, `StackedLSTM`, `Bidirectional`, converters.
+"""The layers for Flax NNX: `RNN` over any cell, `LSTMCell`, `LSTM`, `StackedLSTM`,
+`Bidirectional`, converters.
 
     from flaxlstm import nnx as lnnx
     layer = lnnx.LSTM(3, 64, rngs=nnx.Rngs(0))
@@ -8,10 +9,11 @@
 These are the Linen layers' NNX twins, not copies: the parameters are held as `nnx.Param`s
 with the Linen names and shapes (layout and gate order in `flaxlstm.nn.cell`), and the
 computation is the Linen layers' own: `LSTMCell`'s gate math (`project`, `recur`) and
-`flaxlstm.nn.layers.run_layer` (hoisted input projection, the fused custom-VJP recurrence,
-`initial_carry`, `seq_lengths`, variational dropout, remat). So every speed trick and every
-fix lands in both at once, and parameters convert by renaming nothing (`linen_to_nnx`,
-`nnx_to_linen`).
+`flaxlstm.nn.layers.run_layer` (hoisted input projection, the kernel `kernels.select`
+picks, `initial_carry`, `seq_lengths`, variational dropout, remat). `RNN` runs any other
+NNX cell (`nnx.GRUCell`, your own) through the same loop, its step called on its state.
+So every speed trick and every fix lands in both at once, and parameters convert by
+renaming nothing (`linen_to_nnx`, `nnx_to_linen`).
 
 Dropout draws from the `dropout` stream of the `rngs` given at construction (forked, as
 `nnx.Dropout` does); `deterministic=True`, or `model.eval()`, turns it off.
@@ -27,12 +29,13 @@ import numpy as np
 from flax import nnx
 from flax.linen import initializers
 
-from flaxlstm.nn import cell as linen_cell
 from flaxlstm.nn import convert
+from flaxlstm.nn.cells import lstm as linen_cell
+from flaxlstm.nn.cells.base import NnxStep
 from flaxlstm.nn.layers import flip_sequences, layer_options, run_layer
 
 Array = jax.Array
-Carry = tuple[Array, Array]
+Carry = Any  # a cell's carry (`LSTMCarry(c, h)` for the LSTM)
 
 
 def _param(init: Callable, key: Array, shape: tuple[int, ...], dtype, gates: int = 0) -> nnx.Param:
@@ -80,10 +83,8 @@ class LSTMCell(nnx.RNNCellBase):
     bias_init: Callable = initializers.zeros_init(),
     projection_init: Callable = initializers.glorot_uniform(),
     carry_init: Callable = initializers.zeros_init(),
-    implementation: str = "auto",
   ):
     self.in_features, self.features = in_features, features
-    self.implementation = implementation  # how the layers run the loop (flaxlstm.LSTMCell)
     self.forget_bias, self.proj_features, self.layer_norm = forget_bias, proj_features, layer_norm
     self.dtype, self.param_dtype, self.carry_init = dtype, param_dtype, carry_init
     h4, rec_in = 4 * features, proj_features or features
@@ -114,7 +115,6 @@ class LSTMCell(nnx.RNNCellBase):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       carry_init=self.carry_init,
-      implementation=self.implementation,
       parent=None,
     )
 
@@ -129,7 +129,8 @@ class LSTMCell(nnx.RNNCellBase):
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
     math, p = self.math, self.params()
-    return math.recur(p, carry, math.project(p, inputs))
+    new, y = math.recur(p, carry, math.project(p, inputs))
+    return (tuple(new) if type(carry) is tuple else new), y
 
   def initialize_carry(  # type: ignore[override]
     self, input_shape: tuple[int, ...], rngs: nnx.Rngs | nnx.RngStream | None = None
@@ -147,13 +148,101 @@ class LSTMCell(nnx.RNNCellBase):
     return 1
 
 
-class LSTM(nnx.Module):
-  """One LSTM layer over `(*batch, time, in_features)`, running `flaxlstm.LSTM`'s code.
+class RNN(nnx.Module):
+  """One recurrent layer over any NNX cell, running `flaxlstm.RNN`'s code: a drop-in for
+  `nnx.RNN` (same call: `initial_carry`, `seq_lengths`, `return_carry`, `time_major`,
+  `reverse`, `keep_order`).
+
+  A flaxlstm cell (`LSTMCell`) runs its fast kernel; any other cell (`nnx.GRUCell`, your
+  own) runs its own step inside the autodiff loop, on its state (`nnx.split`). On top of
+  `nnx.RNN`: variational `dropout`/`recurrent_dropout` (drawn from the `dropout` stream of
+  `rngs`), `remat`, `return_sequences`, `implementation`, and zero outputs past each
+  sequence's end. The default carry is the cell's `initialize_carry` with a fixed key
+  (zeros for the usual cells).
+  """
+
+  def __init__(
+    self,
+    cell: nnx.Module,
+    *,
+    rngs: nnx.Rngs | None = None,
+    return_sequences: bool = True,
+    return_carry: bool = False,
+    reverse: bool = False,
+    keep_order: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    remat: bool = False,
+    implementation: str = "auto",
+    deterministic: bool = False,
+  ):
+    self.cell = cell
+    self.return_sequences, self.return_carry, self.reverse = return_sequences, return_carry, reverse
+    self.keep_order, self.time_major = keep_order, time_major
+    self.unroll, self.remat, self.implementation = unroll, remat, implementation
+    self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+    self.deterministic = deterministic
+    self.rngs = nnx.data(None)
+    if dropout or recurrent_dropout:
+      if rngs is None:
+        raise ValueError("dropout needs rngs (its 'dropout' stream)")
+      self.rngs = rngs["dropout"].fork()
+
+  def _step(self) -> tuple[Any, Any, Callable]:
+    """The cell's pure step, its parameters and its default carry (cells/base.py)."""
+    cell = self.cell
+    if isinstance(cell, LSTMCell):
+      math = cell.math
+      return math, cell.params(), lambda shape: math.initialize_carry(jax.random.key(0), shape)
+    graphdef, state = nnx.split(cell)
+    make = lambda shape: cell.initialize_carry(shape, nnx.Rngs(carry=0))  # type: ignore[attr-defined]
+    return NnxStep(graphdef), state, make
+
+  def __call__(
+    self,
+    inputs: Array,
+    *,
+    initial_carry: Carry | None = None,
+    seq_lengths: Array | None = None,
+    return_carry: bool | None = None,
+    time_major: bool | None = None,
+    reverse: bool | None = None,
+    keep_order: bool | None = None,
+    deterministic: bool | None = None,
+  ):
+    deterministic = self.deterministic if deterministic is None else deterministic
+    rng = None
+    if (self.dropout or self.recurrent_dropout) and not deterministic:
+      rng = self.rngs
+    step, p, make_carry = self._step()
+    carry, out = run_layer(
+      step,
+      p,
+      inputs,
+      make_carry=make_carry,
+      initial_carry=initial_carry,
+      seq_lengths=seq_lengths,
+      reverse=self.reverse if reverse is None else reverse,
+      keep_order=self.keep_order if keep_order is None else keep_order,
+      time_major=self.time_major if time_major is None else time_major,
+      feature_axes=getattr(self.cell, "num_feature_axes", 1),
+      dropout_rng=rng,
+      **layer_options(self),
+    )
+    return_carry = self.return_carry if return_carry is None else return_carry
+    return (carry, out) if return_carry else out
+
+
+class LSTM(RNN):
+  """One LSTM layer over `(*batch, time, in_features)`: `RNN(LSTMCell(in_features,
+  features, ...))`, outputs always in input order, running `flaxlstm.LSTM`'s code.
 
   `self.cell` is its `LSTMCell`, so `nnx.RNN(layer.cell)` computes the same outputs one
   step at a time. Options as `flaxlstm.LSTM` (`return_sequences`, `return_carry`,
-  `reverse`, `unroll`, `dropout`, `recurrent_dropout`, `remat`), and the cell's options as
-  keywords. Call with `initial_carry=`, `seq_lengths=`, `deterministic=`.
+  `reverse`, `unroll`, `dropout`, `recurrent_dropout`, `remat`, `implementation`), and the
+  cell's options as keywords. Call with `initial_carry=`, `seq_lengths=`, `deterministic=`.
   """
 
   def __init__(
@@ -169,40 +258,24 @@ class LSTM(nnx.Module):
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     remat: bool = False,
+    implementation: str = "auto",
     deterministic: bool = False,
     **cell_options: Any,
   ):
-    self.cell = LSTMCell(in_features, features, rngs=rngs, **cell_options)
-    self.return_sequences, self.return_carry, self.reverse = return_sequences, return_carry, reverse
-    self.unroll, self.remat = unroll, remat
-    self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
-    self.deterministic = deterministic
-    self.rngs = rngs["dropout"].fork() if (dropout or recurrent_dropout) else nnx.data(None)
-
-  def __call__(
-    self,
-    inputs: Array,
-    *,
-    initial_carry: Carry | None = None,
-    seq_lengths: Array | None = None,
-    deterministic: bool | None = None,
-    reverse: bool | None = None,
-  ):
-    deterministic = self.deterministic if deterministic is None else deterministic
-    rng = None
-    if (self.dropout or self.recurrent_dropout) and not deterministic:
-      rng = self.rngs
-    carry, out = run_layer(
-      self.cell.math,
-      self.cell.params(),
-      inputs,
-      initial_carry=initial_carry,
-      seq_lengths=seq_lengths,
-      reverse=self.reverse if reverse is None else reverse,
-      dropout_rng=rng,
-      **layer_options(self),
+    super().__init__(
+      LSTMCell(in_features, features, rngs=rngs, **cell_options),
+      rngs=rngs,
+      return_sequences=return_sequences,
+      return_carry=return_carry,
+      reverse=reverse,
+      keep_order=True,
+      unroll=unroll,
+      dropout=dropout,
+      recurrent_dropout=recurrent_dropout,
+      remat=remat,
+      implementation=implementation,
+      deterministic=deterministic,
     )
-    return (carry, out) if self.return_carry else out
 
 
 class Bidirectional(nnx.Module):
@@ -246,6 +319,7 @@ class StackedLSTM(nnx.Module):
     bidirectional: bool = False,
     unroll: int = 1,
     remat: bool = False,
+    implementation: str = "auto",
     deterministic: bool = False,
     **cell_options: Any,
   ):
@@ -261,6 +335,7 @@ class StackedLSTM(nnx.Module):
         dropout=dropout,
         recurrent_dropout=recurrent_dropout,
         remat=remat,
+        implementation=implementation,
         deterministic=deterministic,
         **cell_options,
       )
@@ -311,7 +386,7 @@ def linen_to_nnx(module: nnx.Module, linen_params: Mapping[str, Any]) -> nnx.Mod
     linen_params = linen_params["params"]
   if isinstance(module, LSTMCell):
     load_params(module, linen_params)
-  elif isinstance(module, LSTM):
+  elif isinstance(module, RNN) and isinstance(module.cell, LSTMCell):  # LSTM included
     load_params(module.cell, linen_params["cell"])
   elif isinstance(module, Bidirectional):
     linen_to_nnx(module.forward_rnn, linen_params["forward_rnn"])
@@ -329,7 +404,7 @@ def nnx_to_linen(module: nnx.Module) -> dict:
   """The Linen params tree (without the `{'params': ...}` wrapper) of an NNX layer."""
   if isinstance(module, LSTMCell):
     return module.params()
-  if isinstance(module, LSTM):
+  if isinstance(module, RNN) and isinstance(module.cell, LSTMCell):  # LSTM included
     return {"cell": module.cell.params()}
   if isinstance(module, Bidirectional):
     return {
@@ -362,6 +437,7 @@ def from_nnx_cell(flax_cell: nnx.Module, *, forget_bias: float = 1.0) -> dict:
 
 
 __all__ = [
+  "RNN",
   "LSTMCell",
   "LSTM",
   "StackedLSTM",

@@ -13,10 +13,11 @@ import numpy as np
 import optax
 
 from flaxlstm import parallel
-from flaxlstm.config.schema import RunSpec
+from flaxlstm.config.specs import RunSpec
 from flaxlstm.data import augment, series, windows
 from flaxlstm.data.scaling import FittedScalers
 from flaxlstm.errors import InputError
+from flaxlstm.forecast import heads
 from flaxlstm.forecast.model import Forecaster
 from flaxlstm.train.optim import make_optimizer
 from flaxlstm.train.step import TrainState
@@ -91,7 +92,7 @@ class Setup:
     return inputs, y
 
   @property
-  def _train_index(self) -> windows.WindowIndex:
+  def _train_index(self) -> series.WindowIndex:
     if self._index is None:
       self._index = self.data.window_index("train")
     return self._index
@@ -120,8 +121,7 @@ def assemble(
         f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)"
       )
   data = series.prepare(spec.data, scalers=scalers)
-  if spec.model.head == "lognormal":
-    _check_positive_targets(data)
+  heads.make(spec.model.head, spec.model.quantiles).check_data(data)  # the head's own rules
   n_train = len(data.window_index("train"))
   bs = spec.train.batch_size
   if n_train < bs:
@@ -140,20 +140,6 @@ def assemble(
     total,
     mesh,
   )
-
-
-def _check_positive_targets(data: series.SeriesData) -> None:
-  """The log-normal head's likelihood needs every target it is trained or scored on > 0."""
-  bad = ~(data.y > 0)
-  if bad.any():
-    row, col = (int(i) for i in np.argwhere(bad)[0])
-    # A wide CSV's rows are the file's lines, after the header (a long table's are sorted).
-    line = f" (line {row + 2})" if data.source.endswith(".csv") and not data.series_ids else ""
-    raise InputError(
-      f"{data.source}: column {data.target_names[col]!r} has {data.y_raw[row, col]:g} at row "
-      f"{row}{line}, and {int(bad.sum()) - 1} more values <= 0; model.head='lognormal' needs "
-      "positive targets"
-    )
 
 
 def build_model(spec: RunSpec, data: series.SeriesData) -> Forecaster:

@@ -1,9 +1,15 @@
-"""`train_and_evaluate(config, workdir)`: the training loop.
+"""The training loop, one for every run: `train_and_evaluate(config, workdir)` trains one
+run with it, and a population (population.py) trains its members with it.
 
-One loop over optimizer steps. Everything a step needs is a pure function of (spec, step):
-the batch (seed, epoch, position in epoch), the augmentation draw and the dropout key.
-Resuming therefore needs only the step, params, optimizer state and the early-stopping
-counters from the checkpoint: no iterator or RNG state.
+`run_loop` steps an `Engine` (how the runs' state is stepped: one run on a device mesh,
+`SingleEngine`, or a population's members on a member axis) and drives one `RunSession` per
+run (session.py: its logs, validation and early stopping, checkpoints and final metrics).
+A single run is the loop with one session.
+
+Everything a step needs is a pure function of (spec, step): the batch (seed, epoch,
+position in epoch), the augmentation draw and the dropout key. Resuming therefore needs only
+the step, params, optimizer state and the early-stopping counters from the checkpoint: no
+iterator or RNG state.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import TypeVar
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -20,16 +26,16 @@ import ml_collections
 from flaxlstm import config as config_lib
 from flaxlstm.data import io
 from flaxlstm.errors import InputError, Preempted, TrainingError
-from flaxlstm.report import Progress, Reporter
-from flaxlstm.train import evaluation
+from flaxlstm.report import Progress
+from flaxlstm.train import lock as lock_lib
 from flaxlstm.train import workdir as workdir_lib
 from flaxlstm.train.assembly import Setup, assemble
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
-from flaxlstm.train.preemption import stop_signals
+from flaxlstm.train.preemption import StopRequest, stop_signals
+from flaxlstm.train.session import RunSession, closing
 from flaxlstm.train.step import make_predict_fn, make_train_step
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def train_and_evaluate(
@@ -55,7 +61,10 @@ def train_and_evaluate(
   config and data the run was trained on (`allow_changed_data` accepts other bytes), the
   free space and the checkpoint.
   """
-  spec = config if isinstance(config, config_lib.RunSpec) else config_lib.to_spec(config)
+  if isinstance(config, config_lib.RunSpec):
+    spec = config_lib.validate(config)  # the registries' checks (`to_spec` runs them too)
+  else:
+    spec = config_lib.to_spec(config)
   spec = workdir_lib.with_absolute_data_path(spec)
   if jax.process_index() == 0:
     workdir_lib.fail_if_busy(workdir)  # at once, before the data is read
@@ -65,7 +74,8 @@ def train_and_evaluate(
     setup, workdir, data_now, resume=resume, force=force, allow_changed_data=allow_changed_data
   )
   try:
-    return _train(setup, workdir, restored, data_now, quiet=quiet)
+    engine = SingleEngine(setup)
+    return run_loop([setup], [workdir], [restored], data_now, engine, quiet=quiet)[0]
   finally:
     if claim is not None:
       claim.keep()
@@ -80,7 +90,7 @@ def claim_workdir(
   force: bool = False,
   allow_changed_data: bool = False,
   max_step: int | None = None,
-) -> tuple[workdir_lib.Claim | None, tuple[LoopState, object] | None]:
+) -> tuple[lock_lib.Claim | None, tuple[LoopState, object] | None]:
   """Locks `workdir` for `setup`'s run and restores its newest checkpoint (at most
   `max_step`); returns `(claim, restored or None)`. The caller `keep()`s the claim.
 
@@ -89,7 +99,7 @@ def claim_workdir(
   """
   spec = setup.spec
   is_main = jax.process_index() == 0
-  claim = workdir_lib.Claim(workdir, "flaxlstm train") if is_main else None
+  claim = lock_lib.Claim(workdir, "flaxlstm train") if is_main else None
   try:
     error = None
     warning = None
@@ -136,117 +146,224 @@ def claim_workdir(
   return claim, restored
 
 
-def _train(setup: Setup, workdir: str, restored, data_now: dict, *, quiet: bool) -> dict:
-  """The loop, once the workdir is checked and claimed: from here on it is written."""
-  spec, data = setup.spec, setup.data
+class Engine:
+  """How the loop steps its runs' state (`run_loop`): one run, or a population's members.
+
+  `n` runs share one state; member k's params are `final_params(state, k)`. Subclasses
+  implement the steps; the loop owns the bookkeeping of every run (sessions)."""
+
+  n: int = 1
+  isolate_failures = False  # a run's own failure (non-finite steps) stops only that run
+  predict_fn: Callable  # the sessions' predictions (validation, final metrics)
+
+  def init_state(self, restored: Sequence[Any]) -> Any:
+    """The state to start from: fresh, or the runs' restored `(loop, state)` pairs."""
+    raise NotImplementedError
+
+  def prefetch(self, step: int, active: list[bool]) -> None:
+    """Prepares step `step`'s batches on the host ahead of the step (optional)."""
+    del step, active
+
+  def step(self, state: Any, step: int, active: list[bool]) -> tuple[Any, Any]:
+    """Dispatches optimizer step `step` for the `active` runs: `(state, metrics)`."""
+    raise NotImplementedError
+
+  def host_metrics(self, metrics: Any) -> list[dict]:
+    """One step's metrics, per run."""
+    raise NotImplementedError
+
+  def checkpoint(
+    self,
+    state: Any,
+    sessions: list[RunSession],
+    live: list[int],
+    evaluated: bool,
+    clock: Callable[[], float],
+  ) -> None:
+    """Validates the `live` runs (when `evaluated`: early stopping) and saves them;
+    `clock()` is the training time since the last save, added to each saved run's wall
+    time."""
+    raise NotImplementedError
+
+  def wrap_ckpts(self, ckpts: Checkpoints) -> Any:
+    """A run's checkpoints as the engine saves them (a population queues its saves)."""
+    return ckpts
+
+  def flush(self) -> None:
+    """Waits for saves in flight (before a stop, and before final params are read)."""
+
+  def close(self) -> None:
+    """Releases what the engine holds (closed when the loop ends, however it ends)."""
+
+  def final_params(self, state: Any, k: int) -> Any:
+    raise NotImplementedError
+
+  def baselines(self) -> dict | None:
+    """The baselines' metrics when shared by all runs (None: each run computes its own)."""
+    return None
+
+
+class SingleEngine(Engine):
+  """One run on its device mesh: the jitted train step, validation on the mesh, and
+  checkpoints saved by every process (each writes its own shards)."""
+
+  def __init__(self, setup: Setup):
+    self.setup = setup
+    spec = setup.spec
+    self.train_step = make_train_step(
+      setup.model, setup.tx, spec.train, spec.seed, setup.mesh, setup.state_sharding()
+    )
+    self.predict_fn = make_predict_fn(setup.model, setup.mesh)
+
+  def init_state(self, restored):
+    return self.setup.init_state() if restored[0] is None else restored[0][1]
+
+  def step(self, state, step, active):
+    return self.train_step(state, *self.setup.train_batch(step))
+
+  def host_metrics(self, metrics):
+    return [metrics]
+
+  def checkpoint(self, state, sessions, live, evaluated, clock):
+    (session,) = sessions
+    if evaluated:
+      session.evaluator(session.loop, state.params)
+    session.loop.wall_time_s += clock()
+    session.ckpts.save(session.loop, state)
+
+  def final_params(self, state, k):
+    return state.params
+
+
+def run_loop(
+  setups: Sequence[Setup],
+  workdirs: Sequence[str],
+  restored: Sequence[Any],
+  data_now: dict,
+  engine: Engine,
+  *,
+  quiet: bool = True,
+  stop: StopRequest | None = None,
+  step_back: bool = False,
+) -> list[dict]:
+  """THE loop: trains `engine`'s runs, run k in `workdirs[k]` resuming `restored[k]`
+  (`(loop, state)` or None), once the workdirs are checked and claimed: from here on they
+  are written. Returns each run's final metrics (`{"error": message}` for a run that failed
+  on its own, with `engine.isolate_failures`).
+
+  One step runs ahead of the host: step t+1 is dispatched before step t's metrics are read,
+  so the host's work of a step (the logs, the next batch) overlaps the devices'. A run
+  that fails at step t has run step t+1 too; it is neither recorded nor saved again. An
+  evaluation, a stop and the last step read everything first.
+
+  `stop`: the stop request to obey (one shared by the populations a runner trains in
+  threads); by default SIGTERM/SIGINT. `step_back`: runs restored ahead of the others
+  delete their newer checkpoints (a population resumes at the step every member has).
+  """
   is_main = jax.process_index() == 0
-  loop, state = restored if restored is not None else (LoopState(), None)
-  saved = loop.step if restored is not None else None
+  n = len(setups)
+  total = setups[0].total_steps
+  loops = [LoopState() if r is None else r[0] for r in restored]
+  saved: int | None = loops[0].step if restored[0] is not None else None
   try:
     with contextlib.ExitStack() as stack:
-      reporter = closing(stack, Reporter(workdir, enabled=is_main))
-      reporter.truncate_after(loop.step)  # drop what was logged after the checkpoint
-      reporter.write_config(config_lib.to_config(spec), {"data": data_now})
-      if is_main:
-        data.save_scalers(os.path.join(workdir, "scalers.json"))
-      ckpts = closing(
-        stack, Checkpoints(os.path.join(workdir, "checkpoints"), spec.train.keep_best)
-      )
-      state = setup.init_state() if state is None else state
-      train_step = make_train_step(
-        setup.model, setup.tx, spec.train, spec.seed, setup.mesh, setup.state_sharding()
-      )
-      predict_fn = make_predict_fn(setup.model, setup.mesh)
-      evaluate = evaluation.Evaluator(setup, predict_fn, reporter, ckpts)
-      progress = closing(
-        stack, Progress(setup.total_steps, enabled=is_main and not quiet, desc="train")
-      )
-      train_log = TrainLog(setup, reporter, progress, evaluate.every)
-      stop = stack.enter_context(stop_signals())
-      progress.update(loop.step)
+      sessions = [
+        RunSession.open(
+          stack,
+          setup,
+          w,
+          loop,
+          data_now,
+          engine.predict_fn,
+          is_main=is_main,
+          wrap_ckpts=engine.wrap_ckpts,
+          step_back=step_back,
+        )
+        for setup, w, loop in zip(setups, workdirs, loops)
+      ]
+      state = engine.init_state(restored)
+      closing(stack, engine)
+      desc = "train" if n == 1 else f"train x{n}"
+      progress = closing(stack, Progress(total, enabled=is_main and not quiet, desc=desc))
+      if stop is None:
+        stop = stack.enter_context(stop_signals())
+      due = sessions[0].evaluator.due  # every run evaluates at the same steps
+      step = loops[0].step
+      progress.update(step)
       t0 = time.perf_counter()
-      while not loop.stopped_early and loop.step < setup.total_steps:
-        state, m = train_step(state, *setup.train_batch(loop.step))
-        loop.step += 1
-        train_log(loop, m)
-        evaluated = evaluate.due(loop.step)
-        if evaluated:
-          evaluate(loop, state.params)
+      failed: dict[int, str] = {}
+
+      def active() -> list[bool]:
+        return [s.active and k not in failed for k, s in enumerate(sessions)]
+
+      def clock() -> float:
+        nonlocal t0
+        elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+        return elapsed
+
+      def record(metrics: Any, on: list[bool]) -> None:
+        """Logs one step's train metrics of the runs that ran it (`on`)."""
+        per_run = engine.host_metrics(metrics)
+        for k, session in enumerate(sessions):
+          if not on[k] or k in failed:
+            continue
+          session.loop.step += 1
+          try:
+            loss = session.log(session.loop, per_run[k])
+          except TrainingError as e:
+            if not engine.isolate_failures:
+              raise
+            failed[k] = str(e)  # this run fails as its single run would; not the rest
+            log.warning(f"{session.workdir}: {e}")
+            continue
+          if n == 1 and loss is not None:
+            progress.update(0, loss=f"{loss:.4f}")
+        progress.update(1)
+
+      pending = None
+      engine.prefetch(step, active())
+      while any(active()):
+        on = active()
+        state, metrics = engine.step(state, step, on)
+        step += 1
+        if pending is not None:
+          record(*pending)
+        if step < total:
+          engine.prefetch(step, active())
+        pending = (metrics, on)
+        evaluated = due(step)
         # Preemption is checked after every step, evaluation steps included: a run that
         # evaluates every step must still stop when asked.
         stopping = stop.agreed()
         if evaluated or stopping:
-          loop.wall_time_s += time.perf_counter() - t0
-          t0 = time.perf_counter()
-          ckpts.save(loop, state)
-          saved = loop.step
+          record(*pending)
+          pending = None
+          live = [k for k in range(n) if on[k] and k not in failed]
+          engine.checkpoint(state, sessions, live, evaluated, clock)
+          saved = step
         if stopping:
-          raise Preempted(stop.signum, loop.step)
+          engine.flush()
+          raise Preempted(stop.signum, step)
+      if pending is not None:  # the last active run failed at the step before
+        record(*pending)
       progress.close()
-      params = evaluate.final_params(state.params)
-      metrics, test_pred = evaluation.final_metrics(setup, params, predict_fn)
-      metrics.update(evaluation.summary(setup, loop, params), data=data_now)
-      reporter.write_json("metrics.json", metrics)
-      evaluation.write_plots(reporter, setup, test_pred)
-      return metrics
+      engine.flush()  # the best checkpoints are read back next
+      out = []
+      for k, session in enumerate(sessions):
+        if k in failed:
+          out.append({"error": failed[k]})
+          continue
+        params = engine.final_params(state, k)
+        out.append(session.finish(params, engine.predict_fn, engine.baselines()))
+      return out
   except Exception as e:
     if workdir_lib.is_disk_full(e):
+      where = workdirs[0] if n == 1 else os.path.commonpath([os.path.abspath(w) for w in workdirs])
       hint = (
         f"the newest intact checkpoint is step {saved}; free space and rerun the same "
         "command to resume"
         if saved is not None
         else "no checkpoint was saved yet; free space and rerun the same command"
       )
-      raise workdir_lib.disk_full_error(e, workdir, hint) from None
+      raise workdir_lib.disk_full_error(e, where, hint) from None
     raise
-
-
-class TrainLog:
-  """The train-loss log (every `train.log_every_steps` and at each evaluation) and the
-  count of skipped, non-finite steps (past `train.max_nonfinite_steps` the run stops)."""
-
-  def __init__(self, setup: Setup, reporter: Reporter, progress: Progress, eval_every: int):
-    self.setup, self.reporter, self.progress = setup, reporter, progress
-    self.eval_every = eval_every
-    self.loss_sum, self.loss_n = 0.0, 0
-
-  def __call__(self, loop: LoopState, m: dict) -> None:
-    spec = self.setup.spec.train
-    if bool(m["nonfinite"]):
-      loop.nonfinite_steps += 1
-      self.reporter.log(loop.step, "train", {"nonfinite_steps": loop.nonfinite_steps})
-      if loop.nonfinite_steps > spec.max_nonfinite_steps:
-        raise TrainingError(
-          f"non-finite loss or gradients at step {loop.step} (update skipped; "
-          f"{loop.nonfinite_steps} such steps > train.max_nonfinite_steps="
-          f"{spec.max_nonfinite_steps}); the last checkpoint holds finite params"
-        )
-    else:
-      self.loss_sum, self.loss_n = self.loss_sum + m["loss"], self.loss_n + 1
-    if self.loss_n and (loop.step % spec.log_every_steps == 0 or loop.step % self.eval_every == 0):
-      train_loss = float(self.loss_sum) / self.loss_n
-      self.reporter.log(
-        loop.step,
-        "train",
-        {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
-        epoch=(loop.step - 1) // self.setup.steps_per_epoch,
-      )
-      self.progress.update(0, loss=f"{train_loss:.4f}")
-      self.loss_sum, self.loss_n = 0.0, 0
-    self.progress.update(1)
-
-
-def closing(stack: contextlib.ExitStack, thing: T) -> T:
-  """Closes `thing` when `stack` unwinds. If an error is already on its way out, a
-  failure to close (a flush on a full disk) must not replace it."""
-
-  def exit_(exc_type, exc, tb) -> bool:
-    try:
-      thing.close()  # type: ignore[attr-defined]
-    except Exception:  # closing is best effort once something has failed
-      if exc_type is None:
-        raise
-    return False
-
-  stack.push(exit_)
-  return thing

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxlstm.config.schema import TrainSpec
+from flaxlstm.config.specs import TrainSpec
 
 Array = jax.Array
 

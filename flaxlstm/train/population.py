@@ -5,11 +5,12 @@ and the continuous hyperparameters (`MEMBER_KEYS`), as one jitted step over a le
 axis. Each member keeps its own early stopping (a stopped member is frozen, its best params
 kept) and writes its own standard workdir (`config.json`, `metrics.json`, `scalers.json`,
 checkpoints, plots): a member's workdir is indistinguishable from the single run's, and
-`flaxlstm evaluate`/`predict`, or a `flaxlstm train` resume, read it as one. On CPU member
-k's numbers are those of `train_and_evaluate(specs[k])` to the bit, early-stopping step
-included (tests/train/test_population.py; 27 of 27 runs of the dropout sweep, over
-1,000-3,000 steps each, BENCHMARKS.md): each member runs its single run's program. Under
-`vmap` (accelerators, below) they agree to float tolerance.
+`flaxlstm evaluate`/`predict`, or a `flaxlstm train` resume, read it as one. The members
+train in the one training loop (loop.py: `run_loop`, a session per member) driven by a
+`PopulationEngine`. On CPU member k's numbers are those of `train_and_evaluate(specs[k])`
+to the bit, early-stopping step included (tests/train/test_population.py; the dropout
+sweep's runs, BENCHMARKS.md): each member runs its single run's program. Under `vmap`
+(accelerators, below) they agree to float tolerance.
 
 Runs whose structure differs (shapes, layer sizes, lookback, which optional terms are on)
 form separate populations: `groups(specs)`. Zero vs non-zero of a member hyperparameter is
@@ -20,16 +21,15 @@ How the step runs the members: `jax.shard_map` gives each device its members (th
 axis is sharded over a 1-D `("pop",)` mesh); on each device `lax.map` runs them one after
 another, each a `lax.cond` that skips frozen members (a plain scan, one member per
 iteration: under `vmap`, even over a chunk of one, the cond would become a select that
-computes a frozen member's step too). Measured on 2 CPU cores
-(experiments/benchmarks/population_step.py), one member at a time is the fastest layout:
-a member's fused-LSTM residuals stay in cache between its forward and backward pass, which
-they cannot for P members at once under `vmap` (fresh memory, and page faults, for P times
-the activations on every step). On an accelerator the opposite holds: a member of the
-default experiment is far too small to fill a GPU and its step is a chain of small
-kernels, so a device's members run all at once, vmapped (the fused kernel's population
-rule, nn/recurrence.py): on an H200, 12 members' step costs 0.10x of one model's per member
-(BENCHMARKS.md), and a frozen member is masked there, not skipped. `population_chunk`
-overrides that choice (benchmarks).
+computes a frozen member's step too). On CPU one member at a time is the fastest layout
+(experiments/benchmarks/population_step.py, BENCHMARKS.md "Populations"): a member's
+fused-LSTM residuals stay in cache between its forward and backward pass, which they
+cannot for P members at once under `vmap` (fresh memory, and page faults, for P times the
+activations on every step). On an accelerator the opposite holds: a member of the default
+experiment is far too small to fill a GPU and its step is a chain of small kernels, so a
+device's members run all at once, vmapped (the fused kernel's population rule,
+nn/kernels/lstm_fused.py), and a frozen member is masked there, not skipped. The `chunk`
+argument overrides that choice (benchmarks).
 
 A sweep (`flaxlstm sweep --population`, search/runner.py) does not shard one population
 over several devices: it shares the groups out over the devices, cutting one only where a
@@ -44,13 +44,11 @@ leaves some one evaluation ahead: they step back to it).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -60,19 +58,17 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxlstm import config as config_lib
-from flaxlstm.config.schema import RunSpec
+from flaxlstm.config.specs import RunSpec
 from flaxlstm.data import io, windows
-from flaxlstm.errors import InputError, Preempted, TrainingError
+from flaxlstm.errors import InputError
 from flaxlstm.forecast import baselines
-from flaxlstm.nn import cudnn
-from flaxlstm.report import Progress, Reporter
-from flaxlstm.train import evaluation
+from flaxlstm.nn import kernels
 from flaxlstm.train import workdir as workdir_lib
 from flaxlstm.train.assembly import Setup, assemble, build_model
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
-from flaxlstm.train.loop import TrainLog, claim_workdir, closing
+from flaxlstm.train.loop import Engine, claim_workdir, run_loop
 from flaxlstm.train.optim import make_optimizer
-from flaxlstm.train.preemption import StopRequest, stop_signals
+from flaxlstm.train.preemption import StopRequest
 from flaxlstm.train.step import make_predict_fn, train_step_fn
 
 log = logging.getLogger(__name__)
@@ -94,9 +90,6 @@ _HOST_KEYS = ("seed",)
 _HOST_PREFIXES = ("data.augment.",)
 # Bookkeeping that does not change the program (logging), also free per member.
 _FREE_KEYS = ("train.log_every_steps",)
-# Members per `lax.map` iteration; None: 1 on CPU, all of a device's members elsewhere (see
-# the module docstring).
-population_chunk: int | None = None
 
 
 def group_key(spec: RunSpec) -> str:
@@ -130,10 +123,13 @@ def _pop_mesh(devices: list | None) -> Mesh:
 
 
 class _Population:
-  """The members' shared data, model and compiled functions (one structure)."""
+  """The members' shared data, model and compiled functions (one structure).
 
-  def __init__(self, setups: list[Setup], mesh: Mesh):
-    self.setups, self.mesh = setups, mesh
+  `chunk`: members per `lax.map` iteration on a device; None: 1 on CPU, all of a device's
+  members elsewhere (the module docstring)."""
+
+  def __init__(self, setups: list[Setup], mesh: Mesh, chunk: int | None = None):
+    self.setups, self.mesh, self._chunk = setups, mesh, chunk
     base = setups[0]
     self.base = base
     n_dev = mesh.devices.size
@@ -163,18 +159,12 @@ class _Population:
     mspec = self.base.spec.model.with_values(
       **{k.split(".")[1]: hp[k] for k in self.varying if k.startswith("model.")}
     )
-    if mspec.cell_options["implementation"] == "cudnn":
-      # The members run under vmap (lax.map in chunks), and cuDNN's kernel has no batching
-      # rule: the population takes the path "auto" picks (nn/cudnn.py).
-      cudnn.warn_fallback("a population's vmap over members is not supported", "auto")
-      cell = {**mspec.cell_options, "implementation": "auto"}
-      mspec = mspec.with_values(cell=tuple(cell.items()))
     return self.base.model.clone(spec=mspec)
 
   def chunk(self) -> int:
     """Members per `lax.map` iteration on a device (see the module docstring)."""
-    if population_chunk is not None:
-      return population_chunk
+    if self._chunk is not None:
+      return self._chunk
     if self.mesh.devices.flat[0].platform == "cpu":
       return 1
     return self.size // self.mesh.devices.size
@@ -212,7 +202,10 @@ class _Population:
         off = jnp.zeros((), bool)
         return state, {"loss": zero, "total_loss": zero, "grad_norm": zero, "nonfinite": off}
 
-      return jax.lax.cond(active, lambda _: step(state, inputs, y), frozen, None)
+      # Traced as members of a population: a kernel with no batching rule (cuDNN) is not
+      # picked (nn/kernels: `select`).
+      with kernels.members_batched():
+        return jax.lax.cond(active, lambda _: step(state, inputs, y), frozen, None)
 
     return jax.jit(self._per_device(member, 6), donate_argnums=0)
 
@@ -221,9 +214,10 @@ class _Population:
 
     def member(params, inputs, active):
       apply = lambda: model.apply({"params": params}, **inputs, deterministic=True)
-      shape = jax.eval_shape(apply)
-      # A stopped member's validation forecast is not read: skip it (see `_per_device`).
-      return jax.lax.cond(active, apply, lambda: jnp.zeros(shape.shape, shape.dtype))
+      with kernels.members_batched():
+        shape = jax.eval_shape(apply)
+        # A stopped member's validation forecast is not read: skip it (see `_per_device`).
+        return jax.lax.cond(active, apply, lambda: jnp.zeros(shape.shape, shape.dtype))
 
     fn = self._per_device(member, 3)
     return jax.jit(fn)
@@ -293,6 +287,7 @@ def train_population(
   devices: list | None = None,
   force: bool = False,
   stop: StopRequest | None = None,
+  chunk: int | None = None,
 ) -> list[dict]:
   """Trains `specs` (ConfigDicts or RunSpecs of one group, see `groups`) as one population,
   member k in `workdirs[k]`, its members sharded over `devices` (default: all); returns
@@ -301,8 +296,11 @@ def train_population(
   would, and the others go on).
 
   `stop`: the stop request to obey (one shared by the populations a runner trains in
-  threads); by default SIGTERM/SIGINT, when called from the main thread."""
-  specs = [s if isinstance(s, RunSpec) else config_lib.to_spec(s) for s in specs]
+  threads); by default SIGTERM/SIGINT, when called from the main thread. `chunk`: members
+  per `lax.map` iteration on a device (default: the module docstring's choice)."""
+  specs = [
+    config_lib.validate(s) if isinstance(s, RunSpec) else config_lib.to_spec(s) for s in specs
+  ]
   specs = [workdir_lib.with_absolute_data_path(s) for s in specs]
   if len(specs) != len(workdirs) or not specs:
     raise InputError("train_population needs one workdir per run")
@@ -336,8 +334,9 @@ def train_population(
         claim.abandon()
     raise
   try:
-    return _train(
-      setups, list(workdirs), restored, data_now, devices=devices, quiet=quiet, stop=stop
+    engine = PopulationEngine(_Population(setups, _pop_mesh(devices), chunk))
+    return run_loop(
+      setups, list(workdirs), restored, data_now, engine, quiet=quiet, stop=stop, step_back=True
     )
   finally:
     for claim in claims:
@@ -354,130 +353,79 @@ def _checkpoint_step(workdir: str) -> int:
   return 0 if loop is None else loop.step
 
 
-def _train(
-  setups: list[Setup],
-  workdirs: list[str],
-  restored: list,
-  data_now: dict,
-  *,
-  devices,
-  quiet,
-  stop: StopRequest | None,
-) -> list[dict]:
-  pop = _Population(setups, _pop_mesh(devices))
-  base = pop.base
-  n = len(setups)
-  with contextlib.ExitStack() as stack:
-    reporters, ckpts, evaluators, logs = [], [], [], []
-    loops = [LoopState() if r is None else r[0] for r in restored]
-    progress = closing(stack, Progress(base.total_steps, enabled=not quiet, desc=f"train x{n}"))
-    single_predict = make_predict_fn(base.model)
-    for setup, w, loop in zip(setups, workdirs, loops):
-      reporter = closing(stack, Reporter(w))
-      reporter.truncate_after(loop.step)
-      reporter.write_config(config_lib.to_config(setup.spec), {"data": data_now})
-      setup.data.save_scalers(os.path.join(w, "scalers.json"))
-      own = closing(stack, Checkpoints(os.path.join(w, "checkpoints"), setup.spec.train.keep_best))
-      own.drop_after(loop.step)  # a member that was ahead steps back with the others
-      ck = _QueuedSaves(own)
-      reporters.append(reporter)
-      ckpts.append(ck)
-      evaluators.append(evaluation.Evaluator(setup, single_predict, reporter, ck))  # type: ignore[arg-type]
-      logs.append(TrainLog(setup, reporter, _Silent(), evaluators[-1].every))  # type: ignore[arg-type]
+class PopulationEngine(Engine):
+  """The members' state stacked on a member axis, stepped by one compiled program
+  (`_Population`); checkpoints written off the loop's thread (`_Saver`)."""
+
+  isolate_failures = True
+
+  def __init__(self, pop: _Population):
+    self.pop = pop
+    self.n = len(pop.setups)
+    self.predict_fn = make_predict_fn(pop.base.model)  # a member's own predictions
+    self.step_fn, self.pop_predict = pop.make_step(), pop.make_predict()
+    self.queued: list[_QueuedSaves] = []
+    self.saver = _Saver(self.queued)
+    self._batch: tuple[int, Any] | None = None
+    self._host: Any = None
+
+  def wrap_ckpts(self, ckpts: Checkpoints) -> Any:
+    queued = _QueuedSaves(ckpts)
+    self.queued.append(queued)
+    return queued
+
+  def init_state(self, restored):
     if restored[0] is None:
-      state = pop.init()
-    else:
-      state = pop.stack([r[1] for r in restored])
-    saver = closing(stack, _Saver(ckpts))
-    step_fn, predict_fn = pop.make_step(), pop.make_predict()
-    evaluate_every = evaluators[0]
-    val_starts = evaluate_every.starts
-    if stop is None:
-      stop = stack.enter_context(stop_signals())
-    step = loops[0].step
-    progress.update(step)
-    t0 = time.perf_counter()
+      return self.pop.init()
+    return self.pop.stack([r[1] for r in restored])
 
-    failed: dict[int, str] = {}  # members stopped by their own error (non-finite losses)
+  def prefetch(self, step, active):
+    self._batch = (step, self.pop.batch(step, active))
 
-    def active() -> list[bool]:
-      return [
-        not lp.stopped_early and lp.step < base.total_steps and k not in failed
-        for k, lp in enumerate(loops)
-      ]
+  def step(self, state, step, active):
+    pop = self.pop
+    if self._batch is None or self._batch[0] != step:
+      self.prefetch(step, active)
+    assert self._batch is not None
+    batch = self._batch[1]
+    return self.step_fn(
+      state, pop.hp, pop.seeds, *jax.device_put(batch + (pop.flags(active),), pop.sharding)
+    )
 
-    def save(members: list[int], host: Any) -> None:
-      nonlocal t0
-      elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-      for k in members:
-        loops[k].wall_time_s += elapsed
-        ckpts[k].save(loops[k], _member(host, k))
+  def host_metrics(self, metrics):
+    host = jax.device_get(metrics)
+    return [{key: v[k] for key, v in host.items()} for k in range(self.n)]
 
-    def record_train(metrics: Any, on: list[bool]) -> None:
-      """Logs one step's train metrics of the members that ran it (`on`)."""
-      host_m = jax.device_get(metrics)
-      for k in range(n):
-        if on[k] and k not in failed:
-          loops[k].step += 1
-          try:
-            logs[k](loops[k], {key: v[k] for key, v in host_m.items()})
-          except TrainingError as e:  # this member fails as its single run would; not the rest
-            failed[k] = str(e)
-            log.warning(f"{workdirs[k]}: {e}")
-      progress.update(1)
+  def checkpoint(self, state, sessions, live, evaluated, clock):
+    host = jax.device_get(state)  # one copy for the validations and the saves
+    if evaluated and live:
+      on = [k in live for k in range(self.n)]
+      starts = sessions[live[0]].evaluator.starts  # the same windows for every member
+      pred = self.pop.predict(self.pop_predict, state.params, starts, on)
+      for k in live:
+        sessions[k].evaluator.record(sessions[k].loop, _member(host.params, k), pred[k])
+    elapsed = clock()
+    for k in live:
+      sessions[k].loop.wall_time_s += elapsed
+      sessions[k].ckpts.save(sessions[k].loop, _member(host, k))
+    self.saver.submit()
 
-    # One step runs ahead of the host: step t+1 is dispatched before step t's metrics are
-    # read, so the host's work of a step (the members' logs, the next batch) overlaps the
-    # devices' instead of leaving them idle. A member that fails at step t (non-finite
-    # losses) has run step t+1 too; it is neither recorded nor saved again. An evaluation,
-    # a stop and the last step read everything first.
-    pending = None
-    batch = pop.batch(step, active())
-    while any(active()):
-      on = active()
-      state, metrics = step_fn(
-        state, pop.hp, pop.seeds, *jax.device_put(batch + (pop.flags(on),), pop.sharding)
-      )
-      step += 1
-      if pending is not None:
-        record_train(*pending)
-      if step < base.total_steps:
-        batch = pop.batch(step, active())
-      pending = (metrics, on)
-      evaluated = evaluate_every.due(step)
-      stopping = stop.agreed()
-      if evaluated or stopping:
-        record_train(*pending)
-        pending = None
-        live = [k for k in range(n) if on[k] and k not in failed]
-        host = jax.device_get(state)
-        if evaluated:
-          pred = pop.predict(predict_fn, state.params, val_starts, [k in live for k in range(n)])
-          for k in live:
-            evaluators[k].record(loops[k], _member(host.params, k), pred[k])
-        save(live, host)
-        saver.submit()
-      if stopping:
-        saver.flush()
-        raise Preempted(stop.signum, step)
-    if pending is not None:  # the last active member failed at the step before
-      record_train(*pending)
-    progress.close()
-    saver.flush()  # the best checkpoints are read back next
-    host = jax.device_get(state)
-    shared = baselines.baseline_metrics(base.data, base.spec.data.seasonal_period)
-    out = []
-    for k, setup in enumerate(setups):
-      if k in failed:
-        out.append({"error": failed[k]})
-        continue
-      params = evaluators[k].final_params(_member(host.params, k))
-      metrics, test_pred = evaluation.final_metrics(setup, params, single_predict, shared)
-      metrics.update(evaluation.summary(setup, loops[k], params), data=data_now)
-      reporters[k].write_json("metrics.json", metrics)
-      evaluation.write_plots(reporters[k], setup, test_pred)
-      out.append(metrics)
-    return out
+  def flush(self):
+    self.saver.flush()
+
+  def close(self):
+    self.saver.close()
+
+  def final_params(self, state, k):
+    if self._host is None:
+      self._host = jax.device_get(state)
+    return _member(self._host.params, k)
+
+  def baselines(self):
+    base = self.pop.base
+    if not hasattr(self, "_baselines"):
+      self._baselines = baselines.baseline_metrics(base.data, base.spec.data.seasonal_period)
+    return self._baselines
 
 
 class _QueuedSaves:
@@ -502,8 +450,9 @@ class _Saver:
   """Writes the members' checkpoints off the training loop's thread.
 
   Saving is most of what an evaluation costs a population: orbax's writes, fsyncs and the
-  integrity digest take about 40 ms per save, two per member and evaluation (12 tiny
-  members on 2 CPU cores, an evaluation every 50 steps: 12.5 s of a 32 s run). `submit`
+  integrity digest of two saves per member and evaluation took over a third of a tiny
+  population's run on the loop's thread (BENCHMARKS.md, "Figures that lived in the
+  code's docstrings"). `submit`
   hands each member's queued saves (best, then latest) to a thread pool as one job, so they
   are written while the devices train on; it first waits for the previous evaluation's
   jobs, so a member's saves stay in order and one evaluation's at most are in flight.
@@ -543,10 +492,3 @@ def _run_in_order(jobs: list[Callable[[], None]]) -> None:
 
 def _member(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
-
-
-class _Silent:
-  """A progress bar that shows nothing: the population has one bar for all members."""
-
-  def update(self, *args, **kwargs) -> None:
-    del args, kwargs

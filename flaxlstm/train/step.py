@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from flaxlstm import parallel
-from flaxlstm.config.schema import TrainSpec
+from flaxlstm.config.specs import TrainSpec
 from flaxlstm.data import windows
 from flaxlstm.data.series import SeriesData
 from flaxlstm.forecast.model import Forecaster

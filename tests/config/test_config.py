@@ -34,28 +34,32 @@ def test_defaults_validate_and_round_trip_through_the_spec():
   assert config.train.learning_rate == 1e-3 and config.data.target == ("OT",)
 
 
-def test_cell_options_are_config_keys_by_name():
-  from flaxlstm.nn import cell
+def test_cell_and_encoder_options_are_config_keys_by_name():
+  """`model.cell.*` are the options every cell takes (and the kernel), `model.lstm.*` the
+  LSTM's own: both read from the classes that declare them."""
+  from flaxlstm.nn.cells import base, lstm
 
   config = config_lib.default_config()
-  assert set(config.model.cell) == {f.name for f in cell.CELL_OPTIONS}
+  assert set(config.model.cell) == {f.name for f in base.COMMON_OPTIONS} | {"implementation"}
+  assert set(config.model.lstm) == {f.name for f in lstm.LSTM_OPTIONS}
   assert config.model.cell.kernel_init == "glorot_uniform" and config.model.cell.dtype == ""
-  assert config.model.cell.proj_features is None
+  assert config.model.lstm.proj_features is None and config.model.encoder == "lstm"
   spec = config_lib.to_spec(
     config_lib.load_config(
       None,
       [
         "model.cell.kernel_init=orthogonal",
-        "model.cell.proj_features=4",
+        "model.lstm.proj_features=4",
         "model.cell.dtype=bfloat16",
       ],
     )
   )
   options = spec.model.cell_options
-  assert options["kernel_init"] is cell.INITIALIZERS["orthogonal"]
-  assert options["proj_features"] == 4 and options["dtype"] == cell.DTYPES["bfloat16"]
+  assert options["kernel_init"] is base.INITIALIZERS["orthogonal"]
+  assert options["dtype"] == base.DTYPES["bfloat16"]
+  assert spec.model.options_of("lstm") == {"proj_features": 4}
   assert (
-    config_lib.load_config(None, ["model.cell.proj_features=none"]).model.cell["proj_features"]
+    config_lib.load_config(None, ["model.lstm.proj_features=none"]).model.lstm["proj_features"]
     is None
   )
 
@@ -63,8 +67,10 @@ def test_cell_options_are_config_keys_by_name():
 def test_specs_are_valid_by_construction():
   with pytest.raises(InputError, match="config key 'data.lookback' = 0: must be > 0"):
     config_lib.DataSpec(lookback=0)
+  # Choices are checked against their registries, by the schema (`to_spec` runs it).
+  spec = config_lib.RunSpec(train=config_lib.TrainSpec(optimizer="rmsprop"))
   with pytest.raises(InputError, match="'train.optimizer' = 'rmsprop'"):
-    config_lib.TrainSpec(optimizer="rmsprop")
+    config_lib.validate(spec)
 
 
 @pytest.mark.parametrize("old, new", sorted(config_lib.RENAMED.items()))
@@ -89,11 +95,18 @@ def test_a_run_directory_of_an_earlier_version_is_read_with_its_keys_moved():
   config = config_lib.config_from_json(json.dumps(old))
   assert config.model.hidden_sizes == (32, 16)
   assert (
-    config.model.cell.forget_bias,
+    config.model.lstm.forget_bias,
     config.model.cell.kernel_init,
-    config.model.cell.layer_norm,
+    config.model.lstm.layer_norm,
   ) == (0.0, "lecun_normal", True)
-  assert config.model.cell.proj_features is None and config.model.cell.dtype == ""
+  assert config.model.lstm.proj_features is None and config.model.cell.dtype == ""
+  # A run of the version before the LSTM's options left `model.cell`.
+  before_v3 = config_lib.default_config().to_dict()
+  before_v3["model"]["cell"].update(forget_bias=0.5, proj_features=3, layer_norm=True)
+  del before_v3["model"]["lstm"], before_v3["model"]["encoder"]
+  config = config_lib.config_from_json(json.dumps(before_v3))
+  assert dict(config.model.lstm) == {"forget_bias": 0.5, "proj_features": 3, "layer_norm": True}
+  assert config.model.encoder == "lstm"
 
 
 def test_import_is_light():
@@ -156,7 +169,7 @@ def test_ett_bad_arg():
   "override, key, value",
   [
     ("train.restore_best=no", "train.restore_best", False),
-    ("model.cell.layer_norm=TRUE", "model.cell.layer_norm", True),
+    ("model.lstm.layer_norm=TRUE", "model.lstm.layer_norm", True),
     ("model.bidirectional=1", "model.bidirectional", True),
     ("train.batch_size=128", "train.batch_size", 128),
     ("train.learning_rate=1e-4", "train.learning_rate", 1e-4),
@@ -298,9 +311,9 @@ def test_json_errors():
     config_lib.config_from_json("{")
 
 
-def _other_value(f):
-  """A config value of cell option `f` other than its default."""
-  default = config_lib.default_config().model.cell[f.name]
+def _other_value(f, section):
+  """A config value of option `f` of `model.<section>` other than its default."""
+  default = config_lib.default_config().model[section][f.name]
   if "choices" in f.metadata:
     # The last of the table: for initializers "ones", which fits a bias too.
     return [name for name in f.metadata["choices"] if name and name != default][-1]
@@ -310,18 +323,20 @@ def _other_value(f):
 
 
 def test_every_cell_option_travels_from_the_config_to_the_cell(monkeypatch):
-  """The options are one object from the config to every layer: set in `model.cell`, each
-  reaches the LSTMCell the Forecaster builds, with nothing copied by hand on the way."""
+  """The options are one object from the config to every layer: set in `model.cell` and
+  `model.lstm`, each reaches the LSTMCell the Forecaster builds, with nothing copied by
+  hand on the way."""
   import jax
   import jax.numpy as jnp
 
   from flaxlstm.forecast.model import Forecaster
-  from flaxlstm.nn import cell as cell_lib
+  from flaxlstm.nn.cells import base, lstm
   from flaxlstm.nn.layers import LSTM
 
-  overrides = {f.name: _other_value(f) for f in cell_lib.CELL_OPTIONS}
+  fields = {"cell": base.COMMON_OPTIONS, "lstm": lstm.LSTM_OPTIONS}
+  overrides = {(sec, f.name): _other_value(f, sec) for sec, fs in fields.items() for f in fs}
   spec = config_lib.to_spec(
-    config_lib.load_config(None, [f"model.cell.{k}={v}" for k, v in overrides.items()])
+    config_lib.load_config(None, [f"model.{s}.{k}={v}" for (s, k), v in overrides.items()])
   )
   built = []
   make_cell = LSTM.make_cell
@@ -330,8 +345,8 @@ def test_every_cell_option_travels_from_the_config_to_the_cell(monkeypatch):
     jax.random.key(0), jnp.ones((1, 8, 1)), jnp.ones((1, 1))
   )
   assert built
-  for f in cell_lib.CELL_OPTIONS:
-    want = (
-      f.metadata["choices"][overrides[f.name]] if "choices" in f.metadata else overrides[f.name]
-    )
-    assert getattr(built[0], f.name) == want, f.name
+  for sec, fs in fields.items():
+    for f in fs:
+      value = overrides[sec, f.name]
+      want = f.metadata["choices"][value] if "choices" in f.metadata else value
+      assert getattr(built[0], f.name) == want, f.name

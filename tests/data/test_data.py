@@ -460,8 +460,15 @@ def _bad_cases():
 )
 def test_bad_input_raises_one_line_input_error(tmp_path, name, writer, overrides, fragment):
   del name
-  # Spec values are checked when the spec is made, the rest when the data is read.
-  expect_input_error(fragment, lambda: series.prepare(make_cfg(writer(tmp_path), **overrides)))
+  # Spec values are checked when the spec is made, its choices by the schema (`validate`,
+  # as `to_spec` does), the rest when the data is read.
+  from flaxlstm import config as config_lib
+
+  def prepare():
+    data = make_cfg(writer(tmp_path), **overrides)
+    return series.prepare(config_lib.validate(config_lib.RunSpec(data=data)).data)
+
+  expect_input_error(fragment, prepare)
 
 
 def test_messages_name_file_row_and_value(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from flaxlstm.config.schema import ModelSpec
+from flaxlstm.config.specs import ModelSpec
 from flaxlstm.forecast import baselines, heads
 from flaxlstm.forecast.metrics import HeadDistribution, distribution_metrics
 from flaxlstm.forecast.model import Forecaster

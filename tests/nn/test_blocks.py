@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from flaxlstm.config.schema import ModelSpec
+from flaxlstm.config.specs import ModelSpec
 from flaxlstm.forecast.model import Forecaster
 from flaxlstm.nn.blocks import ParallelDecoder, RecurrentDecoder, RevIN, SegmentEmbedding
-from flaxlstm.nn.cell import LSTMCell
+from flaxlstm.nn.cells.lstm import LSTMCell
 
 
 def _x(shape, seed=0, scale=3.0, shift=5.0):
@@ -57,7 +58,7 @@ def test_parallel_decoder_equals_one_cell_step_per_segment(n_series):
   carry = (_x((b, d), 1, 1.0, 0.0), jnp.tanh(_x((b, d), 2, 1.0, 0.0)))
   series = jnp.arange(b) % 3 if n_series else None
   dec = ParallelDecoder(
-    features=d, n_segments=m, segment_length=s, out_features=2, n_series=n_series,
+    LSTMCell(d), n_segments=m, segment_length=s, out_features=2, n_series=n_series,
     series_features=3 if n_series else 0,
   )  # fmt: skip
   params = dec.init(jax.random.key(0), carry, series)
@@ -78,10 +79,27 @@ def test_parallel_decoder_equals_one_cell_step_per_segment(n_series):
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_parallel_decoder_runs_any_cell_one_step_per_segment():
+  """A cell without the LSTM's split step (Flax's GRU) decodes by its own `__call__`."""
+  b, d, m, s = 4, 6, 3, 2
+  carry = jnp.tanh(_x((b, d), 1, 1.0, 0.0))
+  known = _x((b, m, 2), 3, 1.0, 0.0)
+  dec = ParallelDecoder(nn.GRUCell(d), n_segments=m, segment_length=s, out_features=1)
+  params = dec.init(jax.random.key(0), carry, None, known)
+  y = dec.apply(params, carry, None, known)
+  p = params["params"]
+  ref = []
+  for j in range(m):
+    inp = jnp.concatenate([jnp.broadcast_to(p["position_embedding"][j], (b, d)), known[:, j]], -1)
+    _, h = nn.GRUCell(d).apply({"params": p["cell"]}, carry, inp)
+    ref.append(h @ p["output"]["kernel"] + p["output"]["bias"])
+  np.testing.assert_allclose(y, jnp.stack(ref, 1).reshape(b, m * s, 1), rtol=1e-5, atol=1e-5)
+
+
 def test_recurrent_decoder_feeds_back_its_segments():
   b, d = 3, 8
   carry = (jnp.zeros((b, d)), _x((b, d), 1, 1.0, 0.0))
-  dec = RecurrentDecoder(features=d, n_segments=3, segment_length=4, out_features=1)
+  dec = RecurrentDecoder(LSTMCell(d), n_segments=3, segment_length=4, out_features=1)
   params = dec.init(jax.random.key(0), carry)
   y = dec.apply(params, carry)
   assert y.shape == (b, 12, 1)
@@ -142,16 +160,16 @@ def test_revin_forecaster_is_equivariant_to_level_and_scale():
 
 def test_segment_encoder_runs_the_fused_recurrence(monkeypatch):
   """The segment model's encoder takes the fused custom-VJP path, over L / S steps."""
-  from flaxlstm.nn import recurrence
+  from flaxlstm.nn.kernels import lstm_fused
 
   calls = []
-  real = recurrence._fused_recurrence
+  real = lstm_fused._fused_recurrence
 
   def spy(w, b, u, c, h, x, *rest):
     calls.append(x.shape)  # time-major segment embeddings (L / S, B * C, d)
     return real(w, b, u, c, h, x, *rest)
 
-  monkeypatch.setattr(recurrence, "_fused_recurrence", spy)
+  monkeypatch.setattr(lstm_fused, "_fused_recurrence", spy)
   x = _x((4, 32, 3))
   model = _forecaster(**SEGMENT)
   params = model.init(jax.random.key(0), x, x[:, -1])
@@ -160,7 +178,8 @@ def test_segment_encoder_runs_the_fused_recurrence(monkeypatch):
 
 
 def test_stacked_lstm_returns_every_layers_final_carry():
-  from flaxlstm.nn.layers import LSTM, StackedLSTM
+  from flaxlstm.nn.layers import LSTM
+  from flaxlstm.nn.stacks import StackedLSTM
 
   x = _x((3, 10, 4))
   stack = StackedLSTM(features=(6, 5), return_sequences=False, return_carry=True)
@@ -175,7 +194,7 @@ def test_stacked_lstm_returns_every_layers_final_carry():
 
 
 def test_exponential_schedule_keeps_the_peak_then_decays_per_epoch():
-  from flaxlstm.config.schema import TrainSpec
+  from flaxlstm.config.specs import TrainSpec
   from flaxlstm.train.optim import learning_rate_schedule
 
   spec = TrainSpec(schedule="exponential", epoch_decay=0.5, decay_after_epochs=2)

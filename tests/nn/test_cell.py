@@ -1,4 +1,4 @@
-"""Tests for `flaxlstm.nn.cell` and `flaxlstm.nn.convert`: the fused-gate `LSTMCell` and
+"""Tests for `flaxlstm.nn.cells.lstm` and `flaxlstm.nn.convert`: the fused-gate `LSTMCell` and
 the Flax/PyTorch converters."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from flaxlstm import LSTM, LSTMCell, StackedLSTM, from_flax_params, from_torch_lstm
-from flaxlstm.nn.cell import GATES
+from flaxlstm.nn.cells.lstm import GATES
 
 B, D, H, P = 3, 4, 5, 2
 RTOL, ATOL = 1e-5, 1e-6  # float32

@@ -18,7 +18,8 @@ from flax import nnx as fnnx
 from jax.experimental import rnn
 
 from flaxlstm import LSTM, StackedLSTM, nnx
-from flaxlstm.nn import convert, cudnn
+from flaxlstm.nn import convert
+from flaxlstm.nn.kernels import cudnn, registry
 
 B, T, D = 3, 7, 5
 LENGTHS = jnp.array([7, 4, 1], jnp.int32)  # lstm_ref needs lengths >= 1
@@ -61,7 +62,7 @@ def kernel_calls(monkeypatch):
     return reference(*args)
 
   monkeypatch.setattr(cudnn, "_reference", counting)
-  monkeypatch.setattr(cudnn, "_warned", set())
+  monkeypatch.setattr(registry, "_warned", set())
   return calls
 
 
@@ -259,7 +260,7 @@ def test_unsupported_options_fall_back_with_one_warning(options, reason, kernel_
     return jax.jit(lambda p: model.apply({"params": p}, x, deterministic=False, rngs=rngs))(params)
 
   want = run(auto)
-  with cudnn.emulate(), caplog.at_level(logging.WARNING, logger="flaxlstm.nn.cudnn"):
+  with cudnn.emulate(), caplog.at_level(logging.WARNING, logger="flaxlstm.nn.kernels.registry"):
     got = run(StackedLSTM((6, 6), implementation="cudnn", **options))
     run(StackedLSTM((6, 6), implementation="cudnn", **options))  # no second warning
   _close(got, want)
@@ -273,7 +274,7 @@ def test_without_a_gpu_cudnn_falls_back_to_fused(kernel_calls, caplog):
   x = _x()
   params = _stack_params((6, 6), True, x)
   want = StackedLSTM((6, 6), bidirectional=True).apply({"params": params}, x)
-  with caplog.at_level(logging.WARNING, logger="flaxlstm.nn.cudnn"):
+  with caplog.at_level(logging.WARNING, logger="flaxlstm.nn.kernels.registry"):
     got = StackedLSTM((6, 6), bidirectional=True, implementation="cudnn").apply(
       {"params": params}, x
     )

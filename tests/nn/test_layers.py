@@ -10,7 +10,16 @@ import pytest
 from flax import errors as flax_errors
 from flax import linen as nn
 
-from flaxlstm import LSTM, Bidirectional, LSTMCell, StackedLSTM, flip_sequences
+from flaxlstm import (
+  LSTM,
+  Bidirectional,
+  LSTMCarry,
+  LSTMCell,
+  StackedLSTM,
+  StackedRNN,
+  flip_sequences,
+)
+from flaxlstm import RNN as flaxlstm_RNN
 
 B, T, D, H, P = 3, 6, 4, 5, 2
 RTOL, ATOL = 1e-5, 1e-5  # float32
@@ -653,3 +662,86 @@ def test_leading_batch_dims_equal_flattened(params):
   last = run(LSTM(H, return_sequences=False, reverse=True), params, x4)
   assert last.shape == (2, 3, H)
   _close(last, run(LSTM(H, reverse=True), params, flat)[:, 0].reshape(2, 3, H))
+
+
+# ---- RNN over any cell (the cell protocol, flaxlstm/nn/cells/base.py) ---------------------------
+def _valid(a, lengths):
+  """Zeroes the steps past each length (where nn.RNN computes on the padding)."""
+  return np.where((np.arange(a.shape[1])[None, :] < lengths[:, None])[..., None], a, 0)
+
+
+@pytest.mark.parametrize("cell", [nn.GRUCell(H), nn.LSTMCell(H)], ids=["gru", "flax_lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rnn_over_a_flax_cell_equals_flax_rnn(padded_x, cell, reverse):
+  """`flaxlstm.RNN(cell)` is `nn.RNN(cell)`: same parameter tree, same outputs on every
+  valid step, same final carry and same gradients, with ragged `seq_lengths`."""
+  ours = flaxlstm_RNN(cell, return_carry=True, reverse=reverse, keep_order=True)
+  theirs = nn.RNN(cell, return_carry=True, reverse=reverse, keep_order=True)
+  assert jax.tree.structure(param_shapes(ours, padded_x)) == jax.tree.structure(
+    param_shapes(theirs, padded_x)
+  )
+  p = rand_params(theirs, padded_x)
+  weights = _rand(7, B, T, H)
+
+  def loss(module, p, x):
+    carry, ys = module.apply(p, x, seq_lengths=LENGTHS)
+    ys = jnp.where((jnp.arange(T)[None, :] < LENGTHS[:, None])[..., None], ys, 0)
+    return (ys * weights).sum() + sum(0.3 * c.sum() for c in jax.tree.leaves(carry)), (carry, ys)
+
+  (l1, (c1, y1)), g1 = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, p, padded_x)
+  (l2, (c2, y2)), g2 = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(theirs, p, padded_x)
+  _close(y1, _valid(np.asarray(y2), LENGTHS))
+  _close(l1, l2)
+  for a, b in zip(jax.tree.leaves(c1), jax.tree.leaves(c2)):
+    _close(a, b)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    _close(a, b)
+  # Past each sequence's end our outputs are zero (nn.RNN computes on the padding).
+  assert np.all(np.asarray(y1)[2, 3:] == 0)
+
+
+def test_rnn_over_a_flax_cell_has_dropout_remat_and_the_last_output(x):
+  """What nn.RNN lacks, on a cell flaxlstm knows nothing about: variational dropout of the
+  fed-back state, remat, and each sequence's own last output."""
+  cell = nn.GRUCell(H)
+  p = rand_params(nn.RNN(cell), x)
+  plain = run(flaxlstm_RNN(cell), p, x)
+  _close(run(flaxlstm_RNN(cell, remat=True), p, x), plain)
+  dropped = flaxlstm_RNN(cell, recurrent_dropout=0.5)
+  y = dropped.apply(p, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+  assert not np.allclose(y, plain)
+  _close(dropped.apply(p, x, deterministic=True), plain)
+  lengths = np.array([6, 3, 1], np.int32)
+  last = run(flaxlstm_RNN(cell, return_sequences=False), p, x, seq_lengths=lengths)
+  full = run(flaxlstm_RNN(cell), p, x, seq_lengths=lengths)
+  _close(last, full[np.arange(B), lengths - 1])
+  # time-major in and out, as nn.RNN's `time_major`
+  tm = run(flaxlstm_RNN(cell, time_major=True), p, np.swapaxes(x, 0, 1))
+  _close(np.swapaxes(tm, 0, 1), plain)
+
+
+def test_rnn_of_the_lstm_cell_is_the_lstm_layer(x, carry0, params):
+  """`RNN(LSTMCell(H))` runs the LSTM's fused loop: it equals `LSTM(H)`, and its carry is
+  the cell's typed carry, read from a plain tuple."""
+  rnn = flaxlstm_RNN(LSTMCell(H), return_carry=True, keep_order=True)
+  carry, ys = rnn.apply(params, x, initial_carry=carry0, reverse=True)
+  want_carry, want = LSTM(H, return_carry=True).apply(params, x, initial_carry=carry0, reverse=True)
+  _close(ys, want)
+  assert isinstance(carry, LSTMCarry) and carry._fields == ("c", "h")
+  _close(carry.h, want_carry[1])
+
+
+def test_rnn_refuses_a_kernel_the_cell_does_not_offer(x):
+  with pytest.raises(ValueError, match="GRUCell offers no 'fused' kernel"):
+    flaxlstm_RNN(nn.GRUCell(H), implementation="fused").init(jax.random.key(0), x)
+
+
+def test_stacked_rnn_over_any_cell(x):
+  stack = StackedRNN(lambda h: nn.GRUCell(h), features=(5, 4), return_carry=True)
+  p = rand_params(stack, x)
+  assert set(p["params"]) == {"rnn_0", "rnn_1"}
+  carries, y = stack.apply(p, x)
+  bottom = flaxlstm_RNN(nn.GRUCell(5), keep_order=True).apply({"params": p["params"]["rnn_0"]}, x)
+  top = flaxlstm_RNN(nn.GRUCell(4)).apply({"params": p["params"]["rnn_1"]}, bottom)
+  _close(y, top)
+  assert [c.shape for c in carries] == [(B, 5), (B, 4)]

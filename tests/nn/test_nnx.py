@@ -131,12 +131,12 @@ def test_dropout_uses_the_dropout_stream_and_eval_turns_it_off():
 
 
 def test_runs_the_fused_recurrence(monkeypatch):
-  from flaxlstm.nn import recurrence
+  from flaxlstm.nn.kernels import lstm_fused
 
   calls = []
-  real = recurrence._fused_recurrence
+  real = lstm_fused._fused_recurrence
   monkeypatch.setattr(
-    recurrence, "_fused_recurrence", lambda *a: calls.append(1) or real(*a)
+    lstm_fused, "_fused_recurrence", lambda *a: calls.append(1) or real(*a)
   )  # fmt: skip
   layer = lnnx.LSTM(D, H, rngs=nnx.Rngs(0))
   nnx.grad(lambda m: m(_x()).sum())(layer)
@@ -268,3 +268,27 @@ def test_compiles_to_the_same_program_as_the_linen_layer():
   )
   nnx_ops = ops(lambda s, x: jax.grad(lambda s: nnx.merge(graphdef, s, rest)(x).sum())(s), state, x)
   assert linen_ops and nnx_ops == linen_ops
+
+
+def test_rnn_over_an_nnx_cell_equals_nnx_rnn_outputs_and_gradients():
+  """`lnnx.RNN(nnx.GRUCell(...))`: the cell's own step in flaxlstm's loop, what `nnx.RNN`
+  computes on every valid step, with gradients to the cell's parameters."""
+  lengths = jnp.array([T, 4, 1])
+  x = _x(shape=(3, T, D))
+  valid = (jnp.arange(T)[None, :] < lengths[:, None])[..., None]
+  cell = nnx.GRUCell(D, H, rngs=nnx.Rngs(0))
+
+  def loss(layer):
+    carry, ys = layer(x, seq_lengths=lengths, return_carry=True)
+    return (jnp.where(valid, ys, 0) ** 2).sum() + carry.sum()
+
+  ours, theirs = lnnx.RNN(cell), nnx.RNN(cell)
+  np.testing.assert_allclose(loss(ours), loss(theirs), rtol=1e-5)
+  g_ours = nnx.state(nnx.grad(loss)(ours), nnx.Param)
+  g_theirs = nnx.state(nnx.grad(loss)(theirs), nnx.Param)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Recurrent dropout on a cell flaxlstm knows nothing about, from the `dropout` stream.
+  dropped = lnnx.RNN(cell, recurrent_dropout=0.5, rngs=nnx.Rngs(dropout=1))
+  assert not np.allclose(dropped(x), ours(x))
+  np.testing.assert_allclose(dropped(x, deterministic=True), ours(x), atol=1e-6)

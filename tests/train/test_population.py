@@ -67,12 +67,12 @@ def test_member_k_equals_the_single_run_of_config_k(runs):
       assert m[split]["mae"] == s[split]["mae"]
 
 
-def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, monkeypatch, tiny):
+def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, tiny):
   # The accelerator layout: a device's members vmapped in one `lax.map` iteration (the fused
   # kernel's population rule), frozen members masked instead of skipped.
-  monkeypatch.setattr(population, "population_chunk", len(MEMBERS))
   workdirs = [str(tmp_path / f"m{k}") for k in range(len(MEMBERS))]
-  for s, m in zip(runs["single"], population.train_population(_configs(tiny), workdirs)):
+  trained = population.train_population(_configs(tiny), workdirs, chunk=len(MEMBERS))
+  for s, m in zip(runs["single"], trained):
     for key in ("steps", "best_step", "stopped_early"):
       assert m[key] == s[key], key
     for split in ("val", "test"):

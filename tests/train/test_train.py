@@ -13,6 +13,7 @@ from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
 from flaxlstm.data import augment, scaling
 from flaxlstm.train import loop as loop_lib
+from flaxlstm.train import session as session_lib
 from flaxlstm.train.assembly import assemble
 from flaxlstm.train.checkpoint import Checkpoints
 
@@ -155,7 +156,8 @@ def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(
       super().__init__(directory, *args, read_only=read_only, **kwargs)
 
   agree = loop_lib.workdir_lib.agree
-  monkeypatch.setattr(loop_lib, "Checkpoints", Recorded)
+  monkeypatch.setattr(loop_lib, "Checkpoints", Recorded)  # the claim's read-only look
+  monkeypatch.setattr(session_lib, "Checkpoints", Recorded)  # the run's own, written
   monkeypatch.setattr(loop_lib.workdir_lib, "agree", lambda e: (events.append("agree"), agree(e)))
   wd = str(tmp_path / "run")
   first = train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10"), wd)

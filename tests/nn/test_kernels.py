@@ -1,4 +1,5 @@
-"""Tests for `flaxlstm.nn.recurrence`: the fused custom-VJP recurrence equals the autodiff one."""
+"""Tests for `flaxlstm.nn.kernels`: the fused custom-VJP LSTM loop equals the autodiff one,
+and `select` picks the kernel a cell offers and a call allows."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxlstm.nn import recurrence as kernels
-from flaxlstm.nn.cell import LSTMCell
+from flaxlstm.nn import kernels
+from flaxlstm.nn.cells.lstm import LSTMCell
+from flaxlstm.nn.kernels import lstm_fused
 
 T, B, H = 5, 3, 8
 RTOL, ATOL = 1e-5, 1e-5  # float32
@@ -41,7 +43,7 @@ def _loss_and_grads(cell, implementation, *, masked, h_masked, remat=False):
   weights = _rand(9, T, B, cell.features, scale=1.0)
 
   def loss(p, x, c0, h0, h_mask):
-    (c, h), ys = kernels.lstm_recurrence(
+    (c, h), ys = kernels.recurrence(
       cell,
       p,
       (c0, h0),
@@ -60,8 +62,8 @@ def _loss_and_grads(cell, implementation, *, masked, h_masked, remat=False):
 def layout(request, monkeypatch):
   """Runs a test with the fused loop in both state layouts (wide layers use feature-major)."""
   if request.param == "feature_major":
-    monkeypatch.setattr(kernels, "_FEATURE_MAJOR_MIN_UNITS", 1)
-  assert kernels._feature_major(H) == (request.param == "feature_major")
+    monkeypatch.setattr(lstm_fused, "_FEATURE_MAJOR_MIN_UNITS", 1)
+  assert lstm_fused._feature_major(H) == (request.param == "feature_major")
   return request.param
 
 
@@ -70,7 +72,7 @@ def layout(request, monkeypatch):
 @pytest.mark.parametrize("h_masked", [False, True], ids=["", "h_mask"])
 def test_fused_outputs_and_gradients_equal_autodiff(d, masked, h_masked, layout):
   # Both projection layouts: narrow inputs fold W into the per-step matmul, wide ones not.
-  assert kernels._inloop_projection(d, H) == (d == 2)
+  assert lstm_fused._inloop_projection(d, H) == (d == 2)
   cell = LSTMCell(H)  # forget_bias=1.0: the fused path must add it like `project` does
   args = (
     _params(d),
@@ -130,7 +132,7 @@ def test_fused_forward_without_gradient_equals_autodiff():
   p, x = _params(16), _rand(20, T, B, 16, scale=1.0)
   carry = (_rand(21, B, H), _rand(22, B, H))
   run = jax.jit(
-    lambda impl_is_fused, p, x, carry: kernels.lstm_recurrence(
+    lambda impl_is_fused, p, x, carry: kernels.recurrence(
       cell, p, carry, x, implementation="fused" if impl_is_fused else "autodiff"
     ),
     static_argnums=0,
@@ -139,16 +141,16 @@ def test_fused_forward_without_gradient_equals_autodiff():
 
 
 def test_default_is_fused_where_supported():
-  assert kernels.fused_supported(LSTMCell(H))
+  assert lstm_fused.fused_supported(LSTMCell(H))
   for cell in (
     LSTMCell(H, layer_norm=True),
     LSTMCell(H, proj_features=4),
     LSTMCell(H, dtype=jnp.bfloat16),
     LSTMCell(H, gate_fn=jax.nn.hard_sigmoid),
   ):
-    assert not kernels.fused_supported(cell)
+    assert not lstm_fused.fused_supported(cell)
     with pytest.raises(ValueError, match="fused"):
-      kernels.lstm_recurrence(
+      kernels.recurrence(
         cell, {}, (jnp.zeros((B, H)),) * 2, jnp.zeros((T, B, 2)), implementation="fused"
       )
 
@@ -158,7 +160,7 @@ def test_unsupported_cells_fall_back_to_autodiff():
   p = {**_params(2), "recurrent_kernel": _rand(30, 4, 4 * H), "projection_kernel": _rand(31, H, 4)}
   x, carry = _rand(32, T, B, 2, scale=1.0), (_rand(33, B, H), _rand(34, B, 4))
   run = jax.jit(
-    lambda impl, p: kernels.lstm_recurrence(cell, p, carry, x, implementation=impl),
+    lambda impl, p: kernels.recurrence(cell, p, carry, x, implementation=impl),
     static_argnums=0,
   )
   _close(run("auto", p), run("autodiff", p))
@@ -166,7 +168,7 @@ def test_unsupported_cells_fall_back_to_autodiff():
 
 def test_rejects_unknown_implementation():
   with pytest.raises(ValueError, match="implementation"):
-    kernels.lstm_recurrence(
+    kernels.recurrence(
       LSTMCell(H),
       _params(2),
       (jnp.zeros((B, H)),) * 2,
@@ -196,9 +198,9 @@ def test_fused_under_vmap_over_members_equals_autodiff(d, masked, layout, monkey
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
   calls = []
   for name in ("_population_forward", "_population_backward"):
-    real = getattr(kernels, name)
+    real = getattr(lstm_fused, name)
     monkeypatch.setattr(
-      kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+      lstm_fused, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
     )
   fused = _loss_and_grads(cell, "fused", masked=masked, h_masked=True)
   (loss, ys), grads = jax.jit(jax.vmap(fused))(*stacked)
@@ -217,3 +219,71 @@ def test_fused_under_vmap_over_members_equals_autodiff(d, masked, layout, monkey
   shared = jax.jit(jax.vmap(fused, in_axes=(None, 0, 0, 0, 0)))
   (_, ys_shared), _ = shared(members[0][0], *stacked[1:])
   _close(ys_shared[0], ys[0])
+
+
+# ---- select: the one place a kernel is chosen ---------------------------------------------------
+def test_select_takes_the_fastest_kernel_a_cell_offers_and_a_call_allows():
+  from flax import linen as nn
+
+  from flaxlstm.nn.cells.base import LinenStep
+
+  call = kernels.Call()
+  assert kernels.select(LSTMCell(H), "auto", call).name == "fused"
+  # A configuration the fused loop cannot run, and any Flax cell: the autodiff loop.
+  assert kernels.select(LSTMCell(H, layer_norm=True), "auto", call).name == "autodiff"
+  gru = LinenStep(nn.GRUCell(H))
+  assert kernels.select(gru, "auto", call).name == "autodiff"
+  # Asking for a kernel the cell does not offer is an error naming the cell.
+  with pytest.raises(ValueError, match="GRUCell offers no 'fused' kernel"):
+    kernels.select(gru, "fused", call)
+  with pytest.raises(ValueError, match="unknown implementation 'bogus'"):
+    kernels.select(LSTMCell(H), "bogus", call)
+
+
+def test_cudnn_falls_back_where_it_cannot_run_naming_why(caplog):
+  import logging
+
+  with caplog.at_level(logging.WARNING, logger="flaxlstm.nn.kernels.registry"):
+    kernel = kernels.select(LSTMCell(H), "cudnn", kernels.Call())
+  assert kernel.name == "fused"  # what "auto" picks
+  assert "no CUDA GPU here" in caplog.text
+  # A population's members under vmap: cuDNN has no batching rule, whatever the machine.
+  with kernels.cudnn.emulate(), kernels.members_batched():
+    assert kernels.call_needs(recurrent_dropout=False, remat=False).batched
+    reason = kernels.cudnn.unsupported(
+      LSTMCell(H), kernels.call_needs(recurrent_dropout=False, remat=False)
+    )
+  assert reason == "a population's vmap over members is not supported"
+  assert not kernels.call_needs(recurrent_dropout=False, remat=False).batched  # reset on exit
+
+
+def test_a_kernel_variant_registers_under_its_own_name(monkeypatch):
+  """`FusedLSTM(population_rule=False)`: JAX's default batching under vmap, for A/Bs. It
+  is registered, and picked, by its own name wherever "fused" is offered; its results
+  equal the population rule's."""
+  variant = lstm_fused.FusedLSTM("fused_test_variant", population_rule=False)
+  kernels.register(variant)
+  try:
+    cell = LSTMCell(H)
+    assert kernels.select(cell, "fused_test_variant", kernels.Call()) is variant
+    assert "fused_test_variant" in kernels.names()
+    p, x = _params(2), _rand(80, 2, T, B, 2, scale=1.0)
+    c0 = (_rand(81, 2, B, H), _rand(82, 2, B, H))
+
+    calls = []
+    real = lstm_fused._population_forward
+    monkeypatch.setattr(
+      lstm_fused, "_population_forward", lambda *a: calls.append(1) or real(*a)
+    )  # fmt: skip
+
+    def run(kernel):
+      calls.clear()
+      f = lambda p, x, c, h: kernel.recurrence(cell, p, (c, h), x)[1].sum()
+      out = jax.vmap(jax.grad(f, argnums=1), in_axes=(None, 0, 0, 0))(p, x, *c0)
+      return out, bool(calls)
+
+    (plain, plain_rule), (ruled, rule) = run(variant), run(lstm_fused.FUSED)
+    assert rule and not plain_rule  # the population kernel only with the rule
+    _close(plain, ruled)
+  finally:
+    kernels.KERNELS.pop("fused_test_variant")

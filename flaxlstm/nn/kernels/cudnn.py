@@ -1,9 +1,9 @@
-"""The cuDNN backend of the LSTM layers: `implementation="cudnn"`.
+"""The cuDNN kernel of the LSTM layers: `implementation="cudnn"`.
 
 `LSTM`, `StackedLSTM` (Linen and NNX) with `implementation="cudnn"` run each layer through
 `jax.experimental.rnn.lstm`, cuDNN's LSTM on NVIDIA GPUs (the kernel Keras 3 on JAX and
 PyTorch's `nn.LSTM` use there). Our parameters stay what they are (`input_kernel`,
-`recurrent_kernel`, `bias`: the layout in cell.py); each call packs them into cuDNN's flat
+`recurrent_kernel`, `bias`: the layout in cells/lstm.py); each call packs them into cuDNN's flat
 weight vector with `convert.to_cudnn`, a differentiable `jax.numpy` function, so gradients
 flow back to our parameters and checkpoints are the same whichever path trained them.
 
@@ -23,14 +23,14 @@ reason) to the path `"auto"` picks, the fused custom VJP where it applies:
   * recurrent dropout, when active (a mask on the fed-back `h` inside cuDNN's loop);
   * the LSTMP projection (`proj_features`), `layer_norm`, custom gate functions;
   * `remat` (cuDNN keeps its own reserve space for the backward pass);
-  * a machine without a CUDA GPU (so a config written for the cluster also runs on a laptop).
+  * a machine without a CUDA GPU (so a config written for the cluster also runs on a laptop);
+  * a population's members under `vmap`: the kernel has no batching rule.
 Input dropout is a mask on the inputs, applied before the call: supported. `unroll` has no
-meaning there. The kernel has no batching rule, so a population (`vmap` over members)
-cannot use it.
+meaning there.
 
 It stays opt-in: checked on an H200 (`experiments/benchmarks/gpu_check.sh`), it computes
-what the fused path computes, but a train step at the seed and default shapes took 1.4x and
-1.8x the fused path's time (BENCHMARKS.md), so `"auto"` keeps the fused path.
+what the fused path computes, but its train steps were slower than the fused path's
+(BENCHMARKS.md, "On a GPU"), so `"auto"` keeps the fused path.
 
 `emulate()` runs the same packing and the same call through
 `jax.experimental.rnn.lstm_ref`, the plain-JAX reference of cuDNN's LSTM, on any backend:
@@ -40,7 +40,6 @@ the tests check this backend on CPU with it.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Iterator
 
 import jax
@@ -49,12 +48,12 @@ import jax.numpy as jnp
 from jax.experimental import rnn
 
 from flaxlstm.nn import convert
+from flaxlstm.nn.cells.lstm import LSTMCarry
+from flaxlstm.nn.kernels.registry import Call, Kernel, register
 
 Array = jax.Array
-log = logging.getLogger(__name__)
 
 _emulating = False
-_warned: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -82,11 +81,11 @@ def _on_cuda() -> bool:
   return "rocm" not in version
 
 
-def unsupported(cell: Any, *, recurrent_dropout: bool, remat: bool) -> str | None:
-  """Why `cell`'s layer cannot run on cuDNN (None: it can)."""
+def unsupported(cell: Any, call: Call) -> str | None:
+  """Why `cell`'s layer cannot run on cuDNN for `call` (None: it can)."""
   if jnp.dtype(cell.compute_dtype) != jnp.float32:
     return f"compute dtype {jnp.dtype(cell.compute_dtype).name} is not supported"
-  if recurrent_dropout:
+  if call.recurrent_dropout:
     return "recurrent dropout is not supported"
   if cell.proj_features:
     return "proj_features (LSTMP) is not supported"
@@ -94,29 +93,24 @@ def unsupported(cell: Any, *, recurrent_dropout: bool, remat: bool) -> str | Non
     return "layer_norm is not supported"
   if cell.gate_fn is not jax.nn.sigmoid or cell.activation_fn is not jnp.tanh:
     return "custom gate functions are not supported"
-  if remat:
+  if call.remat:
     return "remat is not supported"
+  if call.batched:
+    return "a population's vmap over members is not supported"
   if not _emulating and not _on_cuda():
     return "no CUDA GPU here"
   return None
 
 
-def warn_fallback(reason: str, fallback: str) -> None:
-  """One warning line per reason and process (layers are traced once per compile)."""
-  if reason not in _warned:
-    _warned.add(reason)
-    log.warning("implementation='cudnn' falls back to the %s path: %s", fallback, reason)
-
-
-def run(
+def run_stack(
   cell: Any,
   cells: list[dict],
-  carries: list[tuple[Array, Array]],
+  carries: list[Any],
   x: Array,
   lengths: Array | None,
   *,
   bidirectional: bool = False,
-) -> tuple[list[tuple[Array, Array]], Array]:
+) -> tuple[list[LSTMCarry], Array]:
   """One cuDNN call over a whole stack: batch-major `x` `(B, T, D)` -> `(carries, ys)`.
 
   `cells` (each cell's parameters) and `carries` (each one's `(c, h)`) are in cuDNN's
@@ -150,7 +144,9 @@ def run(
   keep = empty[:, None]
   c_n, h_n = jnp.where(keep, c0, c_n), jnp.where(keep, h0, h_n)
   ys = jnp.where(keep[..., None], 0, ys)
-  out = [(c.astype(cell.state_dtype), h.astype(cell.compute_dtype)) for c, h in zip(c_n, h_n)]
+  out = [
+    LSTMCarry(c.astype(cell.state_dtype), h.astype(cell.compute_dtype)) for c, h in zip(c_n, h_n)
+  ]
   return out, ys
 
 
@@ -176,3 +172,22 @@ def _reference(
     dropout,
     bidirectional,
   )
+
+
+class Cudnn(Kernel):
+  """cuDNN's LSTM for one layer (a whole stack at once: `run_stack`, layers.py)."""
+
+  name = "cudnn"
+  opt_in = True  # slower than the fused loop where measured (the module docstring)
+  strict = False  # falls back, with a warning, where it cannot run
+
+  def unsupported(self, cell: Any, call: Call) -> str | None:
+    return unsupported(cell, call)
+
+  def run(self, cell, p, carry, x, lengths, *, h_mask=None, unroll=1, remat=False):
+    del h_mask, unroll, remat  # not supported (`unsupported`) or no meaning here
+    (carry,), ys = run_stack(cell, [p], [carry], x, lengths)
+    return carry, ys
+
+
+CUDNN = register(Cudnn())

@@ -1,59 +1,44 @@
-"""The LSTM recurrence as a pure function: input projection + `lax.scan` over time.
+"""The LSTM's fused time loop: one `jax.custom_vjp` per layer with cuDNN's backward scheme.
 
-`LSTM` (layers.py) owns parameters, dropout masks and shapes; this module only runs the
-time loop. Inputs arrive time-major `(T, B, D)`, so each step reads one contiguous slab.
+`LSTMCell` offers it as `"fused"` (flaxlstm/nn/cells/lstm.py) for float32 cells with the
+standard sigmoid/tanh gates and no layer norm or projection (`fused_supported`); `"auto"`
+picks it there. The forward scan saves the gate activations and the carries; the backward
+pass is a reverse scan that carries only `(dc, dh)`, does one `(B, 4H) @ (4H, H)` matmul per
+step and stores the gate pre-activation gradients `dz`; then `dU`, `dW`, `db` and `dx` are
+each ONE large matmul (or sum) over all `T*B` rows. Autodiff of the scan (scan.py) instead
+accumulates `dU` with T small matmuls and carries an `(H, 4H)` accumulator through the loop.
 
-Two implementations, same math, chosen by `lstm_recurrence(..., implementation="auto")`:
+Further levers, each measured (the figures live in BENCHMARKS.md, "Where flaxlstm's step
+time goes" and the sessions after it; `experiments/benchmarks/train_step.py` and
+`ab_kernels.py` re-measure them): all four gate nonlinearities are one sigmoid over the
+fused `(B, 4H)` block (`tanh(z) = 2 sigmoid(2z) - 1`); weight gradients avoid XLA:CPU's slow
+transposed-LHS dot (`_matmul_tn`); narrow inputs fold the projection into the per-step
+matmul instead of a hoisted `(T*B, D) @ (D, 4H)` (`_inloop_projection`), wide inputs keep
+it hoisted; wide layers run the time loop feature-major, state `(H, B)`, so that each
+step's matmul has the weight as its left operand (`_feature_major`). Buffers are reused in
+place: the saved gate activations overwrite a hoisted projection, and the backward's gate
+gradients overwrite the saved activations; stacked scan outputs would instead be fresh,
+zero-filled memory on every call.
 
-* `"fused"`, the default wherever it applies (`fused_supported`: float32, no layer norm, no
-  LSTMP projection, the standard sigmoid/tanh gates): the whole layer is one
-  `jax.custom_vjp` with cuDNN's backward scheme. The forward scan saves the gate
-  activations and the carries; the backward pass is a reverse scan that carries only
-  `(dc, dh)`, does one `(B, 4H) @ (4H, H)` matmul per step and stores the gate
-  pre-activation gradients `dz`; then `dU`, `dW`, `db` and `dx` are each ONE large matmul
-  (or sum) over all `T*B` rows. Autodiff of the scan instead accumulates `dU` with T small
-  matmuls and carries an `(H, 4H)` accumulator through the loop. Further measured levers:
-  all four gate nonlinearities are one sigmoid over the fused `(B, 4H)` block
-  (`tanh(z) = 2 sigmoid(2z) - 1`); weight gradients avoid XLA:CPU's slow transposed-LHS
-  dot (`_matmul_tn`); narrow inputs fold the projection into the per-step matmul instead
-  of a hoisted `(T*B, D) @ (D, 4H)` (`_inloop_projection`); wide inputs keep it hoisted.
-  Wide layers (H >= 512) run the time loop feature-major, state `(H, B)`, so that each
-  step's matmul has the weight as its left operand (`_feature_major`). Buffers are reused
-  in place: the saved gate activations overwrite a hoisted projection, and the backward's
-  gate gradients overwrite the saved activations. Stacked scan outputs would instead be
-  fresh, zero-filled memory on every call.
-* `"autodiff"`: the hoisted projection `cell.project` + `lax.scan` over `cell.recur`,
-  differentiated by JAX. It covers every cell option (layer norm, LSTMP, custom gate
-  functions, bf16) and is the reference the fused path is tested against.
-
-Both support step masks (`seq_lengths`), recurrent-dropout masks and remat.
+Under `jax.vmap` over a population of models, narrow layers run as one population kernel
+(`custom_vmap` rules, below). It is tested equal to the autodiff loop, outputs, carries and
+gradients, with step masks, recurrent dropout and remat (tests/nn/test_kernels.py).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from flaxlstm.nn.cells.base import like
+from flaxlstm.nn.cells.lstm import LSTMCarry
+from flaxlstm.nn.kernels.registry import Call, register
+from flaxlstm.nn.kernels.scan import TimeMajor, chunked
+
 Array = jax.Array
-
-
-# ---- reference path: autodiff through the cell's own step ----------------------------------
-def _masked_step(cell, p, h_mask):
-  """Scan body. With a step mask, finished sequences keep their carry and output zeros."""
-
-  def step(carry, inp):
-    zx, m = inp
-    new_carry, y = cell.recur(p, carry, zx, h_mask)
-    if m is not None:
-      new_carry = jax.tree.map(lambda n, o: jnp.where(m, n, o), new_carry, carry)
-      y = jnp.where(m, y, jnp.zeros_like(y))
-    return new_carry, y
-
-  return step
 
 
 # ---- fused path: custom VJP with a cuDNN-style backward -------------------------------------
@@ -86,7 +71,7 @@ def _matmul_tn(a: Array, b: Array) -> Array:
   XLA's CPU backend runs a dot whose *left* operand contracts its leading dimension on a
   generic path at about half the speed of its tuned GEMM; transposing `a` explicitly (the
   barrier keeps XLA from folding the transpose back into the dot) costs one copy of `a` and
-  gets the fast GEMM (2x faster at the seed model's sizes)."""
+  gets the fast GEMM (BENCHMARKS.md, session 2's profile)."""
   return jax.lax.optimization_barrier(a.T) @ b
 
 
@@ -103,10 +88,10 @@ def _read_slot(buf: Array, t: Array, axis: int = 0) -> Array:
 
   Read directly, XLA fuses the slice into each consumer of the slot. When one of those (the
   carry `dc` here) is not ordered before the write, XLA keeps the in-place update legal by
-  copying the whole buffer on every step (two 16 MB copies per step at the seed shape).
+  copying the whole buffer on every step (two full copies of the saved activations).
   Reading through a `cond` gives one materialized slot that every consumer uses, and the
   write depends on it. XLA does not fuse across a `cond`. Its predicate is always true, but
-  XLA cannot prove that, so it keeps the `cond`. `tests/test_kernels.py` checks that no
+  XLA cannot prove that, so it keeps the `cond`. `tests/nn/test_kernels.py` checks that no
   per-step copy is left."""
   return jax.lax.cond(
     t >= 0,
@@ -154,11 +139,10 @@ def _feature_major(h: int) -> bool:
   """Whether the time loop keeps its state feature-major, `(H, B)`, instead of `(B, H)`.
 
   Feature-major, each step's matmul has the weight as its *left* operand (`U^T @ h`), which
-  XLA:CPU's GEMM packs more cheaply: per-step dots of wide layers run ~1.2x faster
-  (`experiments/benchmarks/step_dot_layout.py`), and the large benchmark shape's whole train
-  step is ~9% faster (8.05 -> 7.37 s, best of 6 interleaved steps on 2 CPU cores). Narrow
-  layers are faster batch-major (their dots run at 0.8x feature-major).
-  The price is a transpose of the inputs, outputs and gate gradients at the layer boundary."""
+  XLA:CPU's GEMM packs more cheaply: wide layers' per-step dots and whole train steps run
+  faster that way, narrow layers' slower (`experiments/benchmarks/step_dot_layout.py`,
+  BENCHMARKS.md "Session 2 runs, after the feature-major change"). The price is a transpose
+  of the inputs, outputs and gate gradients at the layer boundary."""
   return h >= _FEATURE_MAJOR_MIN_UNITS
 
 
@@ -299,8 +283,8 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
 # batch the kernel above mechanically: its scans' time-major stacked inputs and outputs get
 # the member axis moved inside them, each costing a full transposed copy of a `(T, B, 4H)`
 # buffer per member, and the weight gradients become batched dots with a transposed
-# operand. At the default experiment's shape that made one member's gradient ~1.8x as slow
-# as a single call (experiments/benchmarks/population_step.py). The rules below
+# operand, which made one member's gradient far slower than a single call
+# (experiments/benchmarks/population_step.py, BENCHMARKS.md "Populations"). The rules below
 # (`jax.custom_batching.custom_vmap`) run the members as one kernel instead, in the layout a
 # vmapped argument arrives in, member-major `(P, T, B, .)`: every per-member array is
 # exactly the single kernel's (batch-major) layout, the time loop carries its buffers and
@@ -385,28 +369,17 @@ def _population_backward(w, u, c0, h0, x, h_mask, res, cts, unroll):
   return dw, dz2.sum(1), du, dc0, dh0, dx, None, dhm
 
 
-# False: every vmapped call takes JAX's default batching (for the A/B benchmark,
-# experiments/benchmarks/population_step.py). Read when a function is traced.
-POPULATION_RULE = True
-
-
 def _population_kernel(w: Array, u: Array, mask: Array | None) -> bool:
   """Whether a vmapped call runs the population kernel; otherwise JAX's default batching.
 
-  Only for narrow inputs (the in-loop projection: the per-step matmul is the whole cost,
-  where the member-major layout measured 1.57x -> 1.31x of one call per member at the
-  default experiment's shape). With a hoisted projection JAX's own batching measured
-  faster (the seed model's 256-unit layer over 512 inputs: 0.78x vs 1.04x of one call).
-  Not with a step mask (masks are for padded batches, not populations) and not for
+  Only for narrow inputs (the in-loop projection: the per-step matmul is the whole cost, and
+  the member-major layout beats JAX's batching there); with a hoisted projection JAX's own
+  batching measured faster (`experiments/benchmarks/population_step.py --shape seed`). Not
+  with a step mask (masks are for padded batches, not populations) and not for
   feature-major layers: both rules must agree on the residuals' layout, and the
   population kernel's is batch-major."""
   h = u.shape[-2]
-  return (
-    POPULATION_RULE
-    and mask is None
-    and _inloop_projection(w.shape[-2], h)
-    and not _feature_major(h)
-  )
+  return mask is None and _inloop_projection(w.shape[-2], h) and not _feature_major(h)
 
 
 def _as_batched(axis_size: int, in_batched, args):
@@ -426,8 +399,9 @@ def _default_vmap(fn, axis_size: int, in_batched, args):
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_op(unroll: int, save: bool) -> Any:
-  """`_fused_forward` with the population rule (see `_population_kernel`)."""
+def _forward_op(unroll: int, save: bool, population_rule: bool) -> Any:
+  """`_fused_forward` with the population rule (see `_population_kernel`);
+  `population_rule=False` leaves every vmapped call to JAX's default batching (an A/B)."""
 
   def single(w, b, u, c0, h0, x, mask, h_mask):
     return _fused_forward(w, b, u, c0, h0, x, mask, h_mask, unroll, save)
@@ -436,7 +410,7 @@ def _forward_op(unroll: int, save: bool) -> Any:
 
   @op.def_vmap
   def rule(axis_size, in_batched, *args):
-    if not _population_kernel(args[0], args[2], args[6]):
+    if not population_rule or not _population_kernel(args[0], args[2], args[6]):
       return _default_vmap(single, axis_size, in_batched, args)
     w, b, u, c0, h0, x, _, h_mask = _as_batched(axis_size, in_batched, args)
     out = _population_forward(w, b, u, c0, h0, x, h_mask, unroll, save)
@@ -446,7 +420,7 @@ def _forward_op(unroll: int, save: bool) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_op(unroll: int) -> Any:
+def _backward_op(unroll: int, population_rule: bool) -> Any:
   """`_fused_backward` with the population rule (see `_population_kernel`). Residuals
   that are not batched (a vmap over the cotangents alone) take JAX's default batching."""
 
@@ -457,7 +431,8 @@ def _backward_op(unroll: int) -> Any:
 
   @op.def_vmap
   def rule(axis_size, in_batched, *args):
-    if not _population_kernel(args[0], args[1], args[5]) or not all(jax.tree.leaves(in_batched[7])):
+    batched_res = all(jax.tree.leaves(in_batched[7]))
+    if not population_rule or not _population_kernel(args[0], args[1], args[5]) or not batched_res:
       return _default_vmap(single, axis_size, in_batched, args)
     w, u, c0, h0, x, _, h_mask, res, cts = _as_batched(axis_size, in_batched, args)
     out = _population_backward(w, u, c0, h0, x, h_mask, res, cts, unroll)
@@ -466,28 +441,30 @@ def _backward_op(unroll: int) -> Any:
   return op
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _fused_recurrence(w, b, u, c0, h0, x, mask, h_mask, unroll):
-  carry, ys, _ = _forward_op(unroll, False)(w, b, u, c0, h0, x, mask, h_mask)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _fused_recurrence(w, b, u, c0, h0, x, mask, h_mask, unroll, rule):
+  carry, ys, _ = _forward_op(unroll, False, rule)(w, b, u, c0, h0, x, mask, h_mask)
   return carry, ys
 
 
-def _fused_fwd(w, b, u, c0, h0, x, mask, h_mask, unroll):
-  carry, ys, res = _forward_op(unroll, True)(w, b, u, c0, h0, x, mask, h_mask)
+def _fused_fwd(w, b, u, c0, h0, x, mask, h_mask, unroll, rule):
+  carry, ys, res = _forward_op(unroll, True, rule)(w, b, u, c0, h0, x, mask, h_mask)
   return (carry, ys), (w, u, c0, h0, x, mask, h_mask, res)
 
 
-def _fused_bwd(unroll, saved, cts):
-  return _backward_op(unroll)(*saved, cts)
+def _fused_bwd(unroll, rule, saved, cts):
+  return _backward_op(unroll, rule)(*saved, cts)
 
 
 _fused_recurrence.defvjp(_fused_fwd, _fused_bwd)
 
 
+# ---- the kernel --------------------------------------------------------------------------------
 def fused_supported(cell: Any) -> bool:
-  """Whether `cell`'s configuration runs on the fused custom-VJP path."""
+  """Whether `cell`'s configuration runs on the fused loop: an `LSTMCell` in float32 with
+  the standard gates, no layer norm and no projection."""
   return (
-    not cell.layer_norm
+    not getattr(cell, "layer_norm", True)
     and not cell.proj_features
     and cell.gate_fn is jax.nn.sigmoid
     and cell.activation_fn is jnp.tanh
@@ -496,54 +473,37 @@ def fused_supported(cell: Any) -> bool:
   )
 
 
-# ---- public entry point ------------------------------------------------------------------------
-def lstm_recurrence(
-  cell: Any,
-  p: dict,
-  carry: tuple[Array, Array],
-  x: Array,
-  *,
-  mask: Array | None = None,
-  h_mask: Array | None = None,
-  unroll: int = 1,
-  remat: bool = False,
-  implementation: str = "auto",
-) -> tuple[tuple[Array, Array], Array]:
-  """Runs `cell` over time-major `x` `(T, B, D)` from `carry`; returns `(carry, ys)`.
+class FusedLSTM(TimeMajor):
+  """The fused custom-VJP loop (the module docstring). `population_rule=False` runs a
+  vmapped call with JAX's default batching instead of the population kernel: an A/B for
+  `experiments/benchmarks/population_step.py`, registered there under a name of its own."""
 
-  Args:
-    cell: an `LSTMCell` (only its pure `project`/`recur` methods and attributes are used).
-    p: the cell's parameters.
-    mask: optional `(T, B, 1)` bool; False steps leave the carry unchanged and output 0.
-    h_mask: optional `(B, R)` recurrent-dropout mask (already scaled by 1/keep).
-    unroll: `lax.scan` unroll factor.
-    remat: bound activation memory for long sequences: the sequence is cut into ~sqrt(T)
-      chunks; only the carry at chunk boundaries is kept for the backward pass and each
-      chunk (input projection included) is recomputed when its gradient is needed. Memory
-      for saved activations goes from O(T) gate tensors to O(sqrt(T)).
-    implementation: `"auto"` (the fused custom-VJP path where `fused_supported(cell)`, else
-      autodiff), `"fused"` (error if unsupported) or `"autodiff"` (the reference).
-  """
-  if implementation not in ("auto", "fused", "autodiff"):  # "cudnn" is the layers' (cudnn.py)
-    raise ValueError(f"unknown implementation {implementation!r} for the scan recurrence")
-  fused = fused_supported(cell)
-  if implementation == "fused" and not fused:
-    raise ValueError(
-      "the fused LSTM path needs float32, no layer_norm, no proj_features and "
-      "the default sigmoid/tanh gates"
+  def __init__(self, name: str = "fused", population_rule: bool = True):
+    self.name, self.population_rule = name, population_rule
+
+  @property
+  def offered_as(self) -> str:
+    return "fused"
+
+  def unsupported(self, cell: Any, call: Call) -> str | None:
+    del call  # masks, recurrent dropout, remat and vmap are all supported
+    if fused_supported(cell):
+      return None
+    return (
+      "the fused LSTM path needs float32, no layer_norm, no proj_features and the default "
+      "sigmoid/tanh gates"
     )
-  fused = fused and implementation != "autodiff"
 
-  if fused:
+  def recurrence(self, cell, p, carry, x, *, mask=None, h_mask=None, unroll=1, remat=False):
     # jnp.asarray: parameters may be NumPy arrays (a restored checkpoint, `device_get`).
     w, u, b = (jnp.asarray(p[k], jnp.float32) for k in ("input_kernel", "recurrent_kernel", "bias"))
     if cell.forget_bias:  # what `cell.project` adds; folded into the bias once
       n = cell.features
       b = b.at[n : 2 * n].add(cell.forget_bias)
 
-    def run(carry, x_chunk, m_chunk):
+    def loop(carry, x_chunk, m_chunk):
       c, h = carry
-      return _fused_recurrence(
+      (c, h), ys = _fused_recurrence(
         w,
         b,
         u,
@@ -553,29 +513,11 @@ def lstm_recurrence(
         m_chunk,
         h_mask,
         unroll,
+        self.population_rule,
       )
-  else:
-    step = _masked_step(cell, p, h_mask)
+      return like(carry, LSTMCarry(c, h)), ys
 
-    def run(carry, x_chunk, m_chunk):
-      zx = cell.project(p, x_chunk)  # the hoisted input projection: one large matmul
-      return jax.lax.scan(step, carry, (zx, m_chunk), unroll=unroll)
+    return chunked(loop, carry, x, mask, remat)
 
-  t = x.shape[0]
-  if not remat or t <= 1:
-    return run(carry, x, mask)
 
-  chunk = max(1, math.isqrt(t - 1) + 1)  # ceil(sqrt(T))
-  n_chunks = -(-t // chunk)
-  pad = n_chunks * chunk - t
-  if pad:  # padded steps are masked off: they never change the carry
-    if mask is None:
-      mask = jnp.ones((t, x.shape[1], 1), bool)
-    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-    mask = jnp.concatenate([mask, jnp.zeros((pad,) + mask.shape[1:], bool)])
-  xs = x.reshape((n_chunks, chunk) + x.shape[1:])
-  ms = None if mask is None else mask.reshape((n_chunks, chunk) + mask.shape[1:])
-  run_chunk = jax.checkpoint(run, policy=jax.checkpoint_policies.nothing_saveable)
-  carry, ys = jax.lax.scan(lambda c, xm: run_chunk(c, *xm), carry, (xs, ms))
-  ys = ys.reshape((n_chunks * chunk,) + ys.shape[2:])
-  return carry, ys[:t]
+FUSED = register(FusedLSTM())

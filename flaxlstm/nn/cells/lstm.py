@@ -1,4 +1,4 @@
-"""`LSTMCell`: a fused-gate LSTM cell (converters from Flax and PyTorch: convert.py).
+"""`LSTMCell`: a fused-gate LSTM cell, and its typed carry `LSTMCarry(c, h)`.
 
 Parameter layout (one cell, hidden size H, input size D, optional projection size P):
 
@@ -11,25 +11,41 @@ Parameter layout (one cell, hidden size H, input size D, optional projection siz
 
 Gate order along the 4H axis is **i, f, g, o** (input, forget, cell candidate, output): the
 order of PyTorch's `nn.LSTM`, cuDNN and Flax's cells, so converting weights is a transpose
-and a concatenation, never a permutation.
+and a concatenation, never a permutation (converters: `flaxlstm/nn/convert.py`).
+
+Fast paths it offers (`kernels`): `"fused"`, a custom-VJP time loop
+(`flaxlstm/nn/kernels/lstm_fused.py`), for float32 cells with the standard gates and no
+layer norm or projection; `"cudnn"`, NVIDIA's kernel, opt-in
+(`flaxlstm/nn/kernels/cudnn.py`). Any configuration also runs on the autodiff loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Callable, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
+from flaxlstm.nn.cells.base import CellOptions, Initializer, like, option, option_fields
+
 Array = jax.Array
-Initializer = Callable[..., Array]
-Carry = tuple[Array, Array]
 
 GATES = ("i", "f", "g", "o")
 _LN_EPS = 1e-5
+
+
+class LSTMCarry(NamedTuple):
+  """The LSTM's state: the cell state `c` `(*batch, H)` (at least float32) and the output
+  `h` `(*batch, R)` fed back to the next step."""
+
+  c: Array
+  h: Array
+
+
+# The carry's old name: a `(c, h)` pair.
+Carry = LSTMCarry
 
 
 def per_gate(init: Initializer, n_gates: int = 4) -> Initializer:
@@ -61,81 +77,31 @@ def _layer_norm(z: Array, scale: Array, groups: int, bias: Array | None = None) 
   return out.astype(z.dtype)
 
 
-# Initializers and dtypes an option may name (e.g. in a config file): each option's
-# choices, and the schema's values for them, come from these tables.
-INITIALIZERS: dict[str, Initializer] = {
-  "glorot_uniform": initializers.glorot_uniform(),
-  "glorot_normal": initializers.glorot_normal(),
-  "lecun_uniform": initializers.lecun_uniform(),
-  "lecun_normal": initializers.lecun_normal(),
-  "he_uniform": initializers.he_uniform(),
-  "he_normal": initializers.he_normal(),
-  "orthogonal": initializers.orthogonal(),
-  "zeros": initializers.zeros_init(),
-  "ones": initializers.ones_init(),
-}
-# "" is the compute dtype's default: that of the parameters.
-DTYPES: dict[str, Any] = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# How the layers run the time loop (recurrence.py, cudnn.py): "auto" is the fused custom
-# VJP where the cell allows it, else autodiff; "cudnn" is opt-in (cudnn.py says why).
-IMPLEMENTATIONS: dict[str, str] = {n: n for n in ("auto", "fused", "autodiff", "cudnn")}
+class LSTMOptions(CellOptions):
+  """The LSTM cell's options: those every cell takes (`CellOptions`) and its own.
 
+  `LSTMCell`, and the LSTM layers made for it (`LSTM`, `StackedLSTM`), derive from this
+  class, so each takes these options by name and hands them to the cell below unchanged.
+  The forecasting config reads the common ones as `model.cell.*` and the LSTM's own as
+  `model.lstm.*`.
 
-def _option(
-  default: Any, *, choices: Mapping[str, Any] | None = None, kind: type | None = None
-) -> Any:
-  """A cell option: its default, and for a config file the table its names come from
-  (`choices`) or the type of a value that may be None (`kind`)."""
-  metadata = {"choices": choices} if choices is not None else {"kind": kind} if kind else {}
-  return dataclasses.field(default=default, metadata=metadata)
-
-
-class CellOptions(nn.Module):
-  """The width and the options of an LSTM cell, declared once.
-
-  `LSTMCell`, `LSTM` and `StackedLSTM` all derive from this class, so each has these
-  fields, and each layer hands them to the layer or cell below it unchanged
-  (`cell_options`). The forecasting config's `model.cell` section is built from the same
-  fields. Adding an option is one field here and its use in `LSTMCell`.
-
-  Attributes:
-    features: hidden size H (`StackedLSTM`: one per layer).
-    kernel_init, recurrent_kernel_init: initializers of `W` and `U`, applied per gate.
-    bias_init: initializer of `b`.
+  Attributes (beyond `CellOptions`):
     forget_bias: constant added to the forget-gate pre-activation (see `LSTMCell`).
     proj_features: LSTMP projection of `h` to this many units; None: no projection.
     layer_norm: layer-normalize the gate pre-activations and the cell state.
-    dtype: computation dtype (None: `param_dtype`); the cell state stays >= float32.
-    param_dtype: dtype of the parameters.
-    implementation: how `LSTM` and `StackedLSTM` run the time loop over this cell: "auto",
-      "fused", "autodiff" (recurrence.py) or "cudnn" (cudnn.py). The cell's own one-step
-      `__call__` (inside `nn.RNN`) does not read it.
   """
 
-  features: int
-  kernel_init: Initializer = _option(INITIALIZERS["glorot_uniform"], choices=INITIALIZERS)
-  recurrent_kernel_init: Initializer = _option(INITIALIZERS["orthogonal"], choices=INITIALIZERS)
-  bias_init: Initializer = _option(INITIALIZERS["zeros"], choices=INITIALIZERS)
   forget_bias: float = 1.0
-  proj_features: int | None = _option(None, kind=int)
+  proj_features: int | None = option(None, kind=int)
   layer_norm: bool = False
-  dtype: Any = _option(None, choices=DTYPES)
-  param_dtype: Any = _option(jnp.float32, choices=DTYPES)
-  implementation: str = _option(IMPLEMENTATIONS["auto"], choices=IMPLEMENTATIONS)
 
 
-# The option fields, in declaration order (`features` is each layer's own).
-CELL_OPTIONS: tuple[dataclasses.Field, ...] = tuple(
-  f for f in dataclasses.fields(CellOptions) if f.name not in ("features", "parent", "name")
-)
+# The LSTM's own options (beyond `CellOptions`), and all of its options, in order.
+LSTM_OPTIONS = option_fields(LSTMOptions, below=CellOptions)
+ALL_LSTM_OPTIONS = option_fields(LSTMOptions)
 
 
-def cell_options(module: CellOptions) -> dict[str, Any]:
-  """The option values of `module`, to hand to the layer or cell below it."""
-  return {f.name: getattr(module, f.name) for f in CELL_OPTIONS}
-
-
-class LSTMCell(CellOptions, nn.RNNCellBase):
+class LSTMCell(LSTMOptions, nn.RNNCellBase):
   r"""LSTM cell with fused gates: one matmul for the input side, one for the recurrent side.
 
   .. math::
@@ -165,7 +131,7 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
   `flaxlstm.LSTM` runs the same math faster by hoisting the input projection out of the
   time loop.
 
-  Attributes beyond `CellOptions`: `projection_init` (the LSTMP kernel's initializer),
+  Attributes beyond `LSTMOptions`: `projection_init` (the LSTMP kernel's initializer),
   `gate_fn` and `activation_fn` (sigmoid and tanh; the fused time loop needs these two),
   `carry_init` (the initial carry).
   """
@@ -174,6 +140,11 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
   gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
   activation_fn: Callable[[Array], Array] = jnp.tanh
   carry_init: Initializer = initializers.zeros_init()
+
+  # The cell protocol (flaxlstm/nn/cells/base.py): the fast time loops it offers, and its
+  # output is its carry's last field, h.
+  kernels: ClassVar[tuple[str, ...]] = ("fused", "cudnn")
+  output_in_carry: ClassVar[bool] = True
 
   # ---- parameters -------------------------------------------------------------------------
   @nn.compact
@@ -272,13 +243,16 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
     new_h = o * self.activation_fn(c_out.astype(dt))
     if self.proj_features:
       new_h = jnp.matmul(new_h, p["projection_kernel"].astype(dt))
-    return (new_c, new_h), new_h
+    return LSTMCarry(new_c, new_h), new_h
 
   # ---- RNNCellBase API ---------------------------------------------------------------------
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-    """One time step: `(c, h), x -> (c', h'), h'`. Batch dims are all but the last."""
+    """One time step: `(c, h), x -> (c', h'), h'`. Batch dims are all but the last. The
+    carry comes back in the container it came in (a plain tuple inside `flax.linen.RNN`
+    started from one, else an `LSTMCarry`)."""
     p = self.parameters(inputs.shape[-1])
-    return self.recur(p, carry, self.project(p, inputs))
+    new, y = self.recur(p, carry, self.project(p, inputs))
+    return like(carry, new), y
 
   @nn.nowrap
   def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
@@ -287,7 +261,7 @@ class LSTMCell(CellOptions, nn.RNNCellBase):
     key_c, key_h = jax.random.split(rng)
     c = self.carry_init(key_c, batch + (self.features,), self.state_dtype)
     h = self.carry_init(key_h, batch + (self.proj_features or self.features,), self.compute_dtype)
-    return c, h
+    return LSTMCarry(c, h)
 
   @property
   def num_feature_axes(self) -> int:

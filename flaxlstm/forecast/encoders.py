@@ -1,0 +1,190 @@
+"""Encoders: the recurrent stack that reads the window (`model.encoder`), a registry.
+
+    ENCODERS       name -> Encoder: "lstm" (`StackedLSTM`: the fused kernel, cuDNN, LSTMP,
+                   layer norm), "gru" (Flax's `GRUCell`, stacked by `StackedRNN`)
+    register_cell  any Flax cell class as an encoder, under a name: one call
+
+An encoder builds its module from the model spec (`module`), gives the decoders its cell
+(`cell`: the segment decoders step the encoder's kind of cell from its final carry), and
+carries its own config keys (`options`, `model.<name>.*`: the LSTM's `forget_bias`,
+`proj_features`, `layer_norm`) and rules (`check`), which the schema reads
+(config/schema.py). Every encoder also takes the options every cell takes, `model.cell.*`:
+initializers, dtypes and the kernel (`implementation`).
+
+Adding an encoder is one module and one entry: an `Encoder` subclass, or for a cell that
+`StackedRNN` can stack, `register_cell("name", MyCell)`. A cell class derived from
+`flaxlstm.nn.cells.base.CellOptions` brings its own option fields as config keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from flax import linen as nn
+
+from flaxlstm.config.specs import ModelSpec, RunSpec
+from flaxlstm.nn import kernels
+from flaxlstm.nn.cells.base import COMMON_OPTIONS, CellOptions, option, option_fields
+from flaxlstm.nn.cells.lstm import LSTM_OPTIONS, LSTMCell
+from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
+
+
+class _KernelNames(Mapping):
+  """`model.cell.implementation`'s choices: "auto" and the kernels registered now."""
+
+  def __getitem__(self, name: str) -> str:
+    if name not in kernels.names():
+      raise KeyError(name)
+    return name
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(kernels.names())
+
+  def __len__(self) -> int:
+    return len(kernels.names())
+
+
+@dataclasses.dataclass(frozen=True)
+class _LayerChoices:
+  implementation: str = option("auto", choices=_KernelNames())
+
+
+def cell_fields() -> tuple[dataclasses.Field, ...]:
+  """The `model.cell.*` keys: the options every cell takes, and the layers' kernel."""
+  return COMMON_OPTIONS + tuple(dataclasses.fields(_LayerChoices))
+
+
+def common_options(spec: ModelSpec) -> dict[str, Any]:
+  """The options every cell takes (`model.cell.*` but the kernel), defaults filled in."""
+  given = spec.cell_options
+  return {f.name: given.get(f.name, f.default) for f in COMMON_OPTIONS}
+
+
+def implementation(spec: ModelSpec) -> str:
+  return spec.cell_options.get("implementation", "auto")
+
+
+class Encoder:
+  """A registry entry (the module docstring). Subclasses set `name`, `options`,
+  `cell_class` and build their module."""
+
+  name: str = ""
+  options: tuple[dataclasses.Field, ...] = ()  # its own config keys, `model.<name>.*`
+  cell_class: Any = None
+
+  def own_options(self, spec: ModelSpec) -> dict[str, Any]:
+    """This encoder's own options, defaults filled in."""
+    given = spec.options_of(self.name)
+    return {f.name: given.get(f.name, f.default) for f in self.options}
+
+  def cell(self, spec: ModelSpec, width: int) -> nn.Module:
+    """The (unbound) cell of `width` units, configured as the encoder's layers."""
+    raise NotImplementedError
+
+  def module(self, spec: ModelSpec, name: str) -> nn.Module:
+    """The encoder: `module(x (B, L, F), deterministic=) -> (carries, h)`, each layer's final
+    carry bottom to top and the top layer's last output `(B, hidden_sizes[-1])`."""
+    raise NotImplementedError
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    """The encoder's rules (`c.model`, `c.data`, `c.train`: the sections' checkers)."""
+    impl = implementation(spec.model)
+    offered = ("auto", "autodiff", *getattr(self.cell_class, "kernels", ()))
+    c.model.check(
+      "cell.implementation",
+      impl in offered,
+      f"model.encoder={self.name!r} offers {', '.join(offered)}",
+    )
+
+
+class LSTMEncoder(Encoder):
+  """`StackedLSTM` over the window (its final carries feed the segment decoders)."""
+
+  name = "lstm"
+  options = LSTM_OPTIONS
+  cell_class = LSTMCell
+
+  def _kw(self, spec: ModelSpec) -> dict[str, Any]:
+    return {**common_options(spec), **self.own_options(spec)}
+
+  def cell(self, spec: ModelSpec, width: int) -> nn.Module:
+    return LSTMCell(width, **self._kw(spec), parent=None)
+
+  def module(self, spec: ModelSpec, name: str) -> nn.Module:
+    return StackedLSTM(
+      features=spec.hidden_sizes,
+      dropout=spec.dropout,
+      recurrent_dropout=spec.recurrent_dropout,
+      inter_layer_dropout=spec.inter_layer_dropout,
+      return_sequences=False,
+      return_carry=True,
+      bidirectional=spec.bidirectional,
+      unroll=spec.unroll,
+      remat=spec.remat,
+      implementation=implementation(spec),
+      **self._kw(spec),
+      name=name,
+    )
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    super().check(spec, c)
+    proj = spec.model.options_of(self.name).get("proj_features")
+    if proj is not None:
+      c.model.check(
+        "lstm.proj_features", 1 <= proj <= 2**16, "must be None (no projection) or in [1, 65536]"
+      )
+
+
+class CellEncoder(Encoder):
+  """Any Flax cell class stacked by `StackedRNN` (`register_cell`)."""
+
+  def __init__(self, name: str, cell_class: type):
+    self.name, self.cell_class = name, cell_class
+    own = issubclass(cell_class, CellOptions)
+    self.options = option_fields(cell_class, below=CellOptions) if own else ()
+    fields = {f.name for f in dataclasses.fields(cell_class)}
+    self._takes = {f.name for f in COMMON_OPTIONS if f.name in fields}
+
+  def cell(self, spec: ModelSpec, width: int) -> nn.Module:
+    common = {k: v for k, v in common_options(spec).items() if k in self._takes}
+    return self.cell_class(width, **common, **self.own_options(spec), parent=None)
+
+  def module(self, spec: ModelSpec, name: str) -> nn.Module:
+    return StackedRNN(
+      cell=lambda width: self.cell(spec, width),
+      features=spec.hidden_sizes,
+      dropout=spec.dropout,
+      recurrent_dropout=spec.recurrent_dropout,
+      inter_layer_dropout=spec.inter_layer_dropout,
+      return_sequences=False,
+      return_carry=True,
+      bidirectional=spec.bidirectional,
+      unroll=spec.unroll,
+      remat=spec.remat,
+      implementation=implementation(spec),
+      name=name,
+    )
+
+
+ENCODERS: dict[str, Encoder] = {}
+
+
+def register(encoder: Encoder) -> Encoder:
+  """Adds `encoder` under its name; its options become `model.<name>.*` config keys."""
+  clash = {f.name for f in dataclasses.fields(ModelSpec)} | {"cell"}
+  if encoder.name in clash:
+    raise ValueError(f"an encoder may not be named {encoder.name!r}: a model.* key has that name")
+  ENCODERS[encoder.name] = encoder
+  return encoder
+
+
+def register_cell(name: str, cell_class: type) -> Encoder:
+  """Registers `cell_class` (a Flax cell: `cell_class(features, ...)`) as the encoder
+  `name`: `model.encoder=name` then stacks it, one layer per `model.hidden_sizes`."""
+  return register(CellEncoder(name, cell_class))
+
+
+register(LSTMEncoder())
+register_cell("gru", nn.GRUCell)

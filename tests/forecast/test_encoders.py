@@ -1,0 +1,148 @@
+"""The cell seam (architecture v3): a cell defined here, unknown to flaxlstm, runs through
+`flaxlstm.RNN`, a stack and the `Forecaster` by config, with no edit to flaxlstm/; and the
+encoder registry's own rules."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import flaxlstm
+from flaxlstm import config as config_lib
+from flaxlstm import train as train_lib
+from flaxlstm.errors import InputError
+from flaxlstm.forecast import encoders
+from flaxlstm.nn.cells.base import CellOptions
+from flaxlstm.train.assembly import assemble
+
+
+class ToyCarry(NamedTuple):
+  """The toy cell's own carry type: one state, fed back."""
+
+  h: jax.Array
+
+
+class ToyCell(CellOptions, nn.RNNCellBase):
+  r"""A minimal gated unit (Zhou et al., 2016) with a `gain` on its candidate:
+  :math:`f = \sigma(W_f x + U_f h + b_f)`, :math:`\tilde h = \tanh(W x + U (f h) + b)`,
+  :math:`h' = (1 - f) h + f \cdot \mathrm{gain} \cdot \tilde h`. `gain` is its own option
+  (a config key `model.<name>.gain` once registered); the initializers and dtypes are
+  `CellOptions`'."""
+
+  gain: float = 1.0
+
+  @nn.compact
+  def __call__(self, carry: ToyCarry, x: jax.Array) -> tuple[ToyCarry, jax.Array]:
+    dense = lambda name, bias=True: nn.Dense(
+      self.features, use_bias=bias, kernel_init=self.kernel_init, dtype=self.dtype, name=name
+    )
+    h = carry.h
+    f = jax.nn.sigmoid(dense("wf")(x) + dense("uf", False)(h))
+    candidate = jnp.tanh(dense("w")(x) + dense("u", False)(f * h))
+    new = (1 - f) * h + f * self.gain * candidate
+    return ToyCarry(new), new
+
+  @nn.nowrap
+  def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> ToyCarry:
+    del rng
+    return ToyCarry(jnp.zeros(input_shape[:-1] + (self.features,), self.param_dtype))
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+B, T, D, H = 3, 7, 2, 5
+LENGTHS = np.array([7, 4, 1], np.int32)
+
+
+def _x(seed=0):
+  return np.random.default_rng(seed).standard_normal((B, T, D)).astype(np.float32)
+
+
+def test_a_foreign_cell_runs_through_rnn_like_flax_rnn():
+  x = _x()
+  rnn = flaxlstm.RNN(ToyCell(H), return_carry=True)
+  params = rnn.init(jax.random.key(0), x)
+  carry, ys = rnn.apply(params, x, seq_lengths=LENGTHS)
+  want_carry, want = nn.RNN(ToyCell(H), return_carry=True).apply(params, x, seq_lengths=LENGTHS)
+  valid = (np.arange(T)[None, :] < LENGTHS[:, None])[..., None]
+  np.testing.assert_allclose(ys, np.where(valid, want, 0), rtol=1e-5, atol=1e-6)
+  assert isinstance(carry, ToyCarry)  # its own carry type, kept through the loop
+  np.testing.assert_allclose(carry.h, want_carry.h, rtol=1e-5, atol=1e-6)
+  # And the gradient flows to its parameters through flaxlstm's loop.
+  grads = jax.grad(lambda p: rnn.apply(p, x, seq_lengths=LENGTHS)[1].sum())(params)
+  assert all(np.abs(g).sum() > 0 for g in jax.tree.leaves(grads))
+
+
+def test_a_foreign_cell_stacks():
+  stack = flaxlstm.StackedRNN(
+    lambda h: ToyCell(h), features=(H, 4), dropout=0.2, return_sequences=False
+  )
+  x = _x()
+  params = stack.init(jax.random.key(0), x, deterministic=True)
+  assert jax.tree.map(jnp.shape, params["params"]["rnn_1"]["cell"]["wf"])["kernel"] == (H, 4)
+  out = stack.apply(params, x, seq_lengths=LENGTHS, deterministic=True)
+  assert out.shape == (B, 4)
+  dropped = stack.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(dropped, stack.apply(params, x, deterministic=True))
+
+
+@pytest.fixture
+def toy_encoder():
+  """ToyCell registered as the encoder "toy" for one test: one call, nothing in flaxlstm/."""
+  encoders.register_cell("toy", ToyCell)
+  yield
+  encoders.ENCODERS.pop("toy")
+
+
+@pytest.mark.parametrize("decoder", ["dense", "parallel", "recurrent"])
+def test_a_foreign_cell_is_a_forecaster_encoder_by_config(tiny, tmp_path, toy_encoder, decoder):
+  config = config_lib.load_config(
+    tiny["exp"],
+    [
+      "model.encoder=toy",
+      "model.toy.gain=0.5",  # the cell's own option is a config key at once
+      "model.cell.kernel_init=lecun_normal",
+      f"model.decoder={decoder}",
+      f"model.segment_length={0 if decoder == 'dense' else 3}",  # two output segments
+      "model.dropout=0.1",
+      "train.max_steps=20",
+    ],
+  )
+  spec = config_lib.to_spec(config)
+  assert spec.model.options_of("toy") == {"gain": 0.5}
+  metrics = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert metrics["steps"] == 20 and np.isfinite(metrics["test"]["mse"])
+  # The parameters are the toy cell's, in the stack's layers and (segments) the decoder.
+  params = assemble(spec).abstract_state().params
+  assert set(params["encoder"]["rnn_0"]["cell"]) == {"wf", "uf", "w", "u"}
+  if decoder != "dense":
+    assert set(params["decoder"]["cell"]) == {"wf", "uf", "w", "u"}
+
+
+def test_registry_rules_are_the_schemas(toy_encoder):
+  # A kernel the encoder's cell does not offer is refused at once, naming what it offers.
+  with pytest.raises(InputError, match="model.encoder='toy' offers auto, autodiff"):
+    config_lib.to_spec(
+      config_lib.load_config(None, ["model.encoder=toy", "model.cell.implementation=fused"])
+    )
+  # An unknown encoder names the registered ones.
+  with pytest.raises(InputError, match="must be one of lstm, gru, toy"):
+    config_lib.to_spec(config_lib.load_config(None, ["model.encoder=rwkv"]))
+  # A registered name may not shadow a model key.
+  with pytest.raises(ValueError, match="may not be named 'dropout'"):
+    encoders.register_cell("dropout", ToyCell)
+
+
+def test_the_gru_encoder_ships(tiny, tmp_path):
+  metrics = train_lib.train_and_evaluate(
+    config_lib.load_config(tiny["exp"], ["model.encoder=gru", "train.max_steps=10"]),
+    str(tmp_path / "gru"),
+  )
+  assert np.isfinite(metrics["val"]["mse"])
