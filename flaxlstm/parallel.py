@@ -26,7 +26,7 @@ from flaxlstm.errors import InputError
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
-# Parameters whose last axis is the fused 4H gate axis (see cell.py).
+# Parameters whose last axis is the fused 4H gate axis (see nn/cells/lstm.py).
 _GATE_AXIS_PARAMS = (
   "input_kernel",
   "recurrent_kernel",

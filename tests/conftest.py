@@ -1,10 +1,12 @@
 """Shared test helpers: a plain-NumPy LSTM in PyTorch's weight layout, and a tiny series
 with an experiment file that trains on it in seconds.
 
-Besides fixtures, one hook and one environment setting. The slow tests are collected
-first: with pytest-xdist (README's `-n 2`) tests are handed out in collection order, and a
-long test left for the end would run alone on one core while the other idles. And the
-processes the tests start share a persistent compilation cache (`_subprocess_compile_cache`).
+Besides fixtures, one hook and one environment setting. The hook marks every case of a
+parametrized test but the first `slow` (the inner loop runs one case of each), and
+collects the slow tests first: with pytest-xdist (README's `-n 2`) tests are handed out in
+collection order, and a long test left for the end would run alone on one core while the
+other idles. And the processes the tests start share a persistent compilation cache
+(`_subprocess_compile_cache`).
 """
 
 from __future__ import annotations
@@ -179,7 +181,18 @@ def tiny(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-  """The `slow` tests first (stable otherwise): see the module docstring."""
+  """Every case of a parametrized test but its first is `slow`: the inner loop
+  (`-m "not slow"`) checks each property once, on its first (simplest) case, and README's
+  full run checks every case. Then the `slow` tests first (stable otherwise): see the
+  module docstring."""
+  seen = set()
+  for item in items:
+    if getattr(item, "callspec", None) is None:
+      continue
+    key = (item.nodeid.split("::")[0], item.originalname)
+    if key in seen:
+      item.add_marker(pytest.mark.slow)
+    seen.add(key)
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -75,6 +75,7 @@ def _load(name: str):
   return module
 
 
+@pytest.mark.slow  # trains to completion
 def test_gpu_check_runs_on_cpu_with_the_emulated_kernel(tmp_path, monkeypatch):
   """gpu_check.py's correctness pass, shrunk, with `cudnn.emulate()` standing in for the
   GPU: every path agrees with the CPU reference and cuDNN is reported as run."""

@@ -91,6 +91,7 @@ def test_ltsf_recipe_follows_the_tslib_protocol(horizon):
   assert data.window_starts("train")[0] == 96
 
 
+@pytest.mark.slow  # trains to completion
 def test_ltsf_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   other = _ett_format_file(tmp_path / "ETTlike.csv")
   config = config_lib.load_config(
@@ -113,6 +114,7 @@ def test_ltsf_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   )
 
 
+@pytest.mark.slow  # trains to completion
 def test_probabilistic_recipe_runs_unchanged_on_another_ett_format_file(tmp_path):
   other = _ett_format_file(tmp_path / "ETTlike.csv")
   recipe = os.path.join(os.path.dirname(__file__), "..", "experiments", "ett", "probabilistic.py")

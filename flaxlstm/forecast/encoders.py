@@ -66,6 +66,22 @@ def implementation(spec: ModelSpec) -> str:
   return spec.cell_options.get("implementation", "auto")
 
 
+def stack_options(spec: ModelSpec) -> dict[str, Any]:
+  """The stack's options (`StackOptions`) of an encoder: its last output and every layer's
+  final carry (the decoders start from the top one)."""
+  return dict(
+    dropout=spec.dropout,
+    recurrent_dropout=spec.recurrent_dropout,
+    inter_layer_dropout=spec.inter_layer_dropout,
+    return_sequences=False,
+    return_carry=True,
+    bidirectional=spec.bidirectional,
+    unroll=spec.unroll,
+    remat=spec.remat,
+    implementation=implementation(spec),
+  )
+
+
 class Encoder:
   """A registry entry (the module docstring). Subclasses set `name`, `options`,
   `cell_class` and build their module."""
@@ -114,18 +130,7 @@ class LSTMEncoder(Encoder):
 
   def module(self, spec: ModelSpec, name: str) -> nn.Module:
     return StackedLSTM(
-      features=spec.hidden_sizes,
-      dropout=spec.dropout,
-      recurrent_dropout=spec.recurrent_dropout,
-      inter_layer_dropout=spec.inter_layer_dropout,
-      return_sequences=False,
-      return_carry=True,
-      bidirectional=spec.bidirectional,
-      unroll=spec.unroll,
-      remat=spec.remat,
-      implementation=implementation(spec),
-      **self._kw(spec),
-      name=name,
+      features=spec.hidden_sizes, **stack_options(spec), **self._kw(spec), name=name
     )
 
   def check(self, spec: RunSpec, c: Any) -> None:
@@ -155,15 +160,7 @@ class CellEncoder(Encoder):
     return StackedRNN(
       cell=lambda width: self.cell(spec, width),
       features=spec.hidden_sizes,
-      dropout=spec.dropout,
-      recurrent_dropout=spec.recurrent_dropout,
-      inter_layer_dropout=spec.inter_layer_dropout,
-      return_sequences=False,
-      return_carry=True,
-      bidirectional=spec.bidirectional,
-      unroll=spec.unroll,
-      remat=spec.remat,
-      implementation=implementation(spec),
+      **stack_options(spec),
       name=name,
     )
 

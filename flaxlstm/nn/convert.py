@@ -1,6 +1,6 @@
 """Weight converters: Flax, PyTorch and cuDNN LSTM parameters to and from `LSTMCell`'s layout.
 
-The layout is documented once, in cell.py: `input_kernel` (D, 4H), `recurrent_kernel`
+The layout is documented once, in cells/lstm.py: `input_kernel` (D, 4H), `recurrent_kernel`
 (R, 4H), one `bias` (4H,), optional `projection_kernel` (H, P); gates in the order i, f, g,
 o, the order of PyTorch, cuDNN and Flax, so converting is a transpose and a concatenation,
 never a permutation. `LSTMCell` adds `forget_bias` itself, so converters subtract it.

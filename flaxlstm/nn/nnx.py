@@ -7,7 +7,7 @@
     y = nnx.RNN(layer.cell)(x)            # the same outputs, step by step
 
 These are the Linen layers' NNX twins, not copies: the parameters are held as `nnx.Param`s
-with the Linen names and shapes (layout and gate order in `flaxlstm.nn.cell`), and the
+with the Linen names and shapes (layout and gate order in `flaxlstm.nn.cells.lstm`), and the
 computation is the Linen layers' own: `LSTMCell`'s gate math (`project`, `recur`) and
 `flaxlstm.nn.layers.run_layer` (hoisted input projection, the kernel `kernels.select`
 picks, `initial_carry`, `seq_lengths`, variational dropout, remat). `RNN` runs any other

@@ -17,116 +17,10 @@ from flaxlstm.nn.layers import LSTM, RNN, Bidirectional, concat, fold_batch
 Array = jax.Array
 
 
-def run_stack(
-  make_layer: Callable[..., nn.Module],
-  features: Sequence[int],
-  inputs: Array,
-  *,
-  seq_lengths: Array | None,
-  deterministic: bool | None,
-  inter_layer_dropout: float,
-  return_sequences: bool,
-  return_carry: bool,
-  bidirectional: bool,
-  prefix: str,
-):
-  """A stack's body: layer `i` is `make_layer(width, return_sequences=...)` (named
-  `{prefix}_{i}`, or a `Bidirectional` pair named `bi{prefix}_{i}`), ordinary dropout
-  between layers; returns `(carries, out)` with `return_carry`, else `out`. Called in the
-  stack's compact method, whose children the layers become."""
-  x, carries, n = inputs, [], len(features)
-  for i, h in enumerate(features):
-    last = i == n - 1
-    kw = dict(return_sequences=return_sequences or not last, return_carry=return_carry)
-    layer: nn.Module
-    if bidirectional:
-      layer = Bidirectional(
-        make_layer(h, parent=None, **kw),  # adopted by the pair
-        make_layer(h, parent=None, **kw),
-        name=f"bi{prefix}_{i}",
-      )
-    else:
-      layer = make_layer(h, name=f"{prefix}_{i}", **kw)
-    x = layer(x, seq_lengths=seq_lengths, deterministic=deterministic)
-    if return_carry:
-      carry, x = x
-      carries.append(carry)
-    if not last and is_active(inter_layer_dropout):
-      x = Dropout(inter_layer_dropout)(x, deterministic=deterministic)
-  return (tuple(carries), x) if return_carry else x
-
-
-def _training(module: Any, deterministic: bool | None) -> tuple[bool, bool | None]:
-  """(whether a dropout mask is drawn, the merged `deterministic`) for a stack."""
-  rates = (module.dropout, module.recurrent_dropout, module.inter_layer_dropout)
-  if any(is_active(r) for r in rates):
-    deterministic = nn.merge_param("deterministic", module.deterministic, deterministic)
-    return not deterministic, deterministic
-  return False, deterministic
-
-
-class StackedRNN(nn.Module):
-  """A stack of `RNN` layers over any cell: `cell(width)` makes each layer's cell.
-
-      StackedRNN(lambda h: nn.GRUCell(h), features=(128, 64))
-
-  Layers are named `rnn_0`, `rnn_1`, ... (`birnn_i` pairs with `bidirectional`); options
-  as `StackedLSTM`.
-  """
-
-  cell: Callable[[int], nn.Module]
-  features: Sequence[int] = (64,)
-  dropout: float = 0.0
-  recurrent_dropout: float = 0.0
-  inter_layer_dropout: float = 0.0
-  return_sequences: bool = True
-  return_carry: bool = False
-  bidirectional: bool = False
-  unroll: int = 1
-  remat: bool = False
-  implementation: str = "auto"
-  deterministic: bool | None = None
-
-  @nn.compact
-  def __call__(
-    self, inputs: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
-  ):
-    if not self.features:
-      raise ValueError("StackedRNN needs at least one layer in `features`")
-    _, deterministic = _training(self, deterministic)
-    opts: dict[str, Any] = dict(
-      unroll=self.unroll,
-      dropout=self.dropout,
-      recurrent_dropout=self.recurrent_dropout,
-      remat=self.remat,
-      implementation=self.implementation,
-      keep_order=True,
-    )
-
-    def make_layer(h: int, **kw) -> nn.Module:
-      # Unbound, so that the layer adopts it as its `cell` (`rnn_i/cell/...`): made here,
-      # Flax would make it a child of the stack, shared by name, as in `nn.RNN(GRUCell(h))`.
-      return RNN(self.cell(h).clone(parent=None), **opts, **kw)
-
-    return run_stack(
-      make_layer,
-      self.features,
-      inputs,
-      seq_lengths=seq_lengths,
-      deterministic=deterministic,
-      inter_layer_dropout=self.inter_layer_dropout,
-      return_sequences=self.return_sequences,
-      return_carry=self.return_carry,
-      bidirectional=self.bidirectional,
-      prefix="rnn",
-    )
-
-
-class StackedLSTM(LSTMOptions):
-  """A stack of `LSTM` layers (optionally bidirectional), e.g. `features=(512, 256)`.
+class StackOptions(nn.Module, kw_only=True):
+  """A stack's options, declared once for `StackedLSTM` and `StackedRNN`.
 
   Attributes:
-    features: hidden size of each layer, bottom to top.
     dropout: each layer's variational input dropout (Keras' `dropout`).
     recurrent_dropout: each layer's variational recurrent dropout.
     inter_layer_dropout: ordinary dropout on the outputs of every layer but the last
@@ -135,12 +29,9 @@ class StackedLSTM(LSTMOptions):
     return_carry: also return each layer's final carry, bottom to top: `(carries, out)`
       (a decoder starts from them). With `bidirectional`, each is a (forward, backward) pair.
     bidirectional: each layer is a `Bidirectional` pair (outputs concatenated: 2x width).
-    unroll, remat, implementation: passed to every `LSTM` layer; so are the `LSTMOptions`.
-      With `implementation="cudnn"`, a stack of one width with no dropout mask drawn is one
-      cuDNN call for all its layers.
+    unroll, remat, implementation: passed to every layer.
   """
 
-  features: Sequence[int] = (512, 256)  # type: ignore[assignment]  # one width per layer
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
   inter_layer_dropout: float = 0.0
@@ -152,39 +43,117 @@ class StackedLSTM(LSTMOptions):
   implementation: str = "auto"
   deterministic: bool | None = None
 
+  @nn.nowrap
+  def training(self, deterministic: bool | None) -> tuple[bool, bool | None]:
+    """(whether a dropout mask is drawn, the merged `deterministic`)."""
+    rates = (self.dropout, self.recurrent_dropout, self.inter_layer_dropout)
+    if any(is_active(r) for r in rates):
+      deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+      return not deterministic, deterministic
+    return False, deterministic
+
+  @nn.nowrap
+  def layer_options(self) -> dict[str, Any]:
+    """What every layer of the stack takes from it."""
+    return dict(
+      unroll=self.unroll,
+      dropout=self.dropout,
+      recurrent_dropout=self.recurrent_dropout,
+      remat=self.remat,
+      implementation=self.implementation,
+    )
+
+  @nn.nowrap
+  def run_layers(
+    self,
+    make_layer: Callable[..., nn.Module],
+    features: Sequence[int],
+    inputs: Array,
+    seq_lengths: Array | None,
+    deterministic: bool | None,
+    prefix: str,
+  ):
+    """The stack's body, called in its compact method (whose children the layers become):
+    layer `i` is `make_layer(width, return_sequences=..., return_carry=...)`, named
+    `{prefix}_{i}` (a `Bidirectional` pair: `bi{prefix}_{i}`), ordinary dropout between
+    layers; returns `(carries, out)` with `return_carry`, else `out`."""
+    if not features:
+      raise ValueError(f"{type(self).__name__} needs at least one layer in `features`")
+    x, carries, n = inputs, [], len(features)
+    for i, h in enumerate(features):
+      last = i == n - 1
+      kw = dict(return_sequences=self.return_sequences or not last, return_carry=self.return_carry)
+      layer: nn.Module
+      if self.bidirectional:
+        layer = Bidirectional(
+          make_layer(h, parent=None, **kw),  # adopted by the pair
+          make_layer(h, parent=None, **kw),
+          name=f"bi{prefix}_{i}",
+        )
+      else:
+        layer = make_layer(h, name=f"{prefix}_{i}", **kw)
+      x = layer(x, seq_lengths=seq_lengths, deterministic=deterministic)
+      if self.return_carry:
+        carry, x = x
+        carries.append(carry)
+      if not last and is_active(self.inter_layer_dropout):
+        x = Dropout(self.inter_layer_dropout)(x, deterministic=deterministic)
+    return (tuple(carries), x) if self.return_carry else x
+
+
+class StackedRNN(StackOptions):
+  """A stack of `RNN` layers over any cell: `cell(width)` makes each layer's cell.
+
+      StackedRNN(lambda h: nn.GRUCell(h), features=(128, 64))
+
+  Layers are named `rnn_0`, `rnn_1`, ... (`birnn_i` pairs with `bidirectional`); the
+  options are `StackOptions`.
+  """
+
+  cell: Callable[[int], nn.Module]
+  features: Sequence[int] = (64,)
+
+  @nn.compact
+  def __call__(
+    self, inputs: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
+  ):
+    _, deterministic = self.training(deterministic)
+    opts = self.layer_options()
+
+    def make_layer(h: int, **kw) -> nn.Module:
+      # Unbound, so that the layer adopts it as its `cell` (`rnn_i/cell/...`): made here,
+      # Flax would make it a child of the stack, shared by name, as in `nn.RNN(GRUCell(h))`.
+      return RNN(self.cell(h).clone(parent=None), keep_order=True, **opts, **kw)
+
+    return self.run_layers(make_layer, self.features, inputs, seq_lengths, deterministic, "rnn")
+
+
+class StackedLSTM(LSTMOptions, StackOptions):
+  """A stack of `LSTM` layers (optionally bidirectional), e.g. `features=(512, 256)`.
+
+  Attributes: `features`, the hidden size of each layer, bottom to top; the `LSTMOptions`
+  (the cell's) and the `StackOptions` (`dropout`, `bidirectional`, ...). With
+  `implementation="cudnn"`, a stack of one width with no dropout mask drawn is one cuDNN
+  call for all its layers.
+  """
+
+  features: Sequence[int] = (512, 256)  # type: ignore[assignment]  # one width per layer
+
   @nn.compact
   def __call__(
     self, inputs: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
   ):
     if not self.features:
       raise ValueError("StackedLSTM needs at least one layer in `features`")
-    training, deterministic = _training(self, deterministic)
+    training, deterministic = self.training(deterministic)
     if self._one_cudnn_call(training):
       return self._cudnn_stack(inputs, seq_lengths)
-    opts = dict(
-      unroll=self.unroll,
-      dropout=self.dropout,
-      recurrent_dropout=self.recurrent_dropout,
-      remat=self.remat,
-      implementation=self.implementation,
-      **options_of(self, ALL_LSTM_OPTIONS),
-    )
+    opts = {**self.layer_options(), **options_of(self, ALL_LSTM_OPTIONS)}
 
     def make_layer(h: int, **kw) -> nn.Module:
       return LSTM(h, **opts, **kw)
 
-    return run_stack(
-      make_layer,
-      self.features,
-      inputs,
-      seq_lengths=seq_lengths,
-      deterministic=deterministic,
-      inter_layer_dropout=self.inter_layer_dropout,
-      return_sequences=self.return_sequences,
-      return_carry=self.return_carry,
-      bidirectional=self.bidirectional,
-      prefix="lstm",
-    )
+    return self.run_layers(make_layer, self.features, inputs, seq_lengths, deterministic, "lstm")
 
   @nn.nowrap
   def _cell(self, parent=None) -> LSTMCell:

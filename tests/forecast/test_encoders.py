@@ -140,6 +140,7 @@ def test_registry_rules_are_the_schemas(toy_encoder):
     encoders.register_cell("dropout", ToyCell)
 
 
+@pytest.mark.slow  # trains to completion
 def test_the_gru_encoder_ships(tiny, tmp_path):
   metrics = train_lib.train_and_evaluate(
     config_lib.load_config(tiny["exp"], ["model.encoder=gru", "train.max_steps=10"]),

@@ -269,6 +269,7 @@ def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
     assert results.result_row(tmp_path, run, {})["status"] == "damaged"
 
 
+@pytest.mark.slow  # trains to completion
 def test_population_sweep_trains_groups_in_process_into_the_same_store(
   tiny, tmp_path, capsys, monkeypatch
 ):

@@ -42,6 +42,7 @@ def panel_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # trains to completion
 def test_panel_run_evaluates_to_its_own_metrics(panel_run):
   before = json.loads((panel_run / "metrics.json").read_text())
   assert cli.main(["evaluate", "--workdir", str(panel_run)]) == 0
@@ -50,6 +51,7 @@ def test_panel_run_evaluates_to_its_own_metrics(panel_run):
   assert before["test"]["mse"] > 0 and np.isfinite(before["test"]["mse_original"])
 
 
+@pytest.mark.slow  # trains to completion
 def test_panel_predict_forecasts_each_series_in_original_units(panel_run, tmp_path):
   out = tmp_path / "forecast.csv"
   args = ["predict", "--workdir", str(panel_run), "--data", str(PANEL), "--out", str(out)]
@@ -68,6 +70,7 @@ def test_panel_predict_forecasts_each_series_in_original_units(panel_run, tmp_pa
   assert len(table) == 3 * 6
 
 
+@pytest.mark.slow  # trains to completion
 def test_panel_predict_refuses_a_series_the_run_never_saw(panel_run, tmp_path, capsys):
   panel = pd.read_csv(PANEL)
   new = tmp_path / "new.csv"

@@ -54,6 +54,7 @@ def runs(tiny, tmp_path_factory):
   return {"single": single, "members": members, "workdirs": workdirs, "root": root}
 
 
+@pytest.mark.slow  # trains to completion
 def test_member_k_equals_the_single_run_of_config_k(runs):
   single, members = runs["single"], runs["members"]
   assert any(m["stopped_early"] for m in single) and not all(m["stopped_early"] for m in single)
@@ -67,6 +68,7 @@ def test_member_k_equals_the_single_run_of_config_k(runs):
       assert m[split]["mae"] == s[split]["mae"]
 
 
+@pytest.mark.slow  # trains to completion
 def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, tiny):
   # The accelerator layout: a device's members vmapped in one `lax.map` iteration (the fused
   # kernel's population rule), frozen members masked instead of skipped.
@@ -98,6 +100,7 @@ def test_a_frozen_member_is_skipped_one_member_at_a_time(tiny):
   assert "stablehlo.case" in predict
 
 
+@pytest.mark.slow  # trains to completion
 def test_each_member_writes_the_workdir_a_single_run_writes(runs):
   root = runs["root"]
   for k, wd in enumerate(runs["workdirs"]):
@@ -127,6 +130,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow  # trains to completion
 def test_a_killed_population_resumes_to_the_same_numbers(runs, tiny, tmp_path, monkeypatch):
   workdirs = [str(tmp_path / f"m{k}") for k in range(len(MEMBERS))]
   real, calls = augment.augment, []
@@ -180,6 +184,7 @@ def test_members_sharded_over_8_devices_give_the_same_numbers(runs, tiny, tmp_pa
   assert jax.device_count() >= 1
 
 
+@pytest.mark.slow  # trains to completion
 def test_a_diverging_member_fails_alone(tiny, tmp_path):
   # Member 1's learning rate blows its weights up: more non-finite steps than allowed
   # fail it, as its single run would fail, and member 0 trains on to its end.

@@ -24,6 +24,7 @@ def quantile_run(tiny, tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow  # trains to completion
 def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run):
   m = json.load(open(os.path.join(quantile_run, "metrics.json")))
   for split in ("val", "test"):
@@ -43,6 +44,7 @@ def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run
   assert os.path.getsize(os.path.join(quantile_run, "forecast_test.png")) > 0
 
 
+@pytest.mark.slow  # trains to completion
 def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tmp_path, capsys):
   before = json.load(open(os.path.join(quantile_run, "metrics.json")))
   assert cli.main(["evaluate", "--workdir", quantile_run]) == 0
@@ -95,6 +97,7 @@ def test_a_population_of_distribution_heads_equals_its_single_runs(tiny, tmp_pat
     assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow  # trains to completion
 def test_a_lognormal_run_on_positive_data(tiny, tmp_path, capsys):
   # Positive targets with multiplicative noise: the log-normal head, scaled by max |y|.
   frame = pd.read_csv(tiny["csv"])

@@ -170,6 +170,7 @@ def test_rerun_of_finished_run_changes_nothing_and_other_config_is_refused(
     train_lib.train_and_evaluate(_config(tiny, "train.max_steps=10", "train.learning_rate=0.5"), wd)
 
 
+@pytest.mark.slow  # trains to completion
 def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   wd = str(tmp_path / "run")
   assert (

@@ -145,48 +145,49 @@ def is_split(cell: Any) -> bool:
   return all(hasattr(cell, name) for name in ("parameters", "project", "recur"))
 
 
-class LinenStep:
-  """A Linen cell without pure step functions, as one: `recur` applies the (unbound) cell to
-  its variables `p` (`{'params': ...}`), one step. Nothing is hoisted (`project` is the
-  identity): the cell's whole step runs inside the loop, as in `nn.RNN`."""
+class _Step:
+  """A Flax cell without pure step functions, as one: `recur` calls the cell's own step
+  on its variables `p`. Nothing is hoisted (`project` is the identity): the cell's whole
+  step runs inside the loop, as in `nn.RNN`. Recurrent dropout masks its fed-back state."""
 
   output_in_carry = False
   kernels: tuple[str, ...] = ()
+
+  def project(self, p: Any, x: Array) -> Array:
+    del p
+    return x
+
+  def recur(self, p: Any, carry: Any, x: Array, h_mask: Array | None = None) -> tuple[Any, Array]:
+    if h_mask is not None:
+      carry = with_feedback(carry, feedback(carry) * h_mask)
+    out: Any = self.call(p, carry, x)
+    new, y = out
+    return like(carry, new), y
+
+  def call(self, p: Any, carry: Any, x: Array) -> Any:
+    raise NotImplementedError
+
+
+class LinenStep(_Step):
+  """A Linen cell as pure math: `p` is its variables (`{'params': ...}`), applied to the
+  unbound cell."""
 
   def __init__(self, cell: nn.Module):
     self.cell = cell.clone(parent=None)
 
-  def project(self, p: Any, x: Array) -> Array:
-    del p
-    return x
-
-  def recur(self, p: Any, carry: Any, x: Array, h_mask: Array | None = None) -> tuple[Any, Array]:
-    if h_mask is not None:
-      carry = with_feedback(carry, feedback(carry) * h_mask)
-    out: Any = self.cell.apply(p, carry, x)
-    new, y = out
-    return like(carry, new), y
+  def call(self, p: Any, carry: Any, x: Array) -> Any:
+    return self.cell.apply(p, carry, x)
 
 
-class NnxStep:
-  """An NNX cell as pure math: `p` is its state (`nnx.split`), `recur` merges and calls it.
-  What the cell mutates while it steps (RNG counters, statistics) is not carried out of the
-  loop: the cells this is for hold parameters only."""
-
-  output_in_carry = False
-  kernels: tuple[str, ...] = ()
+class NnxStep(_Step):
+  """An NNX cell as pure math: `p` is its state (`nnx.split`), merged and called. What the
+  cell mutates while it steps (RNG counters, statistics) is not carried out of the loop:
+  the cells this is for hold parameters only."""
 
   def __init__(self, graphdef: Any):
     self.graphdef = graphdef
 
-  def project(self, p: Any, x: Array) -> Array:
-    del p
-    return x
-
-  def recur(self, p: Any, carry: Any, x: Array, h_mask: Array | None = None) -> tuple[Any, Array]:
+  def call(self, p: Any, carry: Any, x: Array) -> Any:
     from flax import nnx  # NNX only when an NNX cell is used
 
-    if h_mask is not None:
-      carry = with_feedback(carry, feedback(carry) * h_mask)
-    new, y = nnx.merge(self.graphdef, p)(carry, x)
-    return like(carry, new), y
+    return nnx.merge(self.graphdef, p)(carry, x)
