@@ -364,10 +364,11 @@ class PopulationEngine(Engine):
     self.n = len(pop.setups)
     self.predict_fn = make_predict_fn(pop.base.model)  # a member's own predictions
     self.step_fn, self.pop_predict = pop.make_step(), pop.make_predict()
-    self.queued: list[_QueuedSaves] = []
-    self.saver = _Saver(self.queued)
+    self.queued: list[_QueuedSaves] = []  # filled by `wrap_ckpts`, one per member
+    self.saver = _Saver(self.queued, self.n)
     self._batch: tuple[int, Any] | None = None
     self._host: Any = None
+    self._baselines: dict | None = None
 
   def wrap_ckpts(self, ckpts: Checkpoints) -> Any:
     queued = _QueuedSaves(ckpts)
@@ -423,7 +424,7 @@ class PopulationEngine(Engine):
 
   def baselines(self):
     base = self.pop.base
-    if not hasattr(self, "_baselines"):
+    if self._baselines is None:  # the members share the data: computed once
       self._baselines = baselines.baseline_metrics(base.data, base.spec.data.seasonal_period)
     return self._baselines
 
@@ -460,10 +461,10 @@ class _Saver:
   raises a failed save's error in the loop's thread.
   """
 
-  def __init__(self, members: list[_QueuedSaves]):
+  def __init__(self, members: list[_QueuedSaves], n_members: int):
     self.members = members
     self.pending: list[concurrent.futures.Future] = []
-    workers = max(1, min(len(members), os.cpu_count() or 1, 8))
+    workers = max(1, min(n_members, os.cpu_count() or 1, 8))
     self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flaxlstm-save")
 
   def submit(self) -> None:
