@@ -1,7 +1,8 @@
 """Encoders: the recurrent stack that reads the window (`model.encoder`), a registry.
 
     ENCODERS       name -> Encoder: "lstm" (`StackedLSTM`: the fused kernel, cuDNN, LSTMP,
-                   layer norm), "gru" (Flax's `GRUCell`, stacked by `StackedRNN`)
+                   layer norm), "slstm" (xLSTM's sLSTM cell, `model.slstm.num_heads`, ...),
+                   "gru" (Flax's `GRUCell`); the last two stacked by `StackedRNN`
     register_cell  any Flax cell class as an encoder, under a name: one call
 
 An encoder builds its module from the model spec (`module`), gives the decoders its cell
@@ -28,6 +29,7 @@ from flaxlstm.config.specs import ModelSpec, RunSpec
 from flaxlstm.nn import kernels
 from flaxlstm.nn.cells.base import COMMON_OPTIONS, CellOptions, option, option_fields
 from flaxlstm.nn.cells.lstm import LSTM_OPTIONS, LSTMCell
+from flaxlstm.nn.cells.slstm import SLSTM_OPTIONS, SLSTMCell
 from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
 
 
@@ -145,10 +147,14 @@ class LSTMEncoder(Encoder):
 class CellEncoder(Encoder):
   """Any Flax cell class stacked by `StackedRNN` (`register_cell`)."""
 
-  def __init__(self, name: str, cell_class: type):
+  def __init__(
+    self, name: str, cell_class: type, options: tuple[dataclasses.Field, ...] | None = None
+  ):
     self.name, self.cell_class = name, cell_class
-    own = issubclass(cell_class, CellOptions)
-    self.options = option_fields(cell_class, below=CellOptions) if own else ()
+    if options is None:
+      own = issubclass(cell_class, CellOptions)
+      options = option_fields(cell_class, below=CellOptions) if own else ()
+    self.options = options
     fields = {f.name for f in dataclasses.fields(cell_class)}
     self._takes = {f.name for f in COMMON_OPTIONS if f.name in fields}
 
@@ -177,11 +183,33 @@ def register(encoder: Encoder) -> Encoder:
   return encoder
 
 
-def register_cell(name: str, cell_class: type) -> Encoder:
+def register_cell(
+  name: str, cell_class: type, options: tuple[dataclasses.Field, ...] | None = None
+) -> Encoder:
   """Registers `cell_class` (a Flax cell: `cell_class(features, ...)`) as the encoder
-  `name`: `model.encoder=name` then stacks it, one layer per `model.hidden_sizes`."""
-  return register(CellEncoder(name, cell_class))
+  `name`: `model.encoder=name` then stacks it, one layer per `model.hidden_sizes`. Its own
+  options (`model.<name>.*`) are `options`, by default the fields a `CellOptions` subclass
+  adds."""
+  return register(CellEncoder(name, cell_class, options))
+
+
+class SLSTMEncoder(CellEncoder):
+  """A stack of sLSTM cells (flaxlstm/nn/cells/slstm.py), its options `model.slstm.*`."""
+
+  def __init__(self):
+    super().__init__("slstm", SLSTMCell, SLSTM_OPTIONS)
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    super().check(spec, c)
+    heads = self.own_options(spec.model)["num_heads"]
+    c.model.check("slstm.num_heads", heads >= 1, "must be >= 1")
+    c.model.check(
+      "hidden_sizes",
+      all(h % heads == 0 for h in spec.model.hidden_sizes),
+      f"must be multiples of model.slstm.num_heads={heads} (the sLSTM's heads split them)",
+    )
 
 
 register(LSTMEncoder())
+register(SLSTMEncoder())
 register_cell("gru", nn.GRUCell)

@@ -18,6 +18,7 @@ from flax import linen as nn
 from flax.linen import initializers
 
 from flaxlstm.nn.cells.base import feedback
+from flaxlstm.nn.cells.lstm import LSTMCell
 from flaxlstm.nn.dropout import Dropout
 
 Array = jax.Array
@@ -134,7 +135,7 @@ class ParallelDecoder(nn.Module):
   decoder's cell (`cell`, e.g. `LSTMCell(d)`) has its own parameters; its carry is the
   encoder's, so it is the encoder's kind of cell.
 
-  Performance: with a cell that splits its step (`LSTMCell`: `recurrent_preactivations`,
+  Performance: with an `LSTMCell` (its step split: `recurrent_preactivations`,
   `activate`), the `m` steps share one `h_L`, so `U h_L + b` is computed once per sample,
   and `W [p_j; s]` once per (position, series) pair for the whole batch; what remains per
   (sample, segment) is elementwise gate math and the output map. Running the decoder as
@@ -187,7 +188,7 @@ class ParallelDecoder(nn.Module):
       if series is None:
         raise ValueError("ParallelDecoder(n_series > 0) needs the series ids")
       table = _embedding_table(self, "series_embedding", self.n_series, self.series_features)
-    if hasattr(cell, "recurrent_preactivations") and hasattr(cell, "activate"):
+    if isinstance(cell, LSTMCell):  # the shortcut is the LSTM's gate math, split
       out = self._shared_h(cell, carry, position, table, series, known)
     else:
       out = self._steps(cell, carry, position, table, series, known)

@@ -203,3 +203,85 @@ def from_cudnn(
     }
     for i in range(num_layers)
   }
+
+
+# ---- the xlstm package's sLSTM layer (flaxlstm.nn.xlstm.SLSTM) -----------------------------
+# Two quirks of its layout: the module it names `fgate` computes the INPUT gate's
+# pre-activation and `igate` the forget gate's (its layer concatenates `fgate(x), igate(x),
+# zgate(x), ogate(x)` as i, f, z, o), and its cell keeps the recurrent kernel and the bias in
+# the layout of the kernel backend it was built for: "vanilla" (its CPU code: kernel
+# `(NH, 4 DH, DH)`, bias gate-major) or "cuda" (its CUDA kernel's, which published
+# checkpoints and TiRex use: kernel `(NH, DH, 4 DH)`, bias head-major `(NH, 4, DH)`).
+_XLSTM_GATES = {"igate": "fgate", "fgate": "igate", "zgate": "zgate", "ogate": "ogate"}
+_LAYOUTS = ("cuda", "vanilla")
+
+
+def _check_layout(layout: str) -> None:
+  if layout not in _LAYOUTS:
+    raise ValueError(f"layout must be one of {', '.join(_LAYOUTS)}, got {layout!r}")
+
+
+def from_xlstm_slstm_layer(
+  state_dict: Mapping[str, Any], *, num_heads: int, layout: str = "cuda", prefix: str = ""
+) -> dict:
+  """An `xlstm.sLSTMLayer` state dict (NumPy arrays; `prefix` before its keys) as the
+  params of `flaxlstm.nn.xlstm.SLSTM`; `layout` is the backend the dict was saved from
+  ("cuda", or "vanilla" for the package's CPU backend). No torch import: pass
+  `{k: v.numpy() for k, v in layer.state_dict().items()}`."""
+  _check_layout(layout)
+
+  def get(key: str) -> np.ndarray:
+    try:
+      return _np(state_dict[prefix + key])
+    except KeyError:
+      raise ValueError(f"not an xlstm sLSTMLayer state dict: missing {prefix + key!r}") from None
+
+  r = get("slstm_cell._recurrent_kernel_")
+  b = get("slstm_cell._bias_")
+  nh = num_heads
+  if layout == "vanilla":  # (NH, 4 DH, DH): head k's outputs e read its inputs d at [k, e, d]
+    r = r.transpose(0, 2, 1)
+  else:
+    b = b.reshape(nh, 4, -1).transpose(1, 0, 2).reshape(-1)  # head-major -> gate-major
+  params: dict[str, Any] = {
+    "cell": {
+      "recurrent_kernel": jnp.asarray(r.reshape(nh, r.shape[1], -1)),
+      "bias": jnp.asarray(b),
+    },
+    "norm": {"scale": jnp.asarray(get("group_norm.weight"))},
+  }
+  for ours, theirs in _XLSTM_GATES.items():
+    params[ours] = {"kernel": jnp.asarray(get(f"{theirs}.weight").transpose(0, 2, 1))}
+  if prefix + "conv1d.conv.weight" in state_dict:
+    params["conv"] = {
+      "kernel": jnp.asarray(get("conv1d.conv.weight").transpose(2, 1, 0)),
+      "bias": jnp.asarray(get("conv1d.conv.bias")),
+    }
+  return params
+
+
+def to_xlstm_slstm_layer(params: Mapping[str, Any], *, layout: str = "cuda") -> dict:
+  """`flaxlstm.nn.xlstm.SLSTM` params (with or without a `{'params': ...}` wrapper) as an
+  `xlstm.sLSTMLayer` state dict of NumPy arrays, in `layout` (see `from_xlstm_slstm_layer`):
+  the inverse of `from_xlstm_slstm_layer`."""
+  _check_layout(layout)
+  if "params" in params and len(params) == 1:
+    params = params["params"]
+  r = _np(params["cell"]["recurrent_kernel"])
+  b = _np(params["cell"]["bias"])
+  nh = r.shape[0]
+  if layout == "vanilla":
+    r = r.transpose(0, 2, 1)
+  else:
+    b = b.reshape(4, nh, -1).transpose(1, 0, 2).reshape(-1)
+  out = {
+    "slstm_cell._recurrent_kernel_": r,
+    "slstm_cell._bias_": b,
+    "group_norm.weight": _np(params["norm"]["scale"]),
+  }
+  for ours, theirs in _XLSTM_GATES.items():
+    out[f"{theirs}.weight"] = _np(params[ours]["kernel"]).transpose(0, 2, 1)
+  if "conv" in params:
+    out["conv1d.conv.weight"] = _np(params["conv"]["kernel"]).transpose(2, 1, 0)
+    out["conv1d.conv.bias"] = _np(params["conv"]["bias"])
+  return out

@@ -133,7 +133,7 @@ def test_registry_rules_are_the_schemas(toy_encoder):
       config_lib.load_config(None, ["model.encoder=toy", "model.cell.implementation=fused"])
     )
   # An unknown encoder names the registered ones.
-  with pytest.raises(InputError, match="must be one of lstm, gru, toy"):
+  with pytest.raises(InputError, match="must be one of lstm, slstm, gru, toy"):
     config_lib.to_spec(config_lib.load_config(None, ["model.encoder=rwkv"]))
   # A registered name may not shadow a model key.
   with pytest.raises(ValueError, match="may not be named 'dropout'"):
@@ -147,3 +147,17 @@ def test_the_gru_encoder_ships(tiny, tmp_path):
     str(tmp_path / "gru"),
   )
   assert np.isfinite(metrics["val"]["mse"])
+
+
+@pytest.mark.parametrize("decoder", ["parallel", "dense"])
+def test_the_slstm_encoder_trains_through_the_registry(tiny, tmp_path, decoder):
+  """`model.encoder=slstm`: a stack of sLSTM cells, its options `model.slstm.*`, with any
+  decoder (the parallel one steps the encoder's cell from its (c, n, m, h) carry)."""
+  overrides = ["model.encoder=slstm", "model.slstm.num_heads=2", "train.max_steps=10"]
+  if decoder == "parallel":
+    overrides += ["model.decoder=parallel", "model.segment_length=3"]
+  config = config_lib.load_config(tiny["exp"], overrides)
+  metrics = train_lib.train_and_evaluate(config, str(tmp_path / "slstm"))
+  assert metrics["steps"] == 10 and np.isfinite(metrics["val"]["mse"])
+  params = assemble(config_lib.to_spec(config)).abstract_state().params
+  assert params["encoder"]["rnn_0"]["cell"]["recurrent_kernel"].shape == (2, 4, 16)

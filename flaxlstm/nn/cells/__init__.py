@@ -4,5 +4,16 @@ follows (Flax's own cells included) and what the layers read from a flaxlstm cel
 
 from flaxlstm.nn.cells.base import CellOptions, LinenStep, NnxStep
 from flaxlstm.nn.cells.lstm import LSTMCarry, LSTMCell, LSTMOptions
+from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell, SLSTMOptions
 
-__all__ = ["CellOptions", "LSTMCarry", "LSTMCell", "LSTMOptions", "LinenStep", "NnxStep"]
+__all__ = [
+  "CellOptions",
+  "LSTMCarry",
+  "LSTMCell",
+  "LSTMOptions",
+  "LinenStep",
+  "NnxStep",
+  "SLSTMCarry",
+  "SLSTMCell",
+  "SLSTMOptions",
+]

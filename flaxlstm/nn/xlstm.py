@@ -1,0 +1,141 @@
+r"""The xLSTM family's layers, as the `xlstm` package builds them: `SLSTM`, the sLSTM layer.
+
+`SLSTM(features, num_heads, conv1d_kernel_size=4)` over `(*batch, T, features)`:
+
+.. math::
+
+    \tilde x = \mathrm{SiLU}(\mathrm{conv}(x)), \quad
+    [\tilde\imath, \tilde f] = [P_i \tilde x, P_f \tilde x], \quad
+    [\tilde z, \tilde o] = [P_z x, P_o x], \quad
+    h = \mathrm{sLSTM}([\tilde\imath, \tilde f, \tilde z, \tilde o]), \quad
+    y = \mathrm{GroupNorm}_{\text{heads}}(\mathrm{dropout}(h))
+
+`conv` is a causal depthwise convolution over time (kernel `conv1d_kernel_size`; 0: none,
+then the gates read `x`), `P` head-wise projections (block-diagonal, one `(DH, DH)` block
+per head; no bias: the cell has one), and the cell `SLSTMCell` (flaxlstm/nn/cells/slstm.py,
+`project_inputs=False`). The group norm normalizes each head's outputs on their own, scaled
+by `1 + w` (`w` starts at zero). Parameters: `conv` (`kernel (K, 1, H)`, `bias (H,)`),
+`igate`, `fgate`, `zgate`, `ogate` (`kernel (NH, DH, DH)`), `cell` (`recurrent_kernel`,
+`bias`) and `norm` (`scale (H,)`); `flaxlstm.nn.convert.from_xlstm_slstm_layer` maps the
+`xlstm` package's state dicts onto them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen import initializers
+
+from flaxlstm.nn.cells.base import options_of
+from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
+from flaxlstm.nn.dropout import Dropout, is_active
+from flaxlstm.nn.layers import run_layer
+
+Array = jax.Array
+
+
+class HeadwiseLinear(nn.Module):
+  """`x (..., H)` through a block-diagonal map, one `(DH, DH)` block per head (`kernel
+  (NH, DH, DH)`), no bias; small init, std sqrt(2 / 5H), as the `xlstm` package's gates."""
+
+  heads: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = x.shape[-1]
+    dh = h // self.heads
+    init = initializers.normal(math.sqrt(2 / (5 * h)))
+    kernel = self.param("kernel", init, (self.heads, dh, dh))
+    xh = x.reshape(x.shape[:-1] + (self.heads, dh)).astype(self.dtype or kernel.dtype)
+    y = jnp.einsum("...kd,kde->...ke", xh, kernel.astype(xh.dtype))
+    return y.reshape(x.shape)
+
+
+class HeadNorm(nn.Module):
+  """Each head's outputs normalized on their own (in float32), scaled by `1 + scale`
+  (`scale (H,)` starts at zero): the `xlstm` package's multi-head layer norm."""
+
+  heads: int
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", initializers.zeros_init(), (x.shape[-1],))
+    xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (self.heads, x.shape[-1] // self.heads))
+    mean = xg.mean(-1, keepdims=True)
+    var = jnp.square(xg - mean).mean(-1, keepdims=True)
+    out = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    return (out * (1.0 + scale)).astype(x.dtype)
+
+
+class SLSTM(SLSTMOptions):
+  """The sLSTM layer of the `xlstm` package (the module docstring), as a Flax layer.
+
+  Attributes: the `SLSTMOptions` (`features`, the layer's width in and out; `num_heads`,
+  `forget_gate`, ...: the cell's), and
+    conv1d_kernel_size: the causal convolution's width (0: no convolution).
+    dropout: on the cell's outputs before the group norm (the `xlstm` package's).
+    recurrent_dropout: variational dropout of the fed-back `h`.
+    return_carry: also return the cell's final `SLSTMCarry`: `(carry, y)`.
+    unroll, remat, implementation: how the time loop runs (`flaxlstm.LSTM`'s).
+    deterministic: disables dropout; can also be passed to `__call__`.
+  """
+
+  conv1d_kernel_size: int = 4
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  return_carry: bool = False
+  unroll: int = 1
+  remat: bool = False
+  implementation: str = "auto"
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(
+    self,
+    x: Array,
+    *,
+    initial_carry: Any = None,
+    seq_lengths: Array | None = None,
+    deterministic: bool | None = None,
+  ):
+    h, heads = self.features, self.num_heads
+    if x.shape[-1] != h:
+      raise ValueError(f"SLSTM({h}) reads inputs of width {h}, got {x.shape[-1]}")
+    cell = SLSTMCell(h, **options_of(self, ALL_SLSTM_OPTIONS), project_inputs=False, name="cell")
+    dt = cell.compute_dtype
+    x_conv = x
+    if self.conv1d_kernel_size > 0:
+      k = self.conv1d_kernel_size
+      conv = nn.Conv(h, (k,), padding=[(k - 1, 0)], feature_group_count=h, dtype=dt, name="conv")
+      x_conv = nn.silu(conv(x))
+    gate = lambda name, inputs: HeadwiseLinear(heads, dt, name=name)(inputs)
+    pre = jnp.concatenate(
+      [gate("igate", x_conv), gate("fgate", x_conv), gate("zgate", x), gate("ogate", x)], axis=-1
+    )
+    drop = is_active(self.dropout) or is_active(self.recurrent_dropout)
+    training = drop and not nn.merge_param("deterministic", self.deterministic, deterministic)
+    carry, ys = run_layer(
+      cell,
+      cell.parameters(4 * h),
+      pre,
+      make_carry=lambda shape: cell.initialize_carry(jax.random.key(0), shape),
+      initial_carry=initial_carry,
+      seq_lengths=seq_lengths,
+      recurrent_dropout=self.recurrent_dropout,
+      dropout_rng=(lambda: self.make_rng("dropout")) if training else None,
+      unroll=self.unroll,
+      remat=self.remat,
+      implementation=self.implementation,
+    )
+    ys = Dropout(self.dropout)(ys, deterministic=not training)
+    y = HeadNorm(heads, name="norm")(ys)
+    return (carry, y) if self.return_carry else y
+
+
+__all__ = ["SLSTM", "HeadNorm", "HeadwiseLinear"]

@@ -1,0 +1,156 @@
+"""The sLSTM (flaxlstm/nn/cells/slstm.py, nn/xlstm.py): its cell through flaxlstm's layers,
+and the layer against the `xlstm` package's own (`pip install xlstm`, CPU backend
+"vanilla"): random weights, outputs, final states and gradients within 1e-5 in float32.
+The comparison skips cleanly where the package is absent (CI installs it)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxlstm
+from flaxlstm.nn import convert
+from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell, forget_bias
+from flaxlstm.nn.xlstm import SLSTM
+
+B, T = 3, 7
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _close(a, b, rtol=RTOL, atol=ATOL):
+  np.testing.assert_allclose(
+    np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol
+  )
+
+
+def _rand(seed, *shape, scale=1.0):
+  return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _random_params(module, x, seed=0, scale=0.4):
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+  leaves, tree = jax.tree.flatten(shapes)
+  return jax.tree.unflatten(
+    tree, [_rand(seed + k, *a.shape, scale=scale) for k, a in enumerate(leaves)]
+  )
+
+
+# ---- the cell ------------------------------------------------------------------------------------
+def test_cell_steps_equal_its_loop_and_its_carry_is_typed():
+  """`flaxlstm.RNN(SLSTMCell)` (the autodiff loop over the pure step) equals stepping the
+  cell by hand, which checks the equations one step at a time in NumPy."""
+  h, heads, d = 8, 2, 3
+  cell = SLSTMCell(h, num_heads=heads)
+  x = _rand(1, B, T, d)
+  params = _random_params(flaxlstm.RNN(cell), x)
+  carry, ys = flaxlstm.RNN(cell, return_carry=True).apply(params, x)
+  assert isinstance(carry, SLSTMCarry) and ys.shape == (B, T, h)
+
+  p = {k: np.asarray(v, np.float64) for k, v in params["params"]["cell"].items()}
+  c = n = m = hh = np.zeros((B, h))
+  r = p["recurrent_kernel"]
+  for t in range(T):
+    rh = np.einsum("bkd,kde->bke", hh.reshape(B, heads, -1), r).reshape(B, heads, 4, -1)
+    z = x[:, t] @ p["input_kernel"] + p["bias"] + rh.transpose(0, 2, 1, 3).reshape(B, -1)
+    i_, f_, z_, o_ = np.split(z, 4, axis=-1)
+    log_f = -np.logaddexp(0, -f_) + m
+    m_new = np.where(n == 0, i_, np.maximum(i_, log_f))
+    i_g, f_g = np.exp(i_ - m_new), np.exp(log_f - m_new)
+    c, n, m = f_g * c + i_g * np.tanh(z_), f_g * n + i_g, m_new
+    hh = 1 / (1 + np.exp(-o_)) * c / n
+    _close(ys[:, t], hh)
+  for got, want in zip(carry, (c, n, m, hh)):
+    _close(got, want)
+
+
+def test_cell_in_a_stack_with_ragged_lengths_dropout_and_remat():
+  x = _rand(2, B, T, 4)
+  lengths = np.array([T, 4, 1])
+  stack = flaxlstm.StackedRNN(lambda w: SLSTMCell(w, num_heads=2), features=(8, 4))
+  params = stack.init(jax.random.key(0), x)
+  full = stack.apply(params, x, seq_lengths=lengths)
+  assert np.all(np.asarray(full)[2, 1:] == 0)  # zero past each sequence's end
+  _close(stack.clone(remat=True).apply(params, x, seq_lengths=lengths), full)
+  dropped = stack.clone(recurrent_dropout=0.5).apply(
+    params, x, deterministic=False, rngs={"dropout": jax.random.key(1)}
+  )
+  assert not np.allclose(dropped, full)
+
+
+@pytest.mark.parametrize("kind", ["powerlaw", "linspace", "zeros"])
+def test_forget_bias_initializers(kind):
+  cell = SLSTMCell(8, num_heads=2, forget_bias_init=kind, bias_init=jax.nn.initializers.ones)
+  p = cell.init(jax.random.key(0), cell.initialize_carry(None, (1, 3)), jnp.ones((1, 3)))
+  bias = np.asarray(p["params"]["bias"])
+  np.testing.assert_array_equal(bias[:8], 1.0)  # the other gates: bias_init
+  _close(bias[8:16], forget_bias(kind, 2, 4))
+  if kind == "powerlaw":  # the xlstm package's powerlaw_blockdependent, first block
+    _close(bias[8:12], [5.0, -(-5 + 12 * (1 / 3) ** 0.3), -(-5 + 12 * (2 / 3) ** 0.3), -7.0])
+
+
+# ---- the layer against the xlstm package ---------------------------------------------------------
+def _xlstm_layer(h, heads, conv, seed):
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("xlstm")
+  from xlstm.blocks.slstm.layer import sLSTMLayer, sLSTMLayerConfig
+
+  torch.manual_seed(seed)
+  cfg = sLSTMLayerConfig(
+    embedding_dim=h, num_heads=heads, conv1d_kernel_size=conv, backend="vanilla", dtype="float32"
+  )
+  layer = sLSTMLayer(cfg)
+  with torch.no_grad():  # random everything (its recurrent kernel starts at zero)
+    for v in layer.parameters():
+      v.copy_(0.4 * torch.randn_like(v))
+  return torch, layer
+
+
+@pytest.mark.parametrize(
+  "h, heads, conv", [(16, 4, 4), (12, 1, 0), (16, 2, 2)], ids=["4_heads_conv", "1_head", "2_heads"]
+)
+def test_layer_equals_the_xlstm_package(h, heads, conv):
+  torch, theirs = _xlstm_layer(h, heads, conv, seed=h + heads + conv)
+  x = _rand(3, B, T, h)
+  state = {k: v.detach().numpy() for k, v in theirs.state_dict().items()}
+  params = {"params": convert.from_xlstm_slstm_layer(state, num_heads=heads, layout="vanilla")}
+  ours = SLSTM(h, num_heads=heads, conv1d_kernel_size=conv, return_carry=True)
+  assert jax.tree.structure(params) == jax.tree.structure(
+    jax.eval_shape(lambda: ours.init(jax.random.key(0), x))
+  )
+  weights = _rand(4, B, T, h)
+
+  def loss(p, x):
+    carry, y = ours.apply(p, x)
+    return (y * weights).sum() + 0.3 * carry.c.sum() - 0.2 * carry.n.sum(), (carry, y)
+
+  (value, (carry, y)), (g_params, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+    params, x
+  )
+  xt = torch.tensor(x, requires_grad=True)
+  y_t, st = theirs(xt, return_last_state=True)
+  h_t, c_t, n_t, m_t = st["slstm_state"].unbind(0)
+  value_t = (y_t * torch.tensor(weights)).sum() + 0.3 * c_t.sum() - 0.2 * n_t.sum()
+  value_t.backward()
+  _close(y, y_t.detach())
+  _close(value, value_t.detach())
+  for ours_s, theirs_s in zip(carry, (c_t, n_t, m_t, h_t)):
+    _close(ours_s, theirs_s.detach())
+  _close(g_x, xt.grad)
+  g_theirs = {k: v.grad.numpy() for k, v in theirs.named_parameters()}
+  g_mapped = convert.from_xlstm_slstm_layer(g_theirs, num_heads=heads, layout="vanilla")
+  for a, b in zip(jax.tree.leaves(g_params["params"]), jax.tree.leaves(g_mapped)):
+    _close(a, b)
+
+
+@pytest.mark.parametrize("layout", ["cuda", "vanilla"])
+def test_converters_are_inverse(layout):
+  x = _rand(5, 2, 3, 16)
+  params = _random_params(SLSTM(16, num_heads=4), x)["params"]
+  state = convert.to_xlstm_slstm_layer(params, layout=layout)
+  back = convert.from_xlstm_slstm_layer(state, num_heads=4, layout=layout)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="missing 'slstm_cell._recurrent_kernel_'"):
+    convert.from_xlstm_slstm_layer({}, num_heads=4)
