@@ -285,3 +285,23 @@ def to_xlstm_slstm_layer(params: Mapping[str, Any], *, layout: str = "cuda") -> 
     out["conv1d.conv.weight"] = _np(params["conv"]["kernel"]).transpose(2, 1, 0)
     out["conv1d.conv.bias"] = _np(params["conv"]["bias"])
   return out
+
+
+def from_xlstm_slstm_block(
+  state_dict: Mapping[str, Any], *, num_heads: int, layout: str = "cuda", prefix: str = ""
+) -> dict:
+  """An `xlstm` package `sLSTMBlock` state dict as `flaxlstm.nn.xlstm.SLSTMBlock` params:
+  its layer (`from_xlstm_slstm_layer`), its two pre-norms and its gated feed-forward."""
+  params: dict[str, Any] = {
+    "slstm": from_xlstm_slstm_layer(
+      state_dict, num_heads=num_heads, layout=layout, prefix=prefix + "xlstm."
+    ),
+    "norm": {"scale": jnp.asarray(_np(state_dict[prefix + "xlstm_norm.weight"]))},
+  }
+  if prefix + "ffn.proj_up.weight" in state_dict:
+    params["ffn_norm"] = {"scale": jnp.asarray(_np(state_dict[prefix + "ffn_norm.weight"]))}
+    params["ffn"] = {
+      name: {"kernel": jnp.asarray(_np(state_dict[f"{prefix}ffn.{name}.weight"]).T)}
+      for name in ("proj_up", "proj_down")
+    }
+  return params

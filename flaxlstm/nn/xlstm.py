@@ -1,4 +1,6 @@
-r"""The xLSTM family's layers, as the `xlstm` package builds them: `SLSTM`, the sLSTM layer.
+r"""The xLSTM family's layers and blocks, as the `xlstm` package builds them: `SLSTM`, the
+sLSTM layer, and `SLSTMBlock`, the block around it (pre-norm, residual, gated
+feed-forward).
 
 `SLSTM(features, num_heads, conv1d_kernel_size=4)` over `(*batch, T, features)`:
 
@@ -138,4 +140,74 @@ class SLSTM(SLSTMOptions):
     return (carry, y) if self.return_carry else y
 
 
-__all__ = ["SLSTM", "HeadNorm", "HeadwiseLinear"]
+class ResidualLayerNorm(nn.Module):
+  """Layer norm over the last axis, scaled by `1 + scale` (`scale` starts at zero), no
+  bias: the `xlstm` package's pre-norm."""
+
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", initializers.zeros_init(), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + self.eps) * (1.0 + scale)).astype(x.dtype)
+
+
+# The feed-forward's activations (the `xlstm` package's names; "gelu" is the exact one).
+ACTIVATIONS = {
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "swish": jax.nn.silu,
+  "relu": jax.nn.relu,
+}
+
+
+class GatedFeedForward(nn.Module):
+  """`down(act(gate) * up)` with `[gate, up] = proj_up(x)`, no biases: the `xlstm` package's
+  gated feed-forward. Its width is `proj_factor * features` rounded up to a multiple of 64."""
+
+  proj_factor: float = 1.3
+  activation: str = "gelu"
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+    h = x.shape[-1]
+    up = math.ceil(self.proj_factor * h / 64) * 64
+    gate, value = jnp.split(nn.Dense(2 * up, use_bias=False, name="proj_up")(x), 2, axis=-1)
+    y = nn.Dense(h, use_bias=False, name="proj_down")(ACTIVATIONS[self.activation](gate) * value)
+    return Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class SLSTMBlock(nn.Module):
+  """The sLSTM block of the `xlstm` package (post-up-projection): `x + SLSTM(norm(x))`, then
+  `x + GatedFeedForward(norm(x))` (no feed-forward with `ffn_proj_factor=0`).
+
+  Attributes:
+    slstm: the block's `SLSTM` (its width is the block's; its options are the layer's).
+    ffn_proj_factor, ffn_activation: the feed-forward's width factor and activation.
+    dropout: on the feed-forward's output.
+  """
+
+  slstm: SLSTM
+  ffn_proj_factor: float = 1.3
+  ffn_activation: str = "gelu"
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(
+    self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
+  ) -> Array:
+    if self.slstm.return_carry:
+      raise ValueError("SLSTMBlock's layer returns its outputs only (return_carry=False)")
+    x = x + self.slstm(
+      ResidualLayerNorm(name="norm")(x), seq_lengths=seq_lengths, deterministic=deterministic
+    )
+    if self.ffn_proj_factor:
+      ffn = GatedFeedForward(self.ffn_proj_factor, self.ffn_activation, self.dropout, name="ffn")
+      x = x + ffn(ResidualLayerNorm(name="ffn_norm")(x), deterministic=deterministic is not False)
+    return x
+
+
+__all__ = ["SLSTM", "SLSTMBlock", "GatedFeedForward", "HeadNorm", "HeadwiseLinear"]

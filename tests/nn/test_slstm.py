@@ -154,3 +154,31 @@ def test_converters_are_inverse(layout):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="missing 'slstm_cell._recurrent_kernel_'"):
     convert.from_xlstm_slstm_layer({}, num_heads=4)
+
+
+def test_block_equals_the_xlstm_package():
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("xlstm")
+  from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
+  from xlstm.blocks.slstm.layer import sLSTMLayerConfig
+  from xlstm.components.feedforward import FeedForwardConfig
+
+  from flaxlstm.nn.xlstm import SLSTMBlock
+
+  h, heads = 16, 4
+  torch.manual_seed(0)
+  cfg = sLSTMBlockConfig(
+    slstm=sLSTMLayerConfig(embedding_dim=h, num_heads=heads, backend="vanilla", dtype="float32"),
+    feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu"),
+    _num_blocks=1,
+    _block_idx=0,
+  )
+  theirs = sLSTMBlock(cfg)
+  with torch.no_grad():
+    for v in theirs.parameters():
+      v.copy_(0.3 * torch.randn_like(v))
+  state = {k: v.detach().numpy() for k, v in theirs.state_dict().items()}
+  params = {"params": convert.from_xlstm_slstm_block(state, num_heads=heads, layout="vanilla")}
+  x = _rand(6, B, T, h)
+  ours = SLSTMBlock(SLSTM(h, num_heads=heads))
+  _close(ours.apply(params, x), theirs(torch.tensor(x)).detach(), rtol=1e-5, atol=2e-5)
