@@ -109,7 +109,7 @@ class Encoder:
   def check(self, spec: RunSpec, c: Any) -> None:
     """The encoder's rules (`c.model`, `c.data`, `c.train`: the sections' checkers)."""
     impl = implementation(spec.model)
-    offered = ("auto", "autodiff", *getattr(self.cell_class, "kernels", ()))
+    offered = kernels.offered_names(self.cell_class)
     c.model.check(
       "cell.implementation",
       impl in offered,

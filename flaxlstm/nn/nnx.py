@@ -148,6 +148,54 @@ class LSTMCell(nnx.RNNCellBase):
     return 1
 
 
+class LinenCell(nnx.RNNCellBase):
+  """A flaxlstm Linen cell (one offering the pure step: `parameters`, `project`, `recur`)
+  as an NNX cell: its parameters held as `nnx.Param`s under the Linen names, its math the
+  Linen cell's own. `RNN` runs it on the cell's kernels (the sLSTM's fused loop), and it
+  steps inside `nnx.RNN` too.
+
+      cell = lnnx.LinenCell(flaxlstm.SLSTMCell(64, num_heads=4), in_features=8, rngs=rngs)
+  """
+
+  def __init__(self, cell: Any, in_features: int, *, rngs: nnx.Rngs):
+    self.in_features, self.features = in_features, cell.features
+    self._cell = cell.clone(parent=None)
+    init = self._cell.init(rngs.params(), in_features, method="parameters")["params"]
+    self.names = tuple(init)
+    for name, value in init.items():
+      setattr(self, name, nnx.Param(value))
+
+  @property
+  def math(self) -> Any:
+    """The Linen cell, unbound: only its pure step and dtypes are used."""
+    return self._cell
+
+  def params(self) -> dict[str, Array]:
+    return {n: getattr(self, n)[...] for n in self.names}
+
+  def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
+    math, p = self.math, self.params()
+    new, y = math.recur(p, carry, math.project(p, inputs))
+    return (tuple(new) if type(carry) is tuple else new), y
+
+  def initialize_carry(  # type: ignore[override]
+    self, input_shape: tuple[int, ...], rngs: nnx.Rngs | nnx.RngStream | None = None
+  ) -> Carry:
+    del rngs  # flaxlstm's cells start from zeros
+    return self.math.initialize_carry(jax.random.key(0), input_shape)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+def SLSTMCell(in_features: int, features: int, *, rngs: nnx.Rngs, **options: Any) -> LinenCell:  # noqa: N802
+  """The sLSTM cell (`flaxlstm.SLSTMCell`, its options as keywords) as an NNX cell."""
+  from flaxlstm.nn.cells.slstm import SLSTMCell as LinenSLSTMCell
+
+  return LinenCell(LinenSLSTMCell(features, **options), in_features, rngs=rngs)
+
+
 class RNN(nnx.Module):
   """One recurrent layer over any NNX cell, running `flaxlstm.RNN`'s code: a drop-in for
   `nnx.RNN` (same call: `initial_carry`, `seq_lengths`, `return_carry`, `time_major`,
@@ -193,7 +241,7 @@ class RNN(nnx.Module):
   def _step(self) -> tuple[Any, Any, Callable]:
     """The cell's pure step, its parameters and its default carry (cells/base.py)."""
     cell = self.cell
-    if isinstance(cell, LSTMCell):
+    if isinstance(cell, (LSTMCell, LinenCell)):
       math = cell.math
       return math, cell.params(), lambda shape: math.initialize_carry(jax.random.key(0), shape)
     graphdef, state = nnx.split(cell)
@@ -438,6 +486,8 @@ def from_nnx_cell(flax_cell: nnx.Module, *, forget_bias: float = 1.0) -> dict:
 
 __all__ = [
   "RNN",
+  "LinenCell",
+  "SLSTMCell",
   "LSTMCell",
   "LSTM",
   "StackedLSTM",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
-from flaxlstm.nn.cells.base import options_of
+from flaxlstm.nn.cells.base import option_fields, options_of
 from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer
@@ -75,15 +75,13 @@ class HeadNorm(nn.Module):
     return (out * (1.0 + scale)).astype(x.dtype)
 
 
-class SLSTM(SLSTMOptions):
-  """The sLSTM layer of the `xlstm` package (the module docstring), as a Flax layer.
-
-  Attributes: the `SLSTMOptions` (`features`, the layer's width in and out; `num_heads`,
-  `forget_gate`, ...: the cell's), and
+class SLSTMLayerOptions(SLSTMOptions):
+  """The sLSTM layer's options, declared once for `SLSTM` and `SLSTMBlock`: the
+  `SLSTMOptions` (`features`, the layer's width in and out; `num_heads`, `forget_gate`,
+  ...: the cell's), and
     conv1d_kernel_size: the causal convolution's width (0: no convolution).
     dropout: on the cell's outputs before the group norm (the `xlstm` package's).
     recurrent_dropout: variational dropout of the fed-back `h`.
-    return_carry: also return the cell's final `SLSTMCarry`: `(carry, y)`.
     unroll, remat, implementation: how the time loop runs (`flaxlstm.LSTM`'s).
     deterministic: disables dropout; can also be passed to `__call__`.
   """
@@ -91,11 +89,23 @@ class SLSTM(SLSTMOptions):
   conv1d_kernel_size: int = 4
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
-  return_carry: bool = False
   unroll: int = 1
   remat: bool = False
   implementation: str = "auto"
   deterministic: bool | None = None
+
+
+LAYER_OPTIONS = option_fields(SLSTMLayerOptions)
+
+
+class SLSTM(SLSTMLayerOptions):
+  """The sLSTM layer of the `xlstm` package (the module docstring), as a Flax layer.
+
+  Attributes: the `SLSTMLayerOptions`, and `return_carry`: also return the cell's final
+  `SLSTMCarry`, `(carry, y)`.
+  """
+
+  return_carry: bool = False
 
   @nn.compact
   def __call__(
@@ -180,32 +190,31 @@ class GatedFeedForward(nn.Module):
     return Dropout(self.dropout)(y, deterministic=deterministic)
 
 
-class SLSTMBlock(nn.Module):
+class SLSTMBlock(SLSTMLayerOptions):
   """The sLSTM block of the `xlstm` package (post-up-projection): `x + SLSTM(norm(x))`, then
   `x + GatedFeedForward(norm(x))` (no feed-forward with `ffn_proj_factor=0`).
 
-  Attributes:
-    slstm: the block's `SLSTM` (its width is the block's; its options are the layer's).
+  Attributes: the `SLSTMLayerOptions` (its layer's; `features` is the block's width), and
     ffn_proj_factor, ffn_activation: the feed-forward's width factor and activation.
-    dropout: on the feed-forward's output.
+    ffn_dropout: on the feed-forward's output.
   """
 
-  slstm: SLSTM
   ffn_proj_factor: float = 1.3
   ffn_activation: str = "gelu"
-  dropout: float = 0.0
+  ffn_dropout: float = 0.0
 
   @nn.compact
   def __call__(
     self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
   ) -> Array:
-    if self.slstm.return_carry:
-      raise ValueError("SLSTMBlock's layer returns its outputs only (return_carry=False)")
-    x = x + self.slstm(
+    layer = SLSTM(**options_of(self, LAYER_OPTIONS), features=self.features, name="slstm")
+    x = x + layer(
       ResidualLayerNorm(name="norm")(x), seq_lengths=seq_lengths, deterministic=deterministic
     )
     if self.ffn_proj_factor:
-      ffn = GatedFeedForward(self.ffn_proj_factor, self.ffn_activation, self.dropout, name="ffn")
+      ffn = GatedFeedForward(
+        self.ffn_proj_factor, self.ffn_activation, self.ffn_dropout, name="ffn"
+      )
       x = x + ffn(ResidualLayerNorm(name="ffn_norm")(x), deterministic=deterministic is not False)
     return x
 

@@ -180,5 +180,101 @@ def test_block_equals_the_xlstm_package():
   state = {k: v.detach().numpy() for k, v in theirs.state_dict().items()}
   params = {"params": convert.from_xlstm_slstm_block(state, num_heads=heads, layout="vanilla")}
   x = _rand(6, B, T, h)
-  ours = SLSTMBlock(SLSTM(h, num_heads=heads))
+  ours = SLSTMBlock(h, num_heads=heads)
   _close(ours.apply(params, x), theirs(torch.tensor(x)).detach(), rtol=1e-5, atol=2e-5)
+
+
+# ---- the fused kernel against the autodiff loop ------------------------------------------------
+def _state(seed, b, h):
+  """A carry as a run would leave it: n > 0, m anywhere."""
+  rng = np.random.default_rng(seed)
+  return SLSTMCarry(
+    rng.standard_normal((b, h)).astype(np.float32),
+    rng.uniform(0.5, 2.0, (b, h)).astype(np.float32),
+    rng.standard_normal((b, h)).astype(np.float32),
+    rng.standard_normal((b, h)).astype(np.float32),
+  )
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
+@pytest.mark.parametrize("h_masked", [False, True], ids=["", "h_mask"])
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("from_zeros", [False, True], ids=["carry", "zeros"])
+def test_fused_equals_autodiff(masked, h_masked, forget_gate, from_zeros):
+  """Outputs, final carries and the gradients of a loss on both, with respect to the
+  parameters, the inputs, the initial carry and the recurrent-dropout mask."""
+  from flaxlstm.nn import kernels
+
+  h, heads, d = 8, 2, 3
+  cell = SLSTMCell(h, num_heads=heads, forget_gate=forget_gate)
+  x = _rand(10, T, B, d)
+  params = _random_params(flaxlstm.RNN(cell), np.swapaxes(x, 0, 1))["params"]["cell"]
+  carry0 = jax.tree.map(np.zeros_like, _state(11, B, h)) if from_zeros else _state(11, B, h)
+  lengths = np.array([T, 3, 0])
+  mask = jnp.asarray((np.arange(T)[:, None] < lengths[None, :])[..., None]) if masked else None
+  h_mask = jnp.asarray(np.random.default_rng(12).uniform(0, 2, (B, h)), jnp.float32)
+  w_y, w_s = _rand(13, T, B, h), _rand(14, 4, B, h)
+  assert kernels.select(cell, "auto", kernels.Call()).name == "slstm_fused"
+
+  def loss(impl):
+    def f(p, x, carry, hm):
+      carry, ys = kernels.recurrence(
+        cell, p, carry, x, mask=mask, h_mask=hm if h_masked else None, implementation=impl
+      )
+      return (ys * w_y).sum() + sum((s * w).sum() for s, w in zip(carry, w_s)), (carry, ys)
+
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))
+
+  (l1, (c1, y1)), g1 = loss("fused")(params, x, carry0, h_mask)
+  (l2, (c2, y2)), g2 = loss("autodiff")(params, x, carry0, h_mask)
+  _close(y1, y2)
+  _close(l1, l2)
+  for a, b in zip(jax.tree.leaves((c1, g1)), jax.tree.leaves((c2, g2))):
+    _close(a, b, rtol=1e-4, atol=1e-5)
+  assert np.abs(np.asarray(g1[0]["recurrent_kernel"])).sum() > 0  # not vacuous
+
+
+def test_fused_layer_with_reverse_remat_and_ragged_lengths():
+  x = _rand(20, B, T, 4)
+  lengths = np.array([T, 4, 1])
+
+  def loss(p, m):
+    carry, ys = m.apply(p, x, seq_lengths=lengths)
+    return ys.sum() + carry.c.sum() + carry.n.sum()
+
+  grad = jax.value_and_grad(loss)
+  for kw in ({"reverse": True, "keep_order": True}, {"remat": True}):
+    fused = flaxlstm.RNN(SLSTMCell(8, num_heads=2), return_carry=True, **kw)
+    params = _random_params(fused, x)
+    got, want = grad(params, fused), grad(params, fused.clone(implementation="autodiff"))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      _close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_configurations_run_on_autodiff():
+  from flaxlstm.nn import kernels
+
+  call = kernels.Call()
+  for cell in (SLSTMCell(8, num_heads=2, gate_soft_cap=15.0), SLSTMCell(8, dtype=jnp.bfloat16)):
+    assert kernels.select(cell, "auto", call).name == "autodiff"
+    with pytest.raises(ValueError, match="fused sLSTM path"):
+      kernels.select(cell, "fused", call)
+  with pytest.raises(ValueError, match="needs an SLSTMCell"):
+    kernels.select(flaxlstm.LSTMCell(8), "slstm_fused", call)
+
+
+def test_the_nnx_cell_runs_the_linen_cells_math():
+  """`lnnx.SLSTMCell`: parameters under the Linen names, the same outputs through
+  `lnnx.RNN` (the fused kernel), `nnx.RNN` (its step) and the Linen layer."""
+  from flax import nnx
+
+  from flaxlstm import nnx as lnnx
+
+  x = _rand(30, B, T, 3)
+  cell = lnnx.SLSTMCell(3, 8, num_heads=2, forget_gate="exp", rngs=nnx.Rngs(0))
+  ours = lnnx.RNN(cell)(x)
+  _close(ours, nnx.RNN(cell)(x))
+  linen = flaxlstm.RNN(SLSTMCell(8, num_heads=2, forget_gate="exp"))
+  _close(ours, linen.apply({"params": {"cell": cell.params()}}, x))
+  grads = nnx.state(nnx.grad(lambda m: m(x).sum())(lnnx.RNN(cell)), nnx.Param)
+  assert set(grads["cell"]) == {"input_kernel", "recurrent_kernel", "bias"}

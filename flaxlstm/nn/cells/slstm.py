@@ -130,9 +130,9 @@ class SLSTMCell(SLSTMOptions, nn.RNNCellBase):
 
   project_inputs: bool = True
 
-  # The cell protocol (flaxlstm/nn/cells/base.py): no fast loop yet (the autodiff loop
-  # runs it), and its output is its carry's last field, h.
-  kernels: ClassVar[tuple[str, ...]] = ()
+  # The cell protocol (flaxlstm/nn/cells/base.py): its fused loop (nn/kernels/slstm_fused.py,
+  # asked for as "fused"), and its output is its carry's last field, h.
+  kernels: ClassVar[tuple[str, ...]] = ("slstm_fused",)
   output_in_carry: ClassVar[bool] = True
 
   @property

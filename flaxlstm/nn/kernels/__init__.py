@@ -2,7 +2,8 @@
 picks one for a cell and a call (`select`).
 
     KERNELS      name -> Kernel: "autodiff" (scan.py, any cell), "fused" (lstm_fused.py,
-                 the LSTM's custom VJP), "cudnn" (cudnn.py, NVIDIA's LSTM, opt-in)
+                 the LSTM's custom VJP), "slstm_fused" (slstm_fused.py, the sLSTM's, which
+                 an sLSTM cell offers as "fused"), "cudnn" (cudnn.py, NVIDIA's LSTM, opt-in)
     select       (cell, requested implementation, what the call needs) -> the Kernel to run
     recurrence   a cell over time-major inputs on the kernel `select` picks (tests, benchmarks)
 
@@ -17,7 +18,7 @@ GPU cluster still runs on a laptop).
 A new kernel is one module here and one `register` call; a cell offers it by name.
 """
 
-from flaxlstm.nn.kernels import cudnn, lstm_fused, scan
+from flaxlstm.nn.kernels import cudnn, lstm_fused, scan, slstm_fused
 from flaxlstm.nn.kernels.registry import (
   KERNELS,
   Call,
@@ -25,6 +26,7 @@ from flaxlstm.nn.kernels.registry import (
   call_needs,
   members_batched,
   names,
+  offered_names,
   register,
   select,
 )
@@ -39,8 +41,10 @@ __all__ = [
   "lstm_fused",
   "members_batched",
   "names",
+  "offered_names",
   "recurrence",
   "register",
   "scan",
   "select",
+  "slstm_fused",
 ]

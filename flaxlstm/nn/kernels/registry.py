@@ -114,20 +114,44 @@ def _auto(cell: Any, call: Call) -> Kernel:
   return KERNELS["autodiff"]
 
 
+def _offered(cell: Any, requested: str) -> Kernel | None:
+  """The kernel `cell` offers under the name `requested` (its own name, or the name it is
+  offered as: an sLSTM cell's "fused" is the kernel "slstm_fused")."""
+  for name in getattr(cell, "kernels", ()):
+    kernel = KERNELS.get(name)
+    if kernel is not None and requested in (kernel.name, kernel.offered_as):
+      return kernel
+  return None
+
+
+def offered_names(cell_class: Any) -> tuple[str, ...]:
+  """What `implementation=` may be for a cell of `cell_class`: "auto", "autodiff" and the
+  names its kernels go by."""
+  names = ["auto", "autodiff"]
+  for name in getattr(cell_class, "kernels", ()):
+    kernel = KERNELS.get(name)
+    for alias in (kernel.offered_as, name) if kernel is not None else ():
+      if alias not in names:
+        names.append(alias)
+  return tuple(names)
+
+
 def select(cell: Any, requested: str, call: Call) -> Kernel:
   """The kernel that runs `cell`'s loop for `call` when `requested` ("auto" or a name)."""
   if requested == "auto":
     return _auto(cell, call)
-  kernel = KERNELS.get(requested)
+  kernel = _offered(cell, requested) or KERNELS.get(requested)
   if kernel is None:
     raise ValueError(f"unknown implementation {requested!r}: expected one of {', '.join(names())}")
   if kernel.name == "autodiff":
     return kernel
   reason = None
-  if kernel.offered_as not in getattr(cell, "kernels", ()):
+  if kernel.offered_as not in getattr(cell, "kernels", ()) and kernel.name not in getattr(
+    cell, "kernels", ()
+  ):
     # A wrapped Flax cell (cells/base.py: `LinenStep`) is named by the cell it wraps.
     shown = type(getattr(cell, "cell", cell)).__name__
-    reason = f"{shown} offers no {kernel.name!r} kernel"
+    reason = f"{shown} offers no {requested!r} kernel"
   reason = reason or kernel.unsupported(cell, call)
   if reason is None:
     return kernel

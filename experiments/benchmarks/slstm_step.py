@@ -1,0 +1,202 @@
+"""sLSTM train steps: flaxlstm's fused kernel vs its autodiff loop vs the `xlstm` package.
+
+One timed step is forward + backward + AdamW update of a stack of sLSTM blocks (the `xlstm`
+package's block: pre-norm, sLSTM layer with a causal convolution, residual, gated
+feed-forward) on random inputs and targets, MSE on the outputs. The peers:
+
+- `flaxlstm fused`: `flaxlstm.nn.xlstm.SLSTMBlock`, its cells on the fused custom VJP
+  (`flaxlstm/nn/kernels/slstm_fused.py`, what "auto" picks);
+- `flaxlstm autodiff`: the same model on the autodiff loop (`implementation="autodiff"`);
+- `xlstm vanilla`: the `xlstm` package's `sLSTMBlock` on its CPU backend (PyTorch, float32),
+  with `torch.optim.AdamW`.
+
+The three start from the same weights (`flaxlstm.nn.convert.from_xlstm_slstm_block`) and the
+first step's losses are checked equal before timing. Steps are interleaved (peer A, peer B,
+...) so that drifts of a shared machine hit every peer alike; medians and bests of `--steps`.
+
+Shapes: `tirex` (TiRex's: width 512, 4 heads, 12 blocks, feed-forward factor 2.667; batch
+32, 64 steps), `long` (one block of the same width over 2,048 steps, batch 8), `tiny` (for
+the tests).
+
+Usage:
+  python experiments/benchmarks/slstm_step.py --shape tirex --steps 5
+  python experiments/benchmarks/slstm_step.py --shape long --steps 3 --peers fused,autodiff
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  width: int
+  heads: int
+  blocks: int
+  batch: int
+  time: int
+  ffn: float = 2.6667
+
+
+SHAPES = {
+  "tirex": Shape(512, 4, 12, 32, 64),
+  "long": Shape(512, 4, 1, 8, 2048),
+  "tiny": Shape(16, 2, 2, 2, 8),
+}
+
+
+def _torch_stack(s: Shape):
+  import torch
+  from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
+  from xlstm.blocks.slstm.layer import sLSTMLayerConfig
+  from xlstm.components.feedforward import FeedForwardConfig
+
+  torch.manual_seed(0)
+  blocks = []
+  for k in range(s.blocks):
+    cfg = sLSTMBlockConfig(
+      slstm=sLSTMLayerConfig(
+        embedding_dim=s.width, num_heads=s.heads, backend="vanilla", dtype="float32"
+      ),
+      feedforward=FeedForwardConfig(proj_factor=s.ffn, act_fn="gelu"),
+      _num_blocks=s.blocks,
+      _block_idx=k,
+    )
+    blocks.append(sLSTMBlock(cfg))
+  model = torch.nn.Sequential(*blocks)
+  with torch.no_grad():  # the recurrent kernels start at zero there: give them weights
+    for name, v in model.named_parameters():
+      if "recurrent_kernel" in name:
+        v.copy_(0.1 * torch.randn_like(v))
+  return model
+
+
+def _flax_stack(s: Shape, implementation: str):
+  from flax import linen as nn
+
+  from flaxlstm.nn.xlstm import SLSTMBlock
+
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for k in range(s.blocks):
+        x = SLSTMBlock(
+          s.width,
+          num_heads=s.heads,
+          implementation=implementation,
+          ffn_proj_factor=s.ffn,
+          name=f"block_{k}",
+        )(x)
+      return x
+
+  return Stack()
+
+
+def _params_from_torch(model, s: Shape) -> dict:
+  from flaxlstm.nn import convert
+
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  return {
+    "params": {
+      f"block_{k}": convert.from_xlstm_slstm_block(
+        state, num_heads=s.heads, layout="vanilla", prefix=f"{k}."
+      )
+      for k in range(s.blocks)
+    }
+  }
+
+
+def make_peers(s: Shape, names: list[str]) -> dict:
+  """Each peer's `step() -> loss` (the first call compiles), from the same weights."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((s.batch, s.time, s.width)).astype(np.float32)
+  y = rng.standard_normal((s.batch, s.time, s.width)).astype(np.float32)
+  torch_model = _torch_stack(s)
+  params = _params_from_torch(torch_model, s)
+  peers = {}
+  for name in names:
+    if name == "xlstm":
+      import torch
+
+      opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-3, weight_decay=1e-4)
+      xt, yt = torch.tensor(x), torch.tensor(y)
+
+      def torch_step(model=torch_model, opt=opt, xt=xt, yt=yt):
+        opt.zero_grad()
+        loss = torch.mean((model(xt) - yt) ** 2)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+      peers["xlstm vanilla"] = torch_step
+      continue
+    model = _flax_stack(s, name)
+    tx = optax.adamw(1e-3, weight_decay=1e-4)
+
+    def step(state, x, y, model=model, tx=tx):
+      p, o = state
+      loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(p)
+      u, o = tx.update(g, o, p)
+      return (optax.apply_updates(p, u), o), loss
+
+    jitted = jax.jit(step, donate_argnums=0)
+    holder = {"state": (params, tx.init(params))}
+    holder["state"] = jax.tree.map(jnp.array, holder["state"])
+
+    def jax_step(jitted=jitted, holder=holder):
+      holder["state"], loss = jitted(holder["state"], x, y)
+      return float(loss)
+
+    peers[f"flaxlstm {name}"] = jax_step
+  return peers
+
+
+def run(shape: str, steps: int, names: list[str]) -> dict:
+  s = SHAPES[shape]
+  peers = make_peers(s, names)
+  first = {name: step() for name, step in peers.items()}  # compiles; the same first loss
+  losses = list(first.values())
+  assert np.allclose(losses, losses[0], rtol=1e-4), first
+  times: dict[str, list[float]] = {name: [] for name in peers}
+  for _ in range(steps):
+    for name, step in peers.items():
+      t0 = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - t0)
+  return {
+    "shape": shape,
+    **dataclasses.asdict(s),
+    "params": None,
+    "first_loss": first,
+    "median_s": {k: statistics.median(v) for k, v in times.items()},
+    "best_s": {k: min(v) for k, v in times.items()},
+  }
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--shape", default="tirex", choices=sorted(SHAPES))
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--peers", default="fused,autodiff,xlstm")
+  args = ap.parse_args()
+  out = run(args.shape, args.steps, args.peers.split(","))
+  ref = out["median_s"].get("flaxlstm fused")
+  print(f"\n{args.shape}: {args.steps} interleaved steps (median / best, s)")
+  for name in out["median_s"]:
+    med, best = out["median_s"][name], out["best_s"][name]
+    ratio = f"  fused is {med / ref:.2f}x faster" if ref and name != "flaxlstm fused" else ""
+    print(f"  {name:20s} {med:8.3f} / {best:8.3f}{ratio}")
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
