@@ -67,6 +67,9 @@ class DataSpec(_Spec):
 
   path: str = ""  # CSV or Parquet file; "" = the bundled ETTh1.csv.
   date_column: str = "date"  # Timestamp column; "" = the table has none.
+  # The date column's strptime format, e.g. "%d/%m/%Y %H:%M"; "" = inferred from the whole
+  # column, one format for every row (a day/month order both readings fit is refused).
+  date_format: str = ""
   # A long table (NeuralForecast's unique_id, ds, y): the column naming each row's series,
   # every series split, scaled and windowed on its own. "" = a wide table (one series).
   id_column: str = ""
@@ -120,6 +123,13 @@ class DataSpec(_Spec):
       )
     if self.calendar:
       c.check("calendar", bool(self.date_column), "needs data.date_column")
+    if self.date_format:
+      c.check("date_format", bool(self.date_column), "needs data.date_column")
+      # A format without a directive matches one literal string; "mixed" or "ISO8601" would
+      # be pandas' own modes, and "mixed" reads each row its own way.
+      c.check(
+        "date_format", "%" in self.date_format, "must be a strptime format such as '%d/%m/%Y'"
+      )
     # Each column has one role: the series id, an input, a target, known or static.
     ids = (self.id_column,) if self.id_column else ()
     roles = dict(features=self.features, target=self.target, known=self.known, static=self.static)

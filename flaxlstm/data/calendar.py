@@ -1,17 +1,28 @@
-"""Calendar features (`data.calendar`): covariates known in advance, computed from the dates.
+"""Calendar features (`data.calendar`): covariates known in advance, computed from the dates;
+and the dates of a forecast's future rows (`future_dates`).
 
 Each feature is its phase in [0, 1) within a cycle (the day, week, month, year), fed as a
 sin/cos pair so that the end of a cycle meets its start (23h is next to 0h). Used for the
 rows of a file (series.py) and for the future rows of a forecast (train/inference.py).
+
+A series' future rows are dated by its frequency as pandas infers it (`pd.infer_freq`: month
+end or start, business day, a week anchored to a weekday, quarter, hour, minutes, ...), one
+offset per step from its last date, never a median gap added up (which drifts off month
+ends). Each series of a panel steps by its own frequency.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import BaseOffset
+
+from flaxlstm.data.messages import error, short
 
 # data.calendar: the features there are.
 CALENDAR = ("hour", "dayofweek", "dayofmonth", "dayofyear", "month")
@@ -41,3 +52,58 @@ def calendar_features(dates: np.ndarray, names: Sequence[str]) -> np.ndarray:
 
 def calendar_names(names: Sequence[str]) -> tuple[str, ...]:
   return tuple(f"{name}_{f}" for name in names for f in ("sin", "cos"))
+
+
+def frequency(dates: np.ndarray) -> BaseOffset | None:
+  """The frequency of one series' (increasing) dates as pandas infers it, or None when they
+  fit none (a missing row, uneven steps) or are too few (pandas needs three)."""
+  if len(dates) < 3:
+    return None
+  with warnings.catch_warnings():
+    # pandas 3 warns that infer_freq will return an offset, not its name: to_offset takes both.
+    warnings.simplefilter("ignore", FutureWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    freq = pd.infer_freq(pd.DatetimeIndex(dates))
+  return None if freq is None else to_offset(freq)
+
+
+def step_dates(last: np.datetime64, offset: BaseOffset, periods: int) -> np.ndarray:
+  """The `periods` dates after `last`, stepped by `offset` (``datetime64[ns]``)."""
+  # `last` is on the offset (its frequency was inferred from dates ending there), so the
+  # range starts at it; the dates after it are the future ones.
+  stamps = pd.date_range(pd.Timestamp(last), periods=periods + 1, freq=offset)
+  return stamps[stamps > pd.Timestamp(last)][:periods].to_numpy("datetime64[ns]")
+
+
+def future_dates(
+  dates: np.ndarray, offsets: np.ndarray, periods: int, *, source: str, series_ids=()
+) -> np.ndarray:
+  """``(n_series, periods)`` the dates after each series' last one, by its own frequency.
+
+  `dates` holds every series' rows one after another (series ``s`` is rows
+  ``offsets[s]:offsets[s + 1]``, increasing).
+
+  Raises:
+    InputError: a series whose dates fit no frequency, naming the file and the series.
+  """
+  out = np.empty((len(offsets) - 1, periods), "datetime64[ns]")
+  for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
+    own = dates[begin:end]
+    offset = frequency(own)
+    if offset is None:
+      which = f"series {short(series_ids[s])} of {source}" if series_ids else source
+      if len(own) < 3:
+        why = f"{len(own)} dates are too few to infer a frequency from (pandas needs 3)"
+      else:
+        gaps = np.diff(own)
+        why = (
+          f"its dates fit no frequency (steps from {pd.Timedelta(gaps.min())} to "
+          f"{pd.Timedelta(gaps.max())}; pandas.infer_freq finds none)"
+        )
+      raise error(
+        f"cannot date the forecast after the last row of {which}: {why}; predict steps "
+        "future dates by the series' frequency, so give it evenly stepped rows (no missing "
+        "dates)"
+      )
+    out[s] = step_dates(own[-1], offset, periods)
+  return out

@@ -9,44 +9,20 @@ surface before any device is touched.
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from flaxlstm.errors import InputError
+from flaxlstm.data.dates import check_file_order, check_increasing, parse_dates
+from flaxlstm.data.messages import error, list_names, row_label, short
 
 _DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 _CSV_SUFFIXES = (".csv",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # data.fill: what to do with missing values (see `load_frame`).
 FILLS = ("none", "ffill", "interpolate")
-
-
-# ---- messages ---------------------------------------------------------------------------------
-def error(message: str) -> InputError:
-  """Builds an InputError whose message is guaranteed to be one line."""
-  return InputError(re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip())
-
-
-def short(value: Any, limit: int = 40) -> str:
-  """repr() of a value, cut short so a bad cell cannot flood the message."""
-  if isinstance(value, np.generic):
-    value = value.item()  # 5, not np.int64(5).
-  text = repr(value)
-  return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def list_names(names: Sequence[Any], limit: int = 12) -> str:
-  """Comma-separated names, truncated: files can have thousands of columns."""
-  shown = ", ".join(str(n) for n in list(names)[:limit])
-  if len(names) > limit:
-    shown += f", ... ({len(names) - limit} more)"
-  return shown
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -95,8 +71,13 @@ def _file_kind(path: Path) -> str:
   )
 
 
-def read_table(path: Path) -> tuple[pd.DataFrame, str]:
+def read_table(path: Path, *, text_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, str]:
   """Reads a CSV or Parquet file into a DataFrame with a fresh RangeIndex.
+
+  Args:
+    path: the file.
+    text_columns: columns a CSV's values are kept in as written (a series id: '007' and
+      '7' are two series, not the number 7); a Parquet file's columns keep their types.
 
   Returns:
     The frame and the file kind ("csv" or "parquet"), which decides how rows are named
@@ -111,7 +92,7 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
     if kind == "csv":
       # low_memory=False: type inference over the whole column, so a stray string late
       # in the file makes the column object-typed instead of a chunk-wise mixed warning.
-      frame = pd.read_csv(path, low_memory=False)
+      frame = pd.read_csv(path, low_memory=False, dtype=_text_dtypes(path, text_columns))
     else:
       frame = pd.read_parquet(path)
   except ImportError as e:
@@ -144,14 +125,16 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
   return frame, kind
 
 
+def _text_dtypes(path: Path, names: Sequence[str]) -> dict[str, type] | None:
+  """`dtype=` for `read_csv` keeping `names` as text, keyed by the header as written (names
+  are matched once stripped of spaces, as `read_table` strips them)."""
+  if not names:
+    return None
+  header = pd.read_csv(path, nrows=0).columns
+  return {c: str for c in header if str(c).strip() in names}
+
+
 # ---- validation ---------------------------------------------------------------------------------
-def _row_label(row: int, kind: str) -> str:
-  """Names a row both as a 0-based data row and, for CSV, as the file line to open."""
-  if kind == "csv":
-    return f"row {row} (line {row + 2})"
-  return f"row {row}"
-
-
 def _check_columns(
   frame: pd.DataFrame, wanted: Sequence[str], path: Path, date_column: str | None
 ) -> None:
@@ -167,64 +150,6 @@ def _check_columns(
       raise error(f"column {name!r} not found in {path} (columns: {list_names(existing)})")
 
 
-def _parse_dates(
-  raw: pd.Series, path: Path, column: str, kind: str, *, check_order: bool = True
-) -> np.ndarray:
-  """Parses, then checks a timestamp column is complete and (`check_order`) strictly
-  increasing and unique."""
-  missing = np.flatnonzero(raw.isna().to_numpy())
-  if missing.size:
-    raise error(
-      f"missing timestamp in date column {column!r} of {path} at "
-      f"{_row_label(int(missing[0]), kind)}"
-    )
-  if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-    # pandas would read integers as nanoseconds since 1970 and silently produce 1970
-    # dates; refuse rather than guess the unit.
-    raise error(
-      f"date column {column!r} of {path} holds numbers, not timestamps "
-      f"({_row_label(0, kind)}: {short(raw.iloc[0])}); write ISO timestamps "
-      "or set data.date_column=''"
-    )
-  with warnings.catch_warnings():
-    # "Could not infer format" warnings are noise: failures are reported below.
-    warnings.simplefilter("ignore")
-    try:
-      # utc=True: naive stamps stay as they are and aware ones (even with mixed offsets)
-      # become comparable UTC instants.
-      parsed = pd.to_datetime(raw, utc=True)
-    except (ValueError, TypeError, OverflowError):
-      # The fast path infers one format from the first value; retry value by value so
-      # that we can name the first stamp that really does not parse.
-      parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
-  bad = np.flatnonzero(parsed.isna().to_numpy())
-  if bad.size:
-    row = int(bad[0])
-    raise error(
-      f"unparseable timestamp {short(raw.iloc[row])} in date column {column!r} "
-      f"of {path} at {_row_label(row, kind)}"
-    )
-  dates = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-  if not check_order:
-    return dates
-  steps = np.diff(dates.astype(np.int64))
-  bad = np.flatnonzero(steps <= 0)
-  if bad.size:
-    row = int(bad[0]) + 1
-    this, before = pd.Timestamp(dates[row]), pd.Timestamp(dates[row - 1])
-    if steps[row - 1] == 0:
-      raise error(
-        f"duplicated timestamp {this} in date column {column!r} of {path} at "
-        f"{_row_label(row, kind)} (same as the row before)"
-      )
-    raise error(
-      f"timestamps not sorted in date column {column!r} of {path}: "
-      f"{this} at {_row_label(row, kind)} comes after {before} in the row "
-      "before; sort the file by time"
-    )
-  return dates
-
-
 def _numeric_column(raw: pd.Series, path: Path, column: str, kind: str) -> np.ndarray:
   """Converts one column to float64, naming the first cell that is not a number."""
   if pd.api.types.is_bool_dtype(raw):
@@ -237,7 +162,7 @@ def _numeric_column(raw: pd.Series, path: Path, column: str, kind: str) -> np.nd
     row = int(bad[0])
     raise error(
       f"non-numeric value {short(raw.iloc[row])} in column {column!r} of {path} "
-      f"at {_row_label(row, kind)}"
+      f"at {row_label(row, kind)}"
     )
   return coerced.to_numpy(dtype=np.float64)
 
@@ -261,7 +186,7 @@ def _check_finite(values: np.ndarray, path: Path, column: str, kind: str, fill: 
   if not bad.size:
     return
   row = int(bad[0])
-  where = f"in column {column!r} of {path} at {_row_label(row, kind)}"
+  where = f"in column {column!r} of {path} at {row_label(row, kind)}"
   if fill == "none":
     what = "missing value (NaN)" if np.isnan(values[row]) else f"infinite value ({values[row]})"
     raise error(f"{what} {where}; set data.fill='ffill' or 'interpolate' to fill gaps")
@@ -282,6 +207,7 @@ def validate_frame(
   columns: Sequence[str],
   fill: str,
   check_constant: bool,
+  date_format: str = "",
 ) -> pd.DataFrame:
   """Validates and cleans the selected columns of a freshly read frame."""
   if fill not in FILLS:
@@ -289,7 +215,9 @@ def validate_frame(
   _check_columns(frame, columns, path, date_column)
   out = {}
   if date_column:
-    out[date_column] = _parse_dates(frame[date_column], path, date_column, kind)
+    dates = parse_dates(frame[date_column], path, date_column, kind, date_format=date_format)
+    check_increasing(dates, path, date_column, kind)
+    out[date_column] = dates
   for name in columns:
     values = _fill_column(_numeric_column(frame[name], path, name, kind), fill)
     _check_finite(values, path, name, kind, fill)
@@ -311,6 +239,7 @@ def load_frame(
   columns: Sequence[str] | None = None,
   fill: str = "none",
   check_constant: bool = True,
+  date_format: str = "",
 ) -> pd.DataFrame:
   """Reads and validates a CSV or Parquet table.
 
@@ -319,6 +248,7 @@ def load_frame(
     date_column: name of the timestamp column, or ""/None for a file without dates.
       Timestamps must parse, be present on every row, strictly increase and be unique.
       Timezone-aware stamps are converted to UTC; the result is naive ``datetime64[ns]``.
+      The column is read one way throughout (flaxlstm/data/dates.py).
     columns: numeric columns to load, in this order; None or empty means every column
       except the date column.
     fill: ``"none"`` (any NaN/inf is an error), ``"ffill"`` (carry the last value
@@ -327,6 +257,8 @@ def load_frame(
       after the fill (e.g. leading NaNs with ffill) are still an error.
     check_constant: reject columns whose values are all equal. Turn off for short
       inference files, where a constant stretch is legitimate.
+    date_format: the strptime format of the date column (``data.date_format``); ""
+      infers one from the whole column.
 
   Returns:
     A DataFrame with a RangeIndex in file order: the date column (if any) as
@@ -349,6 +281,7 @@ def load_frame(
     columns=wanted,
     fill=fill,
     check_constant=check_constant,
+    date_format=date_format,
   )
 
 
@@ -367,12 +300,14 @@ def validate_long(
   columns: Sequence[str],
   fill: str,
   check_constant: bool,
+  date_format: str = "",
 ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
   """Validates a long table (one row per (series, date)) and sorts it by series, then date.
 
   Cells are checked in file order, so a message names the file's row; then the rows are
   sorted (stable) by series id and date, and gaps are filled within each series only (a
-  fill never carries one series' value into another).
+  fill never carries one series' value into another). Ids are text as the file writes them
+  (read them with `read_table`'s `text_columns`, so that CSV's '007' stays '007').
 
   Returns:
     The sorted frame (the date column, if any, then `columns` as float64), the row
@@ -391,19 +326,19 @@ def validate_long(
   missing = np.flatnonzero(codes < 0)
   if missing.size:
     raise error(
-      f"missing series id in column {id_column!r} of {path} at {_row_label(int(missing[0]), kind)}"
+      f"missing series id in column {id_column!r} of {path} at {row_label(int(missing[0]), kind)}"
     )
   names = np.array([str(u).strip() for u in uniques], dtype=object)
   empty = np.flatnonzero(names == "")
   if empty.size:
     row = int(np.argmax(codes == empty[0]))
-    raise error(f"empty series id in column {id_column!r} of {path} at {_row_label(row, kind)}")
+    raise error(f"empty series id in column {id_column!r} of {path} at {row_label(row, kind)}")
   # Ids that differ only by surrounding spaces are one series; series are sorted by name.
   merged, ids_sorted_names = pd.factorize(names, sort=True)
   series_of_row = merged[codes]
   values = {name: _numeric_column(frame[name], path, name, kind) for name in columns}
   if date_column:
-    dates = _parse_dates(frame[date_column], path, date_column, kind, check_order=False)
+    dates = parse_dates(frame[date_column], path, date_column, kind, date_format=date_format)
     order = np.lexsort((dates, series_of_row))
   else:
     # Without dates, rows are in time order within each series, as they appear in the file.
@@ -419,9 +354,12 @@ def validate_long(
       a, b = sorted((int(order[same[0]]), int(order[same[0] + 1])))
       raise error(
         f"duplicate (id, date) ({short(series_names[groups[same[0]]])}, "
-        f"{pd.Timestamp(d[same[0]])}) in {path} at {_row_label(a, kind)} and "
-        f"{_row_label(b, kind)}"
+        f"{pd.Timestamp(d[same[0]])}) in {path} at {row_label(a, kind)} and "
+        f"{row_label(b, kind)}"
       )
+    check_file_order(
+      dates, series_of_row, series_names, frame[date_column], path, date_column, kind
+    )
   out = {}
   if date_column:
     out[date_column] = dates[order]
@@ -435,7 +373,7 @@ def validate_long(
         _check_finite(values[name], path, name, kind, fill)  # raises, naming the file's row
       row, series_id = int(order[bad[0]]), series_names[groups[bad[0]]]
       raise error(
-        f"missing value in column {name!r} of {path} at {_row_label(row, kind)} (series "
+        f"missing value in column {name!r} of {path} at {row_label(row, kind)} (series "
         f"{short(series_id)}) remains after data.fill={fill!r} (no observed value before it "
         "in its series)"
       )

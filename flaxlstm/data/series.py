@@ -26,7 +26,14 @@ from flaxlstm.data import io, splits
 from flaxlstm.data.calendar import calendar_features, calendar_names
 from flaxlstm.data.io import error, list_names, short
 from flaxlstm.data.scaling import FittedScalers, SeriesScaler, inverse, make_scaler, transform
-from flaxlstm.data.table import Table, check_named, feature_columns, static_values, validate_table
+from flaxlstm.data.table import (
+  Table,
+  check_named,
+  feature_columns,
+  read,
+  static_values,
+  validate_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +249,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     InputError: for any problem with the file.
   """
   path = io.data_file(spec.path)
-  raw, kind = io.read_table(path)
+  raw, kind = read(spec, path)
   features, targets = feature_columns(spec, list(raw.columns))
   check_named(spec, list(raw.columns), path, features, targets)
   columns = list(dict.fromkeys(features + targets + spec.known + spec.static))
@@ -427,7 +434,7 @@ def prepare_inference(
   features, targets = tuple(scalers.feature_names), tuple(scalers.target_names)
   columns = list(dict.fromkeys(features + spec.known + spec.static))
   # No constant check: a short inference file may legitimately hold a flat stretch.
-  raw, kind = io.read_table(resolved)
+  raw, kind = read(spec, resolved)
   table, has_targets = validate_table(
     spec, resolved, raw, kind, columns, check_constant=False, optional=targets
   )

@@ -65,6 +65,11 @@ class Table:
     )
 
 
+def read(spec: DataSpec, path: Any) -> tuple[pd.DataFrame, str]:
+  """The file as read for `spec`: a long table's ids kept as text, as the file writes them."""
+  return io.read_table(path, text_columns=(spec.id_column,) if spec.id_column else ())
+
+
 def validate_table(
   spec: DataSpec,
   path: Any,
@@ -93,6 +98,7 @@ def validate_table(
       columns=wanted,
       fill=spec.fill,
       check_constant=check_constant,
+      date_format=spec.date_format,
     )
     return Table(frame, offsets, tuple(ids), path), present
   frame = io.validate_frame(
@@ -103,6 +109,7 @@ def validate_table(
     columns=wanted,
     fill=spec.fill,
     check_constant=check_constant,
+    date_format=spec.date_format,
   )
   return Table(frame, np.array([0, len(frame)], np.int64), (), path), present
 

@@ -133,8 +133,14 @@ def predict_file(
     starts = end.copy()
   starts = starts.astype(np.int64)
   series_of = data.row_series(starts - 1)
-  steps = _series_steps(data)
-  future = _future_known(spec.data, data, starts, series_of, steps)
+  # Every forecast runs past its series' end (the last one at least), so a file with dates
+  # needs each series' future dates: by its frequency, refused when it has none.
+  ahead = None
+  if data.dates is not None:
+    ahead = calendar.future_dates(
+      data.dates, data.offsets, data.horizon, source=data.source, series_ids=data.series_ids
+    )
+  future = _future_known(spec.data, data, starts, series_of, ahead)
   sample: dict[str, Any] = windows.model_inputs(
     data, starts[:1], None if future is None else future[:1]
   )
@@ -166,10 +172,10 @@ def predict_file(
   else:
     table["origin"] = (starts - 1 - begin[series_of])[window]
   table["step"] = h
-  if data.dates is not None and steps is not None:
-    table["date"] = origin + h * steps[series_of[window]]
   rows_ahead = starts[window] + h - 1
   inside = rows_ahead < end[series_of[window]]
+  if ahead is not None:
+    table["date"] = _dates(data, ahead, rows_ahead, series_of[window])
   for k, name in enumerate(data.target_names):
     table[name] = pred[:, :, k].reshape(-1).astype(np.float64)
     for level, q in zip(levels, quantiles):
@@ -189,23 +195,24 @@ def predict_file(
   return len(starts)
 
 
-def _series_steps(data: series.SeriesData) -> np.ndarray | None:
-  """Each series' time step (the median gap between its dates), or None without dates."""
-  if data.dates is None:
-    return None
-  gaps = np.diff(data.dates).astype("timedelta64[ns]")
-  steps = []
-  for b, e in zip(data.offsets[:-1], data.offsets[1:]):
-    inner = gaps[b : e - 1]
-    steps.append(np.median(inner.astype(np.int64)) if len(inner) else 0)
-  return np.asarray(steps, np.int64).astype("timedelta64[ns]")
+def _dates(data: series.SeriesData, ahead: np.ndarray, rows: np.ndarray, of: np.ndarray):
+  """The date of each row in `rows` (of series `of`): the file's, or past a series' end,
+  its future date (`ahead`: ``(n_series, horizon)``)."""
+  assert data.dates is not None
+  end = data.offsets[1:][of]
+  inside = rows < end
+  out = np.empty(len(rows), "datetime64[ns]")
+  out[inside] = data.dates[rows[inside]]
+  out[~inside] = ahead[of[~inside], (rows - end)[~inside]]
+  return out
 
 
-def _future_known(spec, data: series.SeriesData, starts, series_of, steps) -> np.ndarray | None:
+def _future_known(spec, data: series.SeriesData, starts, series_of, ahead) -> np.ndarray | None:
   """Known covariates over each window's horizon where it runs past its series' end.
 
-  Calendar features follow from the dates (each series' own time step); user columns
-  declared known (`data.known`) cannot be guessed, so such forecasts are refused.
+  Calendar features follow from the dates (`ahead`: each series' future dates, by its own
+  frequency); user columns declared known (`data.known`) cannot be guessed, so such
+  forecasts are refused.
   """
   if data.known is None:
     return None
@@ -221,12 +228,8 @@ def _future_known(spec, data: series.SeriesData, starts, series_of, steps) -> np
       "only where they are known (the file's own windows) or drop data.known"
     )
   out = data.known[np.minimum(rows, data.n_rows - 1)].copy()
-  assert data.dates is not None and steps is not None  # calendar features need dates
-  last = data.dates[end - 1]
-  ahead = (rows - end[:, None] + 1)[~inside]
-  dates = (
-    last[:, None].repeat(data.horizon, 1)[~inside]
-    + ahead * steps[series_of][:, None].repeat(data.horizon, 1)[~inside]
-  )
+  assert ahead is not None  # calendar features need dates
+  of = np.repeat(series_of[:, None], data.horizon, 1)
+  dates = _dates(data, ahead, rows[~inside], of[~inside])
   out[~inside] = calendar.calendar_features(dates, spec.calendar)
   return out

@@ -123,6 +123,35 @@ def main() -> None:
   csv("long_short_series.csv", short)
   csv("long_static_varies.csv", panel.assign(size=np.where(panel.index == 400, 9.0, panel["size"])))
 
+  # --- dates read one way (issue 33): day-first, missing, mixed zones, reordering ------
+  # Wide, day-first throughout: the file's day/month order is inferred from the whole
+  # column (this one is valid); hourly over 12 days, every day <= 12, is ambiguous.
+  dayfirst = pd.date_range("2021-01-01", periods=N_ROWS, freq="h")
+  csv("dayfirst_valid.csv", base.assign(date=dayfirst.strftime("%d/%m/%Y %H:%M")))
+  csv(
+    "dayfirst_ambiguous.csv",
+    valid_frame(288).assign(date=dayfirst[:288].strftime("%d/%m/%Y %H:%M")),
+  )
+  csv("mixed_formats.csv", with_cell(150, "date", "01/07/2021 06:00"))
+  csv("mixed_zones.csv", with_cell(90, "date", "2021-01-04 18:00:00+02:00"))
+  panel_ds = pd.to_datetime(panel.ds)
+  long_dayfirst = panel.assign(ds=panel_ds.dt.strftime("%d/%m/%Y %H:%M"))
+  csv("long_dayfirst_ambiguous.csv", long_dayfirst[panel_ds < "2021-01-13"])
+  csv("long_missing_date.csv", panel.assign(ds=panel.ds.where(panel.index != 210)))
+  csv("long_nat_date.csv", panel.assign(ds=panel.ds.where(panel.index != 33, "NaT")))
+  zoned = panel.ds.where(panel.index != 120, panel.ds + "+01:00")
+  csv("long_mixed_zones.csv", panel.assign(ds=zoned))
+  # A long table in time order but for one swapped pair of rows of series "b".
+  ordered = panel.sort_values(["unique_id", "ds"], ignore_index=True)
+  swap = ordered.index[ordered.unique_id == "b"][[40, 41]]
+  ordered.loc[swap, "ds"] = ordered.loc[swap[::-1], "ds"].to_numpy()
+  csv("long_out_of_order.csv", ordered)
+  # Monthly on the 1st..12th, written day-first and in order: read month-first (the wrong
+  # data.date_format) it parses, but 12/01 (1 December) comes before 01/02 (2 January).
+  days = [pd.Timestamp(2021, m, d) for m in range(1, 13) for d in range(1, 13)]
+  misread = pd.DataFrame({"unique_id": "a", "ds": [d.strftime("%d/%m/%Y") for d in days]})
+  csv("long_misread.csv", misread.assign(y=np.round(np.sin(np.arange(len(days)) / 3.0), 4)))
+
   # --- config files that need exact bytes ------------------------------------------------
   (HERE / "not_utf8.json").write_bytes(b'{"seed": 0, "data": {"target": ["\xff"]}}\n')
 
