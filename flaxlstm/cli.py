@@ -2,7 +2,7 @@
 
   flaxlstm train [--config ett[:ARG] | FILE.py[:ARG]] [--workdir runs/x] [--resume]
                  [--force] [--allow-changed-data] [--quiet] [--config.section.key=value ...]
-  flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers]
+  flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers] [--json]
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
                    [--overwrite]
   flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
@@ -23,12 +23,13 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from typing import Sequence
 
 from flaxlstm import console
-from flaxlstm.errors import InputError, Stopped, TrainingError
+from flaxlstm.errors import RERUN, InputError, Stopped, TrainingError
 
 # The packaged default experiment: what a new user gets, from whatever directory.
 DEFAULT_EXPERIMENT = "ett"
@@ -89,8 +90,13 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--num_processes", type=int)
   d.add_argument("--process_id", type=int)
   d.add_argument("--local_devices", type=int, help="CPU devices per process (CPU only)")
-  e = sub.add_parser("evaluate", help="recompute and print metrics.json of a run", parents=[common])
+  e = sub.add_parser(
+    "evaluate", help="recompute a run's metrics.json and print its scores", parents=[common]
+  )
   e.add_argument("--workdir", required=True)
+  e.add_argument(
+    "--json", action="store_true", help="print all of metrics.json, not the table of scores"
+  )
   e.add_argument(
     "--allow-changed-data",
     action="store_true",
@@ -246,6 +252,10 @@ def _train(args, overrides: list[str]) -> int:
       force=args.force,
       allow_changed_data=args.allow_changed_data,
     )
+  except (Stopped, TrainingError) as e:
+    if args.workdir is None:  # the same command would start afresh in a new folder
+      raise _naming_workdir(e, workdir) from None
+    raise
   finally:
     if distributed:  # leave together, or the last one out waits on the coordinator
       import jax
@@ -257,6 +267,14 @@ def _train(args, overrides: list[str]) -> int:
     print(_summary(metrics))
     print(f"run written to {workdir}")
   return 0
+
+
+def _naming_workdir(error: Stopped | TrainingError, workdir: str) -> Exception:
+  """`error` with its resume hint naming the timestamped workdir the CLI chose."""
+  text = str(error).replace(RERUN, f"{RERUN} with --workdir {shlex.quote(workdir)}")
+  if isinstance(error, Stopped):
+    return Stopped(error.signum, text)
+  return TrainingError(text)
 
 
 def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
@@ -366,6 +384,17 @@ def _tune(args) -> int:
   return 0
 
 
+def _predict(args, train_lib) -> int:
+  n = train_lib.predict_file(
+    args.workdir, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
+  )
+  from flaxlstm.train import workdir as workdir_lib
+
+  horizon = workdir_lib.read_run_config(args.workdir)[0].data.horizon  # one row per step
+  print(f"wrote {n} forecast{'s' * (n != 1)} ({n * horizon} rows) to {args.out}")
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command; returns its exit code (0, 1, 2 or 128 + signal)."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -404,13 +433,13 @@ def _main(argv: list[str]) -> int:
       metrics = train_lib.evaluate(
         args.workdir, allow_changed_data=args.allow_changed_data, refit_scalers=args.refit_scalers
       )
-      print(json.dumps(metrics, indent=2))
+      if args.json:
+        print(json.dumps(metrics, indent=2))
+      else:  # the table `train` ends with; every field is in metrics.json
+        print(_summary(metrics))
+        print(f"metrics written to {os.path.join(args.workdir, 'metrics.json')}")
       return 0
-    n = train_lib.predict_file(
-      args.workdir, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
-    )
-    print(f"wrote {n} forecasts to {args.out}")
-    return 0
+    return _predict(args, train_lib)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -7,6 +7,10 @@ of the run or its environment (too many non-finite steps, a full disk): exit cod
 file, column, value or key.
 """
 
+# How a message tells the user to resume. The CLI names the workdir in it when it chose
+# the workdir itself (a timestamped one, which the same command would not find again).
+RERUN = "rerun the same command"
+
 
 class InputError(ValueError):
   """Bad user input: a data file, a config value or a workdir. Message is one line."""
@@ -31,7 +35,6 @@ class Preempted(Stopped):
   def __init__(self, signum: int, step: int):
     super().__init__(
       signum,
-      f"stopped by signal {signum} at step {step}; checkpoint saved, "
-      "rerun the same command to resume",
+      f"stopped by signal {signum} at step {step}; checkpoint saved, {RERUN} to resume",
     )
     self.step = step

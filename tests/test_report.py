@@ -1,5 +1,6 @@
 """Tests for flaxlstm.report: metrics files, TensorBoard, atomic JSON, plots, Progress."""
 
+import io
 import json
 import subprocess
 import sys
@@ -127,6 +128,28 @@ def test_progress_off_a_terminal_is_silent(capsys, enabled):
     for _ in range(10):
       progress.update(loss=0.5)
   assert capsys.readouterr().err == ""
+
+
+class _Terminal(io.StringIO):
+  def isatty(self) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("up_to", [False, True])
+def test_progress_under_early_stopping_counts_to_a_bound_without_an_eta(monkeypatch, up_to):
+  # Early stopping may end a run at any evaluation: its bar says "up to" and shows no ETA
+  # (which, counted to max steps, was 2-4x too long on the default experiment).
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  with report.Progress(2000, desc="train", up_to=up_to) as progress:
+    progress.update(120, loss=0.25)
+    progress._bar.refresh()
+    shown = terminal.getvalue().split("\r")[-1]
+  if up_to:
+    assert "train: 120 of up to 2000 steps [" in shown and "loss=0.25" in shown
+    assert "%" not in shown and "<" not in shown  # neither a fraction nor an ETA
+  else:
+    assert "120/2000" in shown and "<" in shown  # a fixed budget keeps its ETA
 
 
 def test_forecast_title_shows_a_readable_date(tmp_path, monkeypatch):

@@ -67,8 +67,8 @@ def load_python(
 ) -> Any:
   """Imports a Python spec file (experiment, sweep or tune) and returns `function(*args)`.
 
-  Whatever the file does wrong (missing, syntax error, no such function, raising) is the
-  user's input problem: an InputError naming the file, e.g.
+  Whatever the file does wrong (missing, syntax error, no such function, raising, calling
+  sys.exit) is the user's input problem: an InputError naming the file, e.g.
   "sweep file 'x.py' failed to import: NameError: ...".
   """
   path = pathlib.Path(path)
@@ -83,6 +83,8 @@ def load_python(
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+  except SystemExit as e:
+    raise InputError(_exited(where, e, "while it was imported")) from None
   except Exception as e:  # Whatever the file does wrong is the user's input problem.
     raise InputError(f"{where} failed to import: {describe(e)}") from e
   fn = getattr(module, function, None)
@@ -95,10 +97,18 @@ def load_python(
     raise InputError(f"{where}: {function}() does not accept {wanted}") from None
   try:
     return fn(*args)
+  except SystemExit as e:
+    raise InputError(_exited(where, e, f"in {function}()")) from None
   except InputError as e:  # The file's own complaint (e.g. a bad arg) is already worded.
     raise InputError(f"{where}: {e}") from e
   except Exception as e:
     raise InputError(f"{where}: {function}() raised {describe(e)}") from e
+
+
+def _exited(where: str, stop: SystemExit, when: str) -> str:
+  """A file that calls sys.exit() (or exit()) would end flaxlstm with its code, 0 too, and
+  nothing done: refused like any other error of the file."""
+  return f"{where} called sys.exit({stop.code!r}) {when}; it must define its function and return"
 
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:

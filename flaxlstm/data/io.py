@@ -23,6 +23,8 @@ _CSV_SUFFIXES = (".csv",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # data.fill: what to do with missing values (see `load_frame`).
 FILLS = ("none", "ffill", "interpolate")
+# The largest magnitude the model's float32 arrays hold; a value beyond it becomes inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -198,6 +200,23 @@ def _check_finite(values: np.ndarray, path: Path, column: str, kind: str, fill: 
   raise error(f"missing value {where} remains after data.fill={fill!r} ({hint})")
 
 
+def check_float32(values: np.ndarray, path: Path, column: str, kind: str) -> None:
+  """Refuses a finite value too large for float32: the model, its scalers' outputs and
+  `y_raw` are float32, where it would become inf and turn every metric into NaN."""
+  big = np.flatnonzero(np.isfinite(values) & (np.abs(values) > FLOAT32_MAX))
+  if big.size:
+    row = int(big[0])
+    raise error(
+      f"value {values[row]:g} in column {column!r} of {path} at {row_label(row, kind)} is "
+      f"outside the float32 range (|x| <= {FLOAT32_MAX:.4g}); rescale the column"
+    )
+
+
+def file_row_label(row: int, path: Path) -> str:
+  """`row_label` for a file named by its path (a wide table's rows are the file's)."""
+  return row_label(row, "csv" if Path(path).suffix.lower() in _CSV_SUFFIXES else "parquet")
+
+
 def validate_frame(
   frame: pd.DataFrame,
   path: Path,
@@ -219,7 +238,9 @@ def validate_frame(
     check_increasing(dates, path, date_column, kind)
     out[date_column] = dates
   for name in columns:
-    values = _fill_column(_numeric_column(frame[name], path, name, kind), fill)
+    values = _numeric_column(frame[name], path, name, kind)
+    check_float32(values, path, name, kind)  # before the fill: names the file's own value
+    values = _fill_column(values, fill)
     _check_finite(values, path, name, kind, fill)
     if check_constant and values.size and np.all(values == values[0]):
       # A constant column carries no signal and breaks scaling (zero variance), and is
@@ -364,6 +385,7 @@ def validate_long(
   if date_column:
     out[date_column] = dates[order]
   for name in columns:
+    check_float32(values[name], path, name, kind)  # in file order: names the file's row
     column = values[name][order]
     if fill != "none":
       column = _fill_grouped(column, groups, fill)

@@ -17,15 +17,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from flaxlstm.config.specs import DataSpec
-from flaxlstm.data import io, splits
+from flaxlstm.data import checks, io, splits
 from flaxlstm.data.calendar import calendar_features, calendar_names
 from flaxlstm.data.io import error, list_names, short
-from flaxlstm.data.scaling import FittedScalers, SeriesScaler, inverse, make_scaler, transform
+from flaxlstm.data.scaling import FittedScalers, SeriesScaler, inverse, make_scaler
 from flaxlstm.data.table import (
   Table,
   check_named,
@@ -254,6 +254,8 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   check_named(spec, list(raw.columns), path, features, targets)
   columns = list(dict.fromkeys(features + targets + spec.known + spec.static))
   table, _ = validate_table(spec, path, raw, kind, columns, check_constant=True)
+  # What data.fill made up, by column (a wide table's rows are the file's rows).
+  missing = checks.missing(raw, columns) if spec.fill != "none" and not spec.id_column else {}
   del raw  # the validated table holds what is needed; a large file is not kept twice
   date_column = spec.date_column or None
   dates = table.frame[date_column].to_numpy() if date_column else None
@@ -287,6 +289,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   begin = table.offsets[:-1, None]
   local = np.concatenate([np.zeros((len(ends), 1), np.int64), ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
+  checks.warn_filled_splits(missing, split_rows, spec, targets, path)
 
   frame = table.frame
   blocks = {
@@ -299,6 +302,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     train_mask = np.zeros(len(frame), bool)
     for a, b in split_rows["train"]:
       train_mask[a:b] = True
+    checks.train_targets(blocks["targets"], train_mask, targets, table, split_rows["train"])
     fit = lambda v: _fit(spec.scaler, spec.scaler_scope, v, train_mask, split_rows["train"])
     scalers = FittedScalers(
       kind=spec.scaler,
@@ -373,18 +377,22 @@ def _build(
     row_codes = codes[table.row_series]
   date_column = spec.date_column or None
   dates = table.frame[date_column].to_numpy() if date_column else None
-  known_parts = [transform(scalers.known_scaler, blocks["known"], row_codes)] if spec.known else []
+
+  def scaled(scaler: Any, block: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    return checks.scaled(scaler, block, names, np.arange(len(block)), row_codes, spec, table)
+
+  known_parts = [scaled(scalers.known_scaler, blocks["known"], spec.known)] if spec.known else []
   if spec.calendar:
     assert dates is not None
     known_parts.append(calendar_features(dates, spec.calendar))
   if has_targets:
     y_raw = blocks["targets"]
-    y = transform(scalers.target_scaler, y_raw, row_codes)
+    y = scaled(scalers.target_scaler, y_raw, targets)
   else:
     y_raw = np.full((len(table.frame), len(targets)), np.nan)
     y = y_raw.astype(np.float32)
   return SeriesData(
-    x=transform(scalers.feature_scaler, blocks["features"], row_codes),
+    x=scaled(scalers.feature_scaler, blocks["features"], features),
     y=y,
     y_raw=y_raw.astype(np.float32),
     dates=dates,
@@ -400,7 +408,11 @@ def _build(
     series_codes=codes,
     known=np.concatenate(known_parts, axis=1) if known_parts else None,
     known_names=spec.known + calendar_names(spec.calendar),
-    static=None if static is None else transform(scalers.static_scaler, static),
+    static=None
+    if static is None  # one row per series, scaled over the series: named by its first row
+    else checks.scaled(
+      scalers.static_scaler, static, spec.static, table.offsets[:-1], None, spec, table
+    ),
     has_targets=has_targets,
   )
 

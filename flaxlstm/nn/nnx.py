@@ -424,11 +424,13 @@ def load_params(cell: LSTMCell, params: Mapping[str, Any]) -> LSTMCell:
 
 
 def linen_to_nnx(module: nnx.Module, linen_params: Mapping[str, Any]) -> nnx.Module:
-  """Loads a Linen layer's params into the matching NNX layer, in place.
+  """Loads a Linen layer's variables into the matching NNX layer, in place; the inverse of
+  `nnx_to_linen`.
 
-  The trees correspond name for name: `LSTM`'s `{'cell': {...}}`; `StackedLSTM`'s
-  `{'lstm_i' | 'bilstm_i': ...}` to `layers[i]`; `Bidirectional`'s `forward_rnn` /
-  `backward_rnn`. A `{'params': ...}` wrapper is accepted.
+  `linen_params` is what the Linen layer's `init` returns, `{'params': tree}` (the bare
+  tree is accepted too). The trees correspond name for name: `LSTM`'s `{'cell': {...}}`;
+  `StackedLSTM`'s `{'lstm_i' | 'bilstm_i': ...}` to `layers[i]`; `Bidirectional`'s
+  `forward_rnn` / `backward_rnn`.
   """
   if "params" in linen_params and len(linen_params) == 1:
     linen_params = linen_params["params"]
@@ -449,19 +451,26 @@ def linen_to_nnx(module: nnx.Module, linen_params: Mapping[str, Any]) -> nnx.Mod
 
 
 def nnx_to_linen(module: nnx.Module) -> dict:
-  """The Linen params tree (without the `{'params': ...}` wrapper) of an NNX layer."""
+  """The Linen variables of an NNX layer, `{'params': tree}`: what the Linen layer's `init`
+  returns and its `apply` takes, so `linen_to_nnx` and this are inverses (a round trip
+  gives the same arrays back)."""
+  return {"params": _linen_tree(module)}
+
+
+def _linen_tree(module: nnx.Module) -> dict:
+  """The Linen params tree of an NNX layer, without the `{'params': ...}` wrapper."""
   if isinstance(module, LSTMCell):
     return module.params()
   if isinstance(module, RNN) and isinstance(module.cell, LSTMCell):  # LSTM included
     return {"cell": module.cell.params()}
   if isinstance(module, Bidirectional):
     return {
-      "forward_rnn": nnx_to_linen(module.forward_rnn),
-      "backward_rnn": nnx_to_linen(module.backward_rnn),
+      "forward_rnn": _linen_tree(module.forward_rnn),
+      "backward_rnn": _linen_tree(module.backward_rnn),
     }
   if isinstance(module, StackedLSTM):
     return {
-      f"{'bilstm' if isinstance(layer, Bidirectional) else 'lstm'}_{i}": nnx_to_linen(layer)
+      f"{'bilstm' if isinstance(layer, Bidirectional) else 'lstm'}_{i}": _linen_tree(layer)
       for i, layer in enumerate(module.layers)
     }
   raise TypeError(f"not a flaxlstm NNX module: {type(module).__name__}")

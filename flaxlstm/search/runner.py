@@ -243,7 +243,7 @@ def train_populations(
           say(f"[{i}/{len(jobs)}] FAILED  {r.name}: error: {m['error']}")
       ok = [r.name for r in members if r.name not in failures]
       seconds = time.perf_counter() - t0
-      say(f"[{i}/{len(jobs)}] ok      {len(ok)} runs ({seconds:.0f} s): {', '.join(ok)}")
+      say(f"[{i}/{len(jobs)}] ok      {len(ok)} runs ({seconds:.0f} s): {some_names(ok)}")
 
   def worker(device: Any, stop: StopRequest) -> None:
     while True:
@@ -271,6 +271,13 @@ def train_populations(
       "same command to resume",
     )
   return failures
+
+
+def some_names(names: Sequence[str], limit: int = 3) -> str:
+  """The first `limit` names and how many more: a progress line of a population of 500
+  members stays one readable line (the results tables list them all)."""
+  shown = ", ".join(names[:limit])
+  return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
 def population_jobs(groups: list[list[int]], n_devices: int) -> list[list[int]]:

@@ -67,7 +67,29 @@ def open_storage(optuna, url: str) -> Any:
   if path.is_dir() or not path.parent.is_dir():
     raise InputError(f"--storage {url}: not a file in an existing directory")
   journal = optuna.storages.journal
-  return optuna.storages.JournalStorage(journal.JournalFileBackend(str(path)))
+  try:
+    # Opened for appending as the workers will (Optuna creates a missing file this way),
+    # so an unwritable path is one line here rather than a traceback at the first write.
+    with open(path, "ab"):
+      pass
+    return optuna.storages.JournalStorage(journal.JournalFileBackend(str(path)))
+  except OSError as e:
+    raise InputError(f"--storage {url}: cannot write the journal file ({e.strerror})") from None
+
+
+@contextlib.contextmanager
+def _removed_if_refused(url: str) -> Iterator[None]:
+  """Removes the journal file this worker created if the search is then refused: a refused
+  command leaves nothing behind (an existing journal, other workers' too, is kept)."""
+  path = None if "://" in url else pathlib.Path(url)
+  new = path is not None and not path.exists()
+  try:
+    yield
+  except BaseException:
+    # Only while still empty: another worker may have begun writing to it meanwhile.
+    if new and path is not None and path.is_file() and path.stat().st_size == 0:
+      path.unlink()
+    raise
 
 
 def study_name(tune: Tune) -> str:
@@ -88,11 +110,14 @@ def run_worker(
   """One worker: ask, train and tell rounds of `parallel` trials until the search is full."""
   optuna = import_optuna()
   say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-  storage = open_storage(optuna, storage_url)  # refused before anything is written
-  trial_store.open_store(tune, workdir)  # the same search in this workdir, or refused
-  study = optuna.create_study(
-    study_name=study_name(tune), storage=storage, direction="minimize", load_if_exists=True
-  )
+  # The same search in this workdir, or refused, before the storage is created.
+  trial_store.open_store(tune, workdir, create=False)
+  with _removed_if_refused(storage_url):
+    storage = open_storage(optuna, storage_url)
+    trial_store.open_store(tune, workdir)
+    study = optuna.create_study(
+      study_name=study_name(tune), storage=storage, direction="minimize", load_if_exists=True
+    )
   distributions = searchers.optuna_distributions(optuna, tune.space)
   state = optuna.trial.TrialState
   say(f"tune worker: study {study.study_name}, {tune.trials} trials, {parallel} per round")

@@ -12,7 +12,9 @@ A sweep file (``experiments/sweeps/NAME.py``) defines ``get_sweep()`` returning 
         "seeds": [0, 1, 2],                      # each setting once per seed (default [0])
     }
 
-Runs are the product grid x zip x seeds. Each run is named by its swept values, e.g.
+Runs are the product grid x zip x seeds, at most `MAX_RUNS` (10,000: counted before anything
+is expanded, so a grid of 10^8 runs is one line, not gigabytes; split a larger study into
+several sweeps). Each run is named by its swept values, e.g.
 ``model.dropout=0.2,seed=1`` (tuples join with "-", other odd characters become "_"), and
 trains in ``WORKDIR/<name>`` through the runner (runner.py: one process per run, skipped
 once finished, failures listed, signals passed on, every run's config validated when the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import pathlib
 import re
@@ -39,6 +42,10 @@ from flaxlstm.search.runner import Run
 from flaxlstm.train import lock as lock_lib
 
 _SWEEP_KEYS = ("config", "overrides", "grid", "zip", "seeds")
+# The most runs one sweep may have. Every run's config is built and validated when the file
+# loads (milliseconds each), and a run is a process and a folder: far more than this is a
+# grid written by mistake, whose expansion alone would fill the memory.
+MAX_RUNS = 10_000
 
 
 @dataclasses.dataclass
@@ -75,6 +82,7 @@ def expand(spec: dict[str, Any]) -> Sweep:
   grid = {k: list(v) for k, v in spec.get("grid", {}).items()}
   zipped = {k: list(v) for k, v in spec.get("zip", {}).items()}
   seeds = list(spec.get("seeds", [0]))
+  check_size(grid, zipped, seeds)
   fixed = tuple(spec.get("overrides", ()))
   zip_rows = list(zip(*zipped.values())) or [()]
   runs, names = [], set()
@@ -125,6 +133,20 @@ def check_spec(spec: Any) -> None:
     raise InputError("'seeds' has duplicates")
   if not all(isinstance(o, str) and "=" in o for o in spec.get("overrides", ())):
     raise InputError("'overrides' must be a list of 'key=value' strings")
+
+
+def check_size(grid: dict[str, list], zipped: dict[str, list], seeds: list[int]) -> None:
+  """Refuses a sweep of more than `MAX_RUNS` runs, counted without expanding it."""
+  zip_rows = len(next(iter(zipped.values()))) if zipped else 1  # zip lists: equal lengths
+  count = math.prod(len(v) for v in grid.values()) * zip_rows * len(seeds)
+  if count > MAX_RUNS:
+    sizes = [f"{len(v)} {k}" for k, v in grid.items()]
+    sizes += [f"{zip_rows} zipped"] if zipped else []
+    sizes += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
+    raise InputError(
+      f"the sweep has {count:,} runs ({' x '.join(sizes)}), more than the limit of "
+      f"{MAX_RUNS:,} (flaxlstm.search.sweep.MAX_RUNS); sweep fewer values or split it"
+    )
 
 
 def run_name(setting: dict[str, Any], seed: int) -> str:

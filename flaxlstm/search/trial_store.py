@@ -10,6 +10,7 @@ and holds its metric.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -52,6 +53,8 @@ def open_store(tune: Tune, workdir: str | os.PathLike[str], *, create: bool = Tr
   """Checks that `workdir` holds this search (writing tune.json if it is new, unless
   `create` is false) and returns its recorded trials."""
   workdir = pathlib.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise InputError(f"--workdir {workdir} is not a directory")
   path = workdir / "tune.json"
   identity = search_identity(tune)
   if path.is_file():
@@ -64,8 +67,13 @@ def open_store(tune: Tune, workdir: str | os.PathLike[str], *, create: bool = Tr
         f"'{workdir}' holds a search with another {', '.join(changed)}; use another --workdir"
       )
   elif create:
-    workdir.mkdir(parents=True, exist_ok=True)
-    fileio.write_atomic(path, json.dumps(identity, indent=2) + "\n")
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      fileio.write_atomic(path, json.dumps(identity, indent=2) + "\n")
+    except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the environment's: the CLI's disk-full line
+        raise
+      raise InputError(f"cannot create the search store {path}: {e.strerror}") from None
   return read_trials(tune, workdir)
 
 

@@ -25,7 +25,7 @@ import ml_collections
 
 from flaxlstm import config as config_lib
 from flaxlstm.data import io
-from flaxlstm.errors import InputError, Preempted, TrainingError
+from flaxlstm.errors import RERUN, InputError, Preempted, TrainingError
 from flaxlstm.report import Progress
 from flaxlstm.train import lock as lock_lib
 from flaxlstm.train import workdir as workdir_lib
@@ -284,7 +284,13 @@ def run_loop(
       state = engine.init_state(restored)
       closing(stack, engine)
       desc = "train" if n == 1 else f"train x{n}"
-      progress = closing(stack, Progress(total, enabled=is_main and not quiet, desc=desc))
+      # Early stopping may end the runs at any evaluation: the bar counts up to the budget
+      # without claiming to know when they end (no ETA).
+      stops_early = any(setup.spec.train.patience for setup in setups)
+      progress = closing(
+        stack,
+        Progress(total, enabled=is_main and not quiet, desc=desc, up_to=stops_early),
+      )
       if stop is None:
         stop = stack.enter_context(stop_signals())
       due = sessions[0].evaluator.due  # every run evaluates at the same steps
@@ -360,10 +366,9 @@ def run_loop(
     if workdir_lib.is_disk_full(e):
       where = workdirs[0] if n == 1 else os.path.commonpath([os.path.abspath(w) for w in workdirs])
       hint = (
-        f"the newest intact checkpoint is step {saved}; free space and rerun the same "
-        "command to resume"
+        f"the newest intact checkpoint is step {saved}; free space and {RERUN} to resume"
         if saved is not None
-        else "no checkpoint was saved yet; free space and rerun the same command"
+        else f"no checkpoint was saved yet; free space and {RERUN}"
       )
       raise workdir_lib.disk_full_error(e, where, hint) from None
     raise

@@ -17,7 +17,7 @@ import pytest
 
 import flaxlstm.data
 from flaxlstm.config import AugmentSpec, DataSpec
-from flaxlstm.data import augment, io, scaling, series, windows
+from flaxlstm.data import augment, checks, io, scaling, series, windows
 from flaxlstm.errors import InputError
 from flaxlstm.forecast import baselines, metrics
 
@@ -352,6 +352,46 @@ def test_fill_fixes_gaps(tmp_path):
   )
   assert lin.OT[0] == frame.OT[1]  # The leading edge takes the nearest value.
   assert np.isfinite(lin[["a", "b", "OT"]].to_numpy()).all()
+
+
+def test_a_split_that_data_fill_made_up_is_one_warning(tmp_path, monkeypatch):
+  # The test split's target is all missing: ffill makes it the last observed value, and its
+  # metrics would score that, not the data. Partly filled splits stay quiet.
+  warned = []  # the logger's own records: the CLI may have stopped its propagation
+  monkeypatch.setattr(checks.log, "warning", warned.append)
+  frame = make_frame()
+  frame.loc[160:, "OT"] = np.nan
+  frame.loc[150:155, "a"] = np.nan
+  path = write_csv(tmp_path, frame)
+  data = series.prepare(make_cfg(path, target=("OT",), fill="ffill"))
+  assert np.isfinite(data.y).all()
+  assert warned == [
+    f"data.fill='ffill' filled all 40 values of target column 'OT' in the test split of {path} "
+    "(row 160 (line 162) to row 199 (line 201)): test metrics are scored against filled "
+    "values, not observations"
+  ]
+  warned.clear()
+  frame.loc[170:, "OT"] = frame.loc[170:, "a"]  # observations again in the test split
+  series.prepare(make_cfg(write_csv(tmp_path, frame, "partly.csv"), target=("OT",), fill="ffill"))
+  assert not warned
+
+
+def test_values_beyond_float32_and_a_target_constant_while_training_are_refused(tmp_path):
+  frame = make_frame()
+  frame.loc[7, "b"] = -1e300  # finite in float64, -inf in the model's float32
+  expect_input_error(
+    "value -1e+300 in column 'b' of",
+    series.prepare,
+    make_cfg(write_csv(tmp_path, frame, "big.csv"), target=("OT",), fill="ffill"),
+  )
+  frame = make_frame()
+  frame.loc[:139, "OT"] = 20.0  # 0.7 x 200 training rows, flat; the rest varies
+  message = expect_input_error(
+    "target column 'OT' is constant over the training rows",
+    series.prepare,
+    make_cfg(write_csv(tmp_path, frame, "flat.csv"), target=("OT",)),
+  )
+  assert "(row 0 (line 2) to row 139 (line 141)): every value is 20" in message
 
 
 def _bad_cases():

@@ -94,7 +94,31 @@ def test_equals_the_linen_layer_given_converted_params(kw):
   for call in ({}, {"seq_lengths": lengths}, {"initial_carry": carry0}):
     np.testing.assert_allclose(ours(x, **call), linen_layer.apply(params, x, **call), atol=1e-6)
   back = lnnx.nnx_to_linen(ours)
-  assert jax.tree.all(jax.tree.map(np.array_equal, back, params["params"]))
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+
+
+def test_linen_to_nnx_and_nnx_to_linen_are_inverses():
+  # README's "Moving weights": Linen variables -> NNX -> the same variables, which the
+  # Linen layer applies as its own; and an NNX layer's weights survive the way back.
+  x = _x()
+  linen_stack = flaxlstm.StackedLSTM(features=(5, 4), bidirectional=True)
+  variables = linen_stack.init(jax.random.key(2), x)
+  ours = lnnx.linen_to_nnx(
+    lnnx.StackedLSTM(D, (5, 4), rngs=nnx.Rngs(0), bidirectional=True), variables
+  )
+  back = lnnx.nnx_to_linen(ours)
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, variables))
+  np.testing.assert_allclose(linen_stack.apply(back, x), ours(x), atol=1e-6)
+
+  layer = lnnx.LSTM(D, H, rngs=nnx.Rngs(3))
+  again = lnnx.linen_to_nnx(lnnx.LSTM(D, H, rngs=nnx.Rngs(4)), lnnx.nnx_to_linen(layer))
+  assert jax.tree.all(
+    jax.tree.map(np.array_equal, nnx.state(again, nnx.Param), nnx.state(layer, nnx.Param))
+  )
+  np.testing.assert_allclose(
+    flaxlstm.LSTM(H).apply(lnnx.nnx_to_linen(layer), x), layer(x), atol=1e-6
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params():

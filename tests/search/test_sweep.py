@@ -329,3 +329,54 @@ def test_population_jobs_cut_groups_only_where_a_device_share_needs_it():
     assert len(jobs) <= len(sweep) + n - 1  # at most n - 1 cuts
     assert all(j == list(range(j[0], j[-1] + 1)) for j in jobs)  # consecutive members
   assert max(map(len, runner.population_jobs(groups, 16))) == 1
+
+
+def test_a_huge_grid_is_refused_by_its_count_before_it_is_expanded(tmp_path, capsys):
+  # 10^8 runs: counted, never built (expanding them took 5 GB and a minute, even dry).
+  grid = {
+    f"model.{k}": [round(0.01 * i, 2) for i in range(10)] for k in ("dropout", "dense_dropout")
+  }
+  grid |= {
+    f"train.{k}": [0.001 * (i + 1) for i in range(10)] for k in ("learning_rate", "l1", "l2")
+  }
+  grid |= {"train.weight_decay": list(range(10)), "train.clip_norm": list(range(1, 11))}
+  grid |= {"model.recurrent_dropout": [round(0.01 * i, 2) for i in range(10)]}
+  path = _write_sweep(tmp_path / "huge.py", {"config": "ett", "grid": grid})
+  workdir = tmp_path / "runs"
+  assert cli.main(["sweep", path, "--workdir", str(workdir), "--dry-run"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.count("\n") == 1
+  assert captured.err.startswith(f"error: sweep file '{path}': the sweep has 100,000,000 runs (")
+  assert f"more than the limit of {sweep_lib.MAX_RUNS:,}" in captured.err
+  assert not workdir.exists()
+  # The limit itself is allowed: zip rows and seeds count too.
+  at_limit = {"config": "b.py", "grid": {"train.l1": list(range(10))}, "seeds": list(range(10))}
+  sweep_lib.check_size(at_limit["grid"], {"train.l2": list(range(100))}, at_limit["seeds"])
+  with pytest.raises(InputError, match=r"10,010 runs \(1001 train.l1 x 10 seeds\)"):
+    sweep_lib.check_size({"train.l1": list(range(1001))}, {}, list(range(10)))
+
+
+def test_a_sweep_file_that_exits_is_refused(tmp_path, capsys):
+  path = tmp_path / "exits.py"
+  path.write_text("import sys\n\ndef get_sweep():\n  sys.exit(0)\n")
+  assert cli.main(["sweep", str(path), "--dry-run"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  assert captured.err == (
+    f"error: sweep file '{path}' called sys.exit(0) in get_sweep(); it must define its "
+    "function and return\n"
+  )
+
+
+def test_a_population_progress_line_names_a_few_members(tiny, tmp_path, capsys, monkeypatch):
+  from flaxlstm.train import population as population_lib
+
+  monkeypatch.setattr(
+    population_lib, "train_population", lambda specs, workdirs, **_: [{}] * len(specs)
+  )
+  sweep = sweep_lib.expand({"config": tiny["exp"], "seeds": list(range(12))})
+  (tmp_path / "logs").mkdir()
+  assert runner.train_populations(sweep.config, sweep.runs, tmp_path, print) == {}
+  ok = [line for line in capsys.readouterr().out.splitlines() if " ok " in line]
+  assert ok == ["[1/1] ok      12 runs (0 s): seed=0, seed=1, seed=2 and 9 more"]
+  assert runner.some_names(["a", "b"]) == "a, b"

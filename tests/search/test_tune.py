@@ -453,3 +453,48 @@ def test_a_shared_tpe_search_in_an_rdb_fills_its_budget_once(tiny, tmp_path, mon
   assert cli.main(["tune", path, "--workdir", str(other), "--storage", str(tmp_path)]) == 2
   assert "not a file in an existing directory" in capsys.readouterr().err
   assert not other.exists()  # refused before anything is written
+
+
+def test_a_refused_shared_search_is_one_line_and_creates_no_storage(tiny, tmp_path, capsys):
+  pytest.importorskip("optuna")
+  path = _write_tune(
+    tmp_path / "t.py", {"config": tiny["exp"], "space": SPACE, "trials": 2, "algorithm": "random"}
+  )
+
+  def refused(workdir, journal) -> str:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(["tune", path, "--workdir", str(workdir), "--storage", str(journal)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
+    return captured.err
+
+  # An unwritable journal path (a link into a missing folder: unwritable even for root).
+  (tmp_path / "link").symlink_to(tmp_path / "no" / "such" / "folder")
+  err = refused(tmp_path / "runs", tmp_path / "link")
+  link = tmp_path / "link"
+  assert (
+    err == f"error: --storage {link}: cannot write the journal file (No such file or directory)\n"
+  )
+  # Refused by the workdir, before the journal is created: another search lives there...
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "tune.json").write_text('{"config": "another"}')
+  assert "holds a search with another config" in refused(other, tmp_path / "s.journal")
+  # ... it is a file, or it cannot be created: the journal created for it is removed.
+  (tmp_path / "file").write_text("")
+  assert "--workdir" in refused(tmp_path / "file", tmp_path / "s.journal")
+  assert "cannot create the search store" in refused(
+    tmp_path / "link" / "w", tmp_path / "s.journal"
+  )
+
+
+def test_a_tune_file_that_exits_is_refused(tmp_path, capsys):
+  path = tmp_path / "exits.py"
+  path.write_text("import sys\n\nsys.exit(0)\n")
+  assert cli.main(["tune", str(path), "--dry-run"]) == 2
+  assert capsys.readouterr().err == (
+    f"error: tune file '{path}' called sys.exit(0) while it was imported; it must define its "
+    "function and return\n"
+  )

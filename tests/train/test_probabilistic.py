@@ -47,7 +47,7 @@ def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run
 @pytest.mark.slow  # trains to completion
 def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tmp_path, capsys):
   before = json.load(open(os.path.join(quantile_run, "metrics.json")))
-  assert cli.main(["evaluate", "--workdir", quantile_run]) == 0
+  assert cli.main(["evaluate", "--workdir", quantile_run, "--json"]) == 0
   printed = json.loads(capsys.readouterr().out)
   assert printed["test"] == before["test"] and printed["conformal"] == before["conformal"]
   out = str(tmp_path / "q.csv")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from flaxlstm import cli
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
 from flaxlstm.data import augment, scaling
+from flaxlstm.errors import Preempted, TrainingError
 from flaxlstm.train import loop as loop_lib
 from flaxlstm.train import session as session_lib
 from flaxlstm.train.assembly import assemble
@@ -180,12 +182,18 @@ def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
     == 0
   )
   assert json.load(open(os.path.join(wd, "config.json")))["train"]["max_steps"] == 20
-  assert cli.main(["evaluate", "--workdir", wd]) == 0
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", wd, "--json"]) == 0
   printed = json.loads(capsys.readouterr().out)
   assert printed["test"] == json.load(open(os.path.join(wd, "metrics.json")))["test"]
+  assert cli.main(["evaluate", "--workdir", wd]) == 0  # the table `train` prints
+  table = capsys.readouterr().out.splitlines()
+  assert len(table) == 6 and table[1].startswith("lstm") and "metrics.json" in table[-1]
+  assert table[1].split()[-1] == f"{printed['test']['mae']:.4f}"
 
   out = str(tmp_path / "preds.csv")
   assert cli.main(["predict", "--workdir", wd, "--data", tiny["csv"], "--out", out]) == 0
+  assert capsys.readouterr().out == f"wrote 1 forecast (6 rows) to {out}\n"
   preds = pd.read_csv(out)
   assert list(preds.columns) == ["origin", "step", "date", "y"] and len(preds) == 6
   assert preds["date"].iloc[0] == "2020-01-26 00:00:00"  # the hour after the last row
@@ -200,6 +208,58 @@ def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   )
   every = pd.read_csv(out_all)
   assert len(every) == (600 - 24 + 1) * 6 and "y_actual" in every.columns
+  assert capsys.readouterr().out == f"wrote 577 forecasts (3462 rows) to {out_all}\n"
+
+
+@pytest.mark.parametrize(
+  "error, hint",
+  [
+    (Preempted(2, 7), "stopped by signal 2 at step 7; checkpoint saved, rerun the same command"),
+    (TrainingError("disk full in W; free space and rerun the same command to resume"), "error: "),
+  ],
+)
+def test_the_resume_hint_names_the_workdir_the_cli_chose(
+  tiny, tmp_path, capsys, monkeypatch, error, hint
+):
+  # Without --workdir the run gets a new timestamped folder, which the same command would
+  # not find again: the hint names it.
+  monkeypatch.chdir(tmp_path)
+
+  def stopped(config, workdir, **_):
+    raise error
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", stopped)
+  code = cli.main(["train", "--config", tiny["exp"], "--quiet"])
+  assert code == (130 if isinstance(error, Preempted) else 1)
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and hint in err
+  (workdir,) = re.findall(r"rerun the same command with --workdir (runs/tiny-\d{8}-\d{6}) ", err)
+  # Named --workdir: the same command resumes, as the hint has always said.
+  assert cli.main(["train", "--config", tiny["exp"], "--workdir", workdir, "--quiet"]) == code
+  assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_table_and_predict_counts_forecasts(capsys, monkeypatch):
+  from flaxlstm.train import workdir as workdir_lib
+
+  scores = {s: {"mse": 0.5, "mae": 0.25} for s in ("val", "test")}
+  metrics = {**scores, "baselines": {"naive": scores, "linear": scores}, "data": {"x": 1}}
+  monkeypatch.setattr(train_lib, "evaluate", lambda workdir, **_: metrics)
+  assert cli.main(["evaluate", "--workdir", "W"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1:4] == [
+    f"{n:<16}" + 2 * "    0.5000    0.2500" for n in ("lstm", "naive", "linear")
+  ]
+  assert lines[4] == f"metrics written to {os.path.join('W', 'metrics.json')}" and len(lines) == 5
+  assert cli.main(["evaluate", "--workdir", "W", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out) == metrics
+
+  config = config_lib.load_config(None, ["data.horizon=24"])
+  monkeypatch.setattr(workdir_lib, "read_run_config", lambda workdir: (config, None))
+  for n, text in ((1, "1 forecast (24 rows)"), (3, "3 forecasts (72 rows)")):
+    monkeypatch.setattr(train_lib, "predict_file", lambda *a, n=n, **_: n)
+    assert cli.main(["predict", "--workdir", "W", "--data", "d.csv", "--out", "o.csv"]) == 0
+    assert capsys.readouterr().out == f"wrote {text} to o.csv\n"
 
 
 @pytest.mark.parametrize(

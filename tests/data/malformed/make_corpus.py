@@ -96,6 +96,14 @@ def main() -> None:
   csv("nan_first_row.csv", with_cell(0, "y", np.nan))
   csv("all_nan_column.csv", base.assign(x=np.nan))
   csv("constant_column.csv", base.assign(x=1.5))
+  csv("too_big_for_float32.csv", with_cell(100, "y", 1e39))  # float32 holds up to 3.4e38
+  # x barely varies over the training rows (0.7 * 300 = 210), so scaling by their spread
+  # takes a later, ordinary-looking 1e30 past float32's range.
+  tiny_x = base.assign(x=np.round(base["x"] * 1e-10, 16)).astype({"x": object})
+  tiny_x.loc[280, "x"] = 1e30
+  csv("overflow_after_scaling.csv", tiny_x)
+  # The target only starts to vary after the training rows.
+  csv("constant_train_target.csv", base.assign(y=np.where(base.index < 210, 2.5, base["y"])))
   nan_pq = good.copy()
   nan_pq.loc[77, "y"] = np.nan
   nan_pq.to_parquet(HERE / "nan.parquet", index=False)
@@ -122,6 +130,8 @@ def main() -> None:
   short = panel[(panel.unique_id != "b") | (panel.index % 300 < 60)]
   csv("long_short_series.csv", short)
   csv("long_static_varies.csv", panel.assign(size=np.where(panel.index == 400, 9.0, panel["size"])))
+  too_big = panel.assign(y=np.where(panel.index == 50, -2e39, panel["y"]))
+  csv("long_too_big_for_float32.csv", too_big)
 
   # --- dates read one way (issue 33): day-first, missing, mixed zones, reordering ------
   # Wide, day-first throughout: the file's day/month order is inferred from the whole

@@ -1,0 +1,131 @@
+"""Checks of a table that need its splits or its scalers (series.py runs them).
+
+io.py checks each cell and column of a file on its own; what only shows once the rows are
+split and scaled is here: a target constant over the training rows (`train_targets`), a
+split whose values `data.fill` made up entirely (`warn_filled_splits`) and a value that
+scaling takes past float32's range (`scaled`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flaxlstm.config.specs import DataSpec
+from flaxlstm.data import io
+from flaxlstm.data.io import error, short
+from flaxlstm.data.scaling import transform
+from flaxlstm.data.table import Table
+
+log = logging.getLogger(__name__)
+
+
+def train_targets(
+  values: np.ndarray, train: np.ndarray, targets: Sequence[str], table: Table, rows: np.ndarray
+) -> None:
+  """Refuses a target constant over the training rows (`train`: a row mask; `rows`: each
+  series' training rows). io.py refuses a column constant everywhere; one constant only
+  where the model learns leaves nothing to learn and a zero spread to scale by, and
+  every model, the naive forecast included, scores 0 wherever the constant goes on."""
+  train_values = values[train]
+  if not len(train_values):
+    return
+  flat = np.flatnonzero(np.all(train_values == train_values[:1], axis=0))
+  if not flat.size:
+    return
+  c = int(flat[0])
+  where = (
+    f"the training rows of every series of {table.path}"
+    if table.series_ids
+    else f"the training rows of {table.path} ({io.file_row_label(int(rows[0, 0]), table.path)} to "
+    f"{io.file_row_label(int(rows[0, 1]) - 1, table.path)})"
+  )
+  raise error(
+    f"target column {targets[c]!r} is constant over {where}: every value is "
+    f"{train_values[0, c]:g}, so there is nothing to learn; check data.target and data.split"
+  )
+
+
+def missing(raw: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
+  """Each column's missing cells (NaN or inf: what data.fill fills), before the fill.
+  Read from the file's frame: the validated table holds the filled values only."""
+  return {
+    c: ~np.isfinite(pd.to_numeric(raw[c], errors="coerce").to_numpy(np.float64)) for c in columns
+  }
+
+
+def warn_filled_splits(
+  missing: dict[str, np.ndarray],
+  split_rows: dict[str, np.ndarray],
+  spec: DataSpec,
+  targets: Sequence[str],
+  path: Any,
+) -> None:
+  """Warns, in one line, when data.fill made up every value of a column in a split of a
+  wide table (`missing`: each column's missing cells): a val or test target so filled
+  scores every model against the fill, not against observations."""
+  filled = [
+    (split, column, int(rows[0, 0]), int(rows[0, 1]))
+    for split, rows in split_rows.items()
+    for column, mask in missing.items()
+    if rows[0, 1] > rows[0, 0] and mask[rows[0, 0] : rows[0, 1]].all()
+  ]
+  if not filled:
+    return
+  split, column, a, b = filled[0]
+  role = "target" if column in targets else "input"
+  effect = (
+    f"{split} metrics are scored against filled values, not observations"
+    if role == "target" and split != "train"
+    else f"the model sees only filled values of it in the {split} split"
+  )
+  more = "; also " + ", ".join(f"{c!r} in {s}" for s, c, *_ in filled[1:4]) if filled[1:] else ""
+  if len(filled) > 4:
+    more += f" and {len(filled) - 4} more"
+  log.warning(
+    f"data.fill={spec.fill!r} filled all {b - a} values of {role} column {column!r} in the "
+    f"{split} split of {path} ({io.file_row_label(a, path)} to {io.file_row_label(b - 1, path)}): "
+    f"{effect}{more}"
+  )
+
+
+def scaled(
+  scaler: Any,
+  block: np.ndarray,
+  names: Sequence[str],
+  rows: np.ndarray,
+  codes: np.ndarray | None,
+  spec: DataSpec,
+  table: Table,
+) -> np.ndarray:
+  """`transform(scaler, block, codes)`, refusing a value that scaling takes past float32's
+  range: a column whose training rows barely vary is divided by their tiny spread, and a
+  later value far from them would be inf in the model's inputs or targets. `rows`: the
+  table row of each row of `block` (a series' first row for the static columns)."""
+  with np.errstate(over="ignore"):  # the cast's overflow warning: refused below instead
+    out = transform(scaler, block, codes)
+  bad = np.argwhere(np.isinf(out))
+  if not bad.size:
+    return out
+  i, c = (int(v) for v in bad[0])
+  row = int(rows[i])
+  if table.series_ids:  # a long table is sorted: name the series and its date, not a row
+    s = int(np.searchsorted(table.offsets, row, side="right") - 1)
+    date_column = spec.date_column or None
+    at = (
+      str(table.frame[date_column].iloc[row])
+      if date_column
+      else f"its row {row - int(table.offsets[s])}"
+    )
+    where = f"series {short(table.series_ids[s])} at {at}"
+  else:
+    where = io.file_row_label(row, table.path)
+  raise error(
+    f"value {block[i, c]:g} in column {names[c]!r} of {table.path} at {where} overflows "
+    f"float32 once scaled by data.scaler={spec.scaler!r} fitted on the training rows (they "
+    "vary too little next to it); rescale the column or choose another data.scaler"
+  )
