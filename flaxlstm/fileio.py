@@ -5,6 +5,11 @@ sibling, fsync, then a rename, so a reader (or a crash) never sees half a file a
 failed write leaves no `*.tmp` behind. Every JSON or text file it reads back goes through
 `read_json`/`read_text`, which name the file in a one-line InputError when it is missing,
 a directory, not UTF-8 or not JSON.
+
+A run directory someone shares is data, and it may hold anything: every read of one opens
+only regular files (`open_regular`: a FIFO would block forever, a link to /dev/zero never
+ends, and opening a device can act on it) and reads a bounded number of bytes
+(`read_bytes`: a run's JSON files are small, a 3 GiB one is not a run's).
 """
 
 from __future__ import annotations
@@ -13,21 +18,113 @@ import errno
 import itertools
 import json
 import os
-from typing import Any
+import stat
+from typing import Any, BinaryIO
 
 from flaxlstm.errors import InputError
 
 _TMP_NUMBERS = itertools.count()  # with the pid: temporary names no two writers share
+# The most a run's JSON file (config, scalers, metrics, a checkpoint's digest or orbax
+# metadata) is read: real ones are kilobytes, a few megabytes for the largest models.
+MAX_JSON_BYTES = 64 * 2**20
+_KINDS = (
+  (stat.S_ISFIFO, "a FIFO"),
+  (stat.S_ISCHR, "a character device"),
+  (stat.S_ISBLK, "a block device"),
+  (stat.S_ISSOCK, "a socket"),
+  (stat.S_ISDIR, "a directory"),
+)
 
 
-def read_text(path: str | os.PathLike[str], what: str) -> str:
-  """The UTF-8 text of a run file; InputError (one line, naming it) if it cannot be."""
+class NotRegularFile(OSError):
+  """A path that is not a regular file: reading it could block forever or never end.
+
+  An OSError, so that the handlers that turn a failed read into one line ("X cannot be
+  read: <strerror>") say why without knowing about it.
+  """
+
+
+class TooLarge(OSError):
+  """A file larger than what is read of its kind (`read_bytes`)."""
+
+
+def special_kind(path: str | os.PathLike[str]) -> str:
+  """'' if `path` is a regular file, a directory or missing; else what it is, for
+  messages ("a FIFO", "a character device (a link to /dev/zero)")."""
+  try:
+    mode = os.stat(path).st_mode  # through links: a link is what it points to
+  except OSError:
+    return ""
+  if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    return ""
+  return _describe(os.fspath(path), mode)
+
+
+def _describe(path: str, mode: int) -> str:
+  kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+  if os.path.islink(path):
+    kind += f" (a link to {os.path.realpath(path)})"
+  return kind
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+  """Opens `path` for reading if it is a regular file (also through a link), without ever
+  blocking on it.
+
+  Raises:
+    OSError: as `open` (FileNotFoundError, IsADirectoryError, ...); NotRegularFile for a
+      FIFO, a device or a socket, which is never read.
+  """
+  path = os.fspath(path)
+  mode = os.stat(path).st_mode
+  if stat.S_ISDIR(mode):
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+  if not stat.S_ISREG(mode):  # refused before open: opening a device can act on it
+    raise NotRegularFile(errno.EINVAL, f"it is {_describe(path, mode)}, not a regular file", path)
+  # O_NONBLOCK: if it was swapped for a FIFO since the stat, open must not wait for a
+  # writer; the fstat below then refuses it. Regular files ignore the flag.
+  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+  try:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+      raise NotRegularFile(errno.EINVAL, f"it is {_describe(path, mode)}, not a regular file", path)
+    return os.fdopen(fd, "rb")
+  except BaseException:
+    os.close(fd)
+    raise
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
+  """The bytes of a regular file of at most `limit` bytes.
+
+  Raises:
+    OSError: as `open_regular`; TooLarge past `limit` (found from its size, before
+      reading, and while reading for a file that grows).
+  """
+  with open_regular(path) as f:
+    size = os.fstat(f.fileno()).st_size
+    raw = f.read(limit + 1) if size <= limit else b""
+    if size > limit or len(raw) > limit:
+      raise TooLarge(
+        errno.EFBIG,
+        f"it is {max(size, len(raw))} bytes, over the {_amount(limit)} limit for such a file",
+        os.fspath(path),
+      )
+  return raw
+
+
+def _amount(n: int) -> str:
+  return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def read_text(path: str | os.PathLike[str], what: str, limit: int = MAX_JSON_BYTES) -> str:
+  """The UTF-8 text of a run file of at most `limit` bytes; InputError (one line, naming
+  it) if it cannot be."""
   path = os.fspath(path)
   if os.path.isdir(path):
     raise InputError(f"{what} {path} is a directory, not a file")
   try:
-    with open(path, "rb") as f:
-      raw = f.read()
+    raw = read_bytes(path, limit)
   except FileNotFoundError:
     raise InputError(f"{what} {path} does not exist") from None
   except OSError as e:

@@ -30,6 +30,7 @@ from flaxlstm import config as config_lib
 from flaxlstm import fileio
 
 METRICS_FILE = "metrics.jsonl"
+_MAX_LINE = 2**20  # a metrics line is a few hundred bytes
 log = logging.getLogger(__name__)
 
 
@@ -114,8 +115,16 @@ class Reporter:
   def _read_lines(self) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """(text, record) of each good metrics line, and the number of bad ones."""
     good, bad = [], 0
-    with open(self.workdir / METRICS_FILE, "rb") as f:
-      for raw in f:
+    # A regular file only (train refuses a FIFO or a link to /dev/zero before it gets
+    # here), read a bounded line at a time: a line longer than any Reporter writes is
+    # skipped, not held in memory.
+    with fileio.open_regular(self.workdir / METRICS_FILE) as f:
+      while raw := f.readline(_MAX_LINE + 1):
+        if len(raw) > _MAX_LINE:
+          bad += 1
+          while raw and not raw.endswith(b"\n"):  # the rest of the long line
+            raw = f.readline(_MAX_LINE)
+          continue
         if not raw.strip():
           continue
         try:

@@ -69,6 +69,19 @@ def test_truncate_after(tmp_path):
   assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_truncate_after_skips_an_endless_line_without_holding_it(tmp_path):
+  # A line longer than any Reporter writes (here 3 MiB of zeros, no newline until its end)
+  # is read a bounded piece at a time and dropped; the lines after it are kept.
+  reporter = report.Reporter(tmp_path)
+  reporter.log(10, "train", {"loss": 1.0})
+  with open(tmp_path / "metrics.jsonl", "ab") as f:
+    f.write(b"\0" * (3 * 2**20) + b"\n")
+  reporter.log(20, "train", {"loss": 0.5})
+  reporter.truncate_after(20)
+  assert [r["step"] for r in _lines(tmp_path)] == [10, 20]
+  reporter.close()
+
+
 def test_write_json_and_config(tmp_path):
   reporter = report.Reporter(tmp_path)
   reporter.write_json("metrics.json", {"test": {"mse": np.float32(0.25)}})

@@ -29,6 +29,7 @@ from typing import Any
 
 import ml_collections
 
+from flaxlstm import fileio
 from flaxlstm.config import schema
 from flaxlstm.errors import InputError
 
@@ -146,8 +147,8 @@ def load_config(spec: str | None, overrides: Sequence[str] = ()) -> ml_collectio
     config = schema.default_config()
   elif spec.endswith(".json"):
     path = pathlib.Path(spec)
-    try:
-      text = path.read_text()
+    try:  # often a run's config.json, maybe in a run someone shared: bounded, plain files
+      text = fileio.read_bytes(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
       raise InputError(f"config file '{spec}' cannot be read: {describe(e)}") from None
     try:

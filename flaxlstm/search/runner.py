@@ -25,6 +25,7 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shlex
@@ -36,8 +37,11 @@ import time
 from typing import Any, Sequence
 
 from flaxlstm import config as config_lib
+from flaxlstm import fileio
 from flaxlstm.errors import InputError, Stopped
 from flaxlstm.train import lock as lock_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,16 +95,47 @@ def train_command(
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any] | None:
   """A run's metrics.json, or None if it is missing or damaged (then the run is not done:
-  rerunning it rewrites the file)."""
+  rerunning it rewrites the file).
+
+  A file too large to be a run's (over `fileio.MAX_JSON_BYTES`; a run's is kilobytes) or
+  not a regular file (a FIFO would block) is not read: damaged too, said in one warning
+  per file. Training the run again rewrites it (resuming from its checkpoint), or names
+  what is wrong with the run directory.
+  """
   try:
-    metrics = json.loads(pathlib.Path(path).read_bytes())
-  except (OSError, ValueError):
+    raw = fileio.read_bytes(path)
+  except (fileio.NotRegularFile, fileio.TooLarge) as e:
+    _warn_once(
+      os.fspath(path),
+      f"{os.fspath(path)} is not read ({e.strerror}); its run counts as not done and is "
+      "trained again",
+    )
+    return None
+  except OSError:
+    return None
+  try:
+    metrics = json.loads(raw)
+  except ValueError:
     return None
   ok = isinstance(metrics, dict) and all(
     isinstance(metrics.get(s), dict) and isinstance(metrics[s].get("mse"), (int, float))
     for s in ("val", "test")
   )
   return metrics if ok else None
+
+
+_warned: set[str] = set()  # metrics files already warned about (read_metrics)
+_warned_lock = threading.Lock()  # runs are launched and checked from several threads
+
+
+def _warn_once(path: str, message: str) -> None:
+  """Warns about `path` once per process: a runner checks a run's metrics several times
+  (done?, still done after waiting for its lock?, its results row)."""
+  with _warned_lock:
+    if path in _warned:
+      return
+    _warned.add(path)
+  log.warning(message)
 
 
 def is_done(workdir: str | os.PathLike[str], run: Run) -> bool:

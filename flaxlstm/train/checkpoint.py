@@ -14,6 +14,13 @@ as damaged (a step saved by an older flaxlstm, without a digest, is read unverif
 Reading never writes: evaluate and predict open the managers read-only, and a damaged or
 mismatched step is found from its digest and orbax's metadata before any array is read, so
 no failing restore leaves orbax's background reads behind.
+
+A checkpoints folder someone shares is data, and what orbax or the digests read of it is
+bounded: before a manager opens it, anything in it that is not a folder or a regular file
+(a FIFO, a device, a link to /dev/zero) is refused, as is a metadata file (anything outside
+the array data's `d/` folders, which orbax reads whole) over `fileio.MAX_JSON_BYTES`. A
+step's files are hashed only once their sizes match the digest, so no more is read than it
+recorded. Swapping files while a command runs is not defended against.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from flaxlstm.errors import InputError
 
 log = logging.getLogger(__name__)
 _INTEGRITY = "integrity"
+# Orbax (OCDBT) keeps array data in folders named "d": their files grow with the model and
+# are read in the ranges orbax's manifest names. Every other file is metadata, read whole.
+_ARRAY_FOLDER = "d"
 
 
 @dataclasses.dataclass
@@ -106,6 +116,7 @@ class Checkpoints:
   def __init__(self, directory: str, keep_best: int = 2, *, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    check_plain(self.directory)  # orbax reads step metadata as soon as a manager opens
     self.latest = self._manager("latest", ("state", "loop"), max_to_keep=2)
     self.best = self._manager(
       "best",
@@ -318,12 +329,20 @@ class Checkpoints:
     if not os.path.exists(path):
       return  # saved by an older flaxlstm, or killed between finalize and digest
     recorded = fileio.read_json(path, "checkpoint digest")
-    current = _digest(_step_dir(manager, step))
-    if recorded != current:
-      changed = sorted(set(recorded) ^ set(current)) or sorted(
-        k for k in recorded if recorded[k] != current.get(k)
-      )
-      raise Damaged(f"{changed[0] if changed else 'a file'} differs from its recorded SHA-256")
+    if not isinstance(recorded, dict):
+      raise Damaged(f"its digest {path} is not a JSON object")
+    folder = _step_dir(manager, step)
+    sizes = _sizes(folder)
+    # Sizes first: a file is hashed only when it has the size recorded for it, so no more
+    # is read than the digest says (and a file grown to gigabytes is not read at all).
+    changed = sorted(set(recorded) ^ set(sizes)) or sorted(
+      k for k in sizes if str(recorded[k]).partition(":")[0] != str(sizes[k])
+    )
+    if not changed:
+      current = _digest(folder, sizes)
+      changed = sorted(k for k in recorded if recorded[k] != current[k])
+    if changed:
+      raise Damaged(f"{changed[0]} differs from its recorded SHA-256")
 
   def close(self) -> None:
     for manager in (self.latest, self.best):
@@ -363,18 +382,77 @@ def _step_dir(manager, step: int) -> str:
   return os.path.join(str(manager.directory), str(step))
 
 
-def _digest(folder: str) -> dict[str, str]:
-  """{relative path: "size:sha256"} of every file under `folder`."""
+def check_plain(directory: str) -> None:
+  """Refuses a checkpoints `directory` that holds anything orbax or the digests could hang
+  on or read without end: an entry that is not a folder or a regular file (also through a
+  link), or a metadata file over `fileio.MAX_JSON_BYTES`. Reads no file.
+
+  Links to folders are followed only for `directory`'s own entries (latest/ kept on another
+  disk); orbax writes none deeper, and one there could lead the walk anywhere (to /).
+
+  Raises:
+    InputError: naming the first such path.
+  """
+  if not os.path.isdir(directory):
+    return
+  stack = [(directory, True)]
+  while stack:
+    folder, top = stack.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      raise InputError(f"checkpoint folder {folder} cannot be listed: {e.strerror}") from None
+    for entry in entries:
+      path = entry.path
+      if entry.is_dir():  # through a link too
+        if entry.is_symlink() and not top:
+          raise InputError(
+            f"checkpoint folder {path} is a link to {os.path.realpath(path)}; flaxlstm "
+            "never writes one there"
+          )
+        stack.append((path, False))
+        continue
+      kind = fileio.special_kind(path)
+      if kind:
+        raise InputError(
+          f"checkpoint file {path} is {kind}, not a regular file; flaxlstm reads only "
+          "regular files from a run directory"
+        )
+      try:
+        size = os.stat(path).st_size
+      except OSError:
+        continue  # a dangling link: its step does not load, and is skipped as damaged
+      if os.path.basename(folder) != _ARRAY_FOLDER and size > fileio.MAX_JSON_BYTES:
+        raise InputError(
+          f"checkpoint file {path} is {size} bytes, more than checkpoint metadata can be "
+          f"({fileio.MAX_JSON_BYTES // 2**20} MiB); flaxlstm did not write it"
+        )
+
+
+def _sizes(folder: str) -> dict[str, int]:
+  """{relative path: size} of every file under `folder`, from the directory (nothing read)."""
   out = {}
   for root, _, files in os.walk(folder):
     for name in files:
       path = os.path.join(root, name)
-      h = hashlib.sha256()
-      with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-          h.update(chunk)
-      out[os.path.relpath(path, folder)] = f"{os.path.getsize(path)}:{h.hexdigest()}"
+      out[os.path.relpath(path, folder)] = os.stat(path).st_size
   return dict(sorted(out.items()))
+
+
+def _digest(folder: str, sizes: dict[str, int] | None = None) -> dict[str, str]:
+  """{relative path: "size:sha256"} of every file under `folder`, reading at most `sizes`
+  (default: what the directory says) bytes of each, from regular files only."""
+  out = {}
+  for rel, size in (_sizes(folder) if sizes is None else sizes).items():
+    h = hashlib.sha256()
+    with fileio.open_regular(os.path.join(folder, rel)) as f:
+      left = size
+      while left and (chunk := f.read(min(1 << 20, left))):
+        h.update(chunk)
+        left -= len(chunk)
+      actual = size - left + len(f.read(1))  # shorter or longer than it was: it differs
+    out[rel] = f"{actual}:{h.hexdigest()}"
+  return out
 
 
 def _mismatch(manager, step: int, item: str, params_key: str | None, abstract_params: Any) -> str:

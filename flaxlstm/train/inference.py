@@ -63,6 +63,9 @@ def evaluate(
   config, record = workdir_lib.read_run_config(workdir)
   lock = lock_lib.Lock(workdir, "flaxlstm evaluate")
   with lock:
+    # What evaluate reads and replaces; its checkpoints are checked as they are opened,
+    # and a missing checkpoints/latest (or one that is a file) still leaves the best.
+    workdir_lib.check_entries(workdir, ("scalers.json", "metrics.json"), folders=False)
     data_now = workdir_lib.fingerprint(io.data_file(config.data.path))
     warning = workdir_lib.check_same_data(
       record, data_now, workdir=workdir, allow_changed=allow_changed_data
@@ -101,14 +104,24 @@ def predict_file(
   `all_windows`, a forecast from every position that has `lookback` rows of history
   (back-testing), with the actual values beside it when the file has the targets.
   Returns the number of forecasts written. Reads the run, writes only `out_path`: never
-  over `data_path` or a file of the run, never over an existing file unless `overwrite`.
+  over `data_path`, a file of the run or the data it was trained on, never over an
+  existing file unless `overwrite`.
   """
   import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
 
+  config, record = workdir_lib.read_run_config(workdir)
+  trained_on = [] if record is None else [record["data"]["path"]]
+  try:
+    trained_on.append(str(io.data_file(config.data.path)))
+  except InputError:
+    pass  # a path that names no file ("~nobody/x.csv") holds no data to protect
   out = workdir_lib.check_output(
-    out_path, inputs=(data_path,), workdir=workdir, overwrite=overwrite
+    out_path,
+    inputs=(data_path,),
+    workdir=workdir,
+    trained_on=tuple(trained_on),
+    overwrite=overwrite,
   )
-  config, _ = workdir_lib.read_run_config(workdir)
   scalers = run_scalers(workdir)
   spec = config_lib.to_spec(config)
   data = series.prepare_inference(spec.data, scalers, path=data_path)

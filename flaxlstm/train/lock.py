@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from typing import Any
 
@@ -27,6 +28,17 @@ from flaxlstm.errors import InputError
 
 LOCK_NAME = ".flaxlstm.lock"
 log = logging.getLogger(__name__)
+# A lock file is read and written by every command on a run, maybe one someone shared: it
+# is opened without following a link (the holder's name would be written into the link's
+# target) and without waiting on a FIFO, and it must be a small regular file.
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_MAX_LOCK_BYTES = 2**16  # the holder's pid, host, command and time: ~100 bytes
+_KINDS = {
+  stat.S_IFIFO: "a FIFO",
+  stat.S_IFCHR: "a character device",
+  stat.S_IFBLK: "a block device",
+  stat.S_IFSOCK: "a socket",
+}
 
 
 class Lock:
@@ -60,12 +72,21 @@ class Lock:
       try:
         created = False
         try:
-          fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+          fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644)
           created = True
         except FileExistsError:
-          fd = os.open(self.path, os.O_RDWR)
+          fd = os.open(self.path, os.O_RDWR | _OPEN_FLAGS)
       except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW: the holder's name would go into its target
+          raise InputError(
+            f"cannot lock {self.directory}: {self.path} is a symbolic link, not a lock "
+            "file; remove it"
+          ) from None
         raise InputError(f"cannot lock {self.directory}: {e.strerror} ({self.path})") from None
+      problem = _not_a_lock(fd)
+      if problem:
+        os.close(fd)
+        raise InputError(f"cannot lock {self.directory}: {self.path} is {problem}; remove it")
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
@@ -137,8 +158,11 @@ def lock_holder(directory: str | os.PathLike[str]) -> str | None:
   """
   path = os.path.join(os.fspath(directory), LOCK_NAME)
   try:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
   except OSError:
+    return None
+  if _not_a_lock(fd):  # holds no lock; taking it is refused, naming what it is
+    os.close(fd)
     return None
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -162,11 +186,25 @@ def _read_holder(fd: int) -> str:
     return "another process"  # it has the lock but has not written its name yet
 
 
+def _not_a_lock(fd: int) -> str:
+  """'' if `fd` is a regular file of a lock's size; else what it is, for a message."""
+  st = os.fstat(fd)
+  if not stat.S_ISREG(st.st_mode):
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+    return f"{kind}, not a regular file"
+  if st.st_size > _MAX_LOCK_BYTES:
+    return f"{st.st_size} bytes, not a lock file"
+  return ""
+
+
 def _read_all(fd: int) -> bytes:
+  """The lock file's bytes (it was checked to be a small regular file)."""
   os.lseek(fd, 0, os.SEEK_SET)
-  chunks = []
-  while chunk := os.read(fd, 65536):
+  chunks: list[bytes] = []
+  left = _MAX_LOCK_BYTES + 1
+  while left > 0 and (chunk := os.read(fd, min(65536, left))):
     chunks.append(chunk)
+    left -= len(chunk)
   return b"".join(chunks)
 
 

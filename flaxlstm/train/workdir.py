@@ -31,7 +31,7 @@ from typing import Any
 
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError, TrainingError
-from flaxlstm.fileio import read_text, write_atomic
+from flaxlstm.fileio import open_regular, read_text, special_kind, write_atomic
 from flaxlstm.train.lock import LOCK_NAME, busy_error, lock_holder, make_dirs, remove_dirs
 
 # Entries that make a directory a flaxlstm run: a run writes config.json first, and the
@@ -49,6 +49,8 @@ RUN_FILES = (
   "forecast_test.png",
 )
 RUN_DIRS = ("checkpoints", "tensorboard")
+# The folders under checkpoints/ that training writes into (checkpoint.py's layout).
+CHECKPOINT_DIRS = ("latest", "best", "integrity", "integrity/latest", "integrity/best")
 # Errors that mean "the disk cannot take more", whatever wrote: Python, orbax, TensorStore.
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
@@ -84,15 +86,25 @@ def foreign_entries(directory: str) -> str:
 
 
 def owned_by_run(path: str, workdir: str) -> bool:
-  """True if `path` is one of the files or folders of the run in `workdir`."""
+  """True if `path` is one of the files or folders of the run in `workdir` (also through a
+  link, or a hard link to one of its files)."""
   path, workdir = os.path.realpath(path), os.path.realpath(workdir)
   rel = os.path.relpath(path, workdir)
   if rel == os.curdir:
     return True
-  if rel == os.pardir or rel.startswith(os.pardir + os.sep):
-    return False  # outside the workdir
-  first = rel.split(os.sep)[0]
-  return first in RUN_FILES or first in RUN_DIRS
+  inside = not (rel == os.pardir or rel.startswith(os.pardir + os.sep))
+  if inside and rel.split(os.sep)[0] in RUN_FILES + RUN_DIRS:
+    return True
+  return os.path.isfile(path) and any(
+    _same_file(path, os.path.join(workdir, name)) for name in RUN_FILES
+  )
+
+
+def _same_file(a: str, b: str) -> bool:
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
 
 
 # ---- what a run is, and what it was trained on ------------------------------------------------
@@ -101,8 +113,8 @@ def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
   path = os.path.abspath(os.fspath(path))
   digest = hashlib.sha256()
   size = 0
-  try:
-    with open(path, "rb") as f:
+  try:  # the path may come from a shared run's config.json: never a FIFO or /dev/zero
+    with open_regular(path) as f:
       while chunk := f.read(_HASH_CHUNK):
         digest.update(chunk)
         size += len(chunk)
@@ -205,6 +217,8 @@ def check_for_training(
       "--force to train into it (files with a run's names are then "
       "overwritten)"
     )
+  if kind != "missing":  # config.json: read_run_config says what is wrong with it
+    check_entries(workdir, tuple(n for n in RUN_FILES if n != "config.json"))
   warning = ""
   if os.path.lexists(os.path.join(workdir, "config.json")):
     old, record = read_run_config(workdir)
@@ -225,6 +239,36 @@ def check_for_training(
   # Two latest full states + the best params, with headroom for logs and plots.
   check_free_space(workdir, int(2.5 * state_bytes * (2 + spec.train.keep_best)) + 2**24)
   return warning
+
+
+def check_entries(workdir: str, files: tuple[str, ...] = RUN_FILES, folders: bool = True) -> None:
+  """Refuses a workdir whose run `files` a command reads or replaces are not what a run
+  writes: a file that is not a regular one (a FIFO or a link to /dev/zero would hang the
+  read, a directory fails the replace after all the work), or (`folders`) a run folder that
+  is not a folder (training's first save would fail after metrics.jsonl was cut back).
+  Reads no file.
+
+  The lock file is the lock's to check (`flaxlstm.train.lock`); the files inside
+  checkpoints/ are checked when they are opened (`checkpoint.check_plain`).
+  """
+  for name in files:
+    path = os.path.join(workdir, name)
+    if name == LOCK_NAME or not os.path.lexists(path):
+      continue
+    kind = "a directory" if os.path.isdir(path) else special_kind(path)
+    if kind:
+      raise InputError(
+        f"{path} is {kind}, not a regular file; flaxlstm reads and writes only regular "
+        "files in a run directory (remove it, or use a new --workdir)"
+      )
+  names = [*RUN_DIRS, *(os.path.join("checkpoints", d) for d in CHECKPOINT_DIRS)]
+  for name in names if folders else []:
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise InputError(
+        f"{path} is not a directory, so the run in {workdir} cannot be resumed or "
+        "checkpointed; remove it, or use a new --workdir"
+      )
 
 
 def agree(error: BaseException | None) -> None:
@@ -292,22 +336,33 @@ def check_same_data(
 
 # ---- outputs that never destroy inputs ----------------------------------------------------------
 def check_output(
-  out: str, *, inputs: tuple[str, ...] = (), workdir: str | None = None, overwrite: bool = False
+  out: str,
+  *,
+  inputs: tuple[str, ...] = (),
+  workdir: str | None = None,
+  trained_on: tuple[str, ...] = (),
+  overwrite: bool = False,
 ) -> str:
   """Checks that `out` may be written; returns its absolute path. Writes nothing.
 
   Refused: one of `inputs` (same file, also through a link), a file of the run in
-  `workdir`, an existing file without `overwrite`, a directory, a path under a file, a
-  place this process cannot write.
+  `workdir` or the data it was `trained_on`, an existing file without `overwrite`, a
+  directory, a path under a file, a place this process cannot write.
   """
   path = os.path.abspath(os.path.expanduser(out))
   if os.path.isdir(path):
     raise InputError(f"--out {out} is a directory; name a file")
   if os.path.lexists(path):
     for source in inputs:
-      if os.path.exists(source) and os.path.exists(path) and os.path.samefile(path, source):
+      if _same_file(path, source):
         raise InputError(
           f"--out {out} is the input file {source}; writing it would destroy the input"
+        )
+    for source in trained_on:  # the run could no longer be evaluated or resumed
+      if _same_file(path, source):
+        raise InputError(
+          f"--out {out} is the data file {source} the run in {workdir} was trained on; "
+          "writing it would destroy the run's data"
         )
     if workdir is not None and owned_by_run(path, workdir):
       raise InputError(f"--out {out} is a file of the run in {workdir}; name another file")

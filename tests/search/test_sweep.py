@@ -269,6 +269,33 @@ def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
     assert results.result_row(tmp_path, run, {})["status"] == "damaged"
 
 
+def test_metrics_too_large_or_not_a_file_are_not_read(tmp_path, capsys):
+  """Issue 33: a 3 GiB metrics.json was read whole to decide whether its run was done, and
+  a FIFO would block the runner. Neither is read: the run is not done, its row says
+  damaged, and one warning names the file however often it is checked."""
+  from flaxlstm import console, fileio
+
+  console.log_to_stderr()  # what the CLI does: warnings as `warning: ...` lines on stderr
+  run = runner.Run("seed=0", {}, 0, ("seed=0",))
+  for kind in ("oversized", "fifo"):
+    workdir = tmp_path / kind
+    (workdir / "seed=0").mkdir(parents=True)
+    path = workdir / "seed=0" / "metrics.json"
+    if kind == "fifo":
+      os.mkfifo(path)
+    else:
+      with open(path, "wb") as f:
+        f.write(b'{"val": {"mse": 0.1}, "test": {"mse": 0.1}, "pad": "')
+        f.truncate(fileio.MAX_JSON_BYTES + 1)  # sparse: no disk used
+    capsys.readouterr()
+    assert not runner.is_done(workdir, run)
+    assert not runner.is_done(workdir, run)
+    assert results.result_row(workdir, run, {})["status"] == "damaged"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), lines
+    assert str(path) in lines[0] and "counts as not done" in lines[0]
+
+
 @pytest.mark.slow  # trains to completion
 def test_population_sweep_trains_groups_in_process_into_the_same_store(
   tiny, tmp_path, capsys, monkeypatch

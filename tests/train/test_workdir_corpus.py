@@ -21,10 +21,12 @@ Placeholders: {workdir} the run, {data} its data file, {config} its pristine con
 
 Damage ops: write/append (text), write_hex/append_hex (bytes), remove (glob), mkdir,
 truncate (glob: every file to a third), flip (glob: one bit in the middle of the first
-file of each matching folder's data), json_set (key -> value in a JSON file), payload (a
-pickle whose loading creates {tmp}/EXECUTED), data_change (one value of the data file),
-data_remove, symlink_data (a link to the data file), hold_lock (another holder of the
-workdir's lock while the command runs).
+file of each matching folder's data), json_set (key -> value in a JSON file; a dotted key
+walks into objects), payload (a pickle whose loading creates {tmp}/EXECUTED), data_change
+(one value of the data file), data_remove, symlink_data (a link to the data file),
+copy_data (a copy of it), hold_lock (another holder of the workdir's lock while the command
+runs), mkfifo, symlink/hardlink (to `target`), sparse (the file grown to `size` bytes of
+zeros, without using the disk).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import pathlib
 import pickle
 import shutil
+import stat
 import sys
 
 import pytest
@@ -60,7 +63,12 @@ _OPS = {
   "data_change",
   "data_remove",
   "symlink_data",
+  "copy_data",
   "hold_lock",
+  "mkfifo",
+  "symlink",
+  "hardlink",
+  "sparse",
 }
 
 
@@ -100,7 +108,8 @@ def finished_run(tiny, tmp_path_factory):
 
 
 def _snapshot(folder: pathlib.Path) -> dict[str, str]:
-  """relative path -> content hash ("dir" for folders, "link" for links)."""
+  """relative path -> content hash ("dir" for folders, "link: target" for links, "special"
+  for FIFOs and the like, which are never opened)."""
   out = {}
   if not folder.exists():
     return out
@@ -108,10 +117,13 @@ def _snapshot(folder: pathlib.Path) -> dict[str, str]:
     for name in dirs + files:
       path = pathlib.Path(root) / name
       rel = str(path.relative_to(folder))
-      if path.is_symlink():
-        out[rel] = "link"
-      elif path.is_dir():
+      mode = path.lstat().st_mode
+      if stat.S_ISLNK(mode):
+        out[rel] = f"link: {os.readlink(path)}"
+      elif stat.S_ISDIR(mode):
         out[rel] = "dir"
+      elif not stat.S_ISREG(mode):
+        out[rel] = "special"
       else:
         out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
   return out
@@ -168,7 +180,11 @@ def _damage(op: dict, workdir: pathlib.Path, places: dict[str, str]) -> None:
       pathlib.Path(p).write_bytes(bytes(data))
   elif kind == "json_set":
     obj = json.loads(path.read_text())
-    obj[op["key"]] = op["value"]
+    *parents, last = op["key"].split(".")
+    inner = obj
+    for key in parents:
+      inner = inner[key]
+    inner[last] = _expand(op["value"], places) if isinstance(op["value"], str) else op["value"]
     path.write_text(json.dumps(obj))
   elif kind == "payload":
     path.write_bytes(pickle.dumps(_Payload(places["tmp"] + "/EXECUTED")))
@@ -182,6 +198,16 @@ def _damage(op: dict, workdir: pathlib.Path, places: dict[str, str]) -> None:
     os.remove(places["data"])
   elif kind == "symlink_data":
     os.symlink(places["data"], path)
+  elif kind == "copy_data":
+    shutil.copy(places["data"], path)
+  elif kind == "mkfifo":
+    os.mkfifo(path)
+  elif kind in ("symlink", "hardlink"):
+    target = _expand(op["target"], places)
+    (os.symlink if kind == "symlink" else os.link)(target, path)
+  elif kind == "sparse":
+    with open(path, "ab") as f:
+      f.truncate(op["size"])
   elif kind != "hold_lock":
     raise AssertionError(f"unknown op {kind}")
 
