@@ -12,11 +12,11 @@ feed-forward).
     h = \mathrm{sLSTM}([\tilde\imath, \tilde f, \tilde z, \tilde o]), \quad
     y = \mathrm{GroupNorm}_{\text{heads}}(\mathrm{dropout}(h))
 
-`conv` is a causal depthwise convolution over time (kernel `conv1d_kernel_size`; 0: none,
-then the gates read `x`), `P` head-wise projections (block-diagonal, one `(DH, DH)` block
-per head; no bias: the cell has one), and the cell `SLSTMCell` (flaxlstm/nn/cells/slstm.py,
-`project_inputs=False`). The group norm normalizes each head's outputs on their own, scaled
-by `1 + w` (`w` starts at zero). Parameters: `conv` (`kernel (K, 1, H)`, `bias (H,)`),
+`conv` is a causal depthwise convolution over time (`CausalConv`, kernel
+`conv1d_kernel_size`; 0: none, then the gates read `x`), `P` head-wise projections
+(block-diagonal, one `(DH, DH)` block per head; no bias: the cell has one), and the cell
+`SLSTMCell` (flaxlstm/nn/cells/slstm.py, `project_inputs=False`). The group norm normalizes
+each head's outputs on their own, scaled by `1 + w` (`w` starts at zero). Parameters: `conv` (`kernel (K, 1, H)`, `bias (H,)`),
 `igate`, `fgate`, `zgate`, `ogate` (`kernel (NH, DH, DH)`), `cell` (`recurrent_kernel`,
 `bias`) and `norm` (`scale (H,)`); `flaxlstm.nn.convert.from_xlstm_slstm_layer` maps the
 `xlstm` package's state dicts onto them.
@@ -38,6 +38,31 @@ from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer
 
 Array = jax.Array
+
+
+class CausalConv(nn.Module):
+  """A causal depthwise convolution over time: `y_t = b + sum_k w_k x_{t - K + 1 + k}`, per
+  feature (`kernel (K, 1, H)`, `bias (H,)`: `flax.linen.Conv`'s depthwise layout and init).
+
+  Written as K shifted multiply-adds instead of `lax.conv`: for the few taps here
+  (K = 4) that is elementwise work, where XLA:CPU's depthwise convolution, and above all
+  its backward, costs a large part of an sLSTM layer's step
+  (`experiments/benchmarks/slstm_step.py`)."""
+
+  kernel_size: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h, k = x.shape[-1], self.kernel_size
+    kernel = self.param("kernel", initializers.lecun_normal(), (k, 1, h))
+    bias = self.param("bias", initializers.zeros_init(), (h,))
+    dt = self.dtype or kernel.dtype
+    x = x.astype(dt)
+    t = x.shape[-2]
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(k - 1, 0), (0, 0)])
+    y = sum(padded[..., j : j + t, :] * kernel[j, 0].astype(dt) for j in range(k))
+    return y + bias.astype(dt)
 
 
 class HeadwiseLinear(nn.Module):
@@ -123,9 +148,7 @@ class SLSTM(SLSTMLayerOptions):
     dt = cell.compute_dtype
     x_conv = x
     if self.conv1d_kernel_size > 0:
-      k = self.conv1d_kernel_size
-      conv = nn.Conv(h, (k,), padding=[(k - 1, 0)], feature_group_count=h, dtype=dt, name="conv")
-      x_conv = nn.silu(conv(x))
+      x_conv = nn.silu(CausalConv(self.conv1d_kernel_size, dt, name="conv")(x))
     gate = lambda name, inputs: HeadwiseLinear(heads, dt, name=name)(inputs)
     pre = jnp.concatenate(
       [gate("igate", x_conv), gate("fgate", x_conv), gate("zgate", x), gate("ogate", x)], axis=-1
@@ -219,4 +242,4 @@ class SLSTMBlock(SLSTMLayerOptions):
     return x
 
 
-__all__ = ["SLSTM", "SLSTMBlock", "GatedFeedForward", "HeadNorm", "HeadwiseLinear"]
+__all__ = ["SLSTM", "SLSTMBlock", "CausalConv", "GatedFeedForward", "HeadNorm", "HeadwiseLinear"]

@@ -1,18 +1,20 @@
 """The sLSTM's fused time loop: one `jax.custom_vjp` per layer (kernel "slstm_fused",
 offered by `SLSTMCell` as "fused").
 
-The scheme is the LSTM kernel's (lstm_fused.py). The forward scan saves each step's gate
-pre-activations and the states after it. The backward is a reverse scan that carries only
-the state cotangents `(dc, dn, dm, dh)`; per step it runs the pointwise gate math's VJP
-(recomputed from the saved pre-activations, so the derivative is exactly autodiff's, the
-stabilizer's included) and one head-batched `R^T dz` matmul, and stores `dz`. The
-recurrent kernel's gradient is then ONE einsum over all `T*B` rows per head, outside the
-loop, instead of T small matmuls accumulated in the loop's carry, and the input side's
-gradient is the stored `dz` itself (the projection, outside the kernel, is differentiated
-by JAX). It runs float32 cells without a gate soft-cap; the autodiff loop (scan.py) runs
-every other configuration and is the reference it is tested against
-(tests/nn/test_slstm.py: outputs, final carries and gradients, ragged lengths, reverse,
-remat, recurrent dropout).
+The scheme is the LSTM kernel's (lstm_fused.py). The forward scan saves each step's gates
+and the states after it. The backward is a reverse scan that carries only the state
+cotangents `(dc, dn, dm, dh)`; per step it runs the gate math's derivative, written out
+from the saved gates (`_pointwise_vjp`: no gate is computed twice, and the stabilizer's
+gradient goes where autodiff's does), and one head-batched `R^T dz` matmul, and stores
+`dz`. The loop
+runs head-major (`_to_heads`), so that no step transposes anything. The recurrent
+kernel's gradient is then ONE matmul per head over all `T*B` rows, outside the loop,
+instead of T small matmuls accumulated in the loop's carry, and the input side's gradient
+is the stored `dz` itself (the projection, outside the kernel, is differentiated by JAX).
+It runs float32 cells without a gate soft-cap; the autodiff loop (scan.py) runs every other
+configuration and is the reference it is tested against (tests/nn/test_slstm.py: outputs,
+final carries and gradients, ragged lengths, reverse, remat, recurrent dropout).
+`experiments/benchmarks/slstm_step.py` measures it (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -31,71 +33,126 @@ from flaxlstm.nn.kernels.scan import TimeMajor, chunked
 Array = jax.Array
 
 
-def _recurrent(r: Array, h: Array) -> Array:
-  """`R h` head by head: `h (B, H)`, `r (NH, DH, 4 DH)` -> `(B, 4H)` gate-major."""
-  nh, dh = r.shape[0], r.shape[1]
-  out = jnp.einsum("bkd,kde->bke", h.reshape(h.shape[0], nh, dh), r)
-  return jnp.swapaxes(out.reshape(h.shape[0], nh, 4, dh), 1, 2).reshape(h.shape[0], -1)
+# The loop runs head-major: states `(NH, B, DH)` and pre-activations `(NH, B, 4 DH)` (each
+# head's [i | f | z | o] side by side), so that each step's recurrent matmul is one batched
+# GEMM over the heads, `(NH, B, DH) @ (NH, DH, 4 DH)`, with no transpose inside the loop; the
+# layer's batch-major, gate-major arrays are transposed once at the kernel's boundary.
+def _to_heads(a: Array, nh: int) -> Array:
+  """`(..., B, H)` -> `(..., NH, B, DH)`."""
+  lead, b = a.shape[:-2], a.shape[-2]
+  return jnp.moveaxis(a.reshape(lead + (b, nh, -1)), -2, -3)
 
 
-def _recurrent_t(r: Array, dz: Array) -> Array:
-  """The transpose of `_recurrent`: `dz (B, 4H)` -> `(B, H)`."""
-  nh, dh = r.shape[0], r.shape[1]
-  g = jnp.swapaxes(dz.reshape(dz.shape[0], 4, nh, dh), 1, 2).reshape(dz.shape[0], nh, 4 * dh)
-  return jnp.einsum("bke,kde->bkd", g, r).reshape(dz.shape[0], nh * dh)
+def _from_heads(a: Array) -> Array:
+  """`(..., NH, B, DH)` -> `(..., B, H)`."""
+  a = jnp.moveaxis(a, -3, -2)
+  return a.reshape(a.shape[:-2] + (-1,))
+
+
+def _gates_to_heads(z: Array, nh: int) -> Array:
+  """Gate-major `(T, B, 4H)` -> head-major `(T, NH, B, 4 DH)`."""
+  t, b = z.shape[:2]
+  return jnp.transpose(z.reshape(t, b, 4, nh, -1), (0, 3, 1, 2, 4)).reshape(t, nh, b, -1)
+
+
+def _gates_from_heads(z: Array) -> Array:
+  """The inverse of `_gates_to_heads`."""
+  t, nh, b = z.shape[:3]
+  return jnp.transpose(z.reshape(t, nh, b, 4, -1), (0, 2, 3, 1, 4)).reshape(t, b, -1)
 
 
 def _pointwise(z: Array, c: Array, n: Array, m: Array, exp_forget: bool):
-  """The gate math of one step (`SLSTMCell.activate`, float32): the new `(c, n, m, h)`."""
+  """The gate math of one step (`SLSTMCell.activate`, float32) on head-major blocks
+  `z (..., 4 DH)`: the new `(c, n, m, h)`, and what its derivative reads (`_pointwise_vjp`):
+  the gates `(i', f', tanh z, sigma(o))` side by side, `d log f / d f~`, and whether `m`
+  came from the input gate."""
   ii, ff, zz, oo = jnp.split(z, 4, axis=-1)
   log_fm = (ff if exp_forget else jax.nn.log_sigmoid(ff)) + m
-  m_new = jnp.where(n == 0, ii, jnp.maximum(ii, log_fm))
+  from_input = (n == 0) | (ii >= log_fm)
+  m_new = jnp.where(from_input, ii, log_fm)
   i_gate = jnp.minimum(jnp.exp(ii - m_new), 1.0)
   f_gate = jnp.minimum(jnp.exp(log_fm - m_new), 1.0)
-  c_new = f_gate * c + i_gate * jnp.tanh(zz)
+  tz, og = jnp.tanh(zz), jax.nn.sigmoid(oo)
+  c_new = f_gate * c + i_gate * tz
   n_new = f_gate * n + i_gate
-  return c_new, n_new, m_new, jax.nn.sigmoid(oo) * c_new / n_new
+  dlog_f = jnp.ones_like(ff) if exp_forget else jax.nn.sigmoid(-ff)
+  saved = (jnp.concatenate([i_gate, f_gate, tz, og], axis=-1), dlog_f, from_input)
+  return (c_new, n_new, m_new, og * c_new / n_new), saved
+
+
+def _pointwise_vjp(saved, c_p, n_p, c, n, cts):
+  """The derivative of `_pointwise` from what its forward saved, the states before and
+  after the step and the cotangents `(dc, dn, dm, dh)` of the new state: `(dz, dc_p, dn_p,
+  dm_p)`. Written out rather than `jax.vjp` of the step, which would recompute every gate
+  (the transcendentals are most of a step's cost).
+
+  The stabilizer cancels out of `h`: `i' = exp(i~ - m)`, `f' = exp(log f + m_p - m)`, and
+  `m` is the larger of their exponents (or `i~` while `n_p = 0`), so the exponent `m` came
+  from gets its gradient back through `m` (the clamps `min(., 1)` only bind, with zero
+  gradient, where `n_p = 0` makes `f'`'s exponent positive)."""
+  gates, dlog_f, from_input = saved
+  ig, fg, tz, og = jnp.split(gates, 4, axis=-1)
+  dc, dn, dm, dh = cts
+  # n > 0 after every step that ran; a step masked off from a zero state kept n = 0, and
+  # its cotangents are zero: keep 0 * (1 / n) from becoming NaN there.
+  inv_n = 1.0 / jnp.where(n == 0, 1.0, n)
+  d_og = dh * c * inv_n
+  dc = dc + dh * og * inv_n
+  dn = dn - dh * og * c * inv_n * inv_n
+  d_ig = dc * tz + dn
+  d_fg = dc * c_p + dn * n_p
+  du = d_ig * ig  # the input gate's exponent
+  dv = jnp.where(fg < 1.0, d_fg * fg, 0.0)  # the forget gate's (zero where clamped)
+  dm = dm - du - dv  # m = the exponent it came from
+  d_ii = du + jnp.where(from_input, dm, 0.0)
+  d_logfm = dv + jnp.where(from_input, 0.0, dm)
+  dz = jnp.concatenate(
+    [d_ii, d_logfm * dlog_f, dc * ig * (1.0 - tz * tz), d_og * og * (1.0 - og)], axis=-1
+  )
+  return dz, dc * fg, dn * fg, d_logfm
 
 
 def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: bool):
-  """The forward scan over time-major `zx (T, B, 4H)` (the input side, bias included).
-  Returns `(carry, ys)` and, with `save`, the residuals: each step's pre-activations
-  `(T, B, 4H)` and the states after it, `(c, n, m, h)` each `(T, B, H)`."""
+  """The forward scan, head-major: `zx (T, NH, B, 4 DH)` (the input side, bias included),
+  `carry0` four `(NH, B, DH)`, `mask (T, 1, B, 1)`, `h_mask (NH, B, DH)`. Returns
+  `(carry, ys (T, NH, B, DH))` and, with `save`, the residuals: each step's gates (what its
+  derivative reads, `_pointwise`) and the states after it."""
 
   def step(carry, inp):
     c, n, m, h = carry
     zx_t, on = inp
-    z = zx_t + _recurrent(r, h if h_mask is None else h * h_mask)
-    new = _pointwise(z, c, n, m, exp_forget)
+    z = zx_t + jnp.matmul(h if h_mask is None else h * h_mask, r)
+    new, gates = _pointwise(z, c, n, m, exp_forget)
     y = new[3]
     if on is not None:  # finished sequences keep their carry and output zeros
       new = tuple(jnp.where(on, a, b) for a, b in zip(new, carry))
       y = jnp.where(on, y, 0.0)
-    return new, ((y, z, new) if save else y)
+    return new, ((y, gates, new) if save else y)
 
   carry, out = jax.lax.scan(step, tuple(carry0), (zx, mask), unroll=unroll)
   if not save:
     return carry, out, None
-  ys, zs, states = out
-  return carry, ys, (zs, states)
+  ys, gates, states = out
+  return carry, ys, (gates, states)
 
 
 def _backward(r, carry0, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
-  zs, (cs, ns, ms, hs) = res
+  gates, (cs, ns, ms, hs) = res
   d_carry, dys = cts
   shift = lambda a0, a: jnp.concatenate([a0[None], a[:-1]])  # the states each step read
-  prev = tuple(shift(a0, a) for a0, a in zip(carry0, (cs, ns, ms, hs)))
-  pointwise = functools.partial(_pointwise, exp_forget=exp_forget)
+  c0, n0, _, h0 = carry0
+  prev = tuple(shift(a0, a) for a0, a in zip((c0, n0, h0), (cs, ns, hs)))
+  r_t = jnp.swapaxes(r, 1, 2)  # (NH, 4 DH, DH), transposed once, outside the loop
+  del ms, exp_forget  # the derivative reads the saved gates, not the stabilizer
 
   def step(carry, inp):
     dc, dn, dm, dh, dhm = carry
-    z, c_p, n_p, m_p, h_p, dy, on = inp
+    saved, c_p, n_p, h_p, c, n, dy, on = inp
     out_ct = (dc, dn, dm, dh + dy)
     if on is not None:  # a finished step passed its carry through and output zero
       out_ct = tuple(jnp.where(on, g, 0.0) for g in out_ct)
-    _, vjp = jax.vjp(pointwise, z, c_p, n_p, m_p)
-    dz, dc_p, dn_p, dm_p = vjp(out_ct)
-    dh_p = _recurrent_t(r, dz)
+    dz, dc_p, dn_p, dm_p = _pointwise_vjp(saved, c_p, n_p, c, n, out_ct)
+    dh_p = jnp.matmul(dz, r_t)
     if h_mask is not None:
       dhm = dhm + h_p * dh_p
       dh_p = dh_p * h_mask
@@ -108,19 +165,12 @@ def _backward(r, carry0, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
 
   dhm0 = None if h_mask is None else jnp.zeros_like(carry0[3])
   (dc0, dn0, dm0, dh0, dhm), dzs = jax.lax.scan(
-    step, (*d_carry, dhm0), (zs, *prev, dys, mask), reverse=True, unroll=unroll
+    step, (*d_carry, dhm0), (gates, *prev, cs, ns, dys, mask), reverse=True, unroll=unroll
   )
-  # The recurrent kernel's gradient: one einsum over every (step, sample) row, per head.
-  h_in = prev[3] if h_mask is None else prev[3] * h_mask
-  nh, dh = r.shape[0], r.shape[1]
-  t, b = h_in.shape[:2]
-  g = jnp.swapaxes(dzs.reshape(t * b, 4, nh, dh), 1, 2).reshape(t * b, nh, 4 * dh)
-  dr = jnp.einsum("rkd,rke->kde", h_in.reshape(t * b, nh, dh), g)
-  if dhm is not None:
-    lead = dhm.ndim - h_mask.ndim
-    dhm = dhm.sum(axis=tuple(range(lead))) if lead else dhm
-    axes = tuple(i for i, k in enumerate(h_mask.shape) if k == 1 and dhm.shape[i] != 1)
-    dhm = (dhm.sum(axis=axes, keepdims=True) if axes else dhm).astype(h_mask.dtype)
+  # The recurrent kernel's gradient: per head ONE matmul over every (step, sample) row.
+  h_in = prev[2] if h_mask is None else prev[2] * h_mask  # (T, NH, B, DH)
+  rows = lambda a: jnp.moveaxis(a, 1, 0).reshape(a.shape[1], -1, a.shape[-1])
+  dr = jnp.matmul(jax.lax.optimization_barrier(jnp.swapaxes(rows(h_in), 1, 2)), rows(dzs))
   return dr, (dc0, dn0, dm0, dh0), dzs, None, dhm
 
 
@@ -169,16 +219,18 @@ class FusedSLSTM(TimeMajor):
 
   def recurrence(self, cell, p, carry, x, *, mask=None, h_mask=None, unroll=1, remat=False):
     r = jnp.asarray(p["recurrent_kernel"], jnp.float32)
+    nh = r.shape[0]
     exp_forget = cell.forget_gate == "exp"
-    h_m = None if h_mask is None else h_mask.astype(jnp.float32)
+    h_m = None if h_mask is None else _to_heads(h_mask.astype(jnp.float32), nh)
 
     def loop(carry, x_chunk, m_chunk):
       # The input side for all of the chunk's steps at once, outside the time loop (and
       # inside a remat chunk, so that remat recomputes it rather than keeping it).
-      zx = cell.project(p, x_chunk).astype(jnp.float32)
-      c0 = tuple(jnp.asarray(a, jnp.float32) for a in carry)
-      new, ys = _fused(r, c0, zx, m_chunk, h_m, unroll, exp_forget)
-      return like(carry, SLSTMCarry(*new)), ys
+      zx = _gates_to_heads(cell.project(p, x_chunk).astype(jnp.float32), nh)
+      c0 = tuple(_to_heads(jnp.asarray(a, jnp.float32), nh) for a in carry)
+      on = None if m_chunk is None else m_chunk[:, None]  # (T, 1, B, 1)
+      new, ys = _fused(r, c0, zx, on, h_m, unroll, exp_forget)
+      return like(carry, SLSTMCarry(*(_from_heads(a) for a in new))), _from_heads(ys)
 
     return chunked(loop, carry, x, mask, remat)
 
