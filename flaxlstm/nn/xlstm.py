@@ -16,10 +16,11 @@ feed-forward).
 `conv1d_kernel_size`; 0: none, then the gates read `x`), `P` head-wise projections
 (block-diagonal, one `(DH, DH)` block per head; no bias: the cell has one), and the cell
 `SLSTMCell` (flaxlstm/nn/cells/slstm.py, `project_inputs=False`). The group norm normalizes
-each head's outputs on their own, scaled by `1 + w` (`w` starts at zero). Parameters: `conv` (`kernel (K, 1, H)`, `bias (H,)`),
-`igate`, `fgate`, `zgate`, `ogate` (`kernel (NH, DH, DH)`), `cell` (`recurrent_kernel`,
-`bias`) and `norm` (`scale (H,)`); `flaxlstm.nn.convert.from_xlstm_slstm_layer` maps the
-`xlstm` package's state dicts onto them.
+each head's outputs on their own, scaled by `1 + w` (`w` starts at zero). Parameters:
+`conv` (`kernel (K, 1, H)`, `bias (H,)`), `igate`, `fgate`, `zgate`, `ogate` (`kernel (NH,
+DH, DH)`), `cell` (`recurrent_kernel`, `bias`) and `norm` (`scale (H,)`);
+`flaxlstm.nn.convert.from_xlstm_slstm_layer` maps the `xlstm` package's state dicts onto
+them.
 """
 
 from __future__ import annotations
