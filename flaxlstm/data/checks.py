@@ -64,32 +64,42 @@ def warn_filled_splits(
   spec: DataSpec,
   targets: Sequence[str],
   path: Any,
+  series_ids: Sequence[str] = (),
 ) -> None:
   """Warns, in one line, when data.fill made up every value of a column in a split of a
-  wide table (`missing`: each column's missing cells): a val or test target so filled
-  scores every model against the fill, not against observations."""
+  series (`missing`: each column's missing cells, in the table's rows; `split_rows`: each
+  split's `(series, 2)` row ranges): a val or test target so filled scores every model
+  against the fill, not against observations."""
   filled = [
-    (split, column, int(rows[0, 0]), int(rows[0, 1]))
+    (split, column, s, int(a), int(b))
     for split, rows in split_rows.items()
     for column, mask in missing.items()
-    if rows[0, 1] > rows[0, 0] and mask[rows[0, 0] : rows[0, 1]].all()
+    for s, (a, b) in enumerate(rows)
+    if b > a and mask[a:b].all()
   ]
   if not filled:
     return
-  split, column, a, b = filled[0]
+  split, column, s, a, b = filled[0]
   role = "target" if column in targets else "input"
   effect = (
     f"{split} metrics are scored against filled values, not observations"
     if role == "target" and split != "train"
     else f"the model sees only filled values of it in the {split} split"
   )
-  more = "; also " + ", ".join(f"{c!r} in {s}" for s, c, *_ in filled[1:4]) if filled[1:] else ""
+  if series_ids:  # a long table: its rows are sorted, so the series names the place
+    where = f"series {short(series_ids[s])} of {path}"
+  else:
+    where = f"{path} ({io.file_row_label(a, path)} to {io.file_row_label(b - 1, path)})"
+  others = [
+    f"{c!r} in {sp}" + (f" of {short(series_ids[k])}" if series_ids else "")
+    for sp, c, k, *_ in filled[1:4]
+  ]
+  more = "; also " + ", ".join(others) if others else ""
   if len(filled) > 4:
     more += f" and {len(filled) - 4} more"
   log.warning(
     f"data.fill={spec.fill!r} filled all {b - a} values of {role} column {column!r} in the "
-    f"{split} split of {path} ({io.file_row_label(a, path)} to {io.file_row_label(b - 1, path)}): "
-    f"{effect}{more}"
+    f"{split} split of {where}: {effect}{more}"
   )
 
 

@@ -322,7 +322,7 @@ def validate_long(
   fill: str,
   check_constant: bool,
   date_format: str = "",
-) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+) -> tuple[pd.DataFrame, np.ndarray, list[str], np.ndarray]:
   """Validates a long table (one row per (series, date)) and sorts it by series, then date.
 
   Cells are checked in file order, so a message names the file's row; then the rows are
@@ -332,7 +332,8 @@ def validate_long(
 
   Returns:
     The sorted frame (the date column, if any, then `columns` as float64), the row
-    offsets of each series ``(S + 1,)`` and the series ids (as strings, sorted).
+    offsets of each series ``(S + 1,)``, the series ids (as strings, sorted) and the file
+    row of each sorted row.
   """
   if fill not in FILLS:
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
@@ -405,7 +406,7 @@ def validate_long(
         "drop it from data.features / data.target"
       )
     out[name] = column
-  return pd.DataFrame(out), offsets, series_names
+  return pd.DataFrame(out), offsets, series_names, order.astype(np.int64)
 
 
 def _fill_grouped(values: np.ndarray, groups: np.ndarray, fill: str) -> np.ndarray:

@@ -254,8 +254,8 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   check_named(spec, list(raw.columns), path, features, targets)
   columns = list(dict.fromkeys(features + targets + spec.known + spec.static))
   table, _ = validate_table(spec, path, raw, kind, columns, check_constant=True)
-  # What data.fill made up, by column (a wide table's rows are the file's rows).
-  missing = checks.missing(raw, columns) if spec.fill != "none" and not spec.id_column else {}
+  # What data.fill made up, by column, in the file's rows (a long table's: sorted below).
+  missing = checks.missing(raw, columns) if spec.fill != "none" else {}
   del raw  # the validated table holds what is needed; a large file is not kept twice
   date_column = spec.date_column or None
   dates = table.frame[date_column].to_numpy() if date_column else None
@@ -289,7 +289,9 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   begin = table.offsets[:-1, None]
   local = np.concatenate([np.zeros((len(ends), 1), np.int64), ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
-  checks.warn_filled_splits(missing, split_rows, spec, targets, path)
+  if table.file_rows is not None:  # the rows as the table holds them (by series and date)
+    missing = {c: m[table.file_rows] for c, m in missing.items()}
+  checks.warn_filled_splits(missing, split_rows, spec, targets, path, table.series_ids)
 
   frame = table.frame
   blocks = {

@@ -48,6 +48,8 @@ class Table:
   offsets: np.ndarray
   series_ids: tuple[str, ...]
   path: Any
+  # The file row of each row (a long table is sorted by series and date); None: the same.
+  file_rows: np.ndarray | None = None
 
   @property
   def row_series(self) -> np.ndarray:
@@ -62,6 +64,7 @@ class Table:
       np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
       tuple(i for i, k in zip(self.series_ids, keep) if k),
       self.path,
+      None if self.file_rows is None else self.file_rows[rows],
     )
 
 
@@ -89,7 +92,7 @@ def validate_table(
   present = all(c in raw.columns for c in optional)
   wanted = list(dict.fromkeys(columns + (list(optional) if present else [])))
   if spec.id_column:
-    frame, offsets, ids = io.validate_long(
+    frame, offsets, ids, file_rows = io.validate_long(
       raw,
       path,
       kind,
@@ -100,7 +103,7 @@ def validate_table(
       check_constant=check_constant,
       date_format=spec.date_format,
     )
-    return Table(frame, offsets, tuple(ids), path), present
+    return Table(frame, offsets, tuple(ids), path, file_rows), present
   frame = io.validate_frame(
     raw,
     path,

@@ -265,3 +265,23 @@ def test_saved_scalers_reject_a_malformed_panel_block(panel_path, tmp_path):
   payload["targets"]["scale"] = [[1.0]]
   path.write_text(json.dumps(payload))
   _error("targets: scale must be 3 x 1 finite numbers", scaling.load_scalers, path)
+
+
+def test_a_series_split_that_data_fill_made_up_is_one_warning(tmp_path, monkeypatch):
+  """The panel counterpart of test_data's: the rows are shuffled in the file and sorted by
+  series and date, and the warning names the series whose test target was all made up."""
+  from flaxlstm.data import checks
+
+  warned = []
+  monkeypatch.setattr(checks.log, "warning", warned.append)
+  frame = panel_frame()
+  b = frame["unique_id"] == "b"
+  last = frame.loc[b, "ds"].sort_values().iloc[-LENGTHS["b"] // 5 :]  # past its val rows
+  frame.loc[b & frame["ds"].isin(last), "y"] = np.nan
+  path = write(tmp_path, frame)
+  data = series.prepare(spec(path, fill="ffill"))
+  assert np.isfinite(data.y).all()
+  assert len(warned) == 1
+  assert warned[0].startswith("data.fill='ffill' filled all ")
+  assert f"values of target column 'y' in the test split of series 'b' of {path}" in warned[0]
+  assert "test metrics are scored against filled values" in warned[0]
