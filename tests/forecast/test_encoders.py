@@ -101,6 +101,7 @@ def toy_encoder():
   encoders.ENCODERS.pop("toy")
 
 
+@pytest.mark.slow  # trains to completion
 @pytest.mark.parametrize("decoder", ["dense", "parallel", "recurrent"])
 def test_a_foreign_cell_is_a_forecaster_encoder_by_config(tiny, tmp_path, toy_encoder, decoder):
   config = config_lib.load_config(
@@ -149,6 +150,7 @@ def test_the_gru_encoder_ships(tiny, tmp_path):
   assert np.isfinite(metrics["val"]["mse"])
 
 
+@pytest.mark.slow  # trains to completion
 @pytest.mark.parametrize("decoder", ["parallel", "dense"])
 def test_the_slstm_encoder_trains_through_the_registry(tiny, tmp_path, decoder):
   """`model.encoder=slstm`: a stack of sLSTM cells, its options `model.slstm.*`, with any
