@@ -119,6 +119,33 @@ def _parser() -> argparse.ArgumentParser:
     help="forecast from every position, not only from the end of the file",
   )
   pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  tx = sub.add_parser("tirex", help="TiRex: convert its weights, forecast zero-shot")
+  txs = tx.add_subparsers(dest="tirex_command", required=True)
+  conv = txs.add_parser(
+    "convert",
+    help="the published checkpoint (model.ckpt) -> plain arrays (.npz); needs torch",
+    parents=[common],
+  )
+  conv.add_argument("checkpoint", help="TiRex's Lightning checkpoint (model.ckpt)")
+  conv.add_argument("--out", required=True, help="the weights file to write (.npz)")
+  conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  zs = txs.add_parser(
+    "forecast", help="zero-shot forecasts of every series of a table", parents=[common]
+  )
+  zs.add_argument("--weights", required=True, help="a .npz from `flaxlstm tirex convert`")
+  zs.add_argument("--data", required=True, help="CSV/Parquet, a long or a wide table")
+  zs.add_argument("--horizon", required=True, type=int, help="steps to forecast")
+  zs.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
+  zs.add_argument(
+    "--id-column", default="unique_id", help="the series id column; '' for a wide table"
+  )
+  zs.add_argument("--date-column", default="ds", help="the timestamp column; '' for none")
+  zs.add_argument("--date-format", default="", help="its strptime format ('' = inferred)")
+  zs.add_argument(
+    "--target", default="y", help="the column(s) to forecast, comma-separated (default y)"
+  )
+  zs.add_argument("--batch-size", type=int, default=256, help="series per forward pass")
+  zs.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   sw = sub.add_parser(
     "sweep",
     help="run a sweep file's grid of runs and aggregate them",
@@ -395,6 +422,35 @@ def _predict(args, train_lib) -> int:
   return 0
 
 
+def _tirex(args) -> int:
+  from flaxlstm.pretrained import files
+
+  if args.tirex_command == "convert":
+    config = files.convert_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(
+      f"wrote {args.out} (TiRex: {config.num_blocks} blocks of width {config.embedding_dim}, "
+      f"patch {config.patch_size}, context {config.train_ctx_len})"
+    )
+    return 0
+  columns = files.TableColumns(
+    id_column=args.id_column,
+    date_column=args.date_column,
+    target=files.parse_target(args.target),
+    date_format=args.date_format,
+  )
+  n, rows = files.forecast_file(
+    args.weights,
+    args.data,
+    args.out,
+    horizon=args.horizon,
+    columns=columns,
+    batch_size=args.batch_size,
+    overwrite=args.overwrite,
+  )
+  print(f"wrote {n} forecast{'s' * (n != 1)} ({rows} rows) to {args.out}")
+  return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command; returns its exit code (0, 1, 2 or 128 + signal)."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -427,6 +483,8 @@ def _main(argv: list[str]) -> int:
       return _sweep(args)
     if args.command == "tune":
       return _tune(args)
+    if args.command == "tirex":
+      return _tirex(args)
     from flaxlstm import train as train_lib
 
     if args.command == "evaluate":

@@ -23,6 +23,9 @@ _CSV_SUFFIXES = (".csv",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # data.fill: what to do with missing values (see `load_frame`).
 FILLS = ("none", "ffill", "interpolate")
+# Not a data.fill choice: missing values (and infinities) kept as NaN, for models that read
+# gaps as gaps (TiRex's observed mask; `flaxlstm tirex forecast`).
+KEEP_MISSING = "keep"
 # The largest magnitude the model's float32 arrays hold; a value beyond it becomes inf.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -173,6 +176,8 @@ def _fill_column(values: np.ndarray, fill: str) -> np.ndarray:
   """Fills missing values; infinities count as missing because they are sensor faults."""
   if fill == "none":
     return values
+  if fill == KEEP_MISSING:
+    return np.where(np.isinf(values), np.nan, values)
   series = pd.Series(np.where(np.isinf(values), np.nan, values))
   if fill == "ffill":
     series = series.ffill()
@@ -185,7 +190,7 @@ def _fill_column(values: np.ndarray, fill: str) -> np.ndarray:
 
 def _check_finite(values: np.ndarray, path: Path, column: str, kind: str, fill: str) -> None:
   bad = np.flatnonzero(~np.isfinite(values))
-  if not bad.size:
+  if not bad.size or fill == KEEP_MISSING:
     return
   row = int(bad[0])
   where = f"in column {column!r} of {path} at {row_label(row, kind)}"
@@ -229,7 +234,7 @@ def validate_frame(
   date_format: str = "",
 ) -> pd.DataFrame:
   """Validates and cleans the selected columns of a freshly read frame."""
-  if fill not in FILLS:
+  if fill not in FILLS + (KEEP_MISSING,):
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
   _check_columns(frame, columns, path, date_column)
   out = {}
@@ -335,7 +340,7 @@ def validate_long(
     offsets of each series ``(S + 1,)``, the series ids (as strings, sorted) and the file
     row of each sorted row.
   """
-  if fill not in FILLS:
+  if fill not in FILLS + (KEEP_MISSING,):
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
   if id_column not in frame.columns:
     raise error(
@@ -388,10 +393,12 @@ def validate_long(
   for name in columns:
     check_float32(values[name], path, name, kind)  # in file order: names the file's row
     column = values[name][order]
-    if fill != "none":
+    if fill == KEEP_MISSING:
+      column = np.where(np.isinf(column), np.nan, column)
+    elif fill != "none":
       column = _fill_grouped(column, groups, fill)
     bad = np.flatnonzero(~np.isfinite(column))
-    if bad.size:
+    if bad.size and fill != KEEP_MISSING:
       if fill == "none":
         _check_finite(values[name], path, name, kind, fill)  # raises, naming the file's row
       row, series_id = int(order[bad[0]]), series_names[groups[bad[0]]]

@@ -2,7 +2,8 @@
 
     ENCODERS       name -> Encoder: "lstm" (`StackedLSTM`: the fused kernel, cuDNN, LSTMP,
                    layer norm), "slstm" (xLSTM's sLSTM cell, `model.slstm.num_heads`, ...),
-                   "gru" (Flax's `GRUCell`); the last two stacked by `StackedRNN`
+                   "gru" (Flax's `GRUCell`); the last two stacked by `StackedRNN`;
+                   "tirex" (TiRex, a whole pretrained forecaster: forecast/pretrained.py)
     register_cell  any Flax cell class as an encoder, under a name: one call
 
 An encoder builds its module from the model spec (`module`), gives the decoders its cell
@@ -26,6 +27,7 @@ from typing import Any
 from flax import linen as nn
 
 from flaxlstm.config.specs import ModelSpec, RunSpec
+from flaxlstm.forecast import pretrained
 from flaxlstm.nn import kernels
 from flaxlstm.nn.cells.base import COMMON_OPTIONS, CellOptions, option, option_fields
 from flaxlstm.nn.cells.lstm import LSTM_OPTIONS, LSTMCell
@@ -105,6 +107,12 @@ class Encoder:
     """The encoder: `module(x (B, L, F), deterministic=) -> (carries, h)`, each layer's final
     carry bottom to top and the top layer's last output `(B, hidden_sizes[-1])`."""
     raise NotImplementedError
+
+  def forecaster(self, **kwargs: Any) -> nn.Module | None:
+    """A whole forecaster (`Forecaster`'s attributes as `kwargs`) for an entry that is one
+    (TiRex), or None: `Forecaster` with this encoder inside."""
+    del kwargs
+    return None
 
   def check(self, spec: RunSpec, c: Any) -> None:
     """The encoder's rules (`c.model`, `c.data`, `c.train`: the sections' checkers)."""
@@ -210,6 +218,59 @@ class SLSTMEncoder(CellEncoder):
     )
 
 
+class TiRexEncoder(Encoder):
+  """`model.encoder="tirex"`: TiRex as the whole forecaster (forecast/pretrained.py), its
+  options `model.tirex.*`."""
+
+  name = "tirex"
+  options = pretrained.OPTIONS
+  cell_class = SLSTMCell  # its layers' kernels are the sLSTM's
+
+  def forecaster(self, **kwargs: Any) -> nn.Module | None:
+    return pretrained.TiRexForecaster(**kwargs)
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    super().check(spec, c)
+    m, o = spec.model, self.own_options(spec.model)
+    c.model.check(
+      "head", m.head == "quantile", "must be 'quantile' with model.encoder='tirex' (its output)"
+    )
+    for key in ("predict_delta", "revin", "linear_skip", "volatility_scaling"):
+      c.model.check(key, not getattr(m, key), "must be False: TiRex scales each window by itself")
+    c.model.check("segment_length", not m.segment_length, "must be 0: TiRex cuts its own patches")
+    c.model.check(
+      "channels", m.channels == "mixed", "must be 'mixed': TiRex reads each target alone"
+    )
+    c.data.check(
+      "known", not spec.data.known and not spec.data.calendar, "TiRex reads no covariates"
+    )
+    c.data.check("static", not spec.data.static, "TiRex reads no covariates")
+    for key in (
+      "patch_size",
+      "embedding_dim",
+      "num_heads",
+      "num_blocks",
+      "input_ff_dim",
+      "train_ctx_len",
+      "rollout_patches",
+    ):
+      c.model.check(f"tirex.{key}", o[key] > 0, "must be > 0")
+    c.model.check("tirex.context_length", o["context_length"] >= 0, "must be >= 0 (0: the model's)")
+    c.model.check(
+      "tirex.embedding_dim",
+      o["embedding_dim"] % max(o["num_heads"], 1) == 0,
+      "must be a multiple of model.tirex.num_heads",
+    )
+    if o["weights"]:
+      cfg = pretrained.tirex_config(spec.model)  # reads the file: one-line error if not one
+      c.model.check(
+        "quantiles",
+        tuple(spec.model.quantiles) == tuple(cfg.quantiles),
+        f"must be the weights' levels {list(cfg.quantiles)}",
+      )
+
+
 register(LSTMEncoder())
 register(SLSTMEncoder())
 register_cell("gru", nn.GRUCell)
+register(TiRexEncoder())

@@ -17,7 +17,7 @@ from flaxlstm.config.specs import RunSpec
 from flaxlstm.data import augment, series, windows
 from flaxlstm.data.scaling import FittedScalers
 from flaxlstm.errors import InputError
-from flaxlstm.forecast import heads
+from flaxlstm.forecast import encoders, heads
 from flaxlstm.forecast.model import Forecaster
 from flaxlstm.train.optim import make_optimizer
 from flaxlstm.train.step import TrainState
@@ -29,7 +29,7 @@ class Setup:
 
   spec: RunSpec
   data: series.SeriesData
-  model: Forecaster
+  model: Any  # a Forecaster, or a whole forecaster an encoder entry builds (build_model)
   tx: optax.GradientTransformation
   steps_per_epoch: int
   total_steps: int
@@ -46,6 +46,8 @@ class Setup:
     inputs: dict[str, Any] = windows.model_inputs(self.data, first)
     key = jax.random.fold_in(jax.random.key(seed), 0)
     params = self.model.init(key, **inputs, deterministic=True)["params"]
+    if hasattr(self.model, "pretrained"):  # starts from a pretrained model's weights
+      params = self.model.pretrained(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   def abstract_state(self) -> Any:
@@ -142,15 +144,17 @@ def assemble(
   )
 
 
-def build_model(spec: RunSpec, data: series.SeriesData) -> Forecaster:
-  """The run's model for `data` (training data, or a new file with the run's scalers)."""
-  return Forecaster(
+def build_model(spec: RunSpec, data: series.SeriesData) -> Any:
+  """The run's model for `data` (training data, or a new file with the run's scalers): a
+  `Forecaster`, or the whole forecaster its encoder entry builds (TiRex)."""
+  kwargs: dict[str, Any] = dict(
     horizon=data.horizon,
     n_targets=len(data.target_names),
     spec=spec.model,
     target_columns=_target_columns(spec, data),
     n_series=len(data.scalers.series_ids),
   )
+  return encoders.ENCODERS[spec.model.encoder].forecaster(**kwargs) or Forecaster(**kwargs)
 
 
 def _target_columns(spec: RunSpec, data: series.SeriesData) -> tuple[int, ...]:

@@ -1,0 +1,1 @@
+"""Pretrained models in Flax: TiRex (`flaxlstm.pretrained.tirex`)."""
