@@ -163,18 +163,43 @@ def load_config(spec: str | None, overrides: Sequence[str] = ()) -> ml_collectio
       schema.check_keys(config)
     except InputError as e:
       raise InputError(f"config file '{path}': {e}") from None
+  wide = not config.data.id_column
   for override in overrides:
     apply_override(config, override)
+  if wide and config.data.id_column:
+    long_table_defaults(config, {override_key(o) for o in overrides})
   schema.to_spec(config)
   config.lock()
   return config
 
 
+def long_table_defaults(config: ml_collections.ConfigDict, overridden: set[str]) -> None:
+  """A config written for a wide table, pointed at a long one by overrides (they set
+  `data.id_column`): the inputs and split it chose for its own table's columns and rows
+  take a long table's defaults, unless the overrides set them too.
+
+  The default experiment is ETTh1's: its input column (OT) is not a column of the user's
+  table, and its 12/4/4-month split would refuse every series of a panel. On a long table
+  `data.features=()` reads each series' own target, and `data.split="holdout"` keeps each
+  series' last rows for val and test, however long the series is.
+  """
+  data = config.data
+  if "data.features" not in overridden:
+    data.features = ()
+  if not overridden & {"data.split", "data.split_rows", "data.split_dates"}:
+    data.split, data.split_rows, data.split_dates = "holdout", (), ()
+
+
+def override_key(override: str) -> str:
+  """The config key an ``"a.b.c=value"`` override sets."""
+  return override.partition("=")[0].strip().removeprefix("--").removeprefix("config.")
+
+
 # ---- overrides ---------------------------------------------------------------------------------
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   """Sets one ``"a.b.c=value"`` in place, parsing the value to the existing key's type."""
-  key, sep, text = override.partition("=")
-  key = key.strip().removeprefix("--").removeprefix("config.")
+  _, sep, text = override.partition("=")
+  key = override_key(override)
   if not sep or not key:
     raise InputError(f"bad config override {override!r}: expected key=value")
   flat = schema.flatten(config)

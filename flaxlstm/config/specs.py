@@ -74,7 +74,8 @@ class DataSpec(_Spec):
   # every series split, scaled and windowed on its own. "" = a wide table (one series).
   id_column: str = ""
   # Input columns read over the lookback; () = every other column of a wide table, the
-  # target of a long one.
+  # target of a long one (which a config written for a wide table takes when command-line
+  # overrides point it at a long one, unless they set this too).
   features: tuple[str, ...] = ()
   target: tuple[str, ...] = ("OT",)  # Columns to forecast.
   known: tuple[str, ...] = ()  # Columns known in advance: read over lookback and horizon.
@@ -85,15 +86,24 @@ class DataSpec(_Spec):
   lookback: int = 96  # Input window length (rows).
   horizon: int = 24  # Steps forecast per window.
   # How rows are split in time, per series: "fractions" | "rows" | "dates" | "ett" (12/4/4
-  # months of hourly rows, see DESIGN.md).
+  # months of hourly rows, see DESIGN.md) | "holdout" (the last rows of each series). A
+  # config written for a wide table and pointed at a long one by command-line overrides
+  # takes "holdout" unless they name a split (config/loading.py).
   split: str = "fractions"
-  split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)  # Train/val/test shares of rows.
+  # Train/val/test shares of rows; a test share of 0 is a production fit (no test split).
+  split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
   # split="rows": row boundaries (train_end, val_end[, test_end]): train = [0, train_end),
   # val = [train_end, val_end), test = [val_end, test_end or the last row].
   split_rows: tuple[int, ...] = ()
   # split="dates": (train_end, val_end[, test_end]) timestamps; a row is in the first split
   # whose end is after its date (test: up to test_end, or every later row).
   split_dates: tuple[str, ...] = ()
+  # split="holdout", in rows of each series: its last test_size rows are test, the val_size
+  # rows before them val, the rest train (NeuralForecast's val_size/test_size, M4's
+  # protocol); -1 = one horizon. test_size=0 is a production fit: no test split, every row
+  # but the val ones trains. Val and test windows read their inputs from earlier rows.
+  val_size: int = -1
+  test_size: int = -1
   # Long tables: drop the series too short for a window in every split (else an error).
   drop_short: bool = False
   # Fit on train rows: "standard" | "robust" | "minmax" | "maxabs" (scale only) | "none".
@@ -163,9 +173,19 @@ class DataSpec(_Spec):
     fractions = self.split_fractions
     c.check(
       "split_fractions",
-      len(fractions) == 3 and all(f > 0 for f in fractions) and sum(fractions) <= 1 + 1e-9,
-      "must be three shares (train, val, test), each > 0, summing to at most 1",
+      len(fractions) == 3
+      and fractions[0] > 0
+      and fractions[1] > 0
+      and fractions[2] >= 0
+      and sum(fractions) <= 1 + 1e-9,
+      "must be three shares (train, val, test), train and val > 0, test >= 0 (0 = no test "
+      "split), summing to at most 1",
     )
+    if self.split == "holdout":
+      self._check_holdout(c)
+    else:
+      for key in ("val_size", "test_size"):
+        c.check(key, getattr(self, key) == -1, "is only used with data.split='holdout'")
     rows = self.split_rows
     if self.split == "rows":
       c.check(
@@ -176,6 +196,24 @@ class DataSpec(_Spec):
     else:
       # Setting boundaries but forgetting split=rows would silently split by fractions.
       c.check("split_rows", not rows, "is only used with data.split='rows'")
+
+  def _check_holdout(self, c: Checker) -> None:
+    horizon = self.horizon
+    # No val_size=0: the loop early-stops and keeps its best weights on the val windows (and
+    # calibrates the conformal intervals on them), so a run without any could choose neither.
+    c.check(
+      "val_size",
+      self.val_size == -1 or self.val_size >= horizon,
+      f"must be -1 (one horizon) or at least data.horizon={horizon}: the loop early-stops "
+      "and keeps its best weights on the val windows (a production fit is data.test_size=0)",
+    )
+    c.check(
+      "test_size",
+      self.test_size in (-1, 0) or self.test_size >= horizon,
+      f"must be -1 (one horizon), 0 (no test split) or at least data.horizon={horizon}",
+    )
+    for key in ("val_size", "test_size"):
+      c.at_most(key, 2**40)
 
 
 @dataclasses.dataclass(frozen=True)

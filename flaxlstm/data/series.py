@@ -265,13 +265,17 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     short_ = splits.short_series(spec, ends)
     if short_.any():
       first = int(np.argmax(short_))
-      what = (
-        f"series too short: data.lookback={spec.lookback} + data.horizon={spec.horizon} need "
-        f"at least {spec.lookback + spec.horizon} train rows and {spec.horizon} val and test "
-        f"rows in every series, but data.split={spec.split!r} leaves series "
-        f"{short(table.series_ids[first])} ({lengths[first]} rows) with train={ends[first, 0]}, "
-        f"val={ends[first, 1] - ends[first, 0]}, test={ends[first, 2] - ends[first, 1]}"
-      )
+      name = short(table.series_ids[first])
+      if spec.split == "holdout":
+        what = f"{path}: series {name} has {lengths[first]} rows; {splits.holdout_needs(spec)}"
+      else:
+        what = (
+          f"series too short: data.lookback={spec.lookback} + data.horizon={spec.horizon} "
+          f"need at least {spec.lookback + spec.horizon} train rows and {spec.horizon} val "
+          f"and test rows in every series, but data.split={spec.split!r} leaves series "
+          f"{name} ({lengths[first]} rows) with train={ends[first, 0]}, "
+          f"val={ends[first, 1] - ends[first, 0]}, test={ends[first, 2] - ends[first, 1]}"
+        )
       n_short = int(short_.sum())
       if not spec.drop_short or n_short == len(lengths):
         hint = "" if spec.drop_short else "; set data.drop_short=True to leave them out"
@@ -284,7 +288,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
       dates = table.frame[date_column].to_numpy() if date_column else None
   else:
     bounds = splits.split_bounds(spec, len(table.frame), dates)
-    splits.check_lengths(bounds, spec, len(table.frame))
+    splits.check_lengths(bounds, spec, len(table.frame), path)
     ends = np.array([[bounds[k][1] for k in splits.SPLIT_NAMES]], np.int64)
   begin = table.offsets[:-1, None]
   local = np.concatenate([np.zeros((len(ends), 1), np.int64), ends], axis=1)

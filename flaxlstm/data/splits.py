@@ -2,7 +2,8 @@
 
 A wide table's split is a row range per split (`split_bounds`); a long table's is each
 series' local split ends (`panel_ends`), computed for every series at once. Both are
-checked to leave at least one window in every split (`check_lengths`, `short_series`).
+checked to leave at least one window in every split (`check_lengths`, `short_series`),
+except a test split that the config leaves out (a production fit, `has_test`).
 config/schema.py validates `data.split` and `data.split_dates` with `SPLITS` and
 `increasing_dates`.
 """
@@ -18,7 +19,7 @@ from flaxlstm.config.specs import DataSpec
 from flaxlstm.data.io import error
 
 # data.split: how rows are split in time.
-SPLITS = ("fractions", "rows", "dates", "ett")
+SPLITS = ("fractions", "rows", "dates", "ett", "holdout")
 # Informer's ETT protocol: 12/4/4 months of 30 days of hourly rows.
 ETT_BOUNDS = {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
 SPLIT_NAMES = ("train", "val", "test")
@@ -33,6 +34,38 @@ def increasing_dates(values: Sequence[str]) -> bool:
   return all(a < b for a, b in zip(stamps, stamps[1:]))
 
 
+def holdout_sizes(spec: DataSpec) -> tuple[int, int]:
+  """`data.val_size` and `data.test_size` in rows (-1: one horizon)."""
+  val, test = (spec.horizon if n == -1 else n for n in (spec.val_size, spec.test_size))
+  return val, test
+
+
+def holdout_minimum(spec: DataSpec) -> int:
+  """The fewest rows a series needs under `data.split='holdout'`: a train window, then the
+  val and test rows."""
+  return spec.lookback + spec.horizon + sum(holdout_sizes(spec))
+
+
+def holdout_needs(spec: DataSpec) -> str:
+  """What a series needs under `data.split='holdout'`, for messages."""
+  val, test = holdout_sizes(spec)
+  return (
+    f"data.split='holdout' needs at least {holdout_minimum(spec)} (data.lookback="
+    f"{spec.lookback} + data.horizon={spec.horizon} for a train window, data.val_size={val}, "
+    f"data.test_size={test})"
+  )
+
+
+def has_test(spec: DataSpec) -> bool:
+  """Whether the split holds test rows: a production fit (`data.test_size=0`, or a zero
+  test share of `data.split_fractions`) trains on all but the val rows and has none."""
+  if spec.split == "holdout":
+    return holdout_sizes(spec)[1] > 0
+  if spec.split == "fractions":
+    return spec.split_fractions[2] > 0
+  return True
+
+
 def split_bounds(
   spec: DataSpec, n_rows: int, dates: np.ndarray | None = None
 ) -> dict[str, tuple[int, int]]:
@@ -44,7 +77,10 @@ def split_bounds(
         f"(12/4/4 months of 30 days, hourly), the file has {n_rows}"
       )
     return dict(ETT_BOUNDS)
-  if spec.split in ("rows", "dates"):
+  if spec.split == "holdout":
+    val, test = holdout_sizes(spec)
+    ends = tuple(max(e, 0) for e in (n_rows - test - val, n_rows - test, n_rows))
+  elif spec.split in ("rows", "dates"):
     if spec.split == "dates":
       assert dates is not None  # the schema requires a date column
       ends = _date_ends(spec, dates[None], np.array([0, n_rows]))[0]
@@ -91,12 +127,18 @@ def _date_ends(spec: DataSpec, dates: np.ndarray, offsets: np.ndarray) -> np.nda
   return out
 
 
-def check_lengths(bounds: dict[str, tuple[int, int]], spec: DataSpec, n_rows: int) -> None:
-  """Requires at least one window per split (train: inputs inside train rows too)."""
+def check_lengths(
+  bounds: dict[str, tuple[int, int]], spec: DataSpec, n_rows: int, source: object = "the file"
+) -> None:
+  """Requires at least one window per split (train: inputs inside train rows too) but a
+  test split the config leaves out; `source` names the file in messages."""
   sizes = {name: stop - start for name, (start, stop) in bounds.items()}
   lookback, horizon = spec.lookback, spec.horizon
-  if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and sizes["test"] >= horizon:
+  test_ok = sizes["test"] >= horizon or not has_test(spec)
+  if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and test_ok:
     return
+  if spec.split == "holdout":
+    raise error(f"{source} has {n_rows} rows; {holdout_needs(spec)}")
   raise error(
     f"series too short: data.lookback={lookback} + data.horizon={horizon} need "
     f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
@@ -114,6 +156,12 @@ def panel_ends(spec: DataSpec, lengths: np.ndarray, dates, offsets) -> np.ndarra
     train = (lengths * f[0]).astype(np.int64)
     val = train + (lengths * f[1]).astype(np.int64)
     return np.stack([train, val, val + (lengths * f[2]).astype(np.int64)], axis=-1)
+  if spec.split == "holdout":
+    val_size, test_size = holdout_sizes(spec)
+    lengths = np.asarray(lengths, np.int64)
+    ends = np.stack([lengths - test_size - val_size, lengths - test_size, lengths], axis=-1)
+    # A series shorter than its holdout is too short (found by `short_series`).
+    return np.maximum(ends, 0)
   fixed = [ETT_BOUNDS[k][1] for k in SPLIT_NAMES] if spec.split == "ett" else list(spec.split_rows)
   ends = np.empty((len(lengths), 3), np.int64)
   ends[:, : len(fixed)] = fixed
@@ -126,4 +174,5 @@ def panel_ends(spec: DataSpec, lengths: np.ndarray, dates, offsets) -> np.ndarra
 def short_series(spec: DataSpec, ends: np.ndarray) -> np.ndarray:
   """Which series lack a window in some split (train: inputs inside train rows too)."""
   train, val, test = ends[:, 0], ends[:, 1] - ends[:, 0], ends[:, 2] - ends[:, 1]
-  return (train < spec.lookback + spec.horizon) | (val < spec.horizon) | (test < spec.horizon)
+  short_test = (test < spec.horizon) if has_test(spec) else np.zeros(len(ends), bool)
+  return (train < spec.lookback + spec.horizon) | (val < spec.horizon) | short_test

@@ -92,7 +92,9 @@ def linear_forecaster(data: SeriesData, alpha: float = 1.0):
 
 def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> dict:
   """Naive, seasonal-naive and linear forecasts scored on exactly the model's windows:
-  whether the LSTM earns its keep is read off one table."""
+  whether the LSTM earns its keep is read off one table. A split without windows (the test
+  split of a production fit) is left out, as the model's is."""
+  splits = [split for split in splits if len(data.window_index(split))]
   forecasters = {"naive": lambda s: naive_forecast(data, s)}
   if data.lookback >= period:  # seasonal naive needs a full season of history
     forecasters["seasonal_naive"] = lambda s: seasonal_naive_forecast(data, s, period)

@@ -38,13 +38,14 @@ def result_row(workdir: pathlib.Path, run: Run, failures: dict[str, str]) -> dic
   m = read_metrics(path)
   if m is not None:
     naive = m.get("baselines", {}).get("naive", {}).get("test", {}).get("mse", math.nan)
+    test = m.get("test", {})  # none in a production fit (data.test_size=0)
     row.update(
       val_mse=m["val"]["mse"],
       val_mae=m["val"]["mae"],
-      test_mse=m["test"]["mse"],
-      test_mae=m["test"]["mae"],
+      test_mse=test.get("mse", math.nan),
+      test_mae=test.get("mae", math.nan),
       naive_test_mse=naive,
-      test_mse_vs_naive=m["test"]["mse"] / naive if naive else math.nan,
+      test_mse_vs_naive=test.get("mse", math.nan) / naive if naive else math.nan,
       params_count=m.get("params_count"),
       epochs=m.get("epochs"),
       steps=m.get("steps"),

@@ -93,7 +93,8 @@ def final_metrics(
 ) -> tuple[dict, np.ndarray]:
   """Val/test metrics and baselines (`baseline_metrics` if already computed on the same
   data), and the test predictions (for the plots: distribution parameters for a
-  distribution head).
+  distribution head). `val_windows` and `test_windows` count the windows scored; a split
+  without windows (the test split of a production fit, `data.test_size=0`) has no metrics.
 
   The point metrics score the head's median (its mean for Gaussian heads), so they compare
   with a point model's; a distribution head adds `distribution` (CRPS, pinball, interval
@@ -103,13 +104,19 @@ def final_metrics(
   """
   data, head, levels = setup.data, setup.model.head, setup.spec.model.quantiles
   out: dict[str, Any] = {}
-  pred = np.zeros((0,))
+  counts = {}
+  test_pred = np.zeros((0,))
   points = {}
   for split in ("val", "test"):
     starts = data.window_starts(split)
+    counts[f"{split}_windows"] = len(starts)
+    if not len(starts):
+      continue
     pred = predict_windows(
       predict_fn, params, data, starts, setup.spec.train.eval_batch_size, setup.mesh
     )
+    if split == "test":
+      test_pred = pred
     points[split] = point = np.asarray(head.point(pred))
     out[split] = split_metrics(data, starts, point)
     if len(data.target_names) > 1:  # e.g. a global model scored on one column
@@ -124,8 +131,10 @@ def final_metrics(
     if baseline_metrics is None
     else baseline_metrics
   )
-  out["conformal"] = baselines.conformal_metrics(data, points["val"], points["test"], levels)
-  return out, pred
+  test_points = points.get("test", np.zeros((0,)))  # none: no conformal scores ({})
+  out["conformal"] = baselines.conformal_metrics(data, points["val"], test_points, levels)
+  out.update(counts)
+  return out, test_pred
 
 
 def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
@@ -147,7 +156,10 @@ def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None
   if not reporter.enabled:
     return
   data, head = setup.data, setup.model.head
+  reporter.plot_learning_curves()
   starts = data.window_starts("test")
+  if not len(starts):  # a production fit: no test windows to draw
+    return
   title = f"test set: {', '.join(data.target_names)}"
   if data.series_ids:  # a panel: the first series' test windows
     first = data.row_series(starts - 1) == 0
@@ -162,7 +174,6 @@ def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None
       q = dist.quantiles(((1 - c) / 2, (1 + c) / 2))
       lo, hi = (data.inverse_targets(q[..., i], starts) for i in range(2))
       bands[f"{round(100 * c)}% interval"] = (lo, hi)
-  reporter.plot_learning_curves()
   reporter.plot_forecast(
     data.inverse_targets(y, starts),
     data.inverse_targets(np.asarray(head.point(test_pred)), starts),

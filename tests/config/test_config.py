@@ -239,7 +239,7 @@ def test_bad_override_values(override, expected):
     ("data.target=", "'data.target' = ()"),
     ("train.patience=-1", "'train.patience' = -1"),
     ("data.split_fractions=0.9,0.2,0.1", "'data.split_fractions'"),
-    ("data.split_fractions=0.9,0.1,0", "'data.split_fractions'"),
+    ("data.split_fractions=0.9,0,0.1", "'data.split_fractions'"),
     ("data.split_fractions=0.9,0.1", "'data.split_fractions'"),
     ("data.split=rows", "'data.split_rows' = ()"),
     ("data.split_rows=10,20", "only used with data.split='rows'"),
@@ -247,6 +247,66 @@ def test_bad_override_values(override, expected):
 )
 def test_out_of_range(override, expected):
   assert expected in _error(None, [override])
+
+
+@pytest.mark.parametrize(
+  "overrides, expected",
+  [
+    (
+      ["data.split=holdout", "data.val_size=0"],
+      "config key 'data.val_size' = 0: must be -1 (one horizon) or at least data.horizon=24",
+    ),
+    (
+      ["data.split=holdout", "data.test_size=1"],
+      "config key 'data.test_size' = 1: must be -1 (one horizon), 0 (no test split) or at "
+      "least data.horizon=24",
+    ),
+    (["data.val_size=48"], "'data.val_size' = 48: is only used with data.split='holdout'"),
+  ],
+)
+def test_holdout_sizes_out_of_range(overrides, expected):
+  assert expected in _error(None, overrides)
+
+
+def test_a_zero_test_share_is_a_production_fit():
+  config = config_lib.load_config(None, ["data.split_fractions=0.9,0.1,0"])
+  assert config.data.split_fractions == (0.9, 0.1, 0.0)
+
+
+# README's long table, given to the default experiment (ETTh1's) on the command line.
+LONG = ["data.path=panel.csv", "data.id_column=unique_id", "data.date_column=ds", "data.target=y"]
+
+
+def test_a_wide_config_pointed_at_a_long_table_takes_its_defaults(tmp_path):
+  ett = config_lib.load_config("ett")
+  assert (ett.data.features, ett.data.split) == (("OT",), "ett")
+  config = config_lib.load_config("ett", [f"--config.{o}" for o in LONG])
+  assert (config.data.features, config.data.split) == ((), "holdout")
+  assert (config.data.val_size, config.data.test_size) == (-1, -1)  # one horizon each
+  assert config_lib.load_config(None, LONG).data.split == "holdout"
+  # What the overrides set is kept; the rest of the recipe is untouched.
+  config = config_lib.load_config(
+    "ett", [*LONG, "data.features=y,promo", "data.split=rows", "data.split_rows=100,200"]
+  )
+  assert (config.data.features, config.data.split) == (("y", "promo"), "rows")
+  assert (config.model.predict_delta, config.train.batch_size) == (True, 64)
+  config = config_lib.load_config("ett", [*LONG, "data.test_size=0"])
+  assert (config.data.split, config.data.test_size) == ("holdout", 0)
+  # A config written for a long table, or a run's config.json, is taken as it is.
+  spec = _write(
+    tmp_path,
+    "def get_config():\n"
+    "  config = config_lib.default_config()\n"
+    "  config.data.id_column, config.data.target = 'unique_id', ('y',)\n"
+    "  config.data.features = ('y', 'promo')\n"
+    "  return config\n",
+  )
+  config = config_lib.load_config(spec, ["data.date_column=ds"])
+  assert (config.data.features, config.data.split) == (("y", "promo"), "fractions")
+  saved = tmp_path / "config.json"
+  saved.write_text(config_lib.config_to_json(config))
+  again = config_lib.load_config(str(saved), ["data.target=y"])
+  assert again.to_dict() == config.to_dict()
 
 
 def test_stray_key_in_file(tmp_path):

@@ -115,6 +115,8 @@ def test_ett_split_gives_informer_bounds_on_bundled_file():
     dict(split="fractions", split_fractions=(0.5, 0.25, 0.25)),
     dict(split="rows", split_rows=(120, 150, 190)),
     dict(split="rows", split_rows=(120, 150)),
+    dict(split="holdout"),
+    dict(split="holdout", val_size=10, test_size=12),
   ],
 )
 def test_splits_never_leak(tmp_path, overrides):
@@ -138,6 +140,27 @@ def test_fraction_and_row_bounds_are_exact(tmp_path):
   assert data.bounds == {"train": (0, 700), "val": (700, 800), "test": (800, 1000)}
   data = series.prepare(make_cfg(path, split="rows", split_rows=(500, 600)))
   assert data.bounds == {"train": (0, 500), "val": (500, 600), "test": (600, 1000)}
+  data = series.prepare(make_cfg(path, split="holdout", val_size=100, test_size=200))
+  assert data.bounds == {"train": (0, 700), "val": (700, 800), "test": (800, 1000)}
+  data = series.prepare(make_cfg(path, split="holdout"))  # one horizon each
+  assert data.bounds == {"train": (0, 992), "val": (992, 996), "test": (996, 1000)}
+  assert len(data.window_starts("val")) == len(data.window_starts("test")) == 1
+
+
+@pytest.mark.parametrize(
+  "overrides, train_end",
+  [
+    (dict(split="holdout", val_size=100, test_size=0), 900),
+    (dict(split_fractions=(0.9, 0.1, 0.0)), 900),
+  ],
+)
+def test_a_production_fit_has_no_test_split(tmp_path, overrides, train_end):
+  data = series.prepare(make_cfg(write_csv(tmp_path, make_frame(n=1000)), **overrides))
+  assert data.bounds == {"train": (0, train_end), "val": (train_end, 1000), "test": (1000, 1000)}
+  assert len(data.window_starts("test")) == 0
+  assert len(data.window_starts("val")) == 1000 - train_end - HORIZON + 1
+  # The baselines are scored on the splits that have windows.
+  assert {s for m in baselines.baseline_metrics(data, 4).values() for s in m} == {"val"}
 
 
 def test_scalers_are_fit_on_train_rows_only(tmp_path):
@@ -482,6 +505,32 @@ def _bad_cases():
     ("split rows order", good, dict(split="rows", split_rows=(30, 20, 40)), "data.split_rows"),
     ("split rows past end", good, dict(split="rows", split_rows=(20, 30, 41)), "data.split_rows"),
     ("ett too short", good, dict(split="ett"), "data.split='ett' needs at least 14400"),
+    (
+      "holdout too short",
+      good,
+      dict(split="holdout", val_size=16, test_size=16),
+      "has 40 rows; data.split='holdout' needs at least 44 (data.lookback=8 + "
+      "data.horizon=4 for a train window, data.val_size=16, data.test_size=16)",
+    ),
+    (
+      "val_size zero",
+      good,
+      dict(split="holdout", val_size=0),
+      "'data.val_size' = 0: must be -1 (one horizon) or at least data.horizon=4",
+    ),
+    (
+      "test_size below horizon",
+      good,
+      dict(split="holdout", test_size=3),
+      "'data.test_size' = 3: must be -1 (one horizon), 0 (no test split) or at least",
+    ),
+    (
+      "test_size without holdout",
+      good,
+      dict(test_size=0),
+      "'data.test_size' = 0: is only used with data.split='holdout'",
+    ),
+    ("fractions zero val", good, dict(split_fractions=(0.9, 0.0, 0.1)), "train and val > 0"),
     ("unknown split", good, dict(split="random"), "'data.split' = 'random': must be one of"),
     ("unknown scaler", good, dict(scaler="zscore"), "'data.scaler' = 'zscore': must be one"),
     ("unknown fill", good, dict(fill="zero"), "'data.fill' = 'zero': must be one of"),

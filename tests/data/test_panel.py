@@ -115,6 +115,55 @@ def test_split_dates_per_series(panel_path):
     np.testing.assert_array_equal(dates < val_end, np.arange(begin, stop) < d)
 
 
+@pytest.mark.parametrize("val_size, test_size", [(-1, -1), (6, 9), (6, 0)])
+def test_holdout_keeps_each_series_last_rows(panel_path, val_size, test_size):
+  data = series.prepare(spec(panel_path, split="holdout", val_size=val_size, test_size=test_size))
+  val = HORIZON if val_size == -1 else val_size
+  test = HORIZON if test_size == -1 else test_size
+  for s in range(data.n_series):
+    begin, stop = data.offsets[s], data.offsets[s + 1]
+    (a, b), (c, d), (e, f) = (data.split_rows[k][s] for k in ("train", "val", "test"))
+    assert (a, b, c, d, e, f) == (begin, stop - test - val, b, stop - test, d, stop)
+  # Each series: every val/test row is a target of some window, whose inputs may reach
+  # back into the rows before its split (never into another series).
+  per_series = data.n_series
+  assert len(data.window_index("val")) == per_series * (val - HORIZON + 1)
+  assert len(data.window_index("test")) == per_series * (test - HORIZON + 1 if test else 0)
+  for split in ("val", "test"):
+    starts = data.window_starts(split)
+    rows = data.split_rows[split][data.row_series(starts)]
+    assert np.all(starts >= rows[:, 0]) and np.all(starts + HORIZON <= rows[:, 1])
+    np.testing.assert_array_equal(data.row_series(starts - LOOKBACK), data.row_series(starts))
+    # Each series' first window starts at its split's first row: its inputs lie before it.
+    assert (starts == rows[:, 0]).sum() == (per_series if len(starts) else 0)
+  train = data.window_starts("train")
+  rows = data.split_rows["train"][data.row_series(train)]
+  assert np.all(train - LOOKBACK >= rows[:, 0]) and np.all(train + HORIZON <= rows[:, 1])
+
+
+def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):
+  frame = panel_frame()
+  short = frame[(frame.unique_id != "c") | (frame.index % 4 == 0)]
+  n_c = int((short.unique_id == "c").sum())
+  path = write(tmp_path, short, "short.csv")
+  holdout = dict(split="holdout", val_size=2 * HORIZON, test_size=n_c)
+  needs = LOOKBACK + HORIZON + 2 * HORIZON + n_c
+  message = _error(f"{path}: series 'c' has {n_c} rows; ", series.prepare, spec(path, **holdout))
+  assert message.startswith(
+    f"{path}: series 'c' has {n_c} rows; data.split='holdout' needs at least {needs} "
+    f"(data.lookback={LOOKBACK} + data.horizon={HORIZON} for a train window, "
+    f"data.val_size={2 * HORIZON}, data.test_size={n_c})"
+  )
+  assert message.endswith(
+    "(1 of 3 series are too short; set data.drop_short=True to leave them out)"
+  )
+  warned = []
+  monkeypatch.setattr(series.log, "warning", warned.append)
+  kept = series.prepare(spec(path, drop_short=True, **holdout))
+  assert kept.series_ids == ("a", "b")
+  assert warned == ["data.drop_short: left out 1 of 3 series too short to split"]
+
+
 def test_per_series_scaling_uses_each_series_train_rows(panel_path, tmp_path):
   data = series.prepare(spec(panel_path, scaler_scope="series"))
   for s in range(data.n_series):
@@ -208,11 +257,12 @@ def test_panel_batches_are_pure_functions_of_seed_and_step(panel_path):
   )
 
 
-def _error(fragment: str, fn, *args, **kwargs) -> None:
+def _error(fragment: str, fn, *args, **kwargs) -> str:
   with pytest.raises(InputError) as info:
     fn(*args, **kwargs)
   assert fragment in str(info.value), str(info.value)
   assert "\n" not in str(info.value)
+  return str(info.value)
 
 
 def test_long_table_errors(tmp_path):
@@ -253,6 +303,9 @@ def test_config_checks_for_panels():
     (dict(split="dates", split_dates=("2021-01-02", "2021-01-01")), "increasing timestamps"),
     (dict(split_dates=("2021-01-01", "2021-01-02")), "only used with data.split='dates'"),
     (dict(known=("OT",)), "'OT' is also in data.target"),
+    (dict(split="holdout", val_size=0), "'data.val_size' = 0: must be -1 (one horizon)"),
+    (dict(split="holdout", test_size=2**41), "'data.test_size' = 2199023255552: must be <="),
+    (dict(val_size=30), "'data.val_size' = 30: is only used with data.split='holdout'"),
   ]:
     _error(fragment, lambda **kw: validate(RunSpec(data=DataSpec(**kw))), **overrides)
 

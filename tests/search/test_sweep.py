@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import pathlib
 
@@ -267,6 +268,21 @@ def test_damaged_metrics_of_a_run_are_not_a_result(tmp_path):
     (tmp_path / "seed=0" / "metrics.json").write_text(text)
     assert not runner.is_done(tmp_path, run)  # rerunning the sweep rewrites it
     assert results.result_row(tmp_path, run, {})["status"] == "damaged"
+
+
+def test_a_production_fit_is_a_result_without_test_metrics(tmp_path):
+  """A run with data.test_size=0 scores no test windows: done, its test columns NaN; a
+  run that should have test metrics and lacks them is still damaged."""
+  run = runner.Run("seed=0", {}, 0, ("seed=0",))
+  (tmp_path / "seed=0").mkdir()
+  path = tmp_path / "seed=0" / "metrics.json"
+  path.write_text('{"val": {"mse": 0.1, "mae": 0.2}, "val_windows": 3, "test_windows": 0}')
+  assert runner.is_done(tmp_path, run)
+  row = results.result_row(tmp_path, run, {})
+  assert (row["status"], row["val_mse"], row["val_mae"]) == ("ok", 0.1, 0.2)
+  assert math.isnan(row["test_mse"]) and math.isnan(row["test_mae"])
+  path.write_text('{"val": {"mse": 0.1, "mae": 0.2}, "val_windows": 3, "test_windows": 3}')
+  assert not runner.is_done(tmp_path, run)
 
 
 def test_metrics_too_large_or_not_a_file_are_not_read(tmp_path, capsys):
