@@ -324,7 +324,11 @@ def test_hostile_workdir(case, finished_run, tmp_path, capsys, monkeypatch):
 
 def test_no_code_path_can_unpickle_a_run_file():
   """The structural guarantee behind the pickle cases above: no module under flaxlstm/
-  imports a deserializer that can run code, or asks numpy for allow_pickle=True."""
+  imports a deserializer that can run code, or asks numpy for allow_pickle=True.
+
+  One exception, never on a run's files: `flaxlstm tirex convert` (pretrained/files.py)
+  reads a user's PyTorch checkpoint once, and only with torch's restricted loader
+  (`weights_only=True`, checked here)."""
   import ast
 
   package = pathlib.Path(__file__).resolve().parents[2] / "flaxlstm"
@@ -354,7 +358,19 @@ def test_no_code_path_can_unpickle_a_run_file():
           if k.arg == "allow_pickle"
           and not (isinstance(k.value, ast.Constant) and k.value.value is False)
         ]
+      where = str(path.relative_to(package))
+      if (
+        where == "pretrained/files.py"
+        and isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+      ):
+        weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+        if not (weights_only and getattr(weights_only[0].value, "value", None) is True):
+          offenders.append(f"{where}:{node.lineno}: torch.load without weights_only=True")
       for name in names:
+        if where == "pretrained/files.py" and names == ["torch"]:
+          continue  # the converter's restricted loader (above)
         if name.split(".")[0] in banned or name == "allow_pickle":
-          offenders.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+          offenders.append(f"{where}:{node.lineno}: {name}")
   assert not offenders, offenders
