@@ -245,15 +245,7 @@ class TiRexEncoder(Encoder):
       "known", not spec.data.known and not spec.data.calendar, "TiRex reads no covariates"
     )
     c.data.check("static", not spec.data.static, "TiRex reads no covariates")
-    for key in (
-      "patch_size",
-      "embedding_dim",
-      "num_heads",
-      "num_blocks",
-      "input_ff_dim",
-      "train_ctx_len",
-      "rollout_patches",
-    ):
+    for key in [f.name for f in pretrained.SIZES] + ["rollout_patches"]:
       c.model.check(f"tirex.{key}", o[key] > 0, "must be > 0")
     c.model.check("tirex.context_length", o["context_length"] >= 0, "must be >= 0 (0: the model's)")
     c.model.check(

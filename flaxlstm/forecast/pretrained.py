@@ -31,19 +31,18 @@ from flaxlstm.pretrained import tirex
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class TiRexOptions:
-  weights: str = ""
-  patch_size: int = 32
-  embedding_dim: int = 512
-  num_heads: int = 4
-  num_blocks: int = 12
-  ffn_proj_factor: float = 2.6667
-  input_ff_dim: int = 2048
-  train_ctx_len: int = 2048
-  context_length: int = 0
-  rollout_patches: int = 1
-
+# The model's sizes are `TiRexConfig`'s fields (its levels are `model.quantiles`).
+SIZES = tuple(f for f in dataclasses.fields(tirex.TiRexConfig) if f.name != "quantiles")
+TiRexOptions = dataclasses.make_dataclass(
+  "TiRexOptions",
+  [("weights", str, dataclasses.field(default=""))]
+  + [(f.name, f.type, dataclasses.field(default=f.default)) for f in SIZES]
+  + [
+    ("context_length", int, dataclasses.field(default=0)),
+    ("rollout_patches", int, dataclasses.field(default=1)),
+  ],
+  frozen=True,
+)
 
 OPTIONS = tuple(dataclasses.fields(TiRexOptions))
 
@@ -65,16 +64,7 @@ def tirex_config(spec: ModelSpec) -> tirex.TiRexConfig:
   o = tirex_options(spec)
   if o["weights"]:
     return weights(o["weights"])[0].config
-  return tirex.TiRexConfig(
-    patch_size=o["patch_size"],
-    quantiles=tuple(spec.quantiles),
-    embedding_dim=o["embedding_dim"],
-    num_heads=o["num_heads"],
-    num_blocks=o["num_blocks"],
-    ffn_proj_factor=o["ffn_proj_factor"],
-    input_ff_dim=o["input_ff_dim"],
-    train_ctx_len=o["train_ctx_len"],
-  )
+  return tirex.TiRexConfig(quantiles=tuple(spec.quantiles), **{f.name: o[f.name] for f in SIZES})
 
 
 class TiRexForecaster(nn.Module):
