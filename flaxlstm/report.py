@@ -19,6 +19,7 @@ import math
 import os
 import pathlib
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import IO, Any
@@ -344,10 +345,14 @@ class Reporter:
     return path
 
   def _save_figure(self, fig, name: str) -> pathlib.Path:
-    fig.tight_layout()
-    # Rendered in memory, then written like the JSON files: whole or not at all.
+    # Rendered in memory, then written like the JSON files: whole or not at all. One
+    # render at a time: matplotlib's text layout shares caches (mathtext's pyparsing
+    # parser) that are not thread-safe, and a sweep's populations finish in threads
+    # (seen: a log axis's tick label failed to parse mid-sweep).
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png")
+    with _RENDER_LOCK:
+      fig.tight_layout()
+      fig.savefig(buffer, dpi=110, format="png")
     return self._write_bytes(name, buffer.getvalue())
 
   def _write_bytes(self, name: str, data: bytes) -> pathlib.Path:
@@ -442,6 +447,9 @@ class Progress:
 
   def __exit__(self, *exc_info: Any) -> None:
     self.close()
+
+
+_RENDER_LOCK = threading.Lock()
 
 
 def figure(**kwargs: Any):

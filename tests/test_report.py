@@ -179,3 +179,32 @@ def test_forecast_title_shows_a_readable_date(tmp_path, monkeypatch):
   report.Reporter(tmp_path).plot_forecast(y, y, dates=dates, example=0)
   assert "Full horizon, window 0 starting 2017-11-03 10:00" in titles
   assert not any("T10:00:00" in t for t in titles)
+
+
+def test_figures_render_from_several_threads(tmp_path):
+  """A sweep's populations finish in threads and each writes its plots; matplotlib's text
+  layout is not thread-safe (log-axis tick labels failed to parse), so renders take turns."""
+  import threading
+
+  failures = []
+
+  def plots(k):
+    rng = np.random.default_rng(k)
+    with report.Reporter(tmp_path / f"run{k}") as reporter:
+      for i in range(8):
+        fig = report.figure()
+        ax = fig.add_subplot()
+        ax.set_yscale("log")  # tick labels as mathtext, 4x10^-1 ...
+        ax.plot(rng.uniform(0.05, 5, 20))
+        try:
+          reporter._save_figure(fig, f"p{i}.png")
+        except Exception as e:  # any failure is the test's
+          failures.append(repr(e))
+
+  threads = [threading.Thread(target=plots, args=(k,)) for k in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert failures == []
+  assert len(list(tmp_path.glob("run*/p*.png"))) == 32
