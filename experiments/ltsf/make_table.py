@@ -4,6 +4,8 @@ benchmark table beside the published lookback-96 numbers.
   python experiments/ltsf/make_table.py                        # ETTh1, H in 96..720, seeds 0-2
   python experiments/ltsf/make_table.py --horizons 96 --seeds 0
   python experiments/ltsf/make_table.py --data ETTh2.csv --workdir runs/ltsf_etth2 --no-readme
+  python experiments/ltsf/make_table.py --workdir runs/ltsf_slstm --table ltsf_slstm \
+      --no-univariate --override model.encoder=slstm --override model.slstm.num_heads=4
 
 Each run lives in `<workdir>/h<H>/seed<k>`; a finished run is read, not trained again. The
 table (test MSE/MAE on the scaled values of all 7 columns, every window; mean ± std over
@@ -30,6 +32,7 @@ RECIPE = HERE / "ett.py"
 MARKERS = {
   "ltsf": ("<!-- ltsf-table:start -->", "<!-- ltsf-table:end -->"),
   "ltsf_ot": ("<!-- ltsf-ot-table:start -->", "<!-- ltsf-ot-table:end -->"),
+  "ltsf_slstm": ("<!-- ltsf-slstm-table:start -->", "<!-- ltsf-slstm-table:end -->"),
 }
 # ETTh1, lookback 96, test MSE / MAE: the SegRNN repository's corrected table (which quotes
 # the others from the iTransformer paper).
@@ -131,8 +134,21 @@ def main():
   ap.add_argument("--data", default="", help="another ETT-format file (default: bundled ETTh1)")
   ap.add_argument("--no-univariate", action="store_true", help="skip the OT comparison")
   ap.add_argument("--no-readme", action="store_true", help="print the tables only")
+  ap.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    help="a config override for every run, e.g. model.encoder=slstm (repeatable)",
+  )
+  ap.add_argument(
+    "--table",
+    default="ltsf",
+    choices=("ltsf", "ltsf_slstm"),
+    help="the README block to write (ltsf_slstm: the sLSTM encoder's row beside the LSTM's)",
+  )
   args = ap.parse_args()
   data = [f"data.path={os.path.abspath(args.data)}"] if args.data else []
+  data += args.override
   horizons = [int(h) for h in args.horizons.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
   results: dict[int, list[dict]] = {}
@@ -152,7 +168,7 @@ def main():
       univariate.setdefault(h, []).append(
         run_one(f"ett_univariate:{h}", [f"seed={seed}", *data], path)
       )
-  blocks = {"ltsf": ltsf_table(results)}
+  blocks = {args.table: ltsf_table(results)}
   if univariate:
     blocks["ltsf_ot"] = ot_table(results, univariate)
   for block in blocks.values():

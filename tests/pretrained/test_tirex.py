@@ -252,7 +252,7 @@ class _Interrupt(Exception):
 @pytest.mark.slow  # trains two runs to completion
 def test_fine_tuning_lowers_the_loss_and_resumes_bit_identical(panel, tmp_path, monkeypatch):
   data, _, _ = panel
-  overrides = ("data.fill=ffill", "data.drop_short=True", "train.max_steps=12")
+  overrides = ("data.fill=ffill", "data.drop_short=True", "train.max_steps=8")
   overrides += ("train.learning_rate=3e-3", "train.batch_size=8", "train.warmup_steps=0")
   ref = str(tmp_path / "ref")
   metrics = train_lib.train_and_evaluate(_finetune(data, *overrides), ref)
@@ -265,7 +265,7 @@ def test_fine_tuning_lowers_the_loss_and_resumes_bit_identical(panel, tmp_path, 
 
   def dies(self, step, rows=slice(None)):
     calls.append(step)
-    if len(calls) == 7:  # between the checkpoints at steps 4 and 8
+    if len(calls) == 6:  # between the checkpoints at steps 4 and 8
       raise _Interrupt()
     return real(self, step, rows)
 
