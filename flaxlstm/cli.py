@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   tx = sub.add_parser("tirex", help="TiRex: convert its weights, forecast zero-shot")
-  txs = tx.add_subparsers(dest="tirex_command", required=True)
+  txs = tx.add_subparsers(dest="tirex_command", metavar="{convert,forecast}", required=True)
   conv = txs.add_parser(
     "convert",
     help="the published checkpoint (model.ckpt) -> plain arrays (.npz); needs torch",
