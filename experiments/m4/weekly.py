@@ -18,7 +18,9 @@ computed once a recipe is frozen. Naive and seasonal naive (52 weeks) are scored
 the naive forecast reproducing Naive2's published numbers checks the metric code.
 
 With several seeds the script reports each seed, their mean and standard deviation, and the
-median of the seeds' forecasts (an ensemble; `--ensemble` names it in the summary row).
+median of the seeds' forecasts (an ensemble). `--history N` trains on each series' last N
+rows only (a validation candidate; the recipe's `data.recent_train_rows` does it in the
+data pipeline). Results go to WORKDIR/results.json.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.scaler_scope = "series"
   # Each series trains on its recent history only (N-BEATS samples its last few horizons): a
   # long series' early years follow another regime and would outnumber the short series.
-  config.data.recent_train_rows = max(20 * horizon, config.data.lookback + horizon)
+  config.data.recent_train_rows = 20 * horizon
 
   config.model.encoder = "lstm"
   config.model.hidden_sizes = (64,)

@@ -162,8 +162,11 @@ def test_recent_train_rows_keep_each_series_last_train_rows(panel_path):
   # More rows than a series has: every train row, as without it.
   data = series.prepare(spec(panel_path, split="holdout", recent_train_rows=1000))
   np.testing.assert_array_equal(data.window_starts("train"), full.window_starts("train"))
-  with pytest.raises(InputError, match="data.recent_train_rows' = 5: must be 0"):
-    spec(panel_path, recent_train_rows=5)
+  # Fewer than one window's rows: one window per series.
+  data = series.prepare(spec(panel_path, split="holdout", recent_train_rows=5))
+  assert len(data.window_starts("train")) == data.n_series
+  with pytest.raises(InputError, match="data.recent_train_rows' = -1: must be >= 0"):
+    spec(panel_path, recent_train_rows=-1)
 
 
 def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):

@@ -1,8 +1,13 @@
-"""M4's sMAPE, MASE and OWA (flaxlstm/forecast/metrics.py) on values computed by hand."""
+"""M4's sMAPE, MASE and OWA (flaxlstm/forecast/metrics.py) on values computed by hand, and
+the M4 Weekly script's baselines (experiments/m4/weekly.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from flaxlstm.forecast import metrics
@@ -44,3 +49,39 @@ def test_owa_is_one_for_naive2_itself_and_halves_with_both_errors():
   assert metrics.owa(9.161 / 2, 2.777 / 2, 9.161, 2.777) == pytest.approx(0.5)
   # ES-RNN's published Weekly row: OWA 0.851 from sMAPE 7.817 and MASE 2.356.
   assert metrics.owa(7.817, 2.356, 9.161, 2.777) == pytest.approx(0.851, abs=5e-4)
+
+
+M4 = pathlib.Path("/work/shared/datasets/m4")
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "m4" / "weekly.py"
+
+
+def _weekly_script():
+  spec = importlib.util.spec_from_file_location("m4_weekly", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_m4_script_naive_and_seasonal_naive_by_hand():
+  weekly = _weekly_script()
+  y = np.arange(60.0)
+  history = pd.DataFrame({"unique_id": ["a"] * 60 + ["b"] * 5, "y": [*y, 1, 2, 3, 4, 5]})
+  out = weekly.baselines(history, ["a", "b"])
+  np.testing.assert_array_equal(out["naive"], [[59.0] * 13, [5.0] * 13])
+  # A year back: rows 8..20 of a; b is shorter than a year, so naive.
+  np.testing.assert_array_equal(out["seasonal_naive"], [y[8:21], [5.0] * 13])
+
+
+@pytest.mark.skipif(not (M4 / "weekly_test.csv").exists(), reason="M4 Weekly not present")
+def test_the_naive_forecast_reproduces_m4s_published_naive2_on_weekly():
+  weekly = _weekly_script()
+  history, future = weekly.load(M4, validate=False)
+  ids = sorted(history.unique_id.unique())
+  scales = [metrics.mase_scale(history.loc[history.unique_id == i, "y"].to_numpy()) for i in ids]
+  result = weekly.score(weekly.matrix(future, ids), weekly.baselines(history, ids)["naive"], scales)
+  assert result["smape"] == pytest.approx(9.161, abs=5e-4)
+  assert result["mase"] == pytest.approx(2.777, abs=5e-4)
+  # The validation cut holds out each series' last 13 training rows, never the test file.
+  held, cut = weekly.load(M4, validate=True)
+  assert (cut.groupby("unique_id").size() == 13).all()
+  assert len(held) + len(cut) == len(history)
