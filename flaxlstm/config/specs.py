@@ -106,6 +106,11 @@ class DataSpec(_Spec):
   test_size: int = -1
   # Long tables: drop the series too short for a window in every split (else an error).
   drop_short: bool = False
+  # Each series trains on its most recent train rows only, at most this many but never
+  # fewer than one window's (data.lookback + data.horizon): its windows and its scaler's
+  # statistics (val and test windows still read the rows before them as inputs); 0 = every
+  # train row. Old history of a long series can follow another regime.
+  recent_train_rows: int = 0
   # Fit on train rows: "standard" | "robust" | "minmax" | "maxabs" (scale only) | "none".
   scaler: str = "standard"
   # "global": one scaler fit on the train rows of every series; "series": each series of a
@@ -181,6 +186,8 @@ class DataSpec(_Spec):
       "must be three shares (train, val, test), train and val > 0, test >= 0 (0 = no test "
       "split), summing to at most 1",
     )
+    c.non_negative("recent_train_rows")
+    c.at_most("recent_train_rows", 2**40)
     if self.split == "holdout":
       self._check_holdout(c)
     else:

@@ -291,7 +291,13 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     splits.check_lengths(bounds, spec, len(table.frame), path)
     ends = np.array([[bounds[k][1] for k in splits.SPLIT_NAMES]], np.int64)
   begin = table.offsets[:-1, None]
-  local = np.concatenate([np.zeros((len(ends), 1), np.int64), ends], axis=1)
+  # Each series' first train row: its first row, or its last `recent_train_rows` train rows
+  # (never fewer than one window's).
+  train_begin = np.zeros((len(ends), 1), np.int64)
+  if spec.recent_train_rows:
+    recent = max(spec.recent_train_rows, spec.lookback + spec.horizon)
+    train_begin[:, 0] = np.maximum(ends[:, 0] - recent, 0)
+  local = np.concatenate([train_begin, ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
   if table.file_rows is not None:  # the rows as the table holds them (by series and date)
     missing = {c: m[table.file_rows] for c, m in missing.items()}

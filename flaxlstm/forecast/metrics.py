@@ -104,3 +104,38 @@ def unit_scale(data: SeriesData, starts: np.ndarray) -> np.ndarray:
   shape = (len(starts), data.horizon, data.n_targets)
   zero = data.inverse_targets(np.zeros(shape, np.float32), starts).astype(np.float64)
   return data.inverse_targets(np.ones(shape, np.float32), starts) - zero
+
+
+# ---- M4 competition scores -------------------------------------------------------------------
+def smape(y_true: Any, y_pred: Any) -> float:
+  """M4's sMAPE in percent: the mean over every value of 200 |y - y_hat| / (|y| + |y_hat|).
+
+  Over a panel of equal horizons this is the mean of the series' own sMAPEs, as M4's.
+  """
+  y, f = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+  if y.shape != f.shape:
+    raise ValueError(f"shape mismatch: y_true {y.shape} vs y_pred {f.shape}")
+  return float(np.mean(200.0 * np.abs(y - f) / (np.abs(y) + np.abs(f))))
+
+
+def mase_scale(history: Any, season: int = 1) -> float:
+  """MASE's scale for one series: the mean absolute `season`-step change of its history."""
+  h = np.asarray(history, np.float64)
+  if h.ndim != 1 or len(h) <= season:
+    raise ValueError(f"MASE needs a history longer than the season ({season}), got {h.shape}")
+  return float(np.mean(np.abs(h[season:] - h[:-season])))
+
+
+def mase(y_true: Any, y_pred: Any, scales: Any) -> float:
+  """M4's MASE over a panel: each series' mean absolute error over its own scale
+  (`mase_scale`), averaged over series. `y_true`, `y_pred`: ``(series, horizon)``."""
+  y, f = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+  s = np.asarray(scales, np.float64)
+  if y.shape != f.shape or y.ndim != 2 or s.shape != (len(y),):
+    raise ValueError(f"shapes: y_true {y.shape}, y_pred {f.shape}, scales {s.shape}")
+  return float(np.mean(np.mean(np.abs(y - f), axis=1) / s))
+
+
+def owa(smape_value: float, mase_value: float, naive2_smape: float, naive2_mase: float) -> float:
+  """M4's overall weighted average: the mean of sMAPE and MASE, each relative to Naive2's."""
+  return 0.5 * (smape_value / naive2_smape + mase_value / naive2_mase)

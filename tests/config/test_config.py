@@ -127,6 +127,7 @@ def test_import_is_light():
     "ett:48",
     "ett_univariate:168",
     "ett_multivariate:48",
+    "panel:48",
     "seed_example1",
     "seed_example2",
     "seed_example3",

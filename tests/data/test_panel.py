@@ -141,6 +141,34 @@ def test_holdout_keeps_each_series_last_rows(panel_path, val_size, test_size):
   assert np.all(train - LOOKBACK >= rows[:, 0]) and np.all(train + HORIZON <= rows[:, 1])
 
 
+def test_recent_train_rows_keep_each_series_last_train_rows(panel_path):
+  recent = 30  # series a, b, c have 100, 120, 90 rows: each trains on its last 30 train rows
+  full = series.prepare(spec(panel_path, split="holdout", scaler_scope="series"))
+  data = series.prepare(
+    spec(panel_path, split="holdout", scaler_scope="series", recent_train_rows=recent)
+  )
+  for s in range(data.n_series):
+    (a, b), (_, d) = data.split_rows["train"][s], full.split_rows["train"][s]
+    assert (a, b) == (d - recent, d)
+    # The scaler sees those rows only; val and test are the same rows as without it.
+    np.testing.assert_allclose(data.y[a:b].mean(), 0, atol=1e-5)
+    for split in ("val", "test"):
+      assert tuple(data.split_rows[split][s]) == tuple(full.split_rows[split][s])
+  train = data.window_starts("train")
+  assert len(train) == data.n_series * (recent - LOOKBACK - HORIZON + 1)
+  rows = data.split_rows["train"][data.row_series(train)]
+  assert np.all(train - LOOKBACK >= rows[:, 0]) and np.all(train + HORIZON <= rows[:, 1])
+  np.testing.assert_array_equal(data.window_starts("val"), full.window_starts("val"))
+  # More rows than a series has: every train row, as without it.
+  data = series.prepare(spec(panel_path, split="holdout", recent_train_rows=1000))
+  np.testing.assert_array_equal(data.window_starts("train"), full.window_starts("train"))
+  # Fewer than one window's rows: one window per series.
+  data = series.prepare(spec(panel_path, split="holdout", recent_train_rows=5))
+  assert len(data.window_starts("train")) == data.n_series
+  with pytest.raises(InputError, match="data.recent_train_rows' = -1: must be >= 0"):
+    spec(panel_path, recent_train_rows=-1)
+
+
 def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):
   frame = panel_frame()
   short = frame[(frame.unique_id != "c") | (frame.index % 4 == 0)]

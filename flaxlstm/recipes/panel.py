@@ -1,0 +1,86 @@
+"""A global model over a panel: any long table (NeuralForecast's `unique_id, ds, y` by
+default), `--config panel:H` for a horizon of H steps, `panel:H,S` with a season length of S
+steps (the seasonal-naive baseline's `data.seasonal_period`; default 1, the naive forecast):
+
+  flaxlstm train --config panel:48 --config.data.path=panel.csv --workdir runs/panel
+  # A production fit (every row but each series' last H trains), then each series' next H:
+  flaxlstm train --config panel:48 --config.data.path=panel.csv --config.data.test_size=0 \\
+      --workdir runs/panel_fit
+  flaxlstm predict --workdir runs/panel_fit --data panel.csv --out forecast.csv
+
+Each series' last H rows are test, the H before them validation (early stopping picks the
+checkpoint on them). Other column names: `--config.data.id_column=`, `data.date_column`,
+`data.target` (and `data.features`). The settings were chosen on validation holdouts cut
+from training rows only (experiments/README.md, "Panels"); then frozen.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from flaxlstm import config as config_lib
+from flaxlstm.errors import InputError
+
+USAGE = (
+  "panel takes the horizon and an optional season length as its argument (panel:H or panel:H,S)"
+)
+
+
+def parse_arg(arg: str | None) -> tuple[int, int]:
+  """`"H"` or `"H,S"` -> (horizon, season length); no argument is horizon 24, season 1."""
+  if not arg:
+    return 24, 1
+  parts = arg.split(",")
+  if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    raise InputError(f"{USAGE}, positive integers; got {arg!r}")
+  horizon, season = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+  return horizon, season
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The panel config; `arg` is `H` or `H,S`."""
+  horizon, season = parse_arg(arg)
+  config = config_lib.default_config()
+  config.data.id_column = "unique_id"
+  config.data.date_column = "ds"
+  config.data.target = ("y",)
+  config.data.features = ()  # a long table's own target
+  config.data.split = "holdout"
+  config.data.horizon = horizon
+  # A few horizons of history: enough to see a trend and the recent level, short enough
+  # that short series still have training windows. At least one season, so the
+  # seasonal-naive baseline reads only the window.
+  config.data.lookback = max(3 * horizon, season)
+  config.data.seasonal_period = season
+  # Each series divided by its own largest training value: the loss then weighs every
+  # series by its relative error (as sMAPE does), not by its size.
+  config.data.scaler = "maxabs"
+  config.data.scaler_scope = "series"
+  # Each series trains on its recent history only (N-BEATS samples its last few horizons): a
+  # long series' early years follow another regime and would outnumber the short series.
+  config.data.recent_train_rows = 20 * horizon
+
+  config.model.encoder = "lstm"
+  config.model.hidden_sizes = (64,)
+  # Reversible instance normalization: each window by its own mean and deviation, so the
+  # model sees shapes, not levels, and its forecast is mapped back to the window's level.
+  config.model.revin = True
+  config.model.predict_delta = False
+  # Plus a linear map from the whole window (LSTNet's AR highway).
+  config.model.linear_skip = True
+  config.model.dropout = 0.0
+
+  config.train.loss = "mae"
+  config.train.optimizer = "adamw"
+  config.train.learning_rate = 1e-3
+  config.train.schedule = "cosine"
+  config.train.warmup_steps = 100
+  config.train.weight_decay = 1e-4
+  config.train.clip_norm = 1.0
+  config.train.batch_size = 256
+  # A step budget, not epochs: panels hold from thousands to millions of windows.
+  config.train.max_steps = 2000
+  config.train.max_epochs = 1000
+  config.train.eval_every_steps = 200
+  config.train.patience = 5
+  return config
