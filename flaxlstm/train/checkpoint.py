@@ -264,8 +264,16 @@ class Checkpoints:
 
     return self._newest_intact("latest", "state", load, abstract_params, "params")
 
-  def restore_params(self, abstract_params: Any) -> Any | None:
-    """The best params if any best step is intact, else those of the latest checkpoint."""
+  def restore_params(self, abstract_params: Any, *, best: bool = True) -> Any | None:
+    """The run's final params: the best ones if any best step is intact, else those of the
+    latest checkpoint; with `best=False` (a run with `train.restore_best=False`) those of
+    the latest checkpoint, else the best."""
+    if not best:
+      try:
+        params = self.restore_latest_params(abstract_params)
+      except NoIntact:
+        params = None
+      return self.restore_best_params(abstract_params) if params is None else params
     try:
       params = self.restore_best_params(abstract_params)
     except NoIntact:

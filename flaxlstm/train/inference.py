@@ -26,10 +26,12 @@ from flaxlstm.train.step import make_predict_fn, predict_windows
 log = logging.getLogger(__name__)
 
 
-def restore_params(workdir: str, abstract_params: Any) -> Any:
-  """The run's best params (else those of its newest intact checkpoint); reads only."""
+def restore_params(workdir: str, abstract_params: Any, *, best: bool = True) -> Any:
+  """The run's final params, as training reported them: the best checkpoint's (else its
+  newest intact one), or with `best=False` (`train.restore_best=False`) the newest's;
+  reads only."""
   with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
-    params = ckpts.restore_params(abstract_params)
+    params = ckpts.restore_params(abstract_params, best=best)
   if params is None:
     raise InputError(f"{workdir} holds no checkpoint")
   return params
@@ -78,7 +80,9 @@ def evaluate(
     scalers = None if refit_scalers else run_scalers(workdir)
     setup = assemble(config_lib.to_spec(config), scalers=scalers)
     with Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ckpts:
-      params = ckpts.restore_params(setup.abstract_state().params)
+      params = ckpts.restore_params(
+        setup.abstract_state().params, best=setup.spec.train.restore_best
+      )
       loop = ckpts.latest_loop()
     if params is None:
       raise InputError(f"{workdir} holds no checkpoint")
@@ -158,7 +162,7 @@ def predict_file(
     data, starts[:1], None if future is None else future[:1]
   )
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **sample))["params"]
-  params = restore_params(workdir, abstract)
+  params = restore_params(workdir, abstract, best=spec.train.restore_best)
   raw = predict_windows(
     make_predict_fn(model), params, data, starts, config.train.eval_batch_size, future_known=future
   )

@@ -294,3 +294,27 @@ def test_the_default_experiment_does_not_depend_on_the_directory(tmp_path, monke
     config_lib.config_to_json(config_lib.load_config("ett", ["train.max_steps=2"]), saved["_run"])
   )
   assert saved["data"]["split"] == "ett" and saved["model"]["predict_delta"]
+
+
+def test_a_run_without_restore_best_is_evaluated_and_predicted_with_its_final_params(
+  tiny, tmp_path
+):
+  """`train.restore_best=False` reports the final params; `evaluate` and `predict` read
+  those too (the newest checkpoint), not the best checkpoint's."""
+  wd = str(tmp_path / "run")
+  # A high rate so the last step is not the best one; 25 steps: not a multiple of the
+  # evaluation interval, so the final save is its own.
+  config = _config(
+    tiny, "train.restore_best=False", "train.max_steps=25", "train.learning_rate=0.3"
+  )
+  trained = train_lib.train_and_evaluate(config, wd)
+  assert trained["best_step"] != trained["steps"]
+  again = train_lib.evaluate(wd)
+  for split in ("val", "test"):
+    assert again[split]["mse"] == trained[split]["mse"], split
+  # And the params predict reads are the final ones, which differ from the best ones.
+  abstract = jax.tree.map(np.asarray, assemble(config_lib.to_spec(config)).init_state().params)
+  final = train_lib.restore_params(wd, abstract, best=False)
+  best = train_lib.restore_params(wd, abstract)
+  leaves = zip(jax.tree.leaves(final), jax.tree.leaves(best))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in leaves)
