@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # flaxlstm on one CUDA GPU, in one device command of under 10 minutes: populations (the
 # per-member step cost and whole sweeps, population vs sequential processes), correctness of
-# every LSTM path against the CPU, and the train-step benchmark against PyTorch's cuDNN LSTM
-# at the seed and default (ett) shapes.
+# every LSTM path against the CPU, the train-step benchmark against PyTorch's cuDNN LSTM
+# at the seed and default (ett) shapes, and the sLSTM step against the xlstm package's CUDA
+# kernel (GPU_CHECK_ONLY=slstm runs those alone, in a call of their own).
 #
 #   here, with pip and the internet (once):   bash experiments/benchmarks/gpu_check.sh --fetch-wheels
 #   on the GPU machine, from the repo root:   bash experiments/benchmarks/gpu_check.sh OUT_DIR
@@ -69,6 +70,8 @@ BUDGET=${GPU_CHECK_BUDGET:-550}
 T0=$(date +%s)
 stage() {  # stage NAME SECONDS CMD...: run with a limit, log to W/NAME.log, say how it went
   local name=$1 limit=$2; shift 2
+  # GPU_CHECK_ONLY=slstm runs only the stages whose names start with it (a second call).
+  if [[ -n "${GPU_CHECK_ONLY:-}" && "$name" != "$GPU_CHECK_ONLY"* ]]; then return 0; fi
   local left=$(( BUDGET - ($(date +%s) - T0) ))
   if (( left < 20 )); then echo "== $name: skipped (${left}s of the budget left)"; return 99; fi
   (( limit > left )) && limit=$left
@@ -110,4 +113,11 @@ for shape in seed ett; do
 done
 stage summary 20 "$PY" experiments/benchmarks/gpu_check.py --summarize "$W/bench.jsonl" \
   --out "$W/summary.md"
+# 6. sLSTM: a train step of one TiRex-shaped block and of one layer over 2,048 steps, our
+#    fused and autodiff paths vs the xlstm package's CUDA kernel (when it builds here; else
+#    its row fails and ours still print). flashrnn is not installed by this script.
+for shape in tirex_block long_layer; do
+  stage "slstm_$shape" 90 "$PY" experiments/benchmarks/slstm_step.py --shape "$shape" \
+    --steps 10 --peers "${SLSTM_PEERS:-fused,autodiff,xlstm}" --xlstm-backend cuda
+done
 echo "== done in $(( $(date +%s) - T0 )) s"

@@ -61,7 +61,7 @@ SHAPES = {
 }
 
 
-def _torch_stack(s: Shape):
+def _torch_stack(s: Shape, backend: str = "vanilla"):
   import torch
   from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
   from xlstm.blocks.slstm.layer import sLSTMLayerConfig
@@ -72,7 +72,7 @@ def _torch_stack(s: Shape):
   for k in range(s.blocks):
     cfg = sLSTMBlockConfig(
       slstm=sLSTMLayerConfig(
-        embedding_dim=s.width, num_heads=s.heads, backend="vanilla", dtype="float32"
+        embedding_dim=s.width, num_heads=s.heads, backend=backend, dtype="float32"
       ),
       feedforward=FeedForwardConfig(proj_factor=s.ffn, act_fn="gelu") if s.ffn else None,
       _num_blocks=s.blocks,
@@ -108,43 +108,46 @@ def _flax_stack(s: Shape, implementation: str):
   return Stack()
 
 
-def _params_from_torch(model, s: Shape) -> dict:
+def _params_from_torch(model, s: Shape, layout: str = "vanilla") -> dict:
   from flaxlstm.nn import convert
 
-  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
   return {
     "params": {
       f"block_{k}": convert.from_xlstm_slstm_block(
-        state, num_heads=s.heads, layout="vanilla", prefix=f"{k}."
+        state, num_heads=s.heads, layout=layout, prefix=f"{k}."
       )
       for k in range(s.blocks)
     }
   }
 
 
-def make_peers(s: Shape, names: list[str]) -> dict:
-  """Each peer's `step() -> loss` (the first call compiles), from the same weights."""
+def make_peers(s: Shape, names: list[str], backend: str = "vanilla") -> dict:
+  """Each peer's `step() -> loss` (the first call compiles), from the same weights;
+  `backend`: the `xlstm` package's ("vanilla" on CPU, "cuda" its CUDA kernel on a GPU)."""
   rng = np.random.default_rng(0)
   x = rng.standard_normal((s.batch, s.time, s.width)).astype(np.float32)
   y = rng.standard_normal((s.batch, s.time, s.width)).astype(np.float32)
-  torch_model = _torch_stack(s)
-  params = _params_from_torch(torch_model, s)
+  torch_model = _torch_stack(s, backend)
+  params = _params_from_torch(torch_model, s, backend)
   peers = {}
   for name in names:
     if name == "xlstm":
       import torch
 
+      device = "cuda" if backend == "cuda" else "cpu"
+      torch_model.to(device)
       opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-3, weight_decay=1e-4)
-      xt, yt = torch.tensor(x), torch.tensor(y)
+      xt, yt = torch.tensor(x, device=device), torch.tensor(y, device=device)
 
       def torch_step(model=torch_model, opt=opt, xt=xt, yt=yt):
         opt.zero_grad()
         loss = torch.mean((model(xt) - yt) ** 2)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss)  # waits for the device
 
-      peers["xlstm vanilla"] = torch_step
+      peers[f"xlstm {backend}"] = torch_step
       continue
     model = _flax_stack(s, name)
     tx = optax.adamw(1e-3, weight_decay=1e-4)
@@ -172,9 +175,9 @@ def _param_shapes(s: Shape):
   return jax.eval_shape(lambda: _flax_stack(s, "auto").init(jax.random.key(0), x))
 
 
-def run(shape: str, steps: int, names: list[str]) -> dict:
+def run(shape: str, steps: int, names: list[str], backend: str = "vanilla") -> dict:
   s = SHAPES[shape]
-  peers = make_peers(s, names)
+  peers = make_peers(s, names, backend)
   first = {name: step() for name, step in peers.items()}  # compiles; the same first loss
   losses = list(first.values())
   assert np.allclose(losses, losses[0], rtol=1e-4), first
@@ -199,8 +202,14 @@ def main() -> None:
   ap.add_argument("--shape", default="tirex", choices=sorted(SHAPES))
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--peers", default="fused,autodiff,xlstm")
+  ap.add_argument(
+    "--xlstm-backend",
+    default="vanilla",
+    choices=("vanilla", "cuda"),
+    help="the xlstm package's backend: vanilla (CPU) or cuda (its CUDA kernel, on a GPU)",
+  )
   args = ap.parse_args()
-  out = run(args.shape, args.steps, args.peers.split(","))
+  out = run(args.shape, args.steps, args.peers.split(","), args.xlstm_backend)
   ref = out["median_s"].get("flaxlstm fused")
   print(f"\n{args.shape}: {args.steps} interleaved steps (median / best, s)")
   for name in out["median_s"]:
