@@ -242,7 +242,8 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _summary(metrics: dict) -> str:
   keys = ("mse", "mae")
   lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
-  rows = [("lstm", metrics)] + list(metrics.get("baselines", {}).items())
+  # The model's row is named by its encoder (metrics.json of older runs has none).
+  rows = [(metrics.get("encoder", "model"), metrics)] + list(metrics.get("baselines", {}).items())
   for name, m in rows:
     # A production fit (data.test_size=0) has no test split: its columns show "-".
     cells = [f"{m[s][k]:>10.4f}" if s in m else f"{'-':>10}" for s in ("val", "test") for k in keys]

@@ -140,6 +140,7 @@ def final_metrics(
 def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
   """The training summary fields of metrics.json, from the loop's bookkeeping."""
   return dict(
+    encoder=setup.spec.model.encoder,  # the model's row in the printed scores
     steps=loop.step,
     epochs=loop.step / setup.steps_per_epoch,
     best_step=loop.best_step,

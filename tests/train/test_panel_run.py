@@ -152,6 +152,6 @@ def test_the_printed_scores_of_a_production_fit_show_no_test_columns():
   val = {"mse": 0.5, "mae": 0.25}
   lines = cli._summary({"val": val, "baselines": {"naive": {"val": val}}}).splitlines()
   assert [line.split() for line in lines[1:]] == [
-    ["lstm", "0.5000", "0.2500", "-", "-"],
+    ["model", "0.5000", "0.2500", "-", "-"],
     ["naive", "0.5000", "0.2500", "-", "-"],
   ]

@@ -244,11 +244,12 @@ def test_evaluate_prints_the_table_and_predict_counts_forecasts(capsys, monkeypa
 
   scores = {s: {"mse": 0.5, "mae": 0.25} for s in ("val", "test")}
   metrics = {**scores, "baselines": {"naive": scores, "linear": scores}, "data": {"x": 1}}
+  metrics["encoder"] = "slstm"
   monkeypatch.setattr(train_lib, "evaluate", lambda workdir, **_: metrics)
   assert cli.main(["evaluate", "--workdir", "W"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[1:4] == [
-    f"{n:<16}" + 2 * "    0.5000    0.2500" for n in ("lstm", "naive", "linear")
+    f"{n:<16}" + 2 * "    0.5000    0.2500" for n in ("slstm", "naive", "linear")
   ]
   assert lines[4] == f"metrics written to {os.path.join('W', 'metrics.json')}" and len(lines) == 5
   assert cli.main(["evaluate", "--workdir", "W", "--json"]) == 0
