@@ -38,8 +38,8 @@ def convert_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False) ->
     import torch
   except ImportError:
     raise InputError(
-      "flaxlstm tirex convert reads a PyTorch checkpoint and needs torch: "
-      "pip install torch (the CPU wheel is enough), or flaxlstm[refs]"
+      "flaxlstm tirex convert reads a PyTorch checkpoint and needs torch: pip install torch "
+      "--index-url https://download.pytorch.org/whl/cpu (the CPU wheel is enough)"
     ) from None
   try:
     with fileio.open_regular(checkpoint) as f:
