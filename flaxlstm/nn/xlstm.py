@@ -25,8 +25,9 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from flax import linen as nn
 from flax.linen import initializers
 
 from flaxlstm.nn.cells.base import option_fields, options_of
+from flaxlstm.nn.cells.mlstm import ALL_MLSTM_OPTIONS, MLSTMCell, MLSTMOptions
 from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer
@@ -68,20 +70,25 @@ class CausalConv(nn.Module):
 
 class HeadwiseLinear(nn.Module):
   """`x (..., H)` through a block-diagonal map, one `(DH, DH)` block per head (`kernel
-  (NH, DH, DH)`), no bias; small init, std sqrt(2 / 5H), as the `xlstm` package's gates."""
+  (NH, DH, DH)`); small init, std sqrt(2 / 5 W) with W `init_features` (default H), as the
+  `xlstm` package's projections; a bias `(H,)` with `use_bias`."""
 
   heads: int
   dtype: Any = None
+  init_features: int | None = None
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = x.shape[-1]
     dh = h // self.heads
-    init = initializers.normal(math.sqrt(2 / (5 * h)))
+    init = initializers.normal(math.sqrt(2 / (5 * (self.init_features or h))))
     kernel = self.param("kernel", init, (self.heads, dh, dh))
     xh = x.reshape(x.shape[:-1] + (self.heads, dh)).astype(self.dtype or kernel.dtype)
-    y = jnp.einsum("...kd,kde->...ke", xh, kernel.astype(xh.dtype))
-    return y.reshape(x.shape)
+    y = jnp.einsum("...kd,kde->...ke", xh, kernel.astype(xh.dtype)).reshape(x.shape)
+    if self.use_bias:
+      y = y + self.param("bias", initializers.zeros_init(), (h,)).astype(y.dtype)
+    return y
 
 
 class HeadNorm(nn.Module):
@@ -243,4 +250,236 @@ class SLSTMBlock(SLSTMLayerOptions):
     return x
 
 
-__all__ = ["SLSTM", "SLSTMBlock", "CausalConv", "GatedFeedForward", "HeadNorm", "HeadwiseLinear"]
+def up_width(features: int, proj_factor: float, multiple: int = 64) -> int:
+  """The mLSTM layer's inner width: `proj_factor * features` rounded up to a multiple of 64
+  (the `xlstm` package's rule)."""
+  return math.ceil(proj_factor * features / multiple) * multiple
+
+
+class MLSTMLayerOptions(MLSTMOptions):
+  """The mLSTM layer's options, declared once for `MLSTM`, `MLSTMBlock` and `XLSTMStack`:
+  the `MLSTMOptions` (`features`: the layer's width in and out, here; `num_heads`, `eps`,
+  `chunk_size`: its cell's, which runs `up_width(features, proj_factor)` wide), and
+    conv1d_kernel_size: the causal convolution's width (0: none).
+    qkv_proj_blocksize: the block size of the block-diagonal q, k, v projections.
+    proj_factor: the inner width over `features` (rounded up to a multiple of 64).
+    use_bias: biases on the up/down and q, k, v projections (the `xlstm` package's `bias`).
+    dropout: on the layer's output.
+    num_blocks: blocks in the stack the layer sits in (its down-projection's init).
+    remat, implementation: "chunkwise" (default), "parallel" or "recurrent"
+      (`MLSTMCell`); remat recomputes the sequence form in the backward pass.
+    deterministic: disables dropout; can also be passed to `__call__`.
+  """
+
+  conv1d_kernel_size: int = 4
+  qkv_proj_blocksize: int = 4
+  proj_factor: float = 2.0
+  use_bias: bool = False
+  dropout: float = 0.0
+  num_blocks: int = 1
+  remat: bool = False
+  implementation: str = "auto"
+  deterministic: bool | None = None
+
+
+MLSTM_LAYER_OPTIONS = option_fields(MLSTMLayerOptions)
+
+
+class MLSTM(MLSTMLayerOptions):
+  r"""The mLSTM layer of the `xlstm` package, as a Flax layer. Over `(*batch, T, features)`,
+  with inner width `W = up_width(features, proj_factor)`:
+
+  .. math::
+
+      [x_m, z] = U x, \quad 	ilde x = \mathrm{SiLU}(\mathrm{conv}(x_m)), \quad
+      q = P_q 	ilde x,\ k = P_k 	ilde x,\ v = P_v x_m \
+      y = D\,ig((\mathrm{GroupNorm}_{	ext{heads}}(\mathrm{mLSTM}(q, k, v))
+        + s \odot 	ilde x) \odot \mathrm{SiLU}(z)ig)
+
+  `U` (`proj_up`, `features -> 2W`) and `D` (`proj_down`) dense, `P` block-diagonal
+  (`HeadwiseLinear`, blocks of `qkv_proj_blocksize`), `conv` causal depthwise, `s` the
+  learnable skip (`learnable_skip (W,)`, ones), the cell `MLSTMCell` (`project_inputs=False`).
+  Parameters: `proj_up`, `conv`, `q_proj`, `k_proj`, `v_proj`, `cell` (`gate_kernel`,
+  `gate_bias`), `norm`, `learnable_skip`, `proj_down`; `flaxlstm.nn.convert.
+  from_xlstm_mlstm_layer` maps the `xlstm` package's state dicts onto them.
+
+  Attributes: the `MLSTMLayerOptions`, and `return_carry`: also return the cell's final
+  `MLSTMCarry`, `(carry, y)` (the convolution starts from zeros in every call).
+  """
+
+  return_carry: bool = False
+
+  @nn.compact
+  def __call__(
+    self,
+    x: Array,
+    *,
+    initial_carry: Any = None,
+    seq_lengths: Array | None = None,
+    deterministic: bool | None = None,
+  ):
+    d = self.features
+    if x.shape[-1] != d:
+      raise ValueError(f"MLSTM({d}) reads inputs of width {d}, got {x.shape[-1]}")
+    inner = up_width(d, self.proj_factor)
+    if inner % self.qkv_proj_blocksize or inner % self.num_heads:
+      raise ValueError(
+        f"MLSTM: the inner width {inner} must be a multiple of qkv_proj_blocksize="
+        f"{self.qkv_proj_blocksize} and num_heads={self.num_heads}"
+      )
+    cell = MLSTMCell(
+      inner, **options_of(self, ALL_MLSTM_OPTIONS), project_inputs=False, name="cell"
+    )
+    dt = cell.compute_dtype
+    small = initializers.normal(math.sqrt(2 / (5 * d)))
+    dense = lambda width, init, name: nn.Dense(
+      width,
+      use_bias=self.use_bias,
+      kernel_init=init,
+      dtype=dt,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+    x_m, z = jnp.split(dense(2 * inner, small, "proj_up")(x), 2, axis=-1)
+    x_conv = x_m
+    if self.conv1d_kernel_size > 0:
+      x_conv = nn.silu(CausalConv(self.conv1d_kernel_size, dt, name="conv")(x_m))
+    proj = lambda name, inputs: HeadwiseLinear(
+      inner // self.qkv_proj_blocksize, dt, init_features=d, use_bias=self.use_bias, name=name
+    )(inputs)
+    qkv = jnp.concatenate([proj("q_proj", x_conv), proj("k_proj", x_conv), proj("v_proj", x_m)], -1)
+    carry, h = run_layer(
+      cell,
+      cell.parameters(3 * inner),
+      qkv,
+      make_carry=lambda shape: cell.initialize_carry(jax.random.key(0), shape),
+      initial_carry=initial_carry,
+      seq_lengths=seq_lengths,
+      remat=self.remat,
+      implementation=self.implementation,
+    )
+    h = HeadNorm(self.num_heads, name="norm")(h)
+    skip = self.param("learnable_skip", initializers.ones_init(), (inner,), self.param_dtype)
+    h = (h + skip.astype(dt) * x_conv) * nn.silu(z)
+    wang = initializers.normal(2 / self.num_blocks / math.sqrt(d))
+    y = dense(d, wang, "proj_down")(h)
+    training = is_active(self.dropout) and not nn.merge_param(
+      "deterministic", self.deterministic, deterministic
+    )
+    y = Dropout(self.dropout)(y, deterministic=not training)
+    return (carry, y) if self.return_carry else y
+
+
+class MLSTMBlock(MLSTMLayerOptions):
+  """The mLSTM block of the `xlstm` package: `x + MLSTM(norm(x))` (pre-norm, residual; no
+  feed-forward). Attributes: the `MLSTMLayerOptions` (`features` is the block's width)."""
+
+  @nn.compact
+  def __call__(
+    self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
+  ) -> Array:
+    layer = MLSTM(**options_of(self, MLSTM_LAYER_OPTIONS), features=self.features, name="mlstm")
+    return x + layer(
+      ResidualLayerNorm(name="norm")(x), seq_lengths=seq_lengths, deterministic=deterministic
+    )
+
+
+class _ScannedMLSTM(nn.Module):
+  """A run of alike mLSTM blocks under `nn.scan` (the stack's body for one block)."""
+
+  block: Any
+
+  @nn.compact
+  def __call__(self, x: Array, seq_lengths: Array | None, deterministic: bool | None):
+    return self.block(x, seq_lengths=seq_lengths, deterministic=deterministic), None
+
+
+class XLSTMStack(nn.Module):
+  """A stack of xLSTM blocks, the `xlstm` package's `xLSTMBlockStack` (the paper's
+  xLSTM[a:b]): `num_blocks` blocks of width `features`, `MLSTMBlock`s except at `slstm_at`
+  (`SLSTMBlock`s: head-wise recurrence and a gated feed-forward), then a layer norm.
+
+  Consecutive mLSTM blocks are alike, so each run of them is one block under `nn.scan`
+  (parameters stacked on a leading axis of the run's length, under `mlstm_<first index>`):
+  compile time does not grow with depth. `remat` recomputes each block in the backward pass
+  (per-block activation memory only). sLSTM blocks sit under `slstm_<index>`, each with
+  its power-law forget-gate init for its position in the stack.
+
+  Attributes:
+    features, num_blocks, slstm_at: width, depth and the sLSTM blocks' positions.
+    mlstm: `MLSTMLayerOptions` of the mLSTM blocks, as a dict (`num_heads`, `proj_factor`,
+      `chunk_size`, `implementation`, ...).
+    slstm: `SLSTMLayerOptions` and feed-forward options of the sLSTM blocks, as a dict.
+    remat: per-block rematerialization.
+    post_norm: the final layer norm.
+  """
+
+  features: int
+  num_blocks: int = 2
+  slstm_at: Sequence[int] = ()
+  mlstm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  slstm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  remat: bool = False
+  post_norm: bool = True
+
+  @nn.compact
+  def __call__(
+    self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
+  ) -> Array:
+    bad = [i for i in self.slstm_at if not 0 <= i < self.num_blocks]
+    if bad:
+      raise ValueError(f"XLSTMStack: slstm_at {bad} outside the {self.num_blocks} blocks")
+    for kind, start, length in block_runs(self.num_blocks, self.slstm_at):
+      if kind == "slstm":
+        position = start / max(self.num_blocks - 1, 1)
+        block_cls = nn.remat(SLSTMBlock) if self.remat else SLSTMBlock
+        block = block_cls(
+          self.features,
+          **{"block_position": position, **self.slstm},
+          name=f"slstm_{start}",
+        )
+        x = block(x, seq_lengths=seq_lengths, deterministic=deterministic)
+        continue
+      body_cls = nn.remat(_ScannedMLSTM, static_argnums=(3,)) if self.remat else _ScannedMLSTM
+      run = nn.scan(
+        body_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=length,
+      )
+      body = MLSTMBlock(
+        self.features, **{"num_blocks": self.num_blocks, **self.mlstm}, parent=None
+      )
+      x, _ = run(body, name=f"mlstm_{start}")(x, seq_lengths, deterministic)
+    if self.post_norm:
+      x = ResidualLayerNorm(name="post_norm")(x)
+    return x
+
+
+def block_runs(num_blocks: int, slstm_at: Sequence[int]) -> list[tuple[str, int, int]]:
+  """The stack's blocks as runs `(kind, first index, length)`: each sLSTM block alone,
+  consecutive mLSTM blocks together."""
+  runs: list[tuple[str, int, int]] = []
+  for i in range(num_blocks):
+    kind = "slstm" if i in slstm_at else "mlstm"
+    if kind == "mlstm" and runs and runs[-1][0] == "mlstm":
+      runs[-1] = ("mlstm", runs[-1][1], runs[-1][2] + 1)
+    else:
+      runs.append((kind, i, 1))
+  return runs
+
+
+__all__ = [
+  "MLSTM",
+  "MLSTMBlock",
+  "SLSTM",
+  "SLSTMBlock",
+  "CausalConv",
+  "GatedFeedForward",
+  "HeadNorm",
+  "HeadwiseLinear",
+  "XLSTMStack",
+  "block_runs",
+  "up_width",
+]

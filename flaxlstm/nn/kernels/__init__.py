@@ -3,7 +3,9 @@ picks one for a cell and a call (`select`).
 
     KERNELS      name -> Kernel: "autodiff" (scan.py, any cell), "fused" (lstm_fused.py,
                  the LSTM's custom VJP), "slstm_fused" (slstm_fused.py, the sLSTM's, which
-                 an sLSTM cell offers as "fused"), "cudnn" (cudnn.py, NVIDIA's LSTM, opt-in)
+                 an sLSTM cell offers as "fused"), "cudnn" (cudnn.py, NVIDIA's LSTM, opt-in),
+                 "mlstm_chunkwise" / "mlstm_parallel" / "mlstm_recurrent" (mlstm.py, the
+                 mLSTM's three forms, offered as "chunkwise", "parallel", "recurrent")
     select       (cell, requested implementation, what the call needs) -> the Kernel to run
     recurrence   a cell over time-major inputs on the kernel `select` picks (tests, benchmarks)
 
@@ -18,7 +20,7 @@ GPU cluster still runs on a laptop).
 A new kernel is one module here and one `register` call; a cell offers it by name.
 """
 
-from flaxlstm.nn.kernels import cudnn, lstm_fused, scan, slstm_fused
+from flaxlstm.nn.kernels import cudnn, lstm_fused, mlstm, scan, slstm_fused
 from flaxlstm.nn.kernels.registry import (
   KERNELS,
   Call,
@@ -40,6 +42,7 @@ __all__ = [
   "cudnn",
   "lstm_fused",
   "members_batched",
+  "mlstm",
   "names",
   "offered_names",
   "recurrence",

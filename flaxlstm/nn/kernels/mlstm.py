@@ -1,0 +1,190 @@
+r"""The mLSTM over a whole sequence: chunkwise (linear in T) and parallel (quadratic in T),
+kernels "mlstm_chunkwise" and "mlstm_parallel" that `MLSTMCell` offers as "chunkwise" and
+"parallel"; "mlstm_recurrent" ("recurrent") is its step under `lax.scan`.
+
+The recurrence (flaxlstm/nn/cells/mlstm.py) is linear in `(C, n)`, so the state after any
+steps is a weighted sum of the inputs' `k v^T`. Within a chunk of L steps, with the
+chunk's running sum of log forget gates :math:`b_\tau = \sum_{s \le \tau} \log f_s` and the
+state `(C, n, m)` it starts from, step :math:`\tau` reads
+
+.. math::
+
+    \log D_{\tau\sigma} = b_\tau - b_\sigma + \tilde\imath_\sigma \ (\sigma \le \tau), \quad
+    m_\tau = \max(b_\tau + m,\ \max_\sigma \log D_{\tau\sigma}) \\
+    \mathrm{num}_\tau = e^{b_\tau + m - m_\tau} C^\top q_\tau
+      + \sum_\sigma (q_\tau^\top k_\sigma) e^{\log D_{\tau\sigma} - m_\tau} v_\sigma, \quad
+    \mathrm{den}_\tau = \max(|e^{b_\tau + m - m_\tau} q_\tau^\top n
+      + \sum_\sigma (q_\tau^\top k_\sigma) e^{\log D_{\tau\sigma} - m_\tau}|,\ e^{-m_\tau})
+      + \epsilon
+
+and :math:`\tilde h_\tau = \mathrm{num}_\tau / \mathrm{den}_\tau`: the recurrent step's
+output exactly, its stabilizer included (`m_tau` is the recurrent `m_t`). The chunk's end
+state is the same sum at :math:`\tau = L`. So the kernel runs in two passes:
+
+1. the states at chunk boundaries, a `lax.scan` over chunks whose step is one `K^T V`
+   matmul per head (`DH x L x DH`): compile time does not grow with T;
+2. every chunk's outputs at once from its start state, batched over chunks: `L x L`
+   matrices per chunk, so time and memory are linear in T for a fixed chunk size.
+
+The parallel form is one chunk of the whole sequence (the `xlstm` package's
+`parallel_stabilized_simple`, and with an initial state besides). Steps past a sequence's
+end (`lengths`) read as `f' = 1, i' = 0` (the state passes through) and output zero; the
+masks are `where`s on the weights, so no `exp` of the empty state's `m` reaches a gradient.
+Gradients are JAX's of these passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from flaxlstm.nn.cells.mlstm import EMPTY, MLSTMCarry, MLSTMCell, MLSTMStepInputs
+from flaxlstm.nn.kernels.registry import Call, Kernel, register
+from flaxlstm.nn.kernels.scan import Autodiff
+
+Array = jax.Array
+
+DEFAULT_CHUNK = 64
+
+
+def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
+  """Pass 1: the state at the start of every chunk and the final state. Chunk-major
+  inputs: `k, v (NC, B, NH, L, DH)`, `b, ii (NC, B, NH, L)` (running log forget gate, input
+  pre-activation), `valid (NC, B, 1, L)`."""
+  # Each step's weight at its chunk's end, before the stabilizer: b_L - b_s + i_s.
+  a = b[..., -1:] - b + ii
+  a = jnp.where(valid, a, EMPTY)
+  a_max = a.max(-1)  # (NC, B, NH)
+
+  def chunk(state, inp):
+    C, n, m = state
+    k_c, v_c, a_c, a_max_c, b_last, on = inp
+    m_new = jnp.maximum(b_last + m, a_max_c)
+    decay = jnp.exp(b_last + m - m_new)
+    w = jnp.where(on, jnp.exp(a_c - m_new[..., None]), 0.0)  # (B, NH, L)
+    kw = k_c * w[..., None]
+    C_new = decay[..., None, None] * C + jnp.einsum("bhld,bhle->bhde", kw, v_c)
+    n_new = decay[..., None] * n + kw.sum(-2)
+    return MLSTMCarry(C_new, n_new, m_new), state
+
+  final, starts = jax.lax.scan(chunk, carry, (k, v, a, a_max, b[..., -1], valid))
+  return final, starts
+
+
+def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
+  """Pass 2: every chunk's outputs from the state it starts from, batched over chunks."""
+  C, n, m = starts  # (NC, B, NH, DH, DH), (NC, B, NH, DH), (NC, B, NH)
+  L = q.shape[-2]
+  causal = jnp.tril(jnp.ones((L, L), bool))
+  on = causal & valid[..., None, :]  # (NC, B, 1, L, L): sigma <= tau, sigma a real step
+  log_d = jnp.where(on, b[..., :, None] - b[..., None, :] + ii[..., None, :], EMPTY)
+  inter = b + m[..., None]  # (NC, B, NH, L)
+  m_row = jnp.maximum(inter, log_d.max(-1))
+  d = jnp.where(on, jnp.exp(log_d - m_row[..., None]), 0.0)
+  g = jnp.exp(inter - m_row)  # the start state's weight; 0 for an empty state
+  s = jnp.einsum("...ld,...sd->...ls", q, k) * d
+  num = g[..., None] * jnp.einsum("...ld,...de->...le", q, C) + jnp.einsum(
+    "...ls,...se->...le", s, v
+  )
+  qn = g * jnp.einsum("...ld,...d->...l", q, n) + s.sum(-1)
+  # exp(-m) of a masked step's m (possibly the empty state's) never enters a gradient.
+  floor = jnp.exp(-jnp.where(valid, m_row, 0.0))
+  h = num / (jnp.maximum(jnp.abs(qn), floor) + eps)[..., None]
+  return jnp.where(valid[..., None], h, 0.0)
+
+
+def mlstm_sequence(
+  x: MLSTMStepInputs,
+  carry: MLSTMCarry,
+  lengths: Array | None = None,
+  *,
+  chunk_size: int | None = DEFAULT_CHUNK,
+  eps: float = 1e-6,
+) -> tuple[MLSTMCarry, Array]:
+  """The mLSTM over batch-major `x` (`q, k, v (B, T, NH, DH)`, `k` scaled; `i, f (B, T,
+  NH)`) from `carry`: `(final carry, h~ (B, T, NH, DH) float32)`. `chunk_size=None`: one
+  chunk of T (the parallel form). A sequence's final carry is its state after its own
+  `lengths` steps; outputs past it are zero."""
+  B, T = x.q.shape[:2]
+  L = T if chunk_size is None else max(1, min(chunk_size, T))
+  nc = -(-T // L)
+  pad = nc * L - T
+  valid = jnp.ones((B, T), bool) if lengths is None else jnp.arange(T)[None, :] < lengths[:, None]
+
+  def chunks(a, fill=0.0):
+    """`(B, T, ...)` -> chunk-major, head-major `(NC, B, NH, L, ...)`, padded at the end."""
+    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+    a = a.reshape((B, nc, L) + a.shape[2:])
+    return jnp.moveaxis(jnp.moveaxis(a, 1, 0), 2, 3)  # (NC, B, NH?, L, ...)
+
+  f32 = lambda a: a.astype(jnp.float32)
+  q, k, v = chunks(f32(x.q)), chunks(f32(x.k)), chunks(f32(x.v))
+  on = chunks(valid[..., None], False)  # (NC, B, 1, L)
+  log_f = jnp.where(on, chunks(jax.nn.log_sigmoid(f32(x.f))), 0.0)  # a masked step keeps f' = 1
+  b = jnp.cumsum(log_f, axis=-1)
+  ii = chunks(f32(x.i))
+  carry = MLSTMCarry(*(f32(a) for a in carry))
+  final, starts = _chunk_end_states(carry, k, v, b, ii, on)
+  h = _chunk_outputs(starts, q, k, v, b, ii, on, eps)  # (NC, B, NH, L, DH)
+  nh, dh = h.shape[2], h.shape[-1]
+  h = jnp.moveaxis(jnp.moveaxis(h, 0, 1), 2, 3)  # (B, NC, L, NH, DH)
+  return final, h.reshape(B, nc * L, nh, dh)[:, :T]
+
+
+def supported(cell: Any, call: Call) -> str | None:
+  """Why the sequence forms cannot run `cell` for `call` (None: they can)."""
+  if not isinstance(cell, MLSTMCell):
+    return "the mLSTM's sequence forms need an MLSTMCell"
+  if call.recurrent_dropout:
+    return "the mLSTM feeds no state back to its input: no recurrent dropout"
+  return None
+
+
+class MLSTMSequence(Kernel):
+  """The chunkwise or parallel form (the module docstring) behind the kernel interface:
+  batch-major inputs, the cell's `project` for every step at once, then `mlstm_sequence`.
+  `remat` recomputes the chunk outputs in the backward pass (only the chunk-boundary states
+  and the inputs are kept)."""
+
+  def __init__(self, name: str, offered_as: str, chunked: bool):
+    self.name, self._offered_as, self.chunked = name, offered_as, chunked
+
+  @property
+  def offered_as(self) -> str:
+    return self._offered_as
+
+  def unsupported(self, cell: Any, call: Call) -> str | None:
+    return supported(cell, call)
+
+  def run(self, cell, p, carry, x, lengths, *, h_mask=None, unroll=1, remat=False):
+    del unroll, h_mask  # no time loop to unroll; no recurrent dropout (`unsupported`)
+    chunk = getattr(cell, "chunk_size", DEFAULT_CHUNK) if self.chunked else None
+
+    def forms(carry, x, lengths):
+      new, h = mlstm_sequence(cell.project(p, x), carry, lengths, chunk_size=chunk, eps=cell.eps)
+      h = h.reshape(h.shape[:2] + (cell.features,)).astype(cell.compute_dtype)
+      return type(carry)(*new) if hasattr(carry, "_fields") else tuple(new), h
+
+    if remat:
+      forms = jax.checkpoint(forms, policy=jax.checkpoint_policies.nothing_saveable)
+    return forms(carry, x, lengths)
+
+
+class MLSTMRecurrent(Autodiff):
+  """The mLSTM's step under `lax.scan` (scan.py's loop), asked for as "recurrent"."""
+
+  name = "mlstm_recurrent"
+
+  @property
+  def offered_as(self) -> str:
+    return "recurrent"
+
+  def unsupported(self, cell: Any, call: Call) -> str | None:
+    return supported(cell, call)
+
+
+MLSTM_CHUNKWISE = register(MLSTMSequence("mlstm_chunkwise", "chunkwise", chunked=True))
+MLSTM_PARALLEL = register(MLSTMSequence("mlstm_parallel", "parallel", chunked=False))
+MLSTM_RECURRENT = register(MLSTMRecurrent())
