@@ -42,6 +42,10 @@ class _Spec:
     return out
 
 
+# data.features / data.target = (ALL_NUMERIC,): every numeric column of the file.
+ALL_NUMERIC = "*"
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentSpec(_Spec):
   """Train-time augmentation of the input windows (data/augment.py); 0 = off."""
@@ -75,9 +79,11 @@ class DataSpec(_Spec):
   id_column: str = ""
   # Input columns read over the lookback; () = every other column of a wide table, the
   # target of a long one (which a config written for a wide table takes when command-line
-  # overrides point it at a long one, unless they set this too).
+  # overrides point it at a long one, unless they set this too). ("*",) = every numeric
+  # column of the file, in file order, but the date, id, known and static columns (a column
+  # that holds no number is left out; data/table.py: `numeric_columns`).
   features: tuple[str, ...] = ()
-  target: tuple[str, ...] = ("OT",)  # Columns to forecast.
+  target: tuple[str, ...] = ("OT",)  # Columns to forecast; ("*",) as for data.features.
   known: tuple[str, ...] = ()  # Columns known in advance: read over lookback and horizon.
   # Known-in-advance features of the date, each as a sin/cos pair: "hour", "dayofweek",
   # "dayofmonth", "dayofyear", "month".
@@ -86,9 +92,12 @@ class DataSpec(_Spec):
   lookback: int = 96  # Input window length (rows).
   horizon: int = 24  # Steps forecast per window.
   # How rows are split in time, per series: "fractions" | "rows" | "dates" | "ett" (12/4/4
-  # months of hourly rows, see DESIGN.md) | "holdout" (the last rows of each series). A
-  # config written for a wide table and pointed at a long one by command-line overrides
-  # takes "holdout" unless they name a split (config/loading.py).
+  # months of hourly rows, see DESIGN.md) | "ettm" (the same months of 15-minute rows) |
+  # "tsl" (the Time-Series-Library's 70/10/20 of rows: train int(0.7 n), test int(0.2 n),
+  # val the rest between) | "holdout" (the last rows of each series) | "auto" ("ett" or
+  # "ettm" on an ETT file, "tsl" on any other: data/splits.py, `ett_layout`). A config
+  # written for a wide table and pointed at a long one by command-line overrides takes
+  # "holdout" unless they name a split (config/loading.py).
   split: str = "fractions"
   # Train/val/test shares of rows; a test share of 0 is a production fit (no test split).
   split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
@@ -135,6 +144,19 @@ class DataSpec(_Spec):
         key,
         all(names) and len(set(names)) == len(names),
         "column names must be non-empty and distinct",
+      )
+    for key in ("features", "target"):
+      names = getattr(self, key)
+      c.check(
+        key,
+        ALL_NUMERIC not in names or len(names) == 1,
+        f"{ALL_NUMERIC!r} (every numeric column) stands alone; name the columns instead",
+      )
+    for key in ("known", "static"):
+      c.check(
+        key,
+        ALL_NUMERIC not in getattr(self, key),
+        f"{ALL_NUMERIC!r} (every numeric column) is only for data.features and data.target",
       )
     if self.calendar:
       c.check("calendar", bool(self.date_column), "needs data.date_column")

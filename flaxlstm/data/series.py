@@ -31,6 +31,7 @@ from flaxlstm.data.table import (
   check_named,
   feature_columns,
   read,
+  resolve_columns,
   static_values,
   validate_table,
 )
@@ -250,9 +251,11 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   """
   path = io.data_file(spec.path)
   raw, kind = read(spec, path)
+  spec = resolve_columns(spec, raw, path, kind)  # data.features / data.target = ("*",)
   features, targets = feature_columns(spec, list(raw.columns))
   check_named(spec, list(raw.columns), path, features, targets)
   columns = list(dict.fromkeys(features + targets + spec.known + spec.static))
+  file_columns = list(raw.columns)
   table, _ = validate_table(spec, path, raw, kind, columns, check_constant=True)
   # What data.fill made up, by column, in the file's rows (a long table's: sorted below).
   missing = checks.missing(raw, columns) if spec.fill != "none" else {}
@@ -260,6 +263,9 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   date_column = spec.date_column or None
   dates = table.frame[date_column].to_numpy() if date_column else None
   lengths = np.diff(table.offsets)
+  if spec.split == "auto":
+    spec = splits.resolve_split(spec, file_columns, dates, len(table.frame))
+    log.info(f"data.split='auto': {spec.split!r} for {path}")
   if spec.id_column:
     ends = splits.panel_ends(spec, lengths, dates, table.offsets)
     short_ = splits.short_series(spec, ends)

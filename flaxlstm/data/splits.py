@@ -5,11 +5,13 @@ series' local split ends (`panel_ends`), computed for every series at once. Both
 checked to leave at least one window in every split (`check_lengths`, `short_series`),
 except a test split that the config leaves out (a production fit, `has_test`).
 config/schema.py validates `data.split` and `data.split_dates` with `SPLITS` and
-`increasing_dates`.
+`increasing_dates`. `data.split="auto"` is resolved once the table is read (`resolve_split`):
+ETT's split on an ETT file (`ett_layout`), the Time-Series-Library's 70/10/20 otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,9 +21,16 @@ from flaxlstm.config.specs import DataSpec
 from flaxlstm.data.io import error
 
 # data.split: how rows are split in time.
-SPLITS = ("fractions", "rows", "dates", "ett", "holdout")
-# Informer's ETT protocol: 12/4/4 months of 30 days of hourly rows.
+SPLITS = ("fractions", "rows", "dates", "ett", "ettm", "tsl", "holdout", "auto")
+# Informer's ETT protocol: 12/4/4 months of 30 days of hourly rows (ETTh1/ETTh2)...
 ETT_BOUNDS = {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
+# ... and of 15-minute rows (ETTm1/ETTm2): 4 rows an hour.
+ETTM_BOUNDS = {k: (4 * a, 4 * b) for k, (a, b) in ETT_BOUNDS.items()}
+FIXED_BOUNDS = {"ett": ETT_BOUNDS, "ettm": ETTM_BOUNDS}
+# The columns of every ETT file (ETTh1, ETTh2, ETTm1, ETTm2), besides its date column.
+ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+# The row step of each ETT layout.
+ETT_STEPS = {"ett": np.timedelta64(1, "h"), "ettm": np.timedelta64(15, "m")}
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -70,14 +79,18 @@ def split_bounds(
   spec: DataSpec, n_rows: int, dates: np.ndarray | None = None
 ) -> dict[str, tuple[int, int]]:
   """The train/val/test row ranges of `spec.split` for a series of `n_rows` rows."""
-  if spec.split == "ett":
-    if n_rows < ETT_BOUNDS["test"][1]:
+  if spec.split in FIXED_BOUNDS:
+    fixed = FIXED_BOUNDS[spec.split]
+    if n_rows < fixed["test"][1]:
+      step = "hourly" if spec.split == "ett" else "of 15 minutes"
       raise error(
-        f"data.split='ett' needs at least {ETT_BOUNDS['test'][1]} rows "
-        f"(12/4/4 months of 30 days, hourly), the file has {n_rows}"
+        f"data.split={spec.split!r} needs at least {fixed['test'][1]} rows "
+        f"(12/4/4 months of 30 days, rows {step}), the file has {n_rows}"
       )
-    return dict(ETT_BOUNDS)
-  if spec.split == "holdout":
+    return dict(fixed)
+  if spec.split == "tsl":
+    ends = tsl_ends(n_rows)
+  elif spec.split == "holdout":
     val, test = holdout_sizes(spec)
     ends = tuple(max(e, 0) for e in (n_rows - test - val, n_rows - test, n_rows))
   elif spec.split in ("rows", "dates"):
@@ -99,11 +112,60 @@ def split_bounds(
         f"data.split_rows must satisfy 0 < train_end < val_end < test_end <= "
         f"{n_rows} (the number of rows), got {got}"
       )
-  else:
+  elif spec.split == "fractions":
     train_end = int(n_rows * spec.split_fractions[0])
     val_end = train_end + int(n_rows * spec.split_fractions[1])
     ends = (train_end, val_end, val_end + int(n_rows * spec.split_fractions[2]))
+  else:  # "auto" is resolved before any split is made (`resolve_split`)
+    raise ValueError(f"data.split={spec.split!r} is not resolved")
   return {"train": (0, ends[0]), "val": (ends[0], ends[1]), "test": (ends[1], ends[2])}
+
+
+def tsl_ends(n_rows):
+  """The Time-Series-Library's split ends of `n_rows` rows (an int or an int array), as its
+  `Dataset_Custom` computes them: ``num_train = int(n * 0.7)``, ``num_test = int(n * 0.2)``,
+  ``num_vali = n - num_train - num_test``; train = the first num_train rows, test = the
+  last num_test, val the rows between (val/test windows read their inputs from the rows
+  before them, as every split's do: `SeriesData.window_index`)."""
+  if isinstance(n_rows, np.ndarray):
+    train, test = (n_rows * 0.7).astype(np.int64), (n_rows * 0.2).astype(np.int64)
+  else:
+    train, test = int(n_rows * 0.7), int(n_rows * 0.2)
+  return train, n_rows - test, n_rows
+
+
+def ett_layout(
+  columns: Sequence[str], date_column: str, dates: np.ndarray | None, n_rows: int
+) -> str | None:
+  """'ett' or 'ettm' if the table is an ETT file, else None.
+
+  An ETT file: its columns are exactly the date column and ETT's seven (`ETT_COLUMNS`, in
+  any order), its rows step by one hour ('ett', ETTh1/ETTh2) or 15 minutes ('ettm',
+  ETTm1/ETTm2; the median step between consecutive dates), and it has at least the rows
+  of that layout (14,400 or 57,600: 12/4/4 months of 30 days).
+  """
+  if not date_column or dates is None or len(dates) < 2:
+    return None
+  if len(columns) != len(ETT_COLUMNS) + 1 or set(columns) != {date_column, *ETT_COLUMNS}:
+    return None
+  step = np.median(np.diff(np.asarray(dates, "datetime64[ns]")).astype(np.int64))
+  for name, expected in ETT_STEPS.items():
+    if step == expected.astype("timedelta64[ns]").astype(np.int64):
+      return name if n_rows >= FIXED_BOUNDS[name]["test"][1] else None
+  return None
+
+
+def resolve_split(
+  spec: DataSpec, columns: Sequence[str], dates: np.ndarray | None, n_rows: int
+) -> DataSpec:
+  """`spec` with `data.split="auto"` made concrete for a table with `columns` (the file's,
+  as read), `dates` (validated, or None) and `n_rows` rows: ETT's split on an ETT file
+  (`ett_layout`), the Time-Series-Library's 70/10/20 ("tsl") on any other table, a long
+  one's series each on its own. Any other split is returned as it is."""
+  if spec.split != "auto":
+    return spec
+  layout = None if spec.id_column else ett_layout(columns, spec.date_column, dates, n_rows)
+  return dataclasses.replace(spec, split=layout or "tsl")
 
 
 def _date_ends(spec: DataSpec, dates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -156,13 +218,20 @@ def panel_ends(spec: DataSpec, lengths: np.ndarray, dates, offsets) -> np.ndarra
     train = (lengths * f[0]).astype(np.int64)
     val = train + (lengths * f[1]).astype(np.int64)
     return np.stack([train, val, val + (lengths * f[2]).astype(np.int64)], axis=-1)
+  if spec.split == "tsl":
+    return np.stack(tsl_ends(np.asarray(lengths, np.int64)), axis=-1)
   if spec.split == "holdout":
     val_size, test_size = holdout_sizes(spec)
     lengths = np.asarray(lengths, np.int64)
     ends = np.stack([lengths - test_size - val_size, lengths - test_size, lengths], axis=-1)
     # A series shorter than its holdout is too short (found by `short_series`).
     return np.maximum(ends, 0)
-  fixed = [ETT_BOUNDS[k][1] for k in SPLIT_NAMES] if spec.split == "ett" else list(spec.split_rows)
+  if spec.split in FIXED_BOUNDS:
+    fixed = [FIXED_BOUNDS[spec.split][k][1] for k in SPLIT_NAMES]
+  elif spec.split == "rows":
+    fixed = list(spec.split_rows)
+  else:  # "auto" is resolved before any split is made (`resolve_split`)
+    raise ValueError(f"data.split={spec.split!r} is not resolved")
   ends = np.empty((len(lengths), 3), np.int64)
   ends[:, : len(fixed)] = fixed
   if len(fixed) == 2:

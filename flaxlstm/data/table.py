@@ -1,7 +1,8 @@
 """The spec's columns of a freshly read file, validated into a `Table`.
 
 io.py reads and validates files; this module knows the spec: which columns are inputs,
-targets and covariates (`feature_columns`, `check_named`), a wide or a long table
+targets and covariates (`resolve_columns` for `("*",)`, every numeric column;
+`feature_columns`, `check_named`), a wide or a long table
 (`validate_table`: every series' rows one after another, in time order), and the static
 covariates of each series (`static_values`).
 """
@@ -15,9 +16,73 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flaxlstm.config.specs import DataSpec
+from flaxlstm.config.specs import ALL_NUMERIC, DataSpec
 from flaxlstm.data import io
-from flaxlstm.data.io import error, list_names, short
+from flaxlstm.data.io import error, list_names, row_label, short
+
+
+def numeric_columns(spec: DataSpec, raw: pd.DataFrame, path: Any, kind: str) -> tuple[str, ...]:
+  """The columns `data.features` / `data.target` = ("*",) stand for, in file order.
+
+  Every column of the freshly read `raw` that holds numbers, but the date, id, known and
+  static columns: a numeric (or boolean) column with at least one value, or a text column
+  whose every value reads as a number (numbers a Parquet file stores as text). A column
+  without any number (names, codes, a second date column, an empty column) is not an
+  input. One that mixes numbers and text (a CSV column with a stray word) is refused,
+  naming the first cell that is not a number: left out, its numbers would silently stop
+  being read.
+  """
+  taken = {spec.date_column, spec.id_column, *spec.known, *spec.static}
+  out = []
+  for name in raw.columns:
+    if name in taken:
+      continue
+    column = raw[name]
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+      if column.notna().any():
+        out.append(name)
+      continue
+    if not pd.api.types.is_object_dtype(column) and not pd.api.types.is_string_dtype(column):
+      continue  # dates, durations, categories: not numbers
+    numbers = pd.to_numeric(column, errors="coerce")
+    if not numbers.notna().any():
+      continue
+    text = np.flatnonzero((numbers.isna() & column.notna()).to_numpy())
+    if text.size:
+      row = int(text[0])
+      raise error(
+        f"column {name!r} of {path} mixes numbers and text ({short(column.iloc[row])} at "
+        f"{row_label(row, kind)}); data.features / data.target = '*' read every numeric "
+        "column: fix the cell, or name the columns in data.features and data.target"
+      )
+    out.append(name)
+  return tuple(out)
+
+
+def resolve_columns(spec: DataSpec, raw: pd.DataFrame, path: Any, kind: str) -> DataSpec:
+  """`spec` with `data.features` / `data.target` = ("*",) replaced by the numeric columns
+  of the freshly read `raw` (`numeric_columns`); other values are kept as they are."""
+  wanted = (ALL_NUMERIC,)
+  if wanted not in (spec.features, spec.target):
+    return spec
+  numeric = numeric_columns(spec, raw, path, kind)
+  if not numeric:
+    keys = [k for k in ("features", "target") if getattr(spec, k) == wanted]
+    but = [
+      f"the {what} column {name!r}"
+      for what, name in (("date", spec.date_column), ("id", spec.id_column))
+      if name
+    ]
+    raise error(
+      f"{' and '.join('data.' + k for k in keys)}='*' stand{'s' if len(keys) == 1 else ''} "
+      f"for every numeric column of {path}{' but ' + ' and '.join(but) if but else ''}, and "
+      f"it has none (columns: {list_names(list(raw.columns))})"
+    )
+  return dataclasses.replace(
+    spec,
+    features=numeric if spec.features == wanted else spec.features,
+    target=numeric if spec.target == wanted else spec.target,
+  )
 
 
 def feature_columns(

@@ -184,6 +184,10 @@ def test_ett_bad_arg():
     ("data.target=OT,HUFL", "data.target", ("OT", "HUFL")),
     ("data.features=('OT', \"HUFL\")", "data.features", ("OT", "HUFL")),
     ("data.features=", "data.features", ()),
+    ("data.features=*", "data.features", ("*",)),
+    ("data.target=*", "data.target", ("*",)),
+    ("data.split=auto", "data.split", "auto"),
+    ("data.split=tsl", "data.split", "tsl"),
     ("--config.data.augment.jitter=0.05", "data.augment.jitter", 0.05),
   ],
 )
@@ -244,6 +248,9 @@ def test_bad_override_values(override, expected):
     ("data.split_fractions=0.9,0.1", "'data.split_fractions'"),
     ("data.split=rows", "'data.split_rows' = ()"),
     ("data.split_rows=10,20", "only used with data.split='rows'"),
+    ("data.features=*,OT", "'*' (every numeric column) stands alone"),
+    ("data.known=*", "'*' (every numeric column) is only for data.features and data.target"),
+    ("data.split=all", "config key 'data.split' = 'all': must be one of fractions"),
   ],
 )
 def test_out_of_range(override, expected):
