@@ -1,9 +1,10 @@
 """Baselines every forecast is scored against, on exactly the model's windows: naive,
-seasonal naive and linear (ridge on the window), and split-conformal intervals around the
-model's and the naive forecast."""
+seasonal naive, linear (ridge on the window), DLinear (per column, on its trend and
+seasonal parts), and split-conformal intervals around the model's and the naive forecast."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -90,8 +91,164 @@ def linear_forecaster(data: SeriesData, alpha: float = 1.0):
   return predict
 
 
+# ---- DLinear ------------------------------------------------------------------------------
+# DLinear's moving-average kernel (Zeng et al., 2023: "Are Transformers Effective for Time
+# Series Forecasting?"; its code's default).
+DLINEAR_KERNEL = 25
+# The ridge penalty of its closed-form fit: small against the Gram matrix of the 10^4 and
+# more standardized training samples it sees (as the linear baseline's alpha=1).
+DLINEAR_ALPHA = 1.0
+# It is fit on at most this many (window, target column) samples: evenly spread windows.
+DLINEAR_MAX_SAMPLES = 200_000
+# Samples gathered at once while fitting (bounds the memory of a wide file's windows).
+_DLINEAR_CHUNK = 16_384
+
+
+def moving_average(length: int, kernel: int = DLINEAR_KERNEL) -> np.ndarray:
+  """DLinear's trend as a matrix: ``trend = x @ A`` for windows ``x (N, length)``.
+
+  A moving average of `kernel` (odd) steps, stride 1, over the window padded at each end
+  with ``(kernel - 1) // 2`` copies of its first and its last value (DLinear's
+  `moving_avg`), so the trend has the window's length.
+  """
+  if kernel < 1 or kernel % 2 == 0:
+    raise ValueError(f"the moving average needs an odd kernel, got {kernel}")
+  pad = (kernel - 1) // 2
+  out = np.zeros((length, length))
+  for j in range(length):  # output step j averages padded steps j .. j + kernel - 1
+    rows = np.clip(np.arange(j - pad, j + pad + 1), 0, length - 1)
+    np.add.at(out[:, j], rows, 1.0 / kernel)
+  return out
+
+
+def decompose(x: np.ndarray, kernel: int = DLINEAR_KERNEL) -> tuple[np.ndarray, np.ndarray]:
+  """DLinear's series decomposition of windows ``x (N, L)``: (seasonal, trend), each
+  ``(N, L)``, ``seasonal = x - trend``."""
+  x = np.asarray(x, np.float64)
+  trend = x @ moving_average(x.shape[-1], kernel)
+  return x - trend, trend
+
+
+@dataclasses.dataclass(frozen=True)
+class DLinear:
+  """DLinear's forecast ``seasonal @ W_s + trend @ W_t + bias`` of one column's window,
+  the same weights for every column (channel-independent, DLinear's `individual=False`).
+
+  Attributes:
+    seasonal: ``(L, H)`` weights of the seasonal part (DLinear's `Linear_Seasonal`).
+    trend: ``(L, H)`` weights of the trend part (`Linear_Trend`).
+    bias: ``(H,)`` the two layers' biases, summed.
+    kernel: the moving average's kernel.
+  """
+
+  seasonal: np.ndarray
+  trend: np.ndarray
+  bias: np.ndarray
+  kernel: int = DLINEAR_KERNEL
+
+  def weights(self) -> np.ndarray:
+    """The whole map as one ``(L, H)`` matrix on the raw window: the decomposition is linear
+    (``seasonal = x (I - A)``, ``trend = x A``), so the forecast is ``x @ M + bias``."""
+    a = moving_average(self.seasonal.shape[0], self.kernel)
+    return self.seasonal - a @ self.seasonal + a @ self.trend
+
+  def predict(self, x: np.ndarray) -> np.ndarray:
+    """Forecasts ``(N, H)`` of windows ``x (N, L)``."""
+    return np.asarray(x, np.float64) @ self.weights() + self.bias
+
+
+class _Moments:
+  """Running sums of windows ``x (n, L)`` and their futures ``y (n, H)``: what a least
+  squares fit needs, gathered a chunk at a time."""
+
+  def __init__(self, lookback: int, horizon: int):
+    self.n = 0
+    self.sx, self.sy = np.zeros(lookback), np.zeros(horizon)
+    self.xx, self.xy = np.zeros((lookback, lookback)), np.zeros((lookback, horizon))
+
+  def add(self, x: np.ndarray, y: np.ndarray) -> None:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    self.n += len(x)
+    self.sx += x.sum(axis=0)
+    self.sy += y.sum(axis=0)
+    self.xx += x.T @ x
+    self.xy += x.T @ y
+
+
+def _solve_dlinear(m: _Moments, kernel: int, alpha: float) -> DLinear:
+  """The ridge fit of `DLinear` to the moments `m`: minimizes the squared error over the
+  samples plus ``alpha * (|W_s|^2 + |W_t|^2)``, the bias unpenalized.
+
+  The features are ``z = [x (I - A), x A] = x T``, so their centered Gram matrix is
+  ``T' Cxx T`` and their cross moments ``T' Cxy``: the ``2L``-dimensional problem needs only
+  the window's ``L x L`` moments. (Without the penalty the fit is not unique: the two parts
+  sum to the window, so only ``W_s (I - A) + W_t A`` is determined.)
+  """
+  lookback = len(m.sx)
+  mx, my = m.sx / m.n, m.sy / m.n
+  cxx = m.xx - m.n * np.outer(mx, mx)
+  cxy = m.xy - m.n * np.outer(mx, my)
+  a = moving_average(lookback, kernel)
+  t = np.concatenate([np.eye(lookback) - a, a], axis=1)  # (L, 2L)
+  gram = t.T @ cxx @ t + alpha * np.eye(2 * lookback)
+  w = np.linalg.solve(gram, t.T @ cxy)  # (2L, H)
+  bias = my - (mx @ t) @ w
+  return DLinear(seasonal=w[:lookback], trend=w[lookback:], bias=bias, kernel=kernel)
+
+
+def fit_dlinear(
+  x: np.ndarray, y: np.ndarray, kernel: int = DLINEAR_KERNEL, alpha: float = DLINEAR_ALPHA
+) -> DLinear:
+  """Fits DLinear in closed form to windows ``x (N, L)`` and their futures ``y (N, H)``.
+
+  DLinear is linear in its inputs, so the weights that minimize the mean squared error (its
+  training loss) are a least-squares solution: no gradient steps. A small ridge penalty
+  `alpha` makes it unique (`_solve_dlinear`).
+  """
+  x, y = np.asarray(x), np.asarray(y)
+  moments = _Moments(x.shape[1], y.shape[1])
+  moments.add(x, y)
+  return _solve_dlinear(moments, kernel, alpha)
+
+
+def dlinear_forecaster(data: SeriesData, alpha: float = DLINEAR_ALPHA):
+  """Fits DLinear (`fit_dlinear`) to the training windows the LSTM trains on, each target
+  column a sample (channel-independent: each column's past to its own future), on the
+  scaled targets the naive baselines read (`data.y`). At most `DLINEAR_MAX_SAMPLES`
+  (window, column) samples, evenly spread windows.
+
+  Returns ``predict(starts) -> (B, horizon, n_targets)`` in scaled units, or None when the
+  lookback is longer than ``LINEAR_MAX_INPUTS``.
+  """
+  lookback, horizon, n_targets = data.lookback, data.horizon, data.n_targets
+  if lookback > LINEAR_MAX_INPUTS:
+    return None
+  index = data.window_index("train")
+  n = len(index)
+  most = max(1, min(LINEAR_MAX_WINDOWS, DLINEAR_MAX_SAMPLES // n_targets))
+  positions = np.arange(n) if n <= most else np.linspace(0, n - 1, most)
+  starts = index.rows(positions.astype(np.int64))
+  steps = np.arange(-lookback, horizon, dtype=np.int64)
+  moments = _Moments(lookback, horizon)
+  chunk = max(1, _DLINEAR_CHUNK // n_targets)
+  for i in range(0, len(starts), chunk):
+    rows = starts[i : i + chunk, None] + steps  # (B, L + H)
+    series = np.moveaxis(data.y[rows], -1, 1).reshape(-1, lookback + horizon)  # (B * T, L + H)
+    moments.add(series[:, :lookback], series[:, lookback:])
+  model = _solve_dlinear(moments, DLINEAR_KERNEL, alpha)
+  weights, bias = model.weights(), model.bias
+
+  def predict(s: np.ndarray) -> np.ndarray:
+    s = np.asarray(s, dtype=np.int64)
+    x = np.moveaxis(data.y[s[:, None] + np.arange(-lookback, 0, dtype=np.int64)], -1, 1)
+    out = x.astype(np.float64) @ weights + bias  # (B, T, H)
+    return np.moveaxis(out, 1, -1).astype(np.float32)
+
+  return predict
+
+
 def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> dict:
-  """Naive, seasonal-naive and linear forecasts scored on exactly the model's windows:
+  """Naive, seasonal-naive, linear and DLinear forecasts scored on exactly the model's windows:
   whether the LSTM earns its keep is read off one table. A split without windows (the test
   split of a production fit) is left out, as the model's is."""
   splits = [split for split in splits if len(data.window_index(split))]
@@ -101,6 +258,9 @@ def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> d
   linear = linear_forecaster(data)
   if linear is not None:
     forecasters["linear"] = linear
+  dlinear = dlinear_forecaster(data)
+  if dlinear is not None:
+    forecasters["dlinear"] = dlinear
   return {
     name: {
       split: split_metrics(data, data.window_starts(split), f(data.window_starts(split)))

@@ -55,7 +55,7 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   saved = json.load(open(os.path.join(wd, "metrics.json")))
   assert set(saved) >= {"val", "test", "baselines"}
   assert set(saved["test"]) >= {"mse", "mae", "rmse", "mse_original", "mae_original"}
-  assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear"}
+  assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear", "dlinear"}
   # Original-unit metrics are the scaled ones times the target's variance.
   scale = scaling.load_scalers(os.path.join(wd, "scalers.json")).target_scaler.scale_[0]
   np.testing.assert_allclose(
@@ -243,15 +243,16 @@ def test_evaluate_prints_the_table_and_predict_counts_forecasts(capsys, monkeypa
   from flaxlstm.train import workdir as workdir_lib
 
   scores = {s: {"mse": 0.5, "mae": 0.25} for s in ("val", "test")}
-  metrics = {**scores, "baselines": {"naive": scores, "linear": scores}, "data": {"x": 1}}
+  baselines = {"naive": scores, "linear": scores, "dlinear": scores}
+  metrics = {**scores, "baselines": baselines, "data": {"x": 1}}
   metrics["encoder"] = "slstm"
   monkeypatch.setattr(train_lib, "evaluate", lambda workdir, **_: metrics)
   assert cli.main(["evaluate", "--workdir", "W"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[1:4] == [
-    f"{n:<16}" + 2 * "    0.5000    0.2500" for n in ("slstm", "naive", "linear")
+  assert lines[1:5] == [
+    f"{n:<16}" + 2 * "    0.5000    0.2500" for n in ("slstm", "naive", "linear", "dlinear")
   ]
-  assert lines[4] == f"metrics written to {os.path.join('W', 'metrics.json')}" and len(lines) == 5
+  assert lines[5] == f"metrics written to {os.path.join('W', 'metrics.json')}" and len(lines) == 6
   assert cli.main(["evaluate", "--workdir", "W", "--json"]) == 0
   assert json.loads(capsys.readouterr().out) == metrics
 
