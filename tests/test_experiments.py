@@ -7,6 +7,7 @@ columns and windows, and must run unchanged on another ETT-format file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -79,16 +80,59 @@ LTSF_HORIZONS = (96, 192, 336, 720)
 def test_ltsf_recipe_follows_the_tslib_protocol(horizon):
   config = config_lib.load_config(f"{LTSF}:{horizon}")
   spec = config_lib.to_spec(config)
-  assert (spec.data.split, spec.data.scaler, spec.data.lookback) == ("ett", "standard", 96)
-  assert spec.data.features == spec.data.target == COLUMNS
+  # Every numeric column and ETT's split on an ETT file (TSLib's 70/10/20 on another).
+  assert (spec.data.split, spec.data.scaler, spec.data.lookback) == ("auto", "standard", 96)
+  assert spec.data.features == spec.data.target == ("*",)
   assert spec.data.horizon == horizon
   assert spec.model.channels == "independent"  # one model shared by the 7 columns
   data = series.prepare(spec.data)
+  assert data.feature_names == data.target_names == COLUMNS
+  assert data.bounds == {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
   # Every test window, stride 1, none dropped; val/test read context from before the split.
   starts = data.window_starts("test")
   assert (starts[0], starts[-1], len(starts)) == (11520, 14400 - horizon, 2880 - horizon + 1)
   assert data.window_starts("val")[0] == 8640
   assert data.window_starts("train")[0] == 96
+
+
+def test_ltsf_recipe_reads_etth1_exactly_as_when_it_named_the_columns_and_split():
+  """The recipe named ETT's 7 columns and data.split='ett' before it read every numeric
+  column with data.split='auto': on ETTh1 both give the same data, windows and scalers."""
+  spec = config_lib.to_spec(config_lib.load_config(f"{LTSF}:96")).data
+  named = dataclasses.replace(spec, features=COLUMNS, target=COLUMNS, split="ett")
+  auto, before = series.prepare(spec), series.prepare(named)
+  assert (auto.feature_names, auto.target_names) == (before.feature_names, before.target_names)
+  for split in ("train", "val", "test"):
+    np.testing.assert_array_equal(auto.split_rows[split], before.split_rows[split])
+    np.testing.assert_array_equal(auto.window_starts(split), before.window_starts(split))
+  for name in ("x", "y", "y_raw"):
+    np.testing.assert_array_equal(getattr(auto, name), getattr(before, name))
+  assert auto.scalers.to_json() == before.scalers.to_json()
+
+
+def _tsl_format_file(path: pathlib.Path, rows: int = 1000) -> pathlib.Path:
+  """exchange_rate.csv's layout: a date column, then columns 0, 1, ..., OT (daily)."""
+  frame = pd.read_csv(_ett_format_file(path, rows))
+  frame = frame.rename(columns=dict(zip(COLUMNS, ["0", "1", "2", "3", "4", "5", "OT"])))
+  frame["date"] = pd.date_range("1990-01-01", periods=rows, freq="D")
+  frame.to_csv(path, index=False)
+  return path
+
+
+def test_ltsf_recipe_reads_any_ltsf_format_file_without_overrides(tmp_path):
+  other = _tsl_format_file(tmp_path / "exchange_like.csv")
+  config = config_lib.load_config(f"{LTSF}:96", [f"data.path={other}"])
+  data = series.prepare(config_lib.to_spec(config).data)
+  assert data.feature_names == data.target_names == ("0", "1", "2", "3", "4", "5", "OT")
+  assert data.bounds == {"train": (0, 700), "val": (700, 800), "test": (800, 1000)}
+  # What the user names wins over the recipe's defaults.
+  config = config_lib.load_config(
+    f"{LTSF}:96",
+    [f"data.path={other}", "data.split=fractions", "data.features=OT", "data.target=OT"],
+  )
+  data = series.prepare(config_lib.to_spec(config).data)
+  assert (data.feature_names, data.target_names) == (("OT",), ("OT",))
+  assert config.data.split == "fractions" and data.bounds["test"] == (800, 1000)
 
 
 @pytest.mark.slow  # trains to completion

@@ -1,18 +1,30 @@
-"""The LTSF benchmark on ETT-format data: all 7 columns, lookback 96, horizon H.
+"""The LTSF benchmark on any LTSF-format file: every numeric column, lookback 96, horizon H.
 
   flaxlstm train --config experiments/ltsf/ett.py:336 --workdir runs/ltsf_336
   flaxlstm train --config experiments/ltsf/ett.py:96 --config.data.path=ETTh2.csv ...
+  flaxlstm train --config experiments/ltsf/ett.py:96 --config.data.path=exchange_rate.csv ...
 
-Protocol of the Time-Series-Library / SegRNN code: ETTh rows train [0, 8640), val
-[8640, 11520), test [11520, 14400), val/test windows reading up to `lookback` rows of
-context before their split; one StandardScaler fit on the training rows of all columns;
-MSE/MAE on the scaled values over all 7 columns and every window (stride 1, none dropped).
+Protocol of the Time-Series-Library / SegRNN code. An LTSF-format file is a `date` column
+and numeric columns (ETTh1/2, ETTm1/2, exchange_rate, weather, electricity, traffic, ...);
+nothing needs naming for it:
+- columns: every numeric column but the date, in file order (`data.features` and
+  `data.target` = '*'; on ETT files HUFL, HULL, MUFL, MULL, LUFL, LULL, OT).
+- split (`data.split='auto'`): on an ETT file (its columns exactly `date` and those 7, rows
+  hourly or every 15 minutes, at least 14,400 or 57,600 of them) ETT's 12/4/4 months of 30
+  days: ETTh rows train [0, 8640), val [8640, 11520), test [11520, 14400) (ETTm: 4x);
+  on any other file TSLib's 70/10/20: train the first int(0.7 n) rows, test the last
+  int(0.2 n), val the rows between.
+- val/test windows read up to `lookback` rows of context before their split; one
+  StandardScaler fit on the training rows of all columns; MSE/MAE on the scaled values over
+  all columns and every window (stride 1, none dropped).
+`--config.data.features=...`, `data.target=...` or `data.split=...` (e.g. `tsl` on an ETT
+file) override these.
 
-The model is a channel-independent segment LSTM (one model shared by the 7 columns, a
+The model is a channel-independent segment LSTM (one model shared by the columns, a
 learned column embedding; windows of 4 segments of 24 steps, hidden size 256) and the
 parallel multi-step decoder, forecasting the change from each window's last value. Every setting was
-chosen on the validation split only (experiments/README.md says how); the recipe is frozen,
-the same for every horizon and file.
+chosen on the validation split of ETTh1 only (experiments/README.md says how); the recipe is
+frozen, the same for every horizon and file.
 """
 
 from __future__ import annotations
@@ -22,7 +34,6 @@ import ml_collections
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError
 
-COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 HORIZONS = (96, 192, 336, 720)
 
 
@@ -32,9 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not str(horizon).isdigit() or int(horizon) < 1:
     raise InputError(f"experiments/ltsf/ett.py takes the horizon as its argument, got {arg!r}")
   config = config_lib.default_config()
-  config.data.split = "ett"
-  config.data.features = COLUMNS
-  config.data.target = COLUMNS
+  # ETT's split on an ETT file, TSLib's 70/10/20 on another (flaxlstm/data/splits.py).
+  config.data.split = "auto"
+  # Every numeric column of the file: on ETT files the 7 (HUFL, ..., OT), in file order.
+  config.data.features = ("*",)
+  config.data.target = ("*",)
   config.data.lookback = 96
   config.data.horizon = int(horizon)
   config.data.scaler = "standard"

@@ -131,7 +131,12 @@ def main():
   ap.add_argument("--workdir", default="runs/ltsf")
   ap.add_argument("--horizons", default="96,192,336,720")
   ap.add_argument("--seeds", default="0,1,2")
-  ap.add_argument("--data", default="", help="another ETT-format file (default: bundled ETTh1)")
+  ap.add_argument(
+    "--data",
+    default="",
+    help="another LTSF-format file (default: bundled ETTh1; the OT table needs an ETT file, "
+    "--no-univariate on others)",
+  )
   ap.add_argument("--no-univariate", action="store_true", help="skip the OT comparison")
   ap.add_argument("--no-readme", action="store_true", help="print the tables only")
   ap.add_argument(
