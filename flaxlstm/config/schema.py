@@ -231,7 +231,7 @@ def validate(spec: RunSpec) -> RunSpec:
 # ---- keys and types ------------------------------------------------------------------------
 # Element types of tuple keys whose default is empty, so an override such as
 # `data.features=1,2` still yields column names rather than ints.
-ELEMENT_TYPES = {"data.features": str, "data.split_rows": int}
+ELEMENT_TYPES = {"data.features": str, "data.split_rows": int, "model.xlstm.slstm_at": int}
 
 
 def flatten(

@@ -2,7 +2,9 @@
 
     ENCODERS       name -> Encoder: "lstm" (`StackedLSTM`: the fused kernel, cuDNN, LSTMP,
                    layer norm), "slstm" (xLSTM's sLSTM cell, `model.slstm.num_heads`, ...),
-                   "gru" (Flax's `GRUCell`); the last two stacked by `StackedRNN`;
+                   "mlstm" (xLSTM's mLSTM cell, `model.mlstm.*`), "gru" (Flax's `GRUCell`);
+                   these three stacked by `StackedRNN`; "xlstm" (`XLSTMStack`: mLSTM
+                   blocks with sLSTM blocks at `model.xlstm.slstm_at`, `model.xlstm.*`);
                    "tirex" (TiRex, a whole pretrained forecaster: forecast/pretrained.py)
     register_cell  any Flax cell class as an encoder, under a name: one call
 
@@ -31,8 +33,10 @@ from flaxlstm.forecast import pretrained
 from flaxlstm.nn import kernels
 from flaxlstm.nn.cells.base import COMMON_OPTIONS, CellOptions, option, option_fields
 from flaxlstm.nn.cells.lstm import LSTM_OPTIONS, LSTMCell
+from flaxlstm.nn.cells.mlstm import MLSTM_OPTIONS, MLSTMCell
 from flaxlstm.nn.cells.slstm import SLSTM_OPTIONS, SLSTMCell
 from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
+from flaxlstm.nn.xlstm import XLSTMStack
 
 
 class _KernelNames(Mapping):
@@ -218,6 +222,144 @@ class SLSTMEncoder(CellEncoder):
     )
 
 
+class MLSTMEncoder(CellEncoder):
+  """A stack of mLSTM cells (flaxlstm/nn/cells/mlstm.py; the chunkwise form by default),
+  its options `model.mlstm.*`. The segment decoders step the cell from its final carry."""
+
+  def __init__(self):
+    super().__init__("mlstm", MLSTMCell, MLSTM_OPTIONS)
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    super().check(spec, c)
+    o = self.own_options(spec.model)
+    heads = o["num_heads"]
+    c.model.check("mlstm.num_heads", heads >= 1, "must be >= 1")
+    c.model.check("mlstm.chunk_size", o["chunk_size"] >= 1, "must be >= 1")
+    c.model.check(
+      "hidden_sizes",
+      all(h % heads == 0 for h in spec.model.hidden_sizes),
+      f"must be multiples of model.mlstm.num_heads={heads} (the mLSTM's heads split them)",
+    )
+    c.model.check(
+      "recurrent_dropout",
+      not spec.model.recurrent_dropout,
+      "must be 0 with model.encoder='mlstm' (it feeds no state back to its input)",
+    )
+
+
+class XLSTMOptions(nn.Module):
+  """The xLSTM stack's options, `model.xlstm.*` (flaxlstm/nn/xlstm.py: `XLSTMStack`; its
+  width is `model.hidden_sizes`' one entry).
+
+  Attributes:
+    num_blocks: blocks in the stack.
+    slstm_at: positions of the sLSTM blocks (the others are mLSTM blocks): xLSTM[a:b].
+    num_heads: heads of the mLSTM blocks.
+    proj_factor: the mLSTM blocks' inner width over the stack's.
+    conv1d_kernel_size: the causal convolution of every block (0: none).
+    qkv_proj_blocksize: block size of the mLSTM's q, k, v projections.
+    chunk_size: steps per chunk of the mLSTM's chunkwise form.
+    slstm_num_heads: heads of the sLSTM blocks.
+    ffn_proj_factor: the sLSTM blocks' feed-forward width factor.
+  """
+
+  num_blocks: int = 2
+  slstm_at: tuple[int, ...] = ()
+  num_heads: int = 4
+  proj_factor: float = 2.0
+  conv1d_kernel_size: int = 4
+  qkv_proj_blocksize: int = 4
+  chunk_size: int = 64
+  slstm_num_heads: int = 4
+  ffn_proj_factor: float = 1.3
+
+
+class _XLSTMModule(nn.Module):
+  """Inputs embedded to the stack's width, the `XLSTMStack`, its last step: `((h,), h)`
+  (the encoder interface's carries: the stack's states stay inside; decoders read `h`)."""
+
+  width: int
+  options: Any
+  implementation: str = "auto"
+  remat: bool = False
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool | None = None):
+    o = self.options
+    mlstm = dict(
+      num_heads=o["num_heads"],
+      proj_factor=o["proj_factor"],
+      conv1d_kernel_size=o["conv1d_kernel_size"],
+      qkv_proj_blocksize=o["qkv_proj_blocksize"],
+      chunk_size=o["chunk_size"],
+      dropout=self.dropout,
+      implementation=self.implementation,
+    )
+    slstm = dict(
+      num_heads=o["slstm_num_heads"],
+      conv1d_kernel_size=o["conv1d_kernel_size"],
+      ffn_proj_factor=o["ffn_proj_factor"],
+      dropout=self.dropout,
+    )
+    h = nn.Dense(self.width, name="embed")(x)
+    h = XLSTMStack(
+      self.width,
+      num_blocks=o["num_blocks"],
+      slstm_at=tuple(o["slstm_at"]),
+      mlstm=mlstm,
+      slstm=slstm,
+      remat=self.remat,
+      name="stack",
+    )(h, deterministic=True if deterministic is None else deterministic)
+    last = h[..., -1, :]
+    return (last,), last
+
+
+class XLSTMEncoder(Encoder):
+  """`model.encoder="xlstm"`: an `XLSTMStack` of mLSTM blocks with sLSTM blocks at
+  `model.xlstm.slstm_at` over the window, read by the dense decoder."""
+
+  name = "xlstm"
+  options = option_fields(XLSTMOptions)
+  cell_class = MLSTMCell  # `model.cell.implementation` picks the mLSTM blocks' form
+
+  def cell(self, spec: ModelSpec, width: int) -> nn.Module:
+    raise ValueError("model.encoder='xlstm' has no single cell for a segment decoder")
+
+  def module(self, spec: ModelSpec, name: str) -> nn.Module:
+    return _XLSTMModule(
+      spec.hidden_sizes[-1],
+      self.own_options(spec),
+      implementation=implementation(spec),
+      remat=spec.remat,
+      dropout=spec.dropout,
+      name=name,
+    )
+
+  def check(self, spec: RunSpec, c: Any) -> None:
+    super().check(spec, c)
+    m, o = spec.model, self.own_options(spec.model)
+    c.model.check("decoder", m.decoder == "dense", "must be 'dense' with model.encoder='xlstm'")
+    c.model.check(
+      "hidden_sizes", len(m.hidden_sizes) == 1, "takes one width with model.encoder='xlstm'"
+    )
+    c.model.check("xlstm.num_blocks", o["num_blocks"] >= 1, "must be >= 1")
+    c.model.check(
+      "xlstm.slstm_at",
+      all(0 <= i < o["num_blocks"] for i in o["slstm_at"]),
+      f"must be block positions in [0, {o['num_blocks']})",
+    )
+    width = m.hidden_sizes[-1] if m.hidden_sizes else 0
+    c.model.check(
+      "hidden_sizes",
+      width % o["slstm_num_heads"] == 0 or not o["slstm_at"],
+      f"must be a multiple of model.xlstm.slstm_num_heads={o['slstm_num_heads']}",
+    )
+    for key in ("recurrent_dropout", "inter_layer_dropout", "bidirectional"):
+      c.model.check(key, not getattr(m, key), "is not read by model.encoder='xlstm'")
+
+
 class TiRexEncoder(Encoder):
   """`model.encoder="tirex"`: TiRex as the whole forecaster (forecast/pretrained.py), its
   options `model.tirex.*`."""
@@ -264,5 +406,7 @@ class TiRexEncoder(Encoder):
 
 register(LSTMEncoder())
 register(SLSTMEncoder())
+register(MLSTMEncoder())
+register(XLSTMEncoder())
 register_cell("gru", nn.GRUCell)
 register(TiRexEncoder())

@@ -448,9 +448,7 @@ class XLSTMStack(nn.Module):
         in_axes=(nn.broadcast, nn.broadcast),
         length=length,
       )
-      body = MLSTMBlock(
-        self.features, **{"num_blocks": self.num_blocks, **self.mlstm}, parent=None
-      )
+      body = MLSTMBlock(self.features, **{"num_blocks": self.num_blocks, **self.mlstm}, parent=None)
       x, _ = run(body, name=f"mlstm_{start}")(x, seq_lengths, deterministic)
     if self.post_norm:
       x = ResidualLayerNorm(name="post_norm")(x)

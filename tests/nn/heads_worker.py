@@ -1,8 +1,12 @@
-"""Runs `flaxlstm.SLSTM` with its heads sharded over the mesh's model axis (8 fake CPU
-devices, data x model = 2 x 4, 8 heads) and on one device; prints outputs, gradients and
-the collectives XLA put inside the compiled time loops, as JSON.
+"""Runs the xLSTM family with heads sharded over the mesh's model axis (8 fake CPU devices,
+data x model = 2 x 4, 8 heads) and on one device, and prints, as JSON per family, the
+losses, the largest gradient gap and the collectives XLA put inside the compiled loops:
 
-Run by tests/nn/test_slstm.py in a fresh process: the device count is fixed at JAX start-up.
+- "slstm": `flaxlstm.SLSTM`, each head's recurrent weights on its model shard;
+- "mlstm": the mLSTM's chunkwise form (`mlstm_sequence`), its inputs' head axis sharded.
+
+Run by tests/nn/test_heads_sharded.py in a fresh process: the device count is fixed at JAX
+start-up.
 """
 
 import json
@@ -20,6 +24,8 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P
 
 import flaxlstm  # noqa: E402
+from flaxlstm.nn.cells.mlstm import MLSTMCell  # noqa: E402
+from flaxlstm.nn.kernels.mlstm import mlstm_sequence  # noqa: E402
 
 B, T, H, NH = 4, 12, 32, 8
 COLLECTIVE = re.compile(r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)\b")
@@ -44,7 +50,34 @@ def loop_collectives(hlo: str) -> tuple[int, list[str]]:
   return seen, found
 
 
-def main():
+def gap(a, b) -> float:
+  """The largest gap between two trees' leaves, relative to each leaf's largest value."""
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / max(np.max(np.abs(np.asarray(x))), 1e-30))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def compare(fn, args, shardings) -> tuple[dict, str]:
+  """`fn(*args)` (loss, grads) on one device and sharded: the gaps and the compiled HLO."""
+  fn = jax.jit(fn)
+  single = fn(*args)
+  placed = jax.device_put(args, shardings)
+  compiled = fn.lower(*placed).compile()
+  sharded = compiled(*placed)
+  hlo = compiled.as_text()
+  loops = loop_collectives(hlo)
+  out = {
+    "loss": [float(single[0]), float(sharded[0])],
+    "grad_gap": gap(single[1], sharded[1]),
+    "loop_bodies": loops[0],
+    "loop_collectives": loops[1],
+    "collectives_outside": len(COLLECTIVE.findall(hlo)) - len(loops[1]),
+  }
+  return out, placed
+
+
+def slstm(mesh) -> dict:
   layer = flaxlstm.SLSTM(H, num_heads=NH, conv1d_kernel_size=4)
   x = jax.random.normal(jax.random.key(0), (B, T, H))
   params = layer.init(jax.random.key(1), x)["params"]
@@ -52,32 +85,42 @@ def main():
   def loss(p, x):
     return jnp.mean(jnp.square(layer.apply({"params": p}, x)))
 
-  fn = jax.jit(jax.value_and_grad(loss))
-  single = fn(params, x)
-  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   shardings = jax.tree_util.tree_map_with_path(
     lambda path, leaf: NamedSharding(mesh, head_spec(path, leaf)), params
   )
-  sharded_params = jax.device_put(params, shardings)
-  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-  compiled = fn.lower(sharded_params, xs).compile()
-  sharded = compiled(sharded_params, xs)
-  kernel = sharded_params["cell"]["recurrent_kernel"]
-  hlo = compiled.as_text()
-  loops = loop_collectives(hlo)
-  out = {
-    "loss": [float(single[0]), float(sharded[0])],
-    "grad_gap": max(
-      float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-      for a, b in zip(jax.tree.leaves(single[1]), jax.tree.leaves(sharded[1]))
-    ),
-    "kernel_shards": len({s.device for s in kernel.addressable_shards}),
-    "kernel_shard_shape": list(kernel.addressable_shards[0].data.shape),
-    "loop_bodies": loops[0],
-    "loop_collectives": loops[1],
-    "collectives_outside": len(COLLECTIVE.findall(hlo)) - len(loops[1]),
-  }
-  print(json.dumps(out))
+  fn = jax.value_and_grad(loss)
+  out, placed = compare(fn, (params, x), (shardings, NamedSharding(mesh, P("data"))))
+  kernel = placed[0]["cell"]["recurrent_kernel"]
+  out["kernel_shards"] = len({s.device for s in kernel.addressable_shards})
+  out["kernel_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
+  return out
+
+
+def mlstm(mesh) -> dict:
+  """The chunkwise form over T = 3 chunks and a ragged batch, from the empty state."""
+  cell = MLSTMCell(H, num_heads=NH, chunk_size=4, project_inputs=False)
+  x = jax.random.normal(jax.random.key(2), (B, T, 3 * H))
+  p = cell.init(jax.random.key(3), x[:, 0], method=lambda c, a: c.parameters(a.shape[-1]))
+  p = jax.tree.map(lambda a: a + 0.05, p["params"])  # gates that vary with the inputs
+  lengths = jnp.array([T, 7, T, 3])
+
+  def loss(x):
+    inputs = cell.project(p, x)
+    carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
+    final, h = mlstm_sequence(inputs, carry, lengths, chunk_size=cell.chunk_size)
+    return jnp.mean(jnp.square(h)) + jnp.mean(final.C)
+
+  # Heads are the inputs' feature blocks: [q | k | v] each NH x DH, so the model axis
+  # splits each of them (the projection reshapes it to (..., NH, DH)).
+  fn = jax.value_and_grad(loss)
+  out, placed = compare(fn, (x,), (NamedSharding(mesh, P("data", None, "model")),))
+  out["input_shards"] = len({s.device for s in placed[0].addressable_shards})
+  return out
+
+
+def main():
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  print(json.dumps({"slstm": slstm(mesh), "mlstm": mlstm(mesh)}))
 
 
 if __name__ == "__main__":

@@ -278,28 +278,3 @@ def test_the_nnx_cell_runs_the_linen_cells_math():
   _close(ours, linen.apply({"params": {"cell": cell.params()}}, x))
   grads = nnx.state(nnx.grad(lambda m: m(x).sum())(lnnx.RNN(cell)), nnx.Param)
   assert set(grads["cell"]) == {"input_kernel", "recurrent_kernel", "bias"}
-
-
-@pytest.mark.slow  # a fresh process with 8 fake devices
-def test_heads_sharded_over_the_model_axis_equal_one_device_with_no_collective_in_the_loop():
-  """R is block-diagonal: with each head's weights on its own model shard (8 heads over 4),
-  the layer's loss and gradients equal one device's, and XLA puts no collective inside the
-  compiled time loops (forward and backward); resharding happens around them."""
-  import json
-  import os
-  import pathlib
-  import subprocess
-  import sys
-
-  worker = pathlib.Path(__file__).with_name("slstm_heads_worker.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  out = subprocess.run(
-    [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300
-  )
-  assert out.returncode == 0, out.stderr[-2000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result["kernel_shards"] == 8 and result["kernel_shard_shape"][0] == 2
-  assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6)
-  assert result["grad_gap"] < 1e-5
-  assert result["loop_bodies"] >= 2  # the forward and the backward scan were found
-  assert result["loop_collectives"] == []

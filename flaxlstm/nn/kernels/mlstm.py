@@ -55,7 +55,8 @@ def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
   pre-activation), `valid (NC, B, 1, L)`."""
   # Each step's weight at its chunk's end, before the stabilizer: b_L - b_s + i_s.
   a = b[..., -1:] - b + ii
-  a = jnp.where(valid, a, EMPTY)
+  if valid is not None:
+    a = jnp.where(valid, a, EMPTY)
   a_max = a.max(-1)  # (NC, B, NH)
 
   def chunk(state, inp):
@@ -63,7 +64,9 @@ def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
     k_c, v_c, a_c, a_max_c, b_last, on = inp
     m_new = jnp.maximum(b_last + m, a_max_c)
     decay = jnp.exp(b_last + m - m_new)
-    w = jnp.where(on, jnp.exp(a_c - m_new[..., None]), 0.0)  # (B, NH, L)
+    w = jnp.exp(a_c - m_new[..., None])  # (B, NH, L)
+    if on is not None:  # (an empty state with no real step yet has m_new = EMPTY too)
+      w = jnp.where(on, w, 0.0)
     kw = k_c * w[..., None]
     C_new = decay[..., None, None] * C + jnp.einsum("bhld,bhle->bhde", kw, v_c)
     n_new = decay[..., None] * n + kw.sum(-2)
@@ -77,8 +80,9 @@ def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
   """Pass 2: every chunk's outputs from the state it starts from, batched over chunks."""
   C, n, m = starts  # (NC, B, NH, DH, DH), (NC, B, NH, DH), (NC, B, NH)
   L = q.shape[-2]
-  causal = jnp.tril(jnp.ones((L, L), bool))
-  on = causal & valid[..., None, :]  # (NC, B, 1, L, L): sigma <= tau, sigma a real step
+  on = jnp.tril(jnp.ones((L, L), bool))  # sigma <= tau
+  if valid is not None:
+    on = on & valid[..., None, :]  # (NC, B, 1, L, L): and sigma a real step
   log_d = jnp.where(on, b[..., :, None] - b[..., None, :] + ii[..., None, :], EMPTY)
   inter = b + m[..., None]  # (NC, B, NH, L)
   m_row = jnp.maximum(inter, log_d.max(-1))
@@ -89,6 +93,8 @@ def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
     "...ls,...se->...le", s, v
   )
   qn = g * jnp.einsum("...ld,...d->...l", q, n) + s.sum(-1)
+  if valid is None:
+    return num / (jnp.maximum(jnp.abs(qn), jnp.exp(-m_row)) + eps)[..., None]
   # exp(-m) of a masked step's m (possibly the empty state's) never enters a gradient.
   floor = jnp.exp(-jnp.where(valid, m_row, 0.0))
   h = num / (jnp.maximum(jnp.abs(qn), floor) + eps)[..., None]
@@ -111,7 +117,11 @@ def mlstm_sequence(
   L = T if chunk_size is None else max(1, min(chunk_size, T))
   nc = -(-T // L)
   pad = nc * L - T
-  valid = jnp.ones((B, T), bool) if lengths is None else jnp.arange(T)[None, :] < lengths[:, None]
+  # Masks only where some step is not real (ragged lengths, padding to whole chunks).
+  valid = None
+  if lengths is not None or pad:
+    valid = jnp.arange(T)[None, :] < (T if lengths is None else lengths[:, None])
+    valid = jnp.broadcast_to(valid, (B, T))
 
   def chunks(a, fill=0.0):
     """`(B, T, ...)` -> chunk-major, head-major `(NC, B, NH, L, ...)`, padded at the end."""
@@ -121,8 +131,10 @@ def mlstm_sequence(
 
   f32 = lambda a: a.astype(jnp.float32)
   q, k, v = chunks(f32(x.q)), chunks(f32(x.k)), chunks(f32(x.v))
-  on = chunks(valid[..., None], False)  # (NC, B, 1, L)
-  log_f = jnp.where(on, chunks(jax.nn.log_sigmoid(f32(x.f))), 0.0)  # a masked step keeps f' = 1
+  on = None if valid is None else chunks(valid[..., None], False)  # (NC, B, 1, L)
+  log_f = chunks(jax.nn.log_sigmoid(f32(x.f)))
+  if on is not None:
+    log_f = jnp.where(on, log_f, 0.0)  # a masked step keeps f' = 1
   b = jnp.cumsum(log_f, axis=-1)
   ii = chunks(f32(x.i))
   carry = MLSTMCarry(*(f32(a) for a in carry))
