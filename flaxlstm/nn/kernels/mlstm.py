@@ -72,8 +72,14 @@ def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
     n_new = decay[..., None] * n + kw.sum(-2)
     return MLSTMCarry(C_new, n_new, m_new), state
 
-  final, starts = jax.lax.scan(chunk, carry, (k, v, a, a_max, b[..., -1], valid))
-  return final, starts
+  inputs = (k, v, a, a_max, b[..., -1], valid)
+  if k.shape[0] == 1:
+    # One chunk (the parallel form, or T <= chunk_size): no loop, so that where the caller
+    # drops the final state (an encoder reading only the outputs) XLA drops its `K^T V`,
+    # `B x NH x DH x DH` per step's batch, often the largest array here.
+    final, start = chunk(carry, jax.tree.map(lambda t: t[0], inputs))
+    return final, jax.tree.map(lambda t: t[None], start)
+  return jax.lax.scan(chunk, carry, inputs)
 
 
 def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
@@ -89,10 +95,22 @@ def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
   d = jnp.where(on, jnp.exp(log_d - m_row[..., None]), 0.0)
   g = jnp.exp(inter - m_row)  # the start state's weight; 0 for an empty state
   s = jnp.einsum("...ld,...sd->...ls", q, k) * d
-  num = g[..., None] * jnp.einsum("...ld,...de->...le", q, C) + jnp.einsum(
-    "...ls,...se->...le", s, v
-  )
-  qn = g * jnp.einsum("...ld,...d->...l", q, n) + s.sum(-1)
+
+  def read_state():
+    """What the steps read from their chunk's start state: `g q^T C`, `g q^T n`."""
+    return g[..., None] * jnp.einsum("...ld,...de->...le", q, C), g * jnp.einsum(
+      "...ld,...d->...l", q, n
+    )
+
+  if C.shape[0] == 1:
+    # One chunk from the empty state (no initial carry given: the usual call) reads nothing
+    # from it; skip the `q^T C` matmul, as large as the rest, at run time.
+    zeros = lambda: (jnp.zeros(q.shape[:-1] + C.shape[-1:], q.dtype), jnp.zeros_like(b))
+    from_state, qn_state = jax.lax.cond(jnp.all(m <= EMPTY / 2), zeros, read_state)
+  else:
+    from_state, qn_state = read_state()
+  num = from_state + jnp.einsum("...ls,...se->...le", s, v)
+  qn = qn_state + s.sum(-1)
   if valid is None:
     return num / (jnp.maximum(jnp.abs(qn), jnp.exp(-m_row)) + eps)[..., None]
   # exp(-m) of a masked step's m (possibly the empty state's) never enters a gradient.
