@@ -239,8 +239,13 @@ class ParallelDecoder(nn.Module):
       inputs = jnp.concatenate([inputs, rows], axis=-1)
     if known is not None:
       inputs = jnp.concatenate([inputs, known.astype(inputs.dtype)], axis=-1)
+    # The segment axis goes right after the batch axes: a state may have several axes of
+    # its own (the mLSTM's `C (*batch, NH, DH, DH)`).
     per_segment = jax.tree.map(
-      lambda a: jnp.broadcast_to(a[..., None, :], batch + (self.n_segments, a.shape[-1])), carry
+      lambda a: jnp.broadcast_to(
+        jnp.expand_dims(a, len(batch)), batch + (self.n_segments,) + a.shape[len(batch) :]
+      ),
+      carry,
     )
     _, out = cell(per_segment, inputs)
     return out

@@ -163,3 +163,49 @@ def test_the_slstm_encoder_trains_through_the_registry(tiny, tmp_path, decoder):
   assert metrics["steps"] == 10 and np.isfinite(metrics["val"]["mse"])
   params = assemble(config_lib.to_spec(config)).abstract_state().params
   assert params["encoder"]["rnn_0"]["cell"]["recurrent_kernel"].shape == (2, 4, 16)
+
+
+@pytest.mark.slow  # trains to completion
+def test_the_mlstm_and_xlstm_encoders_train_through_the_registry(tiny, tmp_path):
+  """`model.encoder=mlstm`: a stack of mLSTM cells (the parallel decoder steps the cell from
+  its (C, n, m) carry); `model.encoder=xlstm`: an `XLSTMStack` with an sLSTM block, read by
+  the dense decoder; both by config alone."""
+  runs = {
+    "mlstm": [
+      "model.encoder=mlstm",
+      "model.mlstm.num_heads=2",
+      "model.decoder=parallel",
+      "model.segment_length=3",
+    ],
+    "xlstm": [
+      "model.encoder=xlstm",
+      "model.decoder=dense",
+      "model.hidden_sizes=16",
+      "model.xlstm.num_blocks=3",
+      "model.xlstm.slstm_at=1",
+      "model.xlstm.num_heads=2",
+      "model.xlstm.slstm_num_heads=2",
+    ],
+  }
+  for name, overrides in runs.items():
+    config = config_lib.load_config(tiny["exp"], overrides + ["train.max_steps=6"])
+    metrics = train_lib.train_and_evaluate(config, str(tmp_path / name))
+    assert metrics["steps"] == 6 and np.isfinite(metrics["val"]["mse"]), name
+  params = assemble(config_lib.to_spec(config)).abstract_state().params["encoder"]["stack"]
+  # Blocks 0 and 2 are mLSTM runs of one block each (scanned: a leading axis of 1).
+  assert set(params) == {"mlstm_0", "slstm_1", "mlstm_2", "post_norm"}
+  assert params["mlstm_2"]["block"]["mlstm"]["cell"]["gate_kernel"].shape[0] == 1
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    (["model.encoder=xlstm", "model.decoder=parallel"], "must be 'dense'"),
+    (["model.encoder=xlstm", "model.xlstm.slstm_at=4"], "block positions"),
+    (["model.encoder=mlstm", "model.recurrent_dropout=0.1"], "feeds no state back"),
+    (["model.encoder=mlstm", "model.mlstm.num_heads=3"], "multiples of model.mlstm.num_heads"),
+  ],
+)
+def test_the_xlstm_family_encoders_refuse_what_they_cannot_run(tiny, overrides, message):
+  with pytest.raises(InputError, match=message):
+    config_lib.to_spec(config_lib.load_config(tiny["exp"], overrides))
