@@ -9,6 +9,7 @@ from flaxlstm.nn.nnx import (  # noqa: F401
   Bidirectional,
   LinenCell,
   LSTMCell,
+  MLSTMCell,
   SLSTMCell,
   StackedLSTM,
   flip_sequences,

@@ -8,18 +8,20 @@ Flax models, and what the forecasting framework around it is built on.
     kernels/   the time loops as pure functions of arrays, their registry and `select`
     layers.py  RNN over any cell; LSTM, Bidirectional
     stacks.py  StackedLSTM (one cuDNN call where it can), StackedRNN over any cell
-    xlstm.py   the xLSTM family's layers as the `xlstm` package builds them (SLSTM)
+    xlstm.py   the xLSTM family's layers as the `xlstm` package builds them (SLSTM, MLSTM,
+               their blocks, XLSTMStack)
     blocks.py  RevIN, segment embedding, the parallel and recurrent decoders
-    convert.py Flax, PyTorch and cuDNN weight layouts
+    convert.py Flax, PyTorch, cuDNN and xlstm weight layouts
     nnx.py     the same layers for Flax NNX, on the same kernels
 """
 
 from flaxlstm.nn.cells import LSTMCarry, LSTMCell
+from flaxlstm.nn.cells.mlstm import MLSTMCarry, MLSTMCell
 from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell
 from flaxlstm.nn.convert import from_flax_params, from_torch_lstm
 from flaxlstm.nn.layers import LSTM, RNN, Bidirectional, flip_sequences
 from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
-from flaxlstm.nn.xlstm import SLSTM
+from flaxlstm.nn.xlstm import MLSTM, SLSTM, MLSTMBlock, XLSTMStack
 
 __all__ = [
   "RNN",
@@ -28,6 +30,11 @@ __all__ = [
   "SLSTMCell",
   "SLSTMCarry",
   "SLSTM",
+  "MLSTMCell",
+  "MLSTMCarry",
+  "MLSTM",
+  "MLSTMBlock",
+  "XLSTMStack",
   "LSTM",
   "StackedLSTM",
   "StackedRNN",

@@ -9,13 +9,14 @@ never a permutation. `LSTMCell` adds `forget_bias` itself, so converters subtrac
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flaxlstm.nn.cells.lstm import GATES
+from flaxlstm.nn.xlstm import block_runs
 
 
 def _np(a) -> np.ndarray:
@@ -303,5 +304,132 @@ def from_xlstm_slstm_block(
     params["ffn"] = {
       name: {"kernel": jnp.asarray(_np(state_dict[f"{prefix}ffn.{name}.weight"]).T)}
       for name in ("proj_up", "proj_down")
+    }
+  return params
+
+
+# ---- the xlstm package's mLSTM layer, block and block stack (flaxlstm.nn.xlstm) ------------
+# Its layout against ours (flaxlstm/nn/xlstm.py, `MLSTM`): the dense projections are torch
+# Linears (`weight (out, in)`, ours `kernel (in, out)`); the q, k, v `LinearHeadwiseExpand`s
+# hold `weight (NH, out, in)` (einsum "...hd,hod->...ho"), ours `kernel (NH, in, out)`; the
+# cell's `igate` and `fgate` Linears `(3W -> NH)` are one `gate_kernel (3W, 2 NH)` and
+# `gate_bias (2 NH,)`, input gates first; its `outnorm` (a multi-head layer norm scaled by
+# `1 + weight`, as our `HeadNorm`) is the layer's `norm`; the causal convolution is the
+# sLSTM's (a depthwise torch Conv1d, `weight (W, 1, K)`, ours `kernel (K, 1, W)`). Only the
+# last axes move, so arrays stacked on leading axes (`XLSTMStack`'s runs) convert as well.
+_MLSTM_DENSE = ("proj_up", "proj_down")
+_MLSTM_HEADWISE = ("q_proj", "k_proj", "v_proj")
+_MLSTM_GATES = ("mlstm_cell.igate", "mlstm_cell.fgate")
+
+
+def _swap(a: np.ndarray, axis: int = -2) -> np.ndarray:
+  return np.swapaxes(a, axis, -1)
+
+
+def from_xlstm_mlstm_layer(state_dict: Mapping[str, Any], *, prefix: str = "") -> dict:
+  """An `xlstm` package `mLSTMLayer` state dict (NumPy arrays; `prefix` before its keys) as
+  the params of `flaxlstm.nn.xlstm.MLSTM`. The layer's `bias` (on the projections) and
+  convolution (absent for `conv1d_kernel_size=0`) are read from the keys present. No torch
+  import: pass `{k: v.numpy() for k, v in layer.state_dict().items()}`."""
+
+  def get(key: str) -> np.ndarray:
+    try:
+      return _np(state_dict[prefix + key])
+    except KeyError:
+      raise ValueError(f"not an xlstm mLSTMLayer state dict: missing {prefix + key!r}") from None
+
+  has = lambda key: prefix + key in state_dict
+  params: dict[str, Any] = {}
+  for name in _MLSTM_DENSE + _MLSTM_HEADWISE:
+    params[name] = {"kernel": jnp.asarray(_swap(get(f"{name}.weight")))}
+    if has(f"{name}.bias"):
+      params[name]["bias"] = jnp.asarray(get(f"{name}.bias"))
+  if has("conv1d.conv.weight"):
+    params["conv"] = {
+      "kernel": jnp.asarray(_swap(get("conv1d.conv.weight"), -3)),
+      "bias": jnp.asarray(get("conv1d.conv.bias")),
+    }
+  params["cell"] = {
+    "gate_kernel": jnp.asarray(
+      np.concatenate([_swap(get(f"{g}.weight")) for g in _MLSTM_GATES], axis=-1)
+    ),
+    "gate_bias": jnp.asarray(np.concatenate([get(f"{g}.bias") for g in _MLSTM_GATES], axis=-1)),
+  }
+  params["norm"] = {"scale": jnp.asarray(get("mlstm_cell.outnorm.weight"))}
+  params["learnable_skip"] = jnp.asarray(get("learnable_skip"))
+  return params
+
+
+def to_xlstm_mlstm_layer(params: Mapping[str, Any]) -> dict:
+  """`flaxlstm.nn.xlstm.MLSTM` params (with or without a `{'params': ...}` wrapper) as an
+  `xlstm` package `mLSTMLayer` state dict of NumPy arrays: the inverse of
+  `from_xlstm_mlstm_layer`."""
+  if "params" in params and len(params) == 1:
+    params = params["params"]
+  out: dict[str, np.ndarray] = {}
+  for name in _MLSTM_DENSE + _MLSTM_HEADWISE:
+    out[f"{name}.weight"] = _swap(_np(params[name]["kernel"]))
+    if "bias" in params[name]:
+      out[f"{name}.bias"] = _np(params[name]["bias"])
+  if "conv" in params:
+    out["conv1d.conv.weight"] = _swap(_np(params["conv"]["kernel"]), -3)
+    out["conv1d.conv.bias"] = _np(params["conv"]["bias"])
+  kernel, bias = _np(params["cell"]["gate_kernel"]), _np(params["cell"]["gate_bias"])
+  for g, (w, b) in zip(
+    _MLSTM_GATES, zip(np.split(kernel, 2, axis=-1), np.split(bias, 2, axis=-1), strict=True)
+  ):
+    out[f"{g}.weight"], out[f"{g}.bias"] = _swap(w), b
+  out["mlstm_cell.outnorm.weight"] = _np(params["norm"]["scale"])
+  out["learnable_skip"] = _np(params["learnable_skip"])
+  return out
+
+
+def from_xlstm_mlstm_block(state_dict: Mapping[str, Any], *, prefix: str = "") -> dict:
+  """An `xlstm` package `mLSTMBlock` state dict as `flaxlstm.nn.xlstm.MLSTMBlock` params:
+  its layer (`from_xlstm_mlstm_layer`) and its pre-norm."""
+  key = prefix + "xlstm_norm.weight"
+  if key not in state_dict:
+    raise ValueError(f"not an xlstm mLSTMBlock state dict: missing {key!r}")
+  return {
+    "mlstm": from_xlstm_mlstm_layer(state_dict, prefix=prefix + "xlstm."),
+    "norm": {"scale": jnp.asarray(_np(state_dict[key]))},
+  }
+
+
+def from_xlstm_block_stack(
+  state_dict: Mapping[str, Any],
+  *,
+  num_blocks: int,
+  slstm_at: Sequence[int] = (),
+  num_heads_slstm: int | None = None,
+  layout: str = "cuda",
+  prefix: str = "",
+) -> dict:
+  """An `xlstm` package `xLSTMBlockStack` state dict as `flaxlstm.nn.xlstm.XLSTMStack`
+  params (build the stack with the same `num_blocks` and `slstm_at`). Each run of
+  consecutive mLSTM blocks is stacked on a leading axis under `mlstm_<first index>/block`
+  (`from_xlstm_mlstm_block` per block), each sLSTM block goes under `slstm_<index>`
+  (`from_xlstm_slstm_block`, with `num_heads_slstm` and the `layout` its backend saved),
+  and `post_blocks_norm` is `post_norm`."""
+  params: dict[str, Any] = {}
+  for kind, start, length in block_runs(num_blocks, list(slstm_at)):
+    if kind == "slstm":
+      if num_heads_slstm is None:
+        raise ValueError("from_xlstm_block_stack: the sLSTM blocks need num_heads_slstm")
+      params[f"slstm_{start}"] = from_xlstm_slstm_block(
+        state_dict,
+        num_heads=num_heads_slstm,
+        layout=layout,
+        prefix=f"{prefix}blocks.{start}.",
+      )
+      continue
+    blocks = [
+      from_xlstm_mlstm_block(state_dict, prefix=f"{prefix}blocks.{i}.")
+      for i in range(start, start + length)
+    ]
+    params[f"mlstm_{start}"] = {"block": jax.tree.map(lambda *a: jnp.stack(a), *blocks)}
+  if prefix + "post_blocks_norm.weight" in state_dict:
+    params["post_norm"] = {
+      "scale": jnp.asarray(_np(state_dict[prefix + "post_blocks_norm.weight"]))
     }
   return params

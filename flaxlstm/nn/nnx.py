@@ -196,6 +196,14 @@ def SLSTMCell(in_features: int, features: int, *, rngs: nnx.Rngs, **options: Any
   return LinenCell(LinenSLSTMCell(features, **options), in_features, rngs=rngs)
 
 
+def MLSTMCell(in_features: int, features: int, *, rngs: nnx.Rngs, **options: Any) -> LinenCell:  # noqa: N802
+  """The mLSTM cell (`flaxlstm.MLSTMCell`, its options as keywords) as an NNX cell; `lnnx.RNN`
+  runs it in its chunkwise form (`implementation` picks another)."""
+  from flaxlstm.nn.cells.mlstm import MLSTMCell as LinenMLSTMCell
+
+  return LinenCell(LinenMLSTMCell(features, **options), in_features, rngs=rngs)
+
+
 class RNN(nnx.Module):
   """One recurrent layer over any NNX cell, running `flaxlstm.RNN`'s code: a drop-in for
   `nnx.RNN` (same call: `initial_carry`, `seq_lengths`, `return_carry`, `time_major`,
@@ -497,6 +505,7 @@ __all__ = [
   "RNN",
   "LinenCell",
   "SLSTMCell",
+  "MLSTMCell",
   "LSTMCell",
   "LSTM",
   "StackedLSTM",
