@@ -341,9 +341,12 @@ class MLSTM(MLSTMLayerOptions):
       name=name,
     )
     x_m, z = jnp.split(dense(2 * inner, small, "proj_up")(x), 2, axis=-1)
+    # SiLU after the convolution, and on `x_m` itself without one (the `xlstm` package's
+    # mLSTM layer; its sLSTM layer, unlike it, feeds an unconvolved `x` as it is).
     x_conv = x_m
     if self.conv1d_kernel_size > 0:
-      x_conv = nn.silu(CausalConv(self.conv1d_kernel_size, dt, name="conv")(x_m))
+      x_conv = CausalConv(self.conv1d_kernel_size, dt, name="conv")(x_m)
+    x_conv = nn.silu(x_conv)
     proj = lambda name, inputs: HeadwiseLinear(
       inner // self.qkv_proj_blocksize, dt, init_features=d, use_bias=self.use_bias, name=name
     )(inputs)
