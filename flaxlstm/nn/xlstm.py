@@ -84,8 +84,12 @@ class HeadwiseLinear(nn.Module):
     dh = h // self.heads
     init = initializers.normal(math.sqrt(2 / (5 * (self.init_features or h))))
     kernel = self.param("kernel", init, (self.heads, dh, dh))
-    xh = x.reshape(x.shape[:-1] + (self.heads, dh)).astype(self.dtype or kernel.dtype)
-    y = jnp.einsum("...kd,kde->...ke", xh, kernel.astype(xh.dtype)).reshape(x.shape)
+    rows = x.reshape((-1, self.heads, dh)).astype(self.dtype or kernel.dtype)
+    # Heads first, one batched matmul `(NH, N, DH) @ (NH, DH, DH)`: XLA:CPU runs an einsum
+    # with the head axis between the rows and the features several times slower (worst
+    # for the mLSTM's 4-wide blocks; experiments/benchmarks/slstm_step.py measures it).
+    y = jnp.matmul(jnp.swapaxes(rows, 0, 1), kernel.astype(rows.dtype))
+    y = jnp.swapaxes(y, 0, 1).reshape(x.shape)
     if self.use_bias:
       y = y + self.param("bias", initializers.zeros_init(), (h,)).astype(y.dtype)
     return y
