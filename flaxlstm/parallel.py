@@ -8,7 +8,11 @@ Mesh axes:
   data   replicas of the model, each on a slice of the global batch
   fsdp   also a slice of the batch, but params and optimizer state are split over it
          (ZeRO-3/FSDP style: each device holds 1/N, XLA all-gathers them when needed)
-  model  the 4H gate axis of the LSTM kernels split across devices (very wide layers)
+  model  the 4H gate axis of the LSTM kernels split across devices (very wide layers); the
+         heads of the xLSTM family's head-major kernels (sLSTM recurrence, head-wise maps)
+
+Which axis of a parameter an axis splits follows what the parameter is (`_leaf_spec`): the
+LSTM's gate axis is its kernels' last, the sLSTM's heads are its recurrent kernel's first.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from flaxlstm.errors import InputError
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
-# Parameters whose last axis is the fused 4H gate axis (see nn/cells/lstm.py).
+# Parameters of an LSTM cell whose last axis is the fused 4H gate axis (nn/cells/lstm.py).
 _GATE_AXIS_PARAMS = (
   "input_kernel",
   "recurrent_kernel",
@@ -34,6 +38,9 @@ _GATE_AXIS_PARAMS = (
   "input_ln_scale",
   "recurrent_ln_scale",
 )
+# The xLSTM family's head-wise maps (nn/xlstm.py: `HeadwiseLinear`, kernel `(NH, DH, DH)`,
+# one block per head), by the names its layers give them.
+_HEADWISE_MAPS = ("igate", "fgate", "zgate", "ogate", "q_proj", "k_proj", "v_proj")
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
@@ -85,14 +92,62 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _leaf_spec(path, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Partition spec of one parameter-shaped array (params, Adam moments alike)."""
+def _key_name(entry: Any) -> str:
+  return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", ""))))
+
+
+def _heads_first(siblings: dict[str, tuple[int, ...]]) -> bool:
+  """Whether the cell holding these parameters has a head-major recurrent kernel: the
+  sLSTM's `(NH, DH, 4 DH)`, two axes more than its `(4H,)` bias, where the LSTM's `(D, 4H)`
+  kernel has one more (nn/cells/slstm.py, lstm.py). Ranks relative to the bias still tell
+  them apart when a scan over layers adds a leading axis to both."""
+  kernel = siblings.get("recurrent_kernel")
+  if kernel is None:
+    return False
+  bias = siblings.get("bias")
+  return len(kernel) == len(bias) + 2 if bias is not None else len(kernel) >= 3
+
+
+def _model_axis(path, shape: tuple[int, ...], siblings: dict[str, tuple[int, ...]]) -> int | None:
+  """The axis of a parameter-shaped array that the `model` axis splits, or None.
+
+  - An LSTM cell's gate-axis parameters: their last axis (4H; each device computes its
+    gates' columns). The same for any cell's `input_kernel` (the mLSTM's `[q | k | v]`
+    columns: its kernels reshard them to heads outside their loops).
+  - The sLSTM cell's recurrent kernel `(NH, DH, 4 DH)` and the head-wise maps' `(NH, DH,
+    DH)`: the head axis, so each device runs its heads' recurrence with no communication
+    inside the time loop. The sLSTM's `bias` and `input_kernel` are gate-major (`[i | f |
+    z | o]`, each of all heads): split, a device would hold other heads' gates, so they
+    stay whole on the model axis.
+  - Anything else (dense layers, norms, other biases): None.
+  """
+  name = _key_name(path[-1]) if path else ""
+  parent = _key_name(path[-2]) if len(path) > 1 else ""
+  if name == "kernel" and parent in _HEADWISE_MAPS and len(shape) >= 3:
+    return len(shape) - 3
+  if _heads_first(siblings):
+    return len(shape) - 3 if name == "recurrent_kernel" else None
+  if name == "input_kernel" or (name in _GATE_AXIS_PARAMS and "recurrent_kernel" in siblings):
+    return len(shape) - 1 if shape else None
+  return None
+
+
+def _leaf_spec(
+  path,
+  shape: tuple[int, ...],
+  mesh: Mesh,
+  siblings: dict[str, tuple[int, ...]] | None = None,
+  fsdp_min_size: int = 0,
+) -> P:
+  """Partition spec of one parameter-shaped array (params, Adam moments alike);
+  `siblings`: the shapes of the arrays beside it (its cell's other parameters)."""
   spec: list[Any] = [None] * len(shape)
-  name = str(getattr(path[-1], "key", getattr(path[-1], "name", ""))) if path else ""
   n_model, n_fsdp = mesh.shape["model"], mesh.shape["fsdp"]
-  if n_model > 1 and name in _GATE_AXIS_PARAMS and shape and shape[-1] % n_model == 0:
-    spec[-1] = "model"
-  if n_fsdp > 1:
+  if n_model > 1:
+    axis = _model_axis(path, shape, siblings or {})
+    if axis is not None and shape[axis] % n_model == 0:
+      spec[axis] = "model"
+  if n_fsdp > 1 and math.prod(shape) >= fsdp_min_size:
     # Split the largest free axis that divides evenly; small leftovers stay replicated.
     free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % n_fsdp == 0]
     if free:
@@ -100,15 +155,48 @@ def _leaf_spec(path, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*spec)
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+def state_shardings(mesh: Mesh, abstract_state: Any, fsdp_min_size: int = 0) -> Any:
   """A `NamedSharding` for every leaf of a train state (params, optimizer state, step).
 
-  Optimizer moments mirror the parameter tree, so the same name/shape rule shards a
-  parameter and its Adam moments identically.
+  Optimizer moments mirror the parameter tree, so the same rule (a leaf's name, shape and
+  its siblings' shapes) shards a parameter and its Adam moments identically.
+  `fsdp_min_size`: arrays with fewer elements are not split over `fsdp` (`mesh.fsdp_min_size`).
   """
-  return jax.tree_util.tree_map_with_path(
-    lambda path, a: NamedSharding(mesh, _leaf_spec(path, tuple(np.shape(a)), mesh)), abstract_state
-  )
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_state)
+  groups: dict[tuple, dict[str, tuple[int, ...]]] = {}
+  for path, a in leaves:
+    groups.setdefault(tuple(path[:-1]), {})[_key_name(path[-1]) if path else ""] = tuple(
+      np.shape(a)
+    )
+
+  def sharding(path, a):
+    siblings = groups.get(tuple(path[:-1]), {})
+    spec = _leaf_spec(path, tuple(np.shape(a)), mesh, siblings, fsdp_min_size)
+    return NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def split_over_fsdp(shardings: Any) -> Any:
+  """Per leaf of a tree of `NamedSharding`s: whether it is split over `fsdp` (what the
+  step casts to `mesh.gather_dtype`)."""
+
+  def split(s: NamedSharding) -> bool:
+    return any(e == "fsdp" or (isinstance(e, tuple) and "fsdp" in e) for e in s.spec)
+
+  return jax.tree.map(split, shardings)
+
+
+def gathered(sharding: NamedSharding) -> NamedSharding:
+  """`sharding` with its split over `fsdp` undone: what an all-gather over `fsdp` makes."""
+
+  def drop(entry: Any) -> Any:
+    if isinstance(entry, tuple):
+      rest = tuple(a for a in entry if a != "fsdp")
+      return rest if len(rest) > 1 else (rest[0] if rest else None)
+    return None if entry == "fsdp" else entry
+
+  return NamedSharding(sharding.mesh, P(*(drop(e) for e in sharding.spec)))
 
 
 def local_batch_slice(mesh: Mesh, global_batch: int) -> slice:

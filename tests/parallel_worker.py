@@ -5,10 +5,14 @@ these cannot run inside the pytest process). Prints one JSON object.
 
   python tests/parallel_worker.py layouts EXPERIMENT.py
   python tests/parallel_worker.py elastic EXPERIMENT.py WORKDIR
+  python tests/parallel_worker.py large EXPERIMENT.py DUMP_DIR
 """
 
+import glob
+import importlib.util
 import json
 import os
+import re
 import sys
 
 os.environ["XLA_FLAGS"] = (
@@ -20,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from flaxlstm import config as config_lib  # noqa: E402
 from flaxlstm import train as train_lib  # noqa: E402
+from flaxlstm.errors import InputError  # noqa: E402
 from flaxlstm.train.assembly import assemble  # noqa: E402
 from flaxlstm.train.step import make_train_step  # noqa: E402
 
@@ -40,6 +45,7 @@ def _train_steps(exp: str, layout: str, steps: int = 6):
       f"mesh.data={data}",
       f"mesh.fsdp={fsdp}",
       f"mesh.model={model}",
+      "mesh.fsdp_min_size=0",  # every array FSDP can split is split (1/8 of the state)
       "model.dropout=0.2",
       "model.recurrent_dropout=0.2",
       "data.augment.jitter=0.05",
@@ -84,6 +90,84 @@ def elastic(exp: str, workdir: str):
   return {"resumed": resumed, "straight": straight}
 
 
+def _two_steps(exp: str, devices: int, overrides: list[str], compiler_options=None) -> dict:
+  """Two train steps of `exp` with `overrides` on the first `devices` devices: the losses,
+  the params, their partition specs and the compiled program's text."""
+  spec = config_lib.to_spec(config_lib.load_config(exp, overrides))
+  run = assemble(spec, jax.devices()[:devices])
+  state = run.init_state()
+  step = make_train_step(
+    run.model, run.tx, spec.train, spec.seed, run.mesh, run.state_sharding(), spec.mesh.gather_dtype
+  )
+  compiled = step.lower(state, *run.train_batch(0)).compile(compiler_options)
+  losses = []
+  for i in range(2):
+    state, m = compiled(state, *run.train_batch(i))
+    losses.append(float(m["loss"]))
+  shardings = run.state_sharding().params
+  return {
+    "losses": losses,
+    "params": [np.asarray(p).ravel().tolist() for p in jax.tree.leaves(state.params)],
+    "specs": {
+      jax.tree_util.keystr(path): str(s.spec)
+      for path, s in jax.tree_util.tree_leaves_with_path(shardings)
+    },
+    "shapes": [list(p.shape) for p in jax.tree.leaves(state.params)],
+    "hlo": compiled.as_text(),
+  }
+
+
+def _all_gathers(hlo: str) -> list[tuple[str, list[int]]]:
+  """(dtype, dims) of every all-gather in an HLO module's text."""
+  return [
+    (dtype, [int(d) for d in dims.split(",") if d])
+    for dtype, dims in re.findall(r"= (\w+)\[([\d,]*)\]\S* all-gather\(", hlo)
+  ]
+
+
+def large(exp: str, dump: str):
+  """FSDP with and without the size threshold and with bfloat16 gathers, against one device
+  (an LSTM), and an sLSTM's heads over the model axis (data x model = 2 x 4) against one
+  device, with the collectives in its compiled time loops."""
+  lstm = ["model.hidden_sizes=32,"]
+  fsdp = ["mesh.data=1", "mesh.fsdp=8"]
+  out = {"single": _two_steps(exp, 1, lstm)}
+  out["fsdp"] = _two_steps(exp, 8, lstm + fsdp + ["mesh.fsdp_min_size=0"])
+  # 1000 elements: the recurrent kernel (32 x 128) is split, the rest (at most 256) is not.
+  out["fsdp_threshold"] = _two_steps(exp, 8, lstm + fsdp + ["mesh.fsdp_min_size=1000"])
+  # XLA:CPU runs a bfloat16 collective in float32 (it converts around it late in its
+  # pipeline), so the dtype the partitioner gave each all-gather is read from the module
+  # dumped right after SPMD partitioning; the compiled text is kept to show the CPU's.
+  options = {"xla_dump_to": dump, "xla_dump_hlo_pass_re": "spmd-partitioning"}
+  bf16 = ["mesh.fsdp_min_size=0", "mesh.gather_dtype=bfloat16"]
+  out["fsdp_bf16"] = _two_steps(exp, 8, lstm + fsdp + bf16, options)
+  (partitioned,) = glob.glob(os.path.join(dump, "*train_step*after_spmd-partitioning*"))
+  out["fsdp_bf16"]["partitioned_gathers"] = _all_gathers(open(partitioned).read())
+  out["fsdp_bf16"]["compiled_gathers"] = _all_gathers(out["fsdp_bf16"]["hlo"])
+  # Micro-batches of 4 rows cannot split over 8 devices.
+  try:
+    assemble(config_lib.to_spec(config_lib.load_config(exp, ["train.grad_accum_steps=4"])))
+    out["accum_error"] = ""
+  except InputError as e:
+    out["accum_error"] = str(e)
+  # SGD: an update proportional to the gradient (Adam's first steps divide near-zero
+  # gradients by their own size, which turns rounding noise into full-size steps).
+  slstm = ["model.encoder=slstm", "model.hidden_sizes=32,32", "model.slstm.num_heads=8"]
+  slstm += ["train.optimizer=sgd"]
+  out["slstm_single"] = _two_steps(exp, 1, slstm)
+  out["slstm_heads"] = _two_steps(exp, 8, slstm + ["mesh.data=2", "mesh.model=4"])
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn", "heads_worker.py")
+  heads = importlib.util.spec_from_file_location("heads_worker", path)
+  module = importlib.util.module_from_spec(heads)
+  heads.loader.exec_module(module)
+  bodies, collectives = module.loop_collectives(out["slstm_heads"]["hlo"])
+  out["slstm_heads"].update(loop_bodies=bodies, loop_collectives=collectives)
+  for r in out.values():
+    if isinstance(r, dict):
+      r.pop("hlo")
+  return out
+
+
 if __name__ == "__main__":
   mode, args = sys.argv[1], sys.argv[2:]
-  print(json.dumps(layouts(*args) if mode == "layouts" else elastic(*args)))
+  print(json.dumps({"layouts": layouts, "elastic": elastic, "large": large}[mode](*args)))

@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from flaxlstm import parallel
 from flaxlstm.errors import InputError
@@ -65,6 +66,53 @@ def test_fsdp_holds_an_eighth_of_the_state_per_device(layouts):
   # bias whose length 8 does not divide stay replicated).
   assert data["max_device_bytes"] == data["total_bytes"]
   assert fsdp["max_device_bytes"] <= 1.2 * fsdp["total_bytes"] / 8
+
+
+def _gap(got, ref):
+  """The largest gap of two runs' params, each relative to the reference leaf's largest."""
+  return max(float(np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b))) for a, b in zip(got, ref))
+
+
+@pytest.mark.slow  # one fresh process with 8 fake devices for every case below
+def test_fsdp_threshold_bf16_gathers_and_slstm_heads_on_the_model_axis_equal_one_device(
+  tiny, tmp_path
+):
+  out = _worker("large", tiny["exp"], str(tmp_path / "dump"))
+  single = out["single"]
+  for name in ("fsdp", "fsdp_threshold"):
+    np.testing.assert_allclose(out[name]["losses"], single["losses"], rtol=1e-5)
+    assert _gap(out[name]["params"], single["params"]) < 1e-5, name
+  kernel = "['encoder']['lstm_0']['cell']['recurrent_kernel']"
+  bias = "['encoder']['lstm_0']['cell']['bias']"
+  assert "fsdp" in out["fsdp"]["specs"][kernel] and "fsdp" in out["fsdp"]["specs"][bias]
+  # mesh.fsdp_min_size=1000: only the kernel of 32 x 128 elements is split.
+  split = [k for k, v in out["fsdp_threshold"]["specs"].items() if "fsdp" in v]
+  assert split == [kernel]
+
+  # bfloat16 gathers: every split parameter is gathered in bfloat16 and none in float32,
+  # the loss within bfloat16's rounding of the weights.
+  bf16 = out["fsdp_bf16"]
+  specs = list(bf16["specs"].values())  # in the order of the shapes (the params' leaves)
+  split_dims = [sorted(shape) for shape, spec in zip(bf16["shapes"], specs) if "fsdp" in spec]
+  assert len(split_dims) == 4  # the cell's three arrays and the head's kernel
+  gathers = [(dtype, sorted(dims)) for dtype, dims in bf16["partitioned_gathers"]]
+  for dims in split_dims:
+    assert ("bf16", dims) in gathers and ("f32", dims) not in gathers, dims
+  np.testing.assert_allclose(bf16["losses"], single["losses"], rtol=5e-3)
+  assert bf16["losses"] != single["losses"]  # the cast happened
+
+  assert "train.grad_accum_steps=4" in out["accum_error"] and "8 devices" in out["accum_error"]
+
+  # The sLSTM's heads over the model axis: each device runs 2 of the 8 heads, with no
+  # collective inside the time loops (forward and backward of both layers).
+  heads, one = out["slstm_heads"], out["slstm_single"]
+  np.testing.assert_allclose(heads["losses"], one["losses"], rtol=1e-5)
+  assert _gap(heads["params"], one["params"]) < 1e-5
+  cell = "['encoder']['rnn_0']['cell']"
+  assert heads["specs"][cell + "['recurrent_kernel']"] == str(P("model", None, None))
+  assert "model" not in heads["specs"][cell + "['bias']"]
+  assert "model" not in heads["specs"][cell + "['input_kernel']"]
+  assert heads["loop_bodies"] >= 4 and heads["loop_collectives"] == []
 
 
 def test_mesh_errors_are_clear():

@@ -379,6 +379,16 @@ class TrainSpec(_Spec):
   # Steps whose loss or gradient is NaN/inf are skipped (no update); more than this many
   # stops the run with an error naming the step.
   max_nonfinite_steps: int = 10
+  # Gradient accumulation: each step's global batch is split into this many micro-batches,
+  # run one after another (a `lax.scan` inside the step), their gradients and losses
+  # averaged, one optimizer update per step; it must divide train.batch_size. Memory for
+  # activations shrinks with the micro-batch; the update is the whole batch's.
+  grad_accum_steps: int = 1
+  # One device's peak FLOP/s at the model's compute dtype, for the logged MFU (achieved
+  # FLOP/s / (peak x devices)); 0 = looked up by device kind, dtype and JAX's matmul
+  # precision (float32 at the default one: the TF32 rate on NVIDIA GPUs) in a table of
+  # well-known accelerators (train/flops.py: `PEAKS`), and no MFU where it has none (CPUs).
+  peak_flops_per_device: float = 0.0
 
   def check(self, c: Checker) -> None:
     # The choices (schedule, optimizer, loss) are checked by the schema (`validate`).
@@ -404,25 +414,50 @@ class TrainSpec(_Spec):
       "min_delta",
       "eval_every_steps",
       "max_nonfinite_steps",
+      "peak_flops_per_device",
     ):
       c.non_negative(key)
+    c.positive("grad_accum_steps")
+    c.check(
+      "grad_accum_steps",
+      self.batch_size % self.grad_accum_steps == 0,
+      f"must divide train.batch_size={self.batch_size} (equal micro-batches)",
+    )
     c.probability("momentum")
     c.check("epoch_decay", 0 < self.epoch_decay <= 1, "must be in (0, 1]")
     c.non_negative("decay_after_epochs")
     c.check("keep_best", self.keep_best >= 1, "must be >= 1")
 
 
+# mesh.gather_dtype's choices: "" = the parameters' own dtype.
+GATHER_DTYPES = ("", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshSpec(_Spec):
   """The device mesh (parallel.py); -1 = all remaining devices. The global batch is split
-  over data x fsdp; params and optimizer state over fsdp (FSDP); the LSTM gate axis over
-  model."""
+  over data x fsdp; params and optimizer state over fsdp (FSDP); the LSTM gate axis and the
+  xLSTM family's heads over model."""
 
   _SECTION: ClassVar[str] = "mesh."
 
-  data: int = -1
-  fsdp: int = 1
-  model: int = 1
+  data: int = -1  # Replicas of the model, each on a slice of the batch.
+  fsdp: int = 1  # Also a slice of the batch, with params and optimizer state split over it.
+  model: int = 1  # The LSTM's 4H gate axis, the sLSTM's and head-wise maps' heads.
+  # FSDP splits only parameters of at least this many elements; smaller ones (biases, norm
+  # scales) stay replicated, with their optimizer state: each split array costs an
+  # all-gather and a gradient reduction per step, latency-bound for a small one, while
+  # replicating one of 2**16 elements costs under 1 MiB per device with its Adam moments
+  # (DeepSpeed's ZeRO-3 keeps parameters under 1e5 elements whole for the same reason).
+  # 0 = split every array with an axis the fsdp size divides.
+  fsdp_min_size: int = 2**16
+  # The dtype the FSDP-split parameters are cast to before the model uses them: "" = their
+  # own; "bfloat16" = the step casts each split parameter's shard and gathers that copy,
+  # so the all-gathers move half the bytes. The master parameters, the gradients' dtype and
+  # the optimizer state stay as they are (the gradients reach the masters through the
+  # cast, rounded to bfloat16); replicated parameters are not cast (nothing to gather), so
+  # one device computes as before.
+  gather_dtype: str = ""
 
   def check(self, c: Checker) -> None:
     for axis in ("data", "fsdp", "model"):
@@ -431,6 +466,13 @@ class MeshSpec(_Spec):
         getattr(self, axis) == -1 or getattr(self, axis) >= 1,
         "must be -1 (all remaining) or >= 1",
       )
+    c.non_negative("fsdp_min_size")
+    c.at_most("fsdp_min_size", 2**40)
+    c.check(
+      "gather_dtype",
+      self.gather_dtype in GATHER_DTYPES,
+      "must be '' (the parameters' own dtype) or 'bfloat16'",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

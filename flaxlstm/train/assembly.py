@@ -57,7 +57,7 @@ class Setup:
       self._abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         shapes,
-        parallel.state_shardings(self.mesh, shapes),
+        parallel.state_shardings(self.mesh, shapes, self.spec.mesh.fsdp_min_size),
       )
     return self._abstract
 
@@ -122,6 +122,13 @@ def assemble(
         f"train.{key}={getattr(spec.train, key)} must be a multiple of the "
         f"{n_split} devices the batch is split over (mesh.data x mesh.fsdp)"
       )
+  accum = spec.train.grad_accum_steps
+  if (spec.train.batch_size // accum) % n_split:
+    raise InputError(
+      f"train.grad_accum_steps={accum}: micro-batches of {spec.train.batch_size // accum} "
+      f"rows must be a multiple of the {n_split} devices the batch is split over "
+      "(mesh.data x mesh.fsdp)"
+    )
   data = series.prepare(spec.data, scalers=scalers)
   heads.make(spec.model.head, spec.model.quantiles).check_data(data)  # the head's own rules
   n_train = len(data.window_index("train"))

@@ -27,6 +27,7 @@ from flaxlstm import config as config_lib
 from flaxlstm.data import io
 from flaxlstm.errors import RERUN, InputError, Preempted, TrainingError
 from flaxlstm.report import Progress
+from flaxlstm.train import flops
 from flaxlstm.train import lock as lock_lib
 from flaxlstm.train import workdir as workdir_lib
 from flaxlstm.train.assembly import Setup, assemble
@@ -155,10 +156,16 @@ class Engine:
   n: int = 1
   isolate_failures = False  # a run's own failure (non-finite steps) stops only that run
   predict_fn: Callable  # the sessions' predictions (validation, final metrics)
+  cost: flops.StepCost | None = None  # a step's FLOPs, once `compile` counted them
 
   def init_state(self, restored: Sequence[Any]) -> Any:
     """The state to start from: fresh, or the runs' restored `(loop, state)` pairs."""
     raise NotImplementedError
+
+  def compile(self, state: Any, step: int) -> None:
+    """Compiles the step before the loop's first (optional), and counts its FLOPs (`cost`):
+    the first step's time is then a step's, not the compiler's."""
+    del state, step
 
   def prefetch(self, step: int, active: list[bool]) -> None:
     """Prepares step `step`'s batches on the host ahead of the step (optional)."""
@@ -211,15 +218,44 @@ class SingleEngine(Engine):
     self.setup = setup
     spec = setup.spec
     self.train_step = make_train_step(
-      setup.model, setup.tx, spec.train, spec.seed, setup.mesh, setup.state_sharding()
+      setup.model,
+      setup.tx,
+      spec.train,
+      spec.seed,
+      setup.mesh,
+      setup.state_sharding(),
+      spec.mesh.gather_dtype,
     )
+    self.compiled: Any = None
+    self._batch: tuple[int, Any] | None = None  # (step, its batch), built to compile with
     self.predict_fn = make_predict_fn(setup.model, setup.mesh)
 
   def init_state(self, restored):
     return self.setup.init_state() if restored[0] is None else restored[0][1]
 
+  def compile(self, state, step):
+    # Compiled ahead of time, and this executable runs every step: counting its FLOPs
+    # compiles nothing twice (jit would compile its own on the first call).
+    spec, mesh = self.setup.spec, self.setup.mesh
+    batch = self.setup.train_batch(step)
+    self._batch = (step, batch)  # the step runs on it: each batch is built once
+    self.compiled = self.train_step.lower(state, *batch).compile()
+    self.cost = flops.step_cost(
+      self.compiled,
+      mesh.size,
+      spec.train.peak_flops_per_device,
+      mesh.devices.flat[0].device_kind,
+      flops.compute_dtype(spec.model),
+    )
+
   def step(self, state, step, active):
-    return self.train_step(state, *self.setup.train_batch(step))
+    if self.compiled is None:
+      self.compile(state, step)
+    if self._batch is not None and self._batch[0] == step:
+      batch, self._batch = self._batch[1], None
+    else:
+      batch = self.setup.train_batch(step)
+    return self.compiled(state, *batch)
 
   def host_metrics(self, metrics):
     return [metrics]
@@ -298,6 +334,11 @@ def run_loop(
       progress.update(step)
       t0 = time.perf_counter()
       failed: dict[int, str] = {}
+      if any(s.active for s in sessions):
+        engine.compile(state, step)
+      for session in sessions:
+        session.log.cost = engine.cost
+        session.log.restart_clock(step)
 
       def active() -> list[bool]:
         return [s.active and k not in failed for k, s in enumerate(sessions)]
@@ -347,6 +388,8 @@ def run_loop(
           live = [k for k in range(n) if on[k] and k not in failed]
           engine.checkpoint(state, sessions, live, evaluated, clock)
           saved = step
+          for session in sessions:  # the throughput counts steps, not evaluations
+            session.log.restart_clock(step)
         if stopping:
           engine.flush()
           raise Preempted(stop.signum, step)

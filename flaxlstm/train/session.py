@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from typing import Any, Callable, TypeVar
 
 from flaxlstm import config as config_lib
@@ -20,6 +21,7 @@ from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
 from flaxlstm.train.assembly import Setup
 from flaxlstm.train.checkpoint import Checkpoints, LoopState
+from flaxlstm.train.flops import StepCost
 
 T = TypeVar("T")
 
@@ -42,12 +44,25 @@ def closing(stack: contextlib.ExitStack, thing: T) -> T:
 
 class TrainLog:
   """The train-loss log (every `train.log_every_steps` and at each evaluation) and the
-  count of skipped, non-finite steps (past `train.max_nonfinite_steps` the run stops)."""
+  count of skipped, non-finite steps (past `train.max_nonfinite_steps` the run stops).
+
+  With the step's `cost` (its FLOPs, train/flops.py; set by the loop once the step is
+  compiled), each train line also has `flops_per_step`, the achieved `flops_per_s` over
+  the steps since the line before, and `mfu` where the devices' peak is known. The clock
+  runs from the last line or `restart_clock` (after compiling, evaluating and saving), so
+  it times steps only.
+  """
 
   def __init__(self, setup: Setup, reporter: Reporter, eval_every: int):
     self.setup, self.reporter = setup, reporter
     self.eval_every = eval_every
     self.loss_sum, self.loss_n = 0.0, 0
+    self.cost: StepCost | None = None
+    self._clock = (0, time.perf_counter())  # (step, time) the throughput counts from
+
+  def restart_clock(self, step: int) -> None:
+    """Counts the throughput from step `step`, done now."""
+    self._clock = (step, time.perf_counter())
 
   def __call__(self, loop: LoopState, m: dict) -> float | None:
     """Records step `loop.step`'s metrics `m`; returns the train loss it logged, if any."""
@@ -65,11 +80,13 @@ class TrainLog:
       self.loss_sum, self.loss_n = self.loss_sum + m["loss"], self.loss_n + 1
     if self.loss_n and (loop.step % spec.log_every_steps == 0 or loop.step % self.eval_every == 0):
       train_loss = float(self.loss_sum) / self.loss_n
+      values = {"loss": train_loss, "grad_norm": float(m["grad_norm"])}
+      if self.cost is not None:  # the floats above waited for this step: it is done
+        (first, then), now = self._clock, time.perf_counter()
+        values.update(self.cost.metrics(loop.step - first, now - then))
+        self._clock = (loop.step, now)
       self.reporter.log(
-        loop.step,
-        "train",
-        {"loss": train_loss, "grad_norm": float(m["grad_norm"])},
-        epoch=(loop.step - 1) // self.setup.steps_per_epoch,
+        loop.step, "train", values, epoch=(loop.step - 1) // self.setup.steps_per_epoch
       )
       self.loss_sum, self.loss_n = 0.0, 0
       return train_loss
@@ -126,6 +143,24 @@ class RunSession:
   def active(self) -> bool:
     return not self.loop.stopped_early and self.loop.step < self.setup.total_steps
 
+  def throughput(self) -> dict[str, float]:
+    """metrics.json's `flops_per_step` and the mean `flops_per_s` and `mfu` of the logged
+    train lines (of every attempt: metrics.jsonl holds a resumed run's whole log); empty
+    without them (a population's members)."""
+    if not self.reporter.enabled:
+      return {}
+    lines = [
+      r for r in self.reporter.read_metrics() if r.get("split") == "train" and "flops_per_s" in r
+    ]
+    if not lines:
+      return {}
+    out = {"flops_per_step": lines[-1]["flops_per_step"]}
+    for key in ("flops_per_s", "mfu"):
+      values = [r[key] for r in lines if key in r]
+      if values:
+        out[key] = sum(values) / len(values)
+    return out
+
   def finish(
     self, params: Any, predict_fn: Callable, baselines: dict | None = None
   ) -> dict[str, Any]:
@@ -135,6 +170,7 @@ class RunSession:
     params = self.evaluator.final_params(params)
     metrics, test_pred = evaluation.final_metrics(setup, params, predict_fn, baselines)
     metrics.update(evaluation.summary(setup, self.loop, params), data=self.data_now)
+    metrics.update(self.throughput())
     self.reporter.write_json("metrics.json", metrics)
     evaluation.write_plots(self.reporter, setup, test_pred)
     return metrics

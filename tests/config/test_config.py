@@ -251,6 +251,11 @@ def test_bad_override_values(override, expected):
     ("data.features=*,OT", "'*' (every numeric column) stands alone"),
     ("data.known=*", "'*' (every numeric column) is only for data.features and data.target"),
     ("data.split=all", "config key 'data.split' = 'all': must be one of fractions"),
+    ("train.grad_accum_steps=3", "'train.grad_accum_steps' = 3: must divide train.batch_size=32"),
+    ("train.grad_accum_steps=0", "config key 'train.grad_accum_steps' = 0: must be > 0"),
+    ("train.peak_flops_per_device=-1", "'train.peak_flops_per_device' = -1.0: must be >= 0"),
+    ("mesh.fsdp_min_size=-1", "config key 'mesh.fsdp_min_size' = -1: must be >= 0"),
+    ("mesh.gather_dtype=float16", "'mesh.gather_dtype' = 'float16': must be '' (the"),
   ],
 )
 def test_out_of_range(override, expected):
