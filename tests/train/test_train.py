@@ -188,7 +188,10 @@ def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   assert printed["test"] == json.load(open(os.path.join(wd, "metrics.json")))["test"]
   assert cli.main(["evaluate", "--workdir", wd]) == 0  # the table `train` prints
   table = capsys.readouterr().out.splitlines()
-  assert len(table) == 6 and table[1].startswith("lstm") and "metrics.json" in table[-1]
+  # header, the model, naive, seasonal naive, linear, DLinear, where it was read from
+  names = [line.split()[0] for line in table[1:-1]]
+  assert names == ["lstm", "naive", "seasonal_naive", "linear", "dlinear"], table
+  assert "metrics.json" in table[-1]
   assert table[1].split()[-1] == f"{printed['test']['mae']:.4f}"
 
   out = str(tmp_path / "preds.csv")
