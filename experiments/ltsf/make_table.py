@@ -33,6 +33,7 @@ MARKERS = {
   "ltsf": ("<!-- ltsf-table:start -->", "<!-- ltsf-table:end -->"),
   "ltsf_ot": ("<!-- ltsf-ot-table:start -->", "<!-- ltsf-ot-table:end -->"),
   "ltsf_slstm": ("<!-- ltsf-slstm-table:start -->", "<!-- ltsf-slstm-table:end -->"),
+  "ltsf_xlstm": ("<!-- ltsf-xlstm-table:start -->", "<!-- ltsf-xlstm-table:end -->"),
 }
 # ETTh1, lookback 96, test MSE / MAE: the SegRNN repository's corrected table (which quotes
 # the others from the iTransformer paper).
@@ -148,8 +149,9 @@ def main():
   ap.add_argument(
     "--table",
     default="ltsf",
-    choices=("ltsf", "ltsf_slstm"),
-    help="the README block to write (ltsf_slstm: the sLSTM encoder's row beside the LSTM's)",
+    choices=("ltsf", "ltsf_slstm", "ltsf_xlstm"),
+    help="the README block to write (ltsf_slstm, ltsf_xlstm: another encoder's row beside "
+    "the LSTM's)",
   )
   args = ap.parse_args()
   data = [f"data.path={os.path.abspath(args.data)}"] if args.data else []
