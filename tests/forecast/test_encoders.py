@@ -134,7 +134,7 @@ def test_registry_rules_are_the_schemas(toy_encoder):
       config_lib.load_config(None, ["model.encoder=toy", "model.cell.implementation=fused"])
     )
   # An unknown encoder names the registered ones.
-  with pytest.raises(InputError, match="must be one of lstm, slstm, gru, tirex, toy"):
+  with pytest.raises(InputError, match="must be one of lstm, slstm, mlstm, xlstm, gru, tirex, toy"):
     config_lib.to_spec(config_lib.load_config(None, ["model.encoder=rwkv"]))
   # A registered name may not shadow a model key.
   with pytest.raises(ValueError, match="may not be named 'dropout'"):
