@@ -30,6 +30,10 @@ def test_benchmark_runs_on_tiny_shape(tmp_path):
       "1",
       "--gemm-size",
       "256",
+      # Two peers are enough to check the script's machinery (the others' imports, Keras'
+      # above all, cost the suite more than the whole run).
+      "--peers",
+      "flaxlstm,flax",
       "--out",
       str(out),
       "--json",
