@@ -3,7 +3,8 @@
 # per-member step cost and whole sweeps, population vs sequential processes), correctness of
 # every LSTM path against the CPU, the train-step benchmark against PyTorch's cuDNN LSTM
 # at the seed and default (ett) shapes, and the sLSTM step against the xlstm package's CUDA
-# kernel (GPU_CHECK_ONLY=slstm runs those alone, in a call of their own).
+# kernel (GPU_CHECK_ONLY=slstm runs those alone, in a call of their own), and large models:
+# the largest stack per GPU, MFU, the mLSTM's chunkwise form (GPU_CHECK_ONLY=large).
 #
 #   here, with pip and the internet (once):   bash experiments/benchmarks/gpu_check.sh --fetch-wheels
 #   on the GPU machine, from the repo root:   bash experiments/benchmarks/gpu_check.sh OUT_DIR
@@ -120,4 +121,15 @@ for shape in tirex_block long_layer; do
   stage "slstm_$shape" 90 "$PY" experiments/benchmarks/slstm_step.py --shape "$shape" \
     --steps 10 --peers "${SLSTM_PEERS:-fused,autodiff,xlstm}" --xlstm-backend cuda
 done
+# 7. Large models (GPU_CHECK_ONLY=large runs these alone): the largest LSTM, sLSTM and
+#    xLSTM stacks whose step fits 70 GiB of one GPU (XLA's memory analysis, compile only),
+#    the MFU a wide LSTM's training reaches (metrics.json: flops_per_step, mfu against the
+#    device's peak), and the mLSTM's chunkwise form against mlstm_kernels' at T 1k/4k.
+stage large_search 150 "$PY" experiments/benchmarks/largest_model.py --devices 1 \
+  --budget-gib 70 --remat both --skip-timing --json "$W/largest.jsonl"
+stage large_mfu 120 "$PY" -m flaxlstm.cli train --workdir "$W/mfu_run" --quiet \
+  --config.model.hidden_sizes=2048,2048 --config.train.batch_size=256 \
+  --config.train.max_steps=60 --config.train.eval_every_steps=60
+stage large_mlstm 90 "$PY" experiments/benchmarks/mlstm_chunkwise.py --lengths 1024,4096 \
+  --calls 5 --steps 500
 echo "== done in $(( $(date +%s) - T0 )) s"
