@@ -3,7 +3,9 @@ data x model = 2 x 4, 8 heads) and on one device, and prints, as JSON per family
 losses, the largest gradient gap and the collectives XLA put inside the compiled loops:
 
 - "slstm": `flaxlstm.SLSTM`, each head's recurrent weights on its model shard;
-- "mlstm": the mLSTM's chunkwise form (`mlstm_sequence`), its inputs' head axis sharded.
+- "mlstm": the mLSTM's chunkwise form (`mlstm_sequence`), its inputs' head axis sharded;
+- "lstm_data": the fused LSTM with its batch over all 8 devices (and how many all-gathers
+  its compiled step has: its weight gradients must not gather the batch).
 
 Run by tests/nn/test_heads_sharded.py in a fresh process: the device count is fixed at JAX
 start-up.
@@ -118,9 +120,36 @@ def mlstm(mesh) -> dict:
   return out
 
 
+def lstm_data(mesh) -> dict:
+  """The fused LSTM with its batch split 8 ways: its weight gradients are sums over the
+  batch, so each device should sum its own rows (no all-gather of the batch)."""
+  layer = flaxlstm.LSTM(H)
+  x = jax.random.normal(jax.random.key(4), (B * 2, T, 16))
+  params = layer.init(jax.random.key(5), x)
+
+  def loss(p, x):
+    return jnp.mean(jnp.square(layer.apply(p, x)))
+
+  flat = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  del mesh  # the batch over all 8 devices
+  fn = jax.value_and_grad(loss)
+  out, _ = compare(fn, (params, x), (NamedSharding(flat, P()), NamedSharding(flat, P("data"))))
+  hlo = (
+    jax.jit(fn)
+    .lower(
+      jax.device_put(params, NamedSharding(flat, P())),
+      jax.device_put(x, NamedSharding(flat, P("data"))),
+    )
+    .compile()
+    .as_text()
+  )
+  out["all_gathers"] = len(re.findall(r"\ball-gather(?:-start)?\(", hlo))
+  return out
+
+
 def main():
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  print(json.dumps({"slstm": slstm(mesh), "mlstm": mlstm(mesh)}))
+  print(json.dumps({"slstm": slstm(mesh), "mlstm": mlstm(mesh), "lstm_data": lstm_data(mesh)}))
 
 
 if __name__ == "__main__":

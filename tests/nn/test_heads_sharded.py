@@ -1,7 +1,9 @@
-"""Heads over the mesh's model axis: the sLSTM's recurrence is block-diagonal over heads
-and the mLSTM's memory is one matrix per head, so with heads sharded the loss and the
-gradients equal one device's and XLA puts no collective inside the compiled loops (the
-time loop's scans, forward and backward); resharding happens around them."""
+"""Recurrences over a mesh. Heads over the model axis: the sLSTM's recurrence is
+block-diagonal over heads and the mLSTM's memory is one matrix per head, so with heads
+sharded the loss and the gradients equal one device's and XLA puts no collective inside
+the compiled loops (the time loop's scans, forward and backward); resharding happens around
+them. The batch over the data axis: the fused LSTM equals one device and never gathers the
+batch (its weight gradients are per-device sums, then one all-reduce)."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import pytest
 
 
 @pytest.mark.slow  # a fresh process with 8 fake devices
-def test_heads_sharded_over_the_model_axis_equal_one_device_with_no_collective_in_the_loop():
+def test_sharded_recurrences_equal_one_device_with_no_collective_in_the_loop():
   worker = pathlib.Path(__file__).with_name("heads_worker.py")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   out = subprocess.run(
@@ -22,6 +24,8 @@ def test_heads_sharded_over_the_model_axis_equal_one_device_with_no_collective_i
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   slstm, mlstm = result["slstm"], result["mlstm"]
+  # The fused LSTM's weight gradients sum each device's own batch rows: no all-gather.
+  assert result["lstm_data"]["all_gathers"] == 0, result["lstm_data"]
   assert slstm["kernel_shards"] == 8 and slstm["kernel_shard_shape"][0] == 2
   assert mlstm["input_shards"] == 8
   for name, r in result.items():

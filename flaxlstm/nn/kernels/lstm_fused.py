@@ -75,6 +75,13 @@ def _matmul_tn(a: Array, b: Array) -> Array:
   return jax.lax.optimization_barrier(a.T) @ b
 
 
+def _matmul_tn3(a: Array, b: Array) -> Array:
+  """`_matmul_tn` over rows given as two axes: `a (T, B, K)`, `b (T, B, M)` -> `(K, M)`,
+  summed over every (t, b) (see `_fused_backward` for why the axes stay apart)."""
+  at = jax.lax.optimization_barrier(jnp.transpose(a, (2, 0, 1)))  # (K, T, B)
+  return jnp.einsum("ktb,tbm->km", at, b)
+
+
 def _unbroadcast(a: Array, shape: tuple[int, ...]) -> Array:
   """Sums `a` down to `shape` (the cotangent of an operand that was broadcast to `a`)."""
   lead = a.ndim - len(shape)
@@ -263,16 +270,20 @@ def _fused_backward(w, u, c0, h0, x, mask, h_mask, res, cts, unroll):
     unroll=unroll,
   )
   # cuDNN's scheme: the weight gradients of all time steps are single large matmuls, over
-  # the gate gradients as `(T*B, 4H)` rows.
-  dz2 = tr(dzs).reshape(-1, n4)
+  # the gate gradients' `T x B` rows. Contracted over (t, b) as two axes, not reshaped to
+  # `(T*B, 4H)`: merging T with a batch axis split over devices would make XLA gather the
+  # whole batch to every device (and each compute the full weight gradient); kept apart,
+  # each device sums its own rows and one all-reduce adds them. On one device the two
+  # axes are contiguous, so the dot is the same GEMM.
+  dz3 = tr(dzs)  # (T, B, 4H)
   h_in = h_prev if hm is None else h_prev * hm
-  if fm:  # (H, T*B) @ (T*B, 4H): the one transpose copy gives a plain NN GEMM
-    du = jnp.transpose(h_in, (1, 0, 2)).reshape(h_in.shape[1], -1) @ dz2
+  if fm:  # (H, T, B) x (T, B, 4H): the one transpose copy gives a plain NN GEMM
+    du = jnp.einsum("htb,tbg->hg", jnp.transpose(h_in, (1, 0, 2)), dz3)
   else:
-    du = _matmul_tn(h_in.reshape(-1, h_in.shape[-1]), dz2)
-  dw = _matmul_tn(x.reshape(-1, x.shape[-1]), dz2)
-  db = dz2.sum(0)
-  dx = (dz2 @ w.T).reshape(x.shape)
+    du = _matmul_tn3(h_in, dz3)
+  dw = _matmul_tn3(x, dz3)
+  db = dz3.sum((0, 1))
+  dx = jnp.einsum("tbg,dg->tbd", dz3, w)
   if dhm is not None:
     dhm = _unbroadcast(tr(dhm), h_mask.shape).astype(h_mask.dtype)
   return dw, db, du, tr(dc0), tr(dh0), dx, None, dhm
