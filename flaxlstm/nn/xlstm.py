@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,16 +56,37 @@ class CausalConv(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, history: Array | None = None) -> Array:
+    """`x (..., T, H)`; `history (..., K - 1, H)`: the inputs before `x` (streaming: the
+    previous call's `tail`), zeros when None."""
     h, k = x.shape[-1], self.kernel_size
     kernel = self.param("kernel", initializers.lecun_normal(), (k, 1, h))
     bias = self.param("bias", initializers.zeros_init(), (h,))
     dt = self.dtype or kernel.dtype
     x = x.astype(dt)
     t = x.shape[-2]
-    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(k - 1, 0), (0, 0)])
+    padded = self.extend(x, history)
     y = sum(padded[..., j : j + t, :] * kernel[j, 0].astype(dt) for j in range(k))
     return y + bias.astype(dt)
+
+  @nn.nowrap
+  def extend(self, x: Array, history: Array | None) -> Array:
+    """`x` behind its `K - 1` rows of history (zeros when None)."""
+    k = self.kernel_size
+    if history is None:
+      return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(k - 1, 0), (0, 0)])
+    return jnp.concatenate([history.astype(x.dtype), x], axis=-2)
+
+  @nn.nowrap
+  def tail(self, x: Array, history: Array | None, lengths: Array | None = None) -> Array:
+    """The `K - 1` inputs a next call reads as its history: each sequence's last `K - 1`
+    rows before its length (`lengths (B,)`, None: T), history included."""
+    k, t = self.kernel_size, x.shape[-2]
+    padded = self.extend(x, history)  # row i + K - 1 is x's row i
+    if lengths is None:
+      return padded[..., t:, :]
+    idx = lengths[:, None] + jnp.arange(k - 1)[None, :]  # (B, K - 1) into the padded rows
+    return jnp.take_along_axis(padded, idx[..., None], axis=-2)
 
 
 class HeadwiseLinear(nn.Module):
@@ -307,8 +328,11 @@ class MLSTM(MLSTMLayerOptions):
   `gate_bias`), `norm`, `learnable_skip`, `proj_down`; `flaxlstm.nn.convert.
   from_xlstm_mlstm_layer` maps the `xlstm` package's state dicts onto them.
 
-  Attributes: the `MLSTMLayerOptions`, and `return_carry`: also return the cell's final
-  `MLSTMCarry`, `(carry, y)` (the convolution starts from zeros in every call).
+  Attributes: the `MLSTMLayerOptions`, and `return_carry`: also return the layer's final
+  `MLSTMLayerCarry` (the cell's `MLSTMCarry` and the convolution's last `K - 1` inputs),
+  `(carry, y)`. Given back as `initial_carry`, the next call continues the sequence
+  exactly: a long sequence streamed through the layer in pieces gives the outputs of one
+  call (an `MLSTMCarry` alone starts the convolution from zeros).
   """
 
   return_carry: bool = False
@@ -345,11 +369,17 @@ class MLSTM(MLSTMLayerOptions):
       name=name,
     )
     x_m, z = jnp.split(dense(2 * inner, small, "proj_up")(x), 2, axis=-1)
+    cell_carry, history = initial_carry, None
+    if isinstance(initial_carry, MLSTMLayerCarry):
+      cell_carry, history = initial_carry.cell, initial_carry.conv
     # SiLU after the convolution, and on `x_m` itself without one (the `xlstm` package's
     # mLSTM layer; its sLSTM layer, unlike it, feeds an unconvolved `x` as it is).
-    x_conv = x_m
+    x_conv, tail = x_m, None
     if self.conv1d_kernel_size > 0:
-      x_conv = CausalConv(self.conv1d_kernel_size, dt, name="conv")(x_m)
+      conv = CausalConv(self.conv1d_kernel_size, dt, name="conv")
+      x_conv = conv(x_m, history)
+      if self.return_carry:
+        tail = conv.tail(x_m, history, seq_lengths)
     x_conv = nn.silu(x_conv)
     proj = lambda name, inputs: HeadwiseLinear(
       inner // self.qkv_proj_blocksize, dt, init_features=d, use_bias=self.use_bias, name=name
@@ -360,7 +390,7 @@ class MLSTM(MLSTMLayerOptions):
       cell.parameters(3 * inner),
       qkv,
       make_carry=lambda shape: cell.initialize_carry(jax.random.key(0), shape),
-      initial_carry=initial_carry,
+      initial_carry=cell_carry,
       seq_lengths=seq_lengths,
       remat=self.remat,
       implementation=self.implementation,
@@ -374,7 +404,15 @@ class MLSTM(MLSTMLayerOptions):
       "deterministic", self.deterministic, deterministic
     )
     y = Dropout(self.dropout)(y, deterministic=not training)
-    return (carry, y) if self.return_carry else y
+    return (MLSTMLayerCarry(carry, tail), y) if self.return_carry else y
+
+
+class MLSTMLayerCarry(NamedTuple):
+  """The `MLSTM` layer's state between calls: its cell's `MLSTMCarry` and its causal
+  convolution's last `K - 1` inputs `(*batch, K - 1, W)` (None without a convolution)."""
+
+  cell: Any
+  conv: Any
 
 
 class MLSTMBlock(MLSTMLayerOptions):
@@ -477,6 +515,7 @@ def block_runs(num_blocks: int, slstm_at: Sequence[int]) -> list[tuple[str, int,
 
 __all__ = [
   "MLSTM",
+  "MLSTMLayerCarry",
   "MLSTMBlock",
   "SLSTM",
   "SLSTMBlock",

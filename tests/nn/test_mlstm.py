@@ -17,7 +17,7 @@ import flaxlstm
 from flaxlstm.nn import convert
 from flaxlstm.nn.cells.mlstm import EMPTY, MLSTMCarry, MLSTMCell, MLSTMStepInputs
 from flaxlstm.nn.kernels.mlstm import mlstm_sequence
-from flaxlstm.nn.xlstm import MLSTM, MLSTMBlock, XLSTMStack
+from flaxlstm.nn.xlstm import MLSTM, MLSTMBlock, MLSTMLayerCarry, XLSTMStack
 
 TOL = 1e-5
 
@@ -478,3 +478,29 @@ def test_the_nnx_cell_runs_the_linen_cells_math():
   _close(ours, nnx.jit(lambda rnn, x: rnn(x))(nnx.RNN(cell), x))
   linen = flaxlstm.RNN(MLSTMCell(8, num_heads=2, chunk_size=4))
   _close(ours, jax.jit(linen.apply)({"params": {"cell": cell.params()}}, x))
+
+
+def test_the_layer_streams_in_pieces_as_one_call():
+  """`MLSTM(return_carry=True)`: a sequence fed in pieces, each from the last one's
+  `MLSTMLayerCarry` (the cell's state and the convolution's last inputs), gives the outputs
+  and final state of one call; with ragged lengths the carry is each sequence's own."""
+  layer = MLSTM(8, num_heads=2, return_carry=True, implementation="chunkwise", chunk_size=4)
+  x = jax.random.normal(jax.random.key(0), (2, 13, 8))
+  params = layer.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size)).reshape(a.shape), params)
+  apply = jax.jit(layer.apply)
+  whole_carry, whole = apply(params, x)
+  carry, pieces = None, []
+  for lo, hi in ((0, 5), (5, 6), (6, 13)):  # a piece of one step too (shorter than the conv)
+    carry, y = apply(params, x[:, lo:hi], initial_carry=carry)
+    pieces.append(y)
+  assert isinstance(carry, MLSTMLayerCarry) and carry.conv.shape == (2, 3, 64)
+  np.testing.assert_allclose(np.concatenate(pieces, 1), whole, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(whole_carry)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Ragged: the second sequence ends at 9; its carry then continues as if cut there.
+  lengths = jnp.array([13, 9])
+  ragged, _ = apply(params, x, seq_lengths=lengths)
+  cut, _ = apply(params, x[1:, :9])
+  for a, b in zip(jax.tree.leaves(ragged), jax.tree.leaves(cut)):
+    np.testing.assert_allclose(a[1:], b, rtol=1e-5, atol=1e-6)
