@@ -43,8 +43,9 @@ _GATE_AXIS_PARAMS = (
 _HEADWISE_MAPS = ("igate", "fgate", "zgate", "ogate", "q_proj", "k_proj", "v_proj")
 
 
-def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
-  """Resolves `mesh.{data,fsdp,model}` (one of them may be -1: all remaining devices)."""
+def mesh_shape(mesh_cfg, n_devices: int, all_axes: bool = False) -> tuple[int, int, int]:
+  """Resolves `mesh.{data,fsdp,model}` (one of them may be -1: all remaining devices).
+  `all_axes`: the model is known to train right with all three axes split (see below)."""
   sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.model)]
   if sizes.count(-1) > 1:
     raise InputError("at most one of mesh.data, mesh.fsdp, mesh.model may be -1")
@@ -58,21 +59,23 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
       f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
       f"but {n_devices} are available"
     )
-  if min(sizes) > 1:
+  if min(sizes) > 1 and not all_axes:
     # Measured with jax 0.10.2 on CPU: with all three axes split, XLA's partitioner gives
-    # LSTM gradients that differ from one device's by ~10% (forward pass correct), while
-    # every two-axis layout matches. Refuse rather than train on wrong gradients.
+    # LSTM gradients that differ from one device's (forward pass correct) once the
+    # recurrent kernel is split over both fsdp and model, while every two-axis layout
+    # matches. Refuse rather than train on wrong gradients. The xLSTM family's encoders
+    # match one device on 2 x 2 x 2 (forecast/encoders.py: `all_mesh_axes`).
     raise InputError(
       f"mesh {dict(zip(AXES, sizes))}: splitting data, fsdp and model all "
-      "at once is not supported (wrong gradients from XLA); use at most two"
+      "at once is not supported for this encoder (wrong gradients from XLA); use at most two"
     )
   data, fsdp, model = sizes
   return data, fsdp, model
 
 
-def make_mesh(mesh_cfg, devices: list | None = None) -> Mesh:
+def make_mesh(mesh_cfg, devices: list | None = None, all_axes: bool = False) -> Mesh:
   devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_cfg, len(devices))
+  shape = mesh_shape(mesh_cfg, len(devices), all_axes)
   # jax.devices() is ordered by process, so each host's devices form a contiguous block
   # of the batch axes: a host's slice of the global batch is contiguous too.
   return Mesh(np.asarray(devices).reshape(shape), AXES)

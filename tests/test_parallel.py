@@ -74,7 +74,7 @@ def _gap(got, ref):
 
 
 @pytest.mark.slow  # one fresh process with 8 fake devices for every case below
-def test_fsdp_threshold_bf16_gathers_and_slstm_heads_on_the_model_axis_equal_one_device(
+def test_fsdp_threshold_bf16_gathers_heads_on_the_model_axis_and_2x2x2_equal_one_device(
   tiny, tmp_path
 ):
   out = _worker("large", tiny["exp"], str(tmp_path / "dump"))
@@ -113,6 +113,14 @@ def test_fsdp_threshold_bf16_gathers_and_slstm_heads_on_the_model_axis_equal_one
   assert "model" not in heads["specs"][cell + "['bias']"]
   assert "model" not in heads["specs"][cell + "['input_kernel']"]
   assert heads["loop_bodies"] >= 4 and heads["loop_collectives"] == []
+
+  # All three axes split (2 x 2 x 2): the xLSTM family matches one device, every parameter
+  # split; the LSTM's gradients would not (XLA), so that mesh is refused for it.
+  three, one = out["xlstm_222"], out["xlstm_single"]
+  np.testing.assert_allclose(three["losses"], one["losses"], rtol=1e-5)
+  assert _gap(three["params"], one["params"]) < 1e-5
+  assert any("fsdp" in v and "model" in v for v in three["specs"].values()), three["specs"]
+  assert "splitting data, fsdp and model" in out["lstm_222_error"]
 
 
 def test_mesh_errors_are_clear():
