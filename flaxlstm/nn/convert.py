@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlstm.nn.cells.lstm import GATES
-from flaxlstm.nn.xlstm import block_runs
+from flaxlstm.nn.stack_layout import block_runs
 
 
 def _np(a) -> np.ndarray:

@@ -39,6 +39,7 @@ from flaxlstm.nn.cells.mlstm import ALL_MLSTM_OPTIONS, MLSTMCell, MLSTMOptions
 from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer
+from flaxlstm.nn.stack_layout import block_runs
 
 Array = jax.Array
 
@@ -498,19 +499,6 @@ class XLSTMStack(nn.Module):
     if self.post_norm:
       x = ResidualLayerNorm(name="post_norm")(x)
     return x
-
-
-def block_runs(num_blocks: int, slstm_at: Sequence[int]) -> list[tuple[str, int, int]]:
-  """The stack's blocks as runs `(kind, first index, length)`: each sLSTM block alone,
-  consecutive mLSTM blocks together."""
-  runs: list[tuple[str, int, int]] = []
-  for i in range(num_blocks):
-    kind = "slstm" if i in slstm_at else "mlstm"
-    if kind == "mlstm" and runs and runs[-1][0] == "mlstm":
-      runs[-1] = ("mlstm", runs[-1][1], runs[-1][2] + 1)
-    else:
-      runs.append((kind, i, 1))
-  return runs
 
 
 __all__ = [
