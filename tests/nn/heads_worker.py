@@ -82,7 +82,7 @@ def compare(fn, args, shardings) -> tuple[dict, str]:
 def slstm(mesh) -> dict:
   layer = flaxlstm.SLSTM(H, num_heads=NH, conv1d_kernel_size=4)
   x = jax.random.normal(jax.random.key(0), (B, T, H))
-  params = layer.init(jax.random.key(1), x)["params"]
+  params = jax.jit(layer.init)(jax.random.key(1), x)["params"]
 
   def loss(p, x):
     return jnp.mean(jnp.square(layer.apply({"params": p}, x)))
@@ -125,7 +125,7 @@ def lstm_data(mesh) -> dict:
   batch, so each device should sum its own rows (no all-gather of the batch)."""
   layer = flaxlstm.LSTM(H)
   x = jax.random.normal(jax.random.key(4), (B * 2, T, 16))
-  params = layer.init(jax.random.key(5), x)
+  params = jax.jit(layer.init)(jax.random.key(5), x)
 
   def loss(p, x):
     return jnp.mean(jnp.square(layer.apply(p, x)))

@@ -486,7 +486,7 @@ def test_the_layer_streams_in_pieces_as_one_call():
   and final state of one call; with ragged lengths the carry is each sequence's own."""
   layer = MLSTM(8, num_heads=2, return_carry=True, implementation="chunkwise", chunk_size=4)
   x = jax.random.normal(jax.random.key(0), (2, 13, 8))
-  params = layer.init(jax.random.key(1), x)
+  params = jax.jit(layer.init)(jax.random.key(1), x)  # eager init: seconds
   params = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size)).reshape(a.shape), params)
   apply = jax.jit(layer.apply)
   whole_carry, whole = apply(params, x)
