@@ -87,6 +87,11 @@ class CellOptions(nn.Module):
   dtype: Any = option(None, choices=DTYPES)
   param_dtype: Any = option(jnp.float32, choices=DTYPES)
 
+  @property
+  def compute_dtype(self) -> Any:
+    """The dtype the cell computes in: `dtype`, else the parameters'."""
+    return self.dtype or self.param_dtype
+
 
 def option_fields(cls: type, below: type | None = None) -> tuple[dataclasses.Field, ...]:
   """The option fields `cls` declares, in order, without `features` and Flax's own fields;

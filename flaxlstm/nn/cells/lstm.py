@@ -180,10 +180,6 @@ class LSTMCell(LSTMOptions, nn.RNNCellBase):
 
   # ---- pure math (no Flax scope access: safe inside lax.scan / custom_vjp) ---------------
   @property
-  def compute_dtype(self):
-    return self.dtype or self.param_dtype
-
-  @property
   def state_dtype(self):
     # The cell state is never carried below float32 (mixed-precision invariant).
     return jnp.promote_types(self.compute_dtype, jnp.float32)

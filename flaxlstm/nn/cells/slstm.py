@@ -139,10 +139,6 @@ class SLSTMCell(SLSTMOptions, nn.RNNCellBase):
   def head_dim(self) -> int:
     return self.features // self.num_heads
 
-  @property
-  def compute_dtype(self):
-    return self.dtype or self.param_dtype
-
   @nn.compact
   def parameters(self, in_features: int) -> dict[str, Array]:
     """Creates (at init) or fetches this cell's parameters for inputs of `in_features`."""
