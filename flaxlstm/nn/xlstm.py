@@ -317,10 +317,10 @@ class MLSTM(MLSTMLayerOptions):
 
   .. math::
 
-      [x_m, z] = U x, \quad 	ilde x = \mathrm{SiLU}(\mathrm{conv}(x_m)), \quad
-      q = P_q 	ilde x,\ k = P_k 	ilde x,\ v = P_v x_m \
-      y = D\,ig((\mathrm{GroupNorm}_{	ext{heads}}(\mathrm{mLSTM}(q, k, v))
-        + s \odot 	ilde x) \odot \mathrm{SiLU}(z)ig)
+      [x_m, z] = U x, \quad \tilde x = \mathrm{SiLU}(\mathrm{conv}(x_m)), \quad
+      q = P_q \tilde x,\ k = P_k \tilde x,\ v = P_v x_m \\
+      y = D\,\big((\mathrm{GroupNorm}_{\text{heads}}(\mathrm{mLSTM}(q, k, v))
+        + s \odot \tilde x) \odot \mathrm{SiLU}(z)\big)
 
   `U` (`proj_up`, `features -> 2W`) and `D` (`proj_down`) dense, `P` block-diagonal
   (`HeadwiseLinear`, blocks of `qkv_proj_blocksize`), `conv` causal depthwise, `s` the
