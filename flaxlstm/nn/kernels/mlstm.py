@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from flaxlstm.nn.cells.base import like
 from flaxlstm.nn.cells.mlstm import EMPTY, MLSTMCarry, MLSTMCell, MLSTMStepInputs
 from flaxlstm.nn.kernels.registry import Call, Kernel, register
 from flaxlstm.nn.kernels.scan import Autodiff
@@ -190,12 +191,12 @@ class MLSTMSequence(Kernel):
 
   def run(self, cell, p, carry, x, lengths, *, h_mask=None, unroll=1, remat=False):
     del unroll, h_mask  # no time loop to unroll; no recurrent dropout (`unsupported`)
-    chunk = getattr(cell, "chunk_size", DEFAULT_CHUNK) if self.chunked else None
+    chunk = cell.chunk_size if self.chunked else None
 
     def forms(carry, x, lengths):
       new, h = mlstm_sequence(cell.project(p, x), carry, lengths, chunk_size=chunk, eps=cell.eps)
       h = h.reshape(h.shape[:2] + (cell.features,)).astype(cell.compute_dtype)
-      return type(carry)(*new) if hasattr(carry, "_fields") else tuple(new), h
+      return like(carry, new), h
 
     if remat:
       forms = jax.checkpoint(forms, policy=jax.checkpoint_policies.nothing_saveable)
