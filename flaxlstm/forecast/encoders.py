@@ -97,9 +97,6 @@ class Encoder:
   name: str = ""
   options: tuple[dataclasses.Field, ...] = ()  # its own config keys, `model.<name>.*`
   cell_class: Any = None
-  # Its train step matches one device's on a mesh with data, fsdp and model all split
-  # (tests/test_parallel.py); the LSTM's does not (XLA; parallel.py: `mesh_shape`).
-  all_mesh_axes: bool = False
 
   def own_options(self, spec: ModelSpec) -> dict[str, Any]:
     """This encoder's own options, defaults filled in."""
@@ -211,8 +208,6 @@ def register_cell(
 class SLSTMEncoder(CellEncoder):
   """A stack of sLSTM cells (flaxlstm/nn/cells/slstm.py), its options `model.slstm.*`."""
 
-  all_mesh_axes = True
-
   def __init__(self):
     super().__init__("slstm", SLSTMCell, SLSTM_OPTIONS)
 
@@ -230,8 +225,6 @@ class SLSTMEncoder(CellEncoder):
 class MLSTMEncoder(CellEncoder):
   """A stack of mLSTM cells (flaxlstm/nn/cells/mlstm.py; the chunkwise form by default),
   its options `model.mlstm.*`. The segment decoders step the cell from its final carry."""
-
-  all_mesh_axes = True
 
   def __init__(self):
     super().__init__("mlstm", MLSTMCell, MLSTM_OPTIONS)
@@ -326,8 +319,6 @@ class _XLSTMModule(nn.Module):
 class XLSTMEncoder(Encoder):
   """`model.encoder="xlstm"`: an `XLSTMStack` of mLSTM blocks with sLSTM blocks at
   `model.xlstm.slstm_at` over the window, read by the dense decoder."""
-
-  all_mesh_axes = True
 
   name = "xlstm"
   options = option_fields(XLSTMOptions)

@@ -114,8 +114,7 @@ def assemble(
   # Random bits independent of how arrays are sharded: dropout masks are then the same on
   # any mesh (the default in current JAX; set so older versions agree).
   jax.config.update("jax_threefry_partitionable", True)
-  all_axes = encoders.ENCODERS[spec.model.encoder].all_mesh_axes
-  mesh = parallel.make_mesh(spec.mesh, devices, all_axes)
+  mesh = parallel.make_mesh(spec.mesh, devices)
   n_split = parallel.batch_size_per_step(mesh)
   for key in ("batch_size", "eval_batch_size"):
     if getattr(spec.train, key) % n_split:

@@ -27,7 +27,11 @@ state is the same sum at :math:`\tau = L`. So the kernel runs in two passes:
    matrices per chunk, so time and memory are linear in T for a fixed chunk size.
 
 The parallel form is one chunk of the whole sequence (the `xlstm` package's
-`parallel_stabilized_simple`, and with an initial state besides). Steps past a sequence's
+`parallel_stabilized_simple`, and with an initial state besides). In a chunk longer than
+the default 64 steps, :math:`b_\tau - b_\sigma` is summed directly over the steps between
+(a cumulative sum over each row of an `L x L` matrix, one more pass over it) rather than
+taken as a difference of running sums, whose float32 rounding grows with the sums'
+magnitude, that is with L (`_between`). Steps past a sequence's
 end (`lengths`) read as `f' = 1, i' = 0` (the state passes through) and output zero; the
 masks are `where`s on the weights, so no `exp` of the empty state's `m` reaches a gradient.
 Gradients are JAX's of these passes.
@@ -50,12 +54,37 @@ Array = jax.Array
 DEFAULT_CHUNK = 64
 
 
-def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
+def _to_end(log_f, b, exact: bool):
+  """`b_L - b_s`: the log forget gates after each step up to its chunk's end, `(..., L)`.
+  `exact`: summed from the end (a reverse cumulative sum) rather than as a difference of
+  running sums, whose float32 rounding is that of `b`'s magnitude, not of the result's."""
+  if not exact:
+    return b[..., -1:] - b
+  after = jnp.flip(jnp.cumsum(jnp.flip(log_f, -1), -1), -1)  # sum over s' >= s
+  return jnp.concatenate([after[..., 1:], jnp.zeros_like(after[..., :1])], -1)
+
+
+def _between(log_f, b, exact: bool):
+  """`b_tau - b_sigma` for every pair, `(..., L, L)` (zero above the diagonal where
+  `exact`): the log forget gates of the steps after sigma up to tau. `exact`: each row
+  summed from its diagonal outwards (a reverse cumulative sum over sigma), so the rounding
+  is relative to the sum itself."""
+  if not exact:
+    return b[..., :, None] - b[..., None, :]
+  L = log_f.shape[-1]
+  # Row tau, column sigma: f of step sigma + 1, where sigma < tau.
+  nxt = jnp.concatenate([log_f[..., 1:], jnp.zeros_like(log_f[..., :1])], -1)
+  below = jnp.tril(jnp.ones((L, L), bool), -1)
+  rows = jnp.where(below, nxt[..., None, :], 0.0)
+  return jnp.flip(jnp.cumsum(jnp.flip(rows, -1), -1), -1)
+
+
+def _chunk_end_states(carry: MLSTMCarry, k, v, log_f, b, ii, valid, exact: bool):
   """Pass 1: the state at the start of every chunk and the final state. Chunk-major
-  inputs: `k, v (NC, B, NH, L, DH)`, `b, ii (NC, B, NH, L)` (running log forget gate, input
-  pre-activation), `valid (NC, B, 1, L)`."""
+  inputs: `k, v (NC, B, NH, L, DH)`, `log_f, b, ii (NC, B, NH, L)` (log forget gate, its
+  running sum, input pre-activation), `valid (NC, B, 1, L)`; `exact`: see `_to_end`."""
   # Each step's weight at its chunk's end, before the stabilizer: b_L - b_s + i_s.
-  a = b[..., -1:] - b + ii
+  a = _to_end(log_f, b, exact) + ii
   if valid is not None:
     a = jnp.where(valid, a, EMPTY)
   a_max = a.max(-1)  # (NC, B, NH)
@@ -83,14 +112,14 @@ def _chunk_end_states(carry: MLSTMCarry, k, v, b, ii, valid):
   return jax.lax.scan(chunk, carry, inputs)
 
 
-def _chunk_outputs(starts: MLSTMCarry, q, k, v, b, ii, valid, eps: float):
+def _chunk_outputs(starts: MLSTMCarry, q, k, v, log_f, b, ii, valid, eps: float, exact: bool):
   """Pass 2: every chunk's outputs from the state it starts from, batched over chunks."""
   C, n, m = starts  # (NC, B, NH, DH, DH), (NC, B, NH, DH), (NC, B, NH)
   L = q.shape[-2]
   on = jnp.tril(jnp.ones((L, L), bool))  # sigma <= tau
   if valid is not None:
     on = on & valid[..., None, :]  # (NC, B, 1, L, L): and sigma a real step
-  log_d = jnp.where(on, b[..., :, None] - b[..., None, :] + ii[..., None, :], EMPTY)
+  log_d = jnp.where(on, _between(log_f, b, exact) + ii[..., None, :], EMPTY)
   inter = b + m[..., None]  # (NC, B, NH, L)
   m_row = jnp.maximum(inter, log_d.max(-1))
   d = jnp.where(on, jnp.exp(log_d - m_row[..., None]), 0.0)
@@ -155,10 +184,14 @@ def mlstm_sequence(
   if on is not None:
     log_f = jnp.where(on, log_f, 0.0)  # a masked step keeps f' = 1
   b = jnp.cumsum(log_f, axis=-1)
+  # Over a long chunk (the parallel form), `b` grows to hundreds or thousands in magnitude
+  # and its differences lose float32 digits that the short chunks keep (at T = 4096, 2e-5
+  # of the outputs): there the sums between steps are taken directly (`_between`).
+  exact = L > DEFAULT_CHUNK
   ii = chunks(f32(x.i))
   carry = MLSTMCarry(*(f32(a) for a in carry))
-  final, starts = _chunk_end_states(carry, k, v, b, ii, on)
-  h = _chunk_outputs(starts, q, k, v, b, ii, on, eps)  # (NC, B, NH, L, DH)
+  final, starts = _chunk_end_states(carry, k, v, log_f, b, ii, on, exact)
+  h = _chunk_outputs(starts, q, k, v, log_f, b, ii, on, eps, exact)  # (NC, B, NH, L, DH)
   nh, dh = h.shape[2], h.shape[-1]
   h = jnp.moveaxis(jnp.moveaxis(h, 0, 1), 2, 3)  # (B, NC, L, NH, DH)
   return final, h.reshape(B, nc * L, nh, dh)[:, :T]
