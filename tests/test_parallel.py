@@ -103,7 +103,7 @@ def test_fsdp_threshold_bf16_gathers_heads_on_the_model_axis_and_2x2x2_equal_one
 
   assert "train.grad_accum_steps=4" in out["accum_error"] and "8 devices" in out["accum_error"]
 
-  # The sLSTM's heads over the model axis: each device runs 2 of the 8 heads, with no
+  # The sLSTM's heads over the model axis: each device runs 1 of the 8 heads (1 x 1 x 8), with no
   # collective inside the time loops (forward and backward of both layers).
   heads, one = out["slstm_heads"], out["slstm_single"]
   np.testing.assert_allclose(heads["losses"], one["losses"], rtol=1e-5)
