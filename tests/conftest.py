@@ -5,8 +5,8 @@ Besides fixtures, one hook and one environment setting. The hook marks every cas
 parametrized test but the first `slow` (the inner loop runs one case of each), and
 collects the slow tests first: with pytest-xdist (README's `-n 2`) tests are handed out in
 collection order, and a long test left for the end would run alone on one core while the
-other idles. And the processes the tests start share a persistent compilation cache
-(`_subprocess_compile_cache`).
+other idles. And the test process and the processes it starts share a persistent
+compilation cache (`_compile_cache`).
 """
 
 from __future__ import annotations
@@ -197,19 +197,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _subprocess_compile_cache(tmp_path_factory):
-  """The processes the tests start (`flaxlstm train`, sweeps, tune workers) share one
-  persistent XLA compilation cache, so the same tiny programs compile once per session
-  rather than once per process: about 2.5 s of a 16 s fault-test run, with the same
-  numbers (the fault and resume tests compare such runs bit for bit). This process keeps
-  compiling afresh: jax read its configuration when the test modules imported it, before
-  these variables are set, and some tests read compiled programs' text, which a cached
-  executable need not carry."""
+def _compile_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the session: this process and the processes
+  the tests start (`flaxlstm train`, sweeps, tune workers, multi-device workers) compile
+  each tiny program once rather than once per run or per process. Most tests build the
+  same train steps again (a resumed run, a population against its single runs), and
+  reading a cached executable takes milliseconds where compiling takes seconds; the numbers
+  are the same (the fault and resume tests compare such runs bit for bit). This process
+  first compiled before this fixture ran (test modules build arrays on import), which
+  settles jax's cache as off, so it is reset here."""
   import jax
+  from jax._src import compilation_cache
 
-  assert jax.config.jax_compilation_cache_dir is None  # this process stays uncached
+  assert jax.config.jax_compilation_cache_dir is None  # not configured from outside
+  cache_dir = str(tmp_path_factory.mktemp("xla_cache"))
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()
   env = {
-    "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+    "JAX_COMPILATION_CACHE_DIR": cache_dir,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
   }

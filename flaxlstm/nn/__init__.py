@@ -22,7 +22,7 @@ from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell
 from flaxlstm.nn.convert import from_flax_params, from_torch_lstm
 from flaxlstm.nn.layers import LSTM, RNN, Bidirectional, flip_sequences
 from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
-from flaxlstm.nn.xlstm import MLSTM, SLSTM, MLSTMBlock, XLSTMStack
+from flaxlstm.nn.xlstm import MLSTM, SLSTM, MLSTMBlock, SLSTMBlock, XLSTMStack
 
 __all__ = [
   "RNN",
@@ -31,6 +31,7 @@ __all__ = [
   "SLSTMCell",
   "SLSTMCarry",
   "SLSTM",
+  "SLSTMBlock",
   "MLSTMCell",
   "MLSTMCarry",
   "MLSTM",
