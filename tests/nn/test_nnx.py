@@ -331,12 +331,11 @@ def test_the_xlstm_layers_and_blocks_train_in_nnx_code_through_the_bridge():
     "mlstm_block": flaxlstm.MLSTMBlock(16, num_heads=2),
     "stack": flaxlstm.XLSTMStack(16, num_blocks=2, slstm_at=(1,), mlstm=dict(num_heads=2)),
   }
+  loss_of = lambda y: jnp.mean(jnp.square(y - 0.5))
   for name, module in modules.items():
     params = module.init(jax.random.key(5), x)["params"]
-    loss_of = lambda y: jnp.mean(jnp.square(y - 0.5))
-    want_loss, want_grads = jax.value_and_grad(lambda p: loss_of(module.apply({"params": p}, x)))(
-      params
-    )
+    linen_loss = lambda p, module=module: loss_of(module.apply({"params": p}, x))
+    want_loss, want_grads = jax.value_and_grad(linen_loss)(params)
     bridged = nnx.bridge.ToNNX(module, rngs=nnx.Rngs(0))
     nnx.bridge.lazy_init(bridged, x)
     state = nnx.state(bridged, nnx.Param)
