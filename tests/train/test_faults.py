@@ -1,6 +1,8 @@
-"""Fault injection on real `flaxlstm train` processes: SIGTERM, kill -9 at random moments,
-damaged checkpoints, NaN batches, unusable workdirs, mismatched checkpoints, a second
-writer, a sweep runner killed under its runs, and a disk that fills up mid-run.
+"""Fault injection on `flaxlstm train`: SIGTERM, kill -9 at random moments, damaged
+checkpoints, NaN batches, unusable workdirs, mismatched checkpoints, a second writer, a
+sweep runner killed under its runs, and a disk that fills up mid-run. Real processes where
+the fault needs one (signals, a second writer, output after the interpreter exits); the
+CLI's `main` in this process otherwise (`_train_here`).
 
 (Damaged and hostile run directories under evaluate/predict/train, case by case, are in
 test_workdir_corpus.py.)"""
@@ -21,12 +23,13 @@ import jax
 import numpy as np
 import pytest
 
+from flaxlstm import cli
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
 from flaxlstm.train import lock as lock_lib
-from flaxlstm.train.assembly import assemble
+from flaxlstm.train.assembly import Setup, assemble
 
-# Every test here runs real `flaxlstm train` processes.
+# Every test here trains several runs to completion.
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,21 +56,6 @@ Setup.train_batch = slow
 sys.exit(cli.main(sys.argv[2:]))
 """
 
-# Runs the CLI with a NaN put into the training batch of step argv[1] (1-based).
-NAN_INJECTOR = """
-import sys
-from flaxlstm import cli
-from flaxlstm.train.assembly import Setup
-real = Setup.train_batch
-def poisoned(self, step):
-  inputs, y = real(self, step)
-  if step + 1 == int(sys.argv[1]):
-    inputs["x"] = inputs["x"].at[0, 0, 0].set(float("nan"))
-  return inputs, y
-Setup.train_batch = poisoned
-sys.exit(cli.main(sys.argv[2:]))
-"""
-
 
 def _cmd(tiny, workdir, *extra):
   return [
@@ -87,6 +75,15 @@ def _cmd(tiny, workdir, *extra):
 
 def _run(cmd, **kw):
   return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+
+
+def _train_here(capsys, tiny, workdir, *extra) -> tuple[int, str]:
+  """`flaxlstm train` as `_cmd` runs it, in this process (`cli.main`: the same exit code
+  and stderr, without a new interpreter's start-up): the faults that need no signal or
+  second process. Returns the exit code and what went to stderr."""
+  capsys.readouterr()
+  code = cli.main(_cmd(tiny, workdir, *extra)[3:])
+  return code, capsys.readouterr().err
 
 
 def _wait_for_log(workdir, proc, min_lines=1, timeout=120):
@@ -174,10 +171,10 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tiny, reference, 
   _assert_same_run(str(wd), reference)
 
 
-def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tiny, reference, tmp_path):
+def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tiny, reference, tmp_path, capsys):
   wd = tmp_path / "run"
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=150"))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd, "--config.train.max_steps=150")
+  assert code == 0, err[-2000:]
   steps = _latest_steps(wd)
   assert steps == [125, 150]
   # Truncate every data file of the newest checkpoint, then train on to 300.
@@ -187,62 +184,66 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(tiny, reference, t
     if os.path.isfile(path):
       with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 3)
-  out = _run(_cmd(tiny, wd))
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "checkpoints/latest/150 is damaged" in out.stderr
+  code, err = _train_here(capsys, tiny, wd)
+  assert code == 0, err[-2000:]
+  assert "checkpoints/latest/150 is damaged" in err
   _assert_same_run(str(wd), reference)
 
 
-def test_no_intact_checkpoint_is_a_clear_error(tiny, tmp_path):
+def test_no_intact_checkpoint_is_a_clear_error(tiny, tmp_path, capsys):
   wd = tmp_path / "run"
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=100"))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd, "--config.train.max_steps=100")
+  assert code == 0, err[-2000:]
   for step in _latest_steps(wd):
     for path in glob.glob(str(wd / "checkpoints" / "latest" / str(step) / "state" / "*")):
       if os.path.isfile(path):
         os.remove(path)
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=100"))
-  assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith("error: no intact checkpoint in")
+  code, err = _train_here(capsys, tiny, wd, "--config.train.max_steps=100")
+  assert code == 2
+  assert err.strip().splitlines()[-1].startswith("error: no intact checkpoint in")
 
 
-def test_nan_batch_is_skipped_and_counted(tiny, tmp_path):
+def _poison_step(monkeypatch, at: int):
+  """A NaN in the training batch of step `at` (1-based)."""
+  real = Setup.train_batch
+
+  def poisoned(self, step):
+    inputs, y = real(self, step)
+    if step + 1 == at:
+      inputs["x"] = inputs["x"].at[0, 0, 0].set(float("nan"))
+    return inputs, y
+
+  monkeypatch.setattr(Setup, "train_batch", poisoned)
+
+
+def test_nan_batch_is_skipped_and_counted(tiny, tmp_path, capsys, monkeypatch):
   wd = tmp_path / "run"
-  out = _run(
-    [sys.executable, "-c", NAN_INJECTOR, "7", *_cmd(tiny, wd)[3:], "--config.train.max_steps=100"]
-  )
-  assert out.returncode == 0, out.stderr[-2000:]
+  _poison_step(monkeypatch, 7)
+  code, err = _train_here(capsys, tiny, wd, "--config.train.max_steps=100")
+  assert code == 0, err[-2000:]
   metrics = json.load(open(wd / "metrics.json"))
   assert metrics["nonfinite_steps"] == 1
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(_best_params(str(wd))))
   assert np.isfinite(metrics["test"]["mse"])
 
 
-def test_too_many_nan_steps_stop_the_run_naming_the_step(tiny, tmp_path):
+def test_too_many_nan_steps_stop_the_run_naming_the_step(tiny, tmp_path, capsys, monkeypatch):
   wd = tmp_path / "run"
-  out = _run(
-    [
-      sys.executable,
-      "-c",
-      NAN_INJECTOR,
-      "7",
-      *_cmd(tiny, wd)[3:],
-      "--config.train.max_steps=100",
-      "--config.train.max_nonfinite_steps=0",
-    ]
-  )
-  assert out.returncode == 1
-  last = out.stderr.strip().splitlines()[-1]
+  _poison_step(monkeypatch, 7)
+  extra = ("--config.train.max_steps=100", "--config.train.max_nonfinite_steps=0")
+  code, err = _train_here(capsys, tiny, wd, *extra)
+  assert code == 1
+  last = err.strip().splitlines()[-1]
   assert last.startswith("error: non-finite loss or gradients at step 7")
   assert "train.max_nonfinite_steps=0" in last
 
 
-def test_unwritable_workdir_fails_before_training(tiny, tmp_path):
+def test_unwritable_workdir_fails_before_training(tiny, tmp_path, capsys):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  out = _run(_cmd(tiny, blocker / "run"))
-  assert out.returncode == 2
-  assert out.stderr.startswith("error: workdir ") and "is not writable" in out.stderr
+  code, err = _train_here(capsys, tiny, blocker / "run")
+  assert code == 2
+  assert err.startswith("error: workdir ") and "is not writable" in err
 
 
 def test_full_disk_is_refused_before_training(tiny, tmp_path, monkeypatch):
