@@ -6,7 +6,13 @@ temporaries (`memory_analysis().temp_size_in_bytes`) with and without `jax.check
 each block, for the blocks
 
 - unrolled (a Python loop: one block after another in the program), and
-- under `lax.scan` over stacked weights (one block, looped).
+- under `lax.scan` over stacked weights (one block, looped);
+
+and how many `tanh` ops the program has before XLA's passes and after them: with
+`jax.checkpoint` JAX emits the forward again for the backward pass (twice the forward's
+count, behind optimization barriers), and what XLA keeps of that shows whether the
+recomputation survived or was merged back into the forward (common-subexpression
+elimination once the barriers are lowered).
 
 Why it matters here: `XLSTMStack` runs consecutive mLSTM blocks under `nn.scan` and each
 sLSTM block unrolled, and its `remat` (per-block `nn.remat`) lowered the xLSTM stacks'
@@ -19,12 +25,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import re
 
 import jax
 import jax.numpy as jnp
 
 
-def temp_mib(rows: int, width: int, layers: int, depth: int, scanned: bool, remat: bool) -> float:
+def measure(
+  rows: int, width: int, layers: int, depth: int, scanned: bool, remat: bool
+) -> tuple[float, int, int]:
+  """Temporaries in MiB, and the `tanh` ops before and after XLA's passes."""
+
   def block(w, x):
     for _ in range(depth):
       x = jnp.tanh(x @ w)
@@ -42,8 +53,11 @@ def temp_mib(rows: int, width: int, layers: int, depth: int, scanned: bool, rema
 
   ws = jax.ShapeDtypeStruct((layers, width, width), jnp.float32)
   x = jax.ShapeDtypeStruct((rows, width), jnp.float32)
-  compiled = jax.jit(jax.grad(loss)).lower(ws, x).compile()
-  return compiled.memory_analysis().temp_size_in_bytes / 2**20
+  lowered = jax.jit(jax.grad(loss)).lower(ws, x)
+  compiled = lowered.compile()
+  before = lowered.as_text().count("stablehlo.tanh")
+  after = len(re.findall(r"\} tanh\(", compiled.as_text()))
+  return compiled.memory_analysis().temp_size_in_bytes / 2**20, before, after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
   args = ap.parse_args(argv)
   one = args.rows * args.width * 4 / 2**20
   print(f"one activation: {one:.1f} MiB; {args.layers} blocks of {args.depth} matmuls\n")
-  print("| blocks | temp MiB, no remat | temp MiB, remat per block |")
-  print("|---|---:|---:|")
+  print("| blocks | remat | temp MiB | tanh ops before XLA | after XLA |")
+  print("|---|---|---:|---:|---:|")
   for scanned in (False, True):
-    row = [temp_mib(args.rows, args.width, args.layers, args.depth, scanned, r) for r in (0, 1)]
-    name = "under `lax.scan`" if scanned else "unrolled"
-    print(f"| {name} | {row[0]:.1f} | {row[1]:.1f} |")
+    for remat in (False, True):
+      mib, before, after = measure(args.rows, args.width, args.layers, args.depth, scanned, remat)
+      name = "under `lax.scan`" if scanned else "unrolled"
+      print(f"| {name} | {'yes' if remat else 'no'} | {mib:.1f} | {before} | {after} |")
   return 0
 
 
