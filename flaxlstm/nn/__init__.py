@@ -10,7 +10,8 @@ Flax models, and what the forecasting framework around it is built on.
     stacks.py  StackedLSTM (one cuDNN call where it can), StackedRNN over any cell
     xlstm.py   the xLSTM family's layers as the `xlstm` package builds them (SLSTM, MLSTM,
                their blocks, XLSTMStack); stack_layout.py: which of a stack's blocks
-               are scanned together (read by the converters too)
+               are scanned together (read by the converters too); remat.py: the
+               per-block remat of its unrolled (sLSTM) blocks
     blocks.py  RevIN, segment embedding, the parallel and recurrent decoders
     convert.py Flax, PyTorch, cuDNN and xlstm weight layouts
     nnx.py     the same layers for Flax NNX, on the same kernels

@@ -39,6 +39,7 @@ from flaxlstm.nn.cells.mlstm import ALL_MLSTM_OPTIONS, MLSTMCell, MLSTMOptions
 from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer
+from flaxlstm.nn.remat import remat_call
 from flaxlstm.nn.stack_layout import block_runs
 
 Array = jax.Array
@@ -478,13 +479,21 @@ class XLSTMStack(nn.Module):
     for kind, start, length in block_runs(self.num_blocks, self.slstm_at):
       if kind == "slstm":
         position = start / max(self.num_blocks - 1, 1)
-        block_cls = nn.remat(SLSTMBlock) if self.remat else SLSTMBlock
-        block = block_cls(
+        block = SLSTMBlock(
           self.features,
           **{"block_position": position, **self.slstm},
           name=f"slstm_{start}",
         )
-        x = block(x, seq_lengths=seq_lengths, deterministic=deterministic)
+        if self.remat and not self.is_initializing():
+          # Unrolled, so not `nn.remat`, which XLA:CPU undoes here (nn/remat.py).
+          det = self.slstm.get("deterministic") if deterministic is None else deterministic
+          drops = ("dropout", "recurrent_dropout", "ffn_dropout")
+          stochastic = det is False and any(self.slstm.get(k, 0.0) for k in drops)
+          x = remat_call(
+            block, x, seq_lengths=seq_lengths, deterministic=deterministic, stochastic=stochastic
+          )
+        else:
+          x = block(x, seq_lengths=seq_lengths, deterministic=deterministic)
         continue
       body_cls = nn.remat(_ScannedMLSTM, static_argnums=(3,)) if self.remat else _ScannedMLSTM
       run = nn.scan(
