@@ -180,6 +180,31 @@ def test_the_three_forms_agree_over_a_long_sequence():
     _agree(results[key], results["recurrent", None])
 
 
+def test_the_parallel_form_from_a_constant_start_state_inside_jit():
+  """A zero start state with m = 0 built inside the jitted function (a constant of the
+  program): XLA:CPU once compiled the parallel form at T = 1024 into outputs off by 1e30
+  from it (flaxlstm/nn/kernels/mlstm.py keeps the state opaque). Against the chunkwise
+  form from the same state."""
+  b, t, nh, dh = 1, 1024, 4, 64
+  ks = jax.random.split(jax.random.key(0), 5)
+  q, k, v = (jax.random.normal(key, (b, t, nh, dh)) for key in ks[:3])
+  x = MLSTMStepInputs(
+    q,
+    k * dh**-0.5,
+    v,
+    jax.random.normal(ks[3], (b, t, nh)),
+    3.0 + jax.random.normal(ks[4], (b, t, nh)),
+  )
+
+  def outputs(x, chunk):
+    zero = MLSTMCarry(jnp.zeros((b, nh, dh, dh)), jnp.zeros((b, nh, dh)), jnp.zeros((b, nh)))
+    return mlstm_sequence(x, zero, chunk_size=chunk)[1]
+
+  parallel = jax.jit(outputs, static_argnums=1)(x, None)
+  chunked = jax.jit(outputs, static_argnums=1)(x, 64)
+  _close(parallel, chunked)
+
+
 # ---- the step and the parallel form against the xlstm package's backends -------------------------
 def _backends():
   torch = pytest.importorskip("torch")

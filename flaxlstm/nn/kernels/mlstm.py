@@ -189,7 +189,11 @@ def mlstm_sequence(
   # of the outputs): there the sums between steps are taken directly (`_between`).
   exact = L > DEFAULT_CHUNK
   ii = chunks(f32(x.i))
-  carry = MLSTMCarry(*(f32(a) for a in carry))
+  # Opaque to XLA: with a start state that is a constant of the jitted program (zeros with
+  # m = 0, as a caller may build inside `jit`), XLA:CPU (jax 0.10.2) compiled the parallel
+  # form at T = 1024 into outputs off by 1e23-1e37, different on every compile; from the
+  # same state passed in as an argument, or behind this barrier, it is right.
+  carry = jax.lax.optimization_barrier(MLSTMCarry(*(f32(a) for a in carry)))
   final, starts = _chunk_end_states(carry, k, v, log_f, b, ii, on, exact)
   h = _chunk_outputs(starts, q, k, v, log_f, b, ii, on, eps, exact)  # (NC, B, NH, L, DH)
   nh, dh = h.shape[2], h.shape[-1]
