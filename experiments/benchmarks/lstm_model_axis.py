@@ -101,19 +101,15 @@ def measure(name: str, shape: tuple[int, int, int], args) -> dict:
     t0 = time.perf_counter()
     state = jax.block_until_ready(compiled(state, x, y))
     times.append(time.perf_counter() - t0)
-  kernel = jax.tree_util.keystr(
-    next(p for p, _ in jax.tree_util.tree_leaves_with_path(shardings[0]) if "recurrent" in str(p))
+  kernel_spec = next(
+    s.spec
+    for p, s in jax.tree_util.tree_leaves_with_path(shardings[0])
+    if "recurrent_kernel" in jax.tree_util.keystr(p)
   )
   return {
     "mesh": name,
     "shape": dict(zip(parallel.AXES, shape)),
-    "recurrent_kernel_spec": str(
-      next(
-        s.spec
-        for p, s in jax.tree_util.tree_leaves_with_path(shardings[0])
-        if jax.tree_util.keystr(p) == kernel
-      )
-    ),
+    "recurrent_kernel_spec": str(kernel_spec),
     "loop_bodies": bodies,
     "loop_collectives": kinds,
     "loop_bytes": moved,
