@@ -47,10 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.features = ()  # a long table's own target
   config.data.split = "holdout"
   config.data.horizon = horizon
-  # A few horizons of history: enough to see a trend and the recent level, short enough
-  # that short series still have training windows. At least one season, so the
-  # seasonal-naive baseline reads only the window.
-  config.data.lookback = max(3 * horizon, season)
+  # Four horizons of history: enough to see a trend and the recent level, short enough
+  # that short series still have training windows (chosen on M4 Weekly's validation
+  # origins: experiments/README.md). At least one season, so the seasonal-naive baseline
+  # reads only the window.
+  config.data.lookback = max(4 * horizon, season)
   config.data.seasonal_period = season
   # Each series divided by its own largest training value: the loss then weighs every
   # series by its relative error (as sMAPE does), not by its size.

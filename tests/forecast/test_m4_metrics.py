@@ -72,16 +72,32 @@ def test_m4_script_naive_and_seasonal_naive_by_hand():
   np.testing.assert_array_equal(out["seasonal_naive"], [y[8:21], [5.0] * 13])
 
 
+def test_m4_script_origins_hold_out_13_weeks_each_further_back(tmp_path):
+  weekly = _weekly_script()
+  rows = [("a", k) for k in range(50)] + [("b", k) for k in range(40)]
+  frame = pd.DataFrame(rows, columns=["unique_id", "y"])
+  frame["ds"] = pd.Timestamp("2000-01-03") + pd.to_timedelta(7 * frame.y, unit="D")
+  # Rows shuffled: the script orders each series by date itself.
+  frame.sample(frac=1, random_state=0).to_csv(tmp_path / "weekly_train.csv", index=False)
+  for origin in (1, 2, 3):
+    history, future = weekly.load(tmp_path, origin)
+    for name, n in (("a", 50), ("b", 40)):
+      kept = n - 13 * origin
+      np.testing.assert_array_equal(history[history.unique_id == name].y, np.arange(kept))
+      # The 13 weeks right after the history; the rows after them are not read.
+      np.testing.assert_array_equal(future[future.unique_id == name].y, np.arange(kept, kept + 13))
+
+
 @pytest.mark.skipif(not (M4 / "weekly_test.csv").exists(), reason="M4 Weekly not present")
 def test_the_naive_forecast_reproduces_m4s_published_naive2_on_weekly():
   weekly = _weekly_script()
-  history, future = weekly.load(M4, validate=False)
+  history, future = weekly.load(M4, 0)
   ids = sorted(history.unique_id.unique())
   scales = [metrics.mase_scale(history.loc[history.unique_id == i, "y"].to_numpy()) for i in ids]
   result = weekly.score(weekly.matrix(future, ids), weekly.baselines(history, ids)["naive"], scales)
   assert result["smape"] == pytest.approx(9.161, abs=5e-4)
   assert result["mase"] == pytest.approx(2.777, abs=5e-4)
   # The validation cut holds out each series' last 13 training rows, never the test file.
-  held, cut = weekly.load(M4, validate=True)
+  held, cut = weekly.load(M4, 1)
   assert (cut.groupby("unique_id").size() == 13).all()
   assert len(held) + len(cut) == len(history)
