@@ -2,7 +2,7 @@
 
   python experiments/m4/weekly.py --seeds 0 1 2               # the test score (M4 protocol)
   python experiments/m4/weekly.py --validate --seeds 0        # the validation score
-  python experiments/m4/weekly.py --validate 1 2 3 --min-history 78 --seeds 0 1 2 \
+  python experiments/m4/weekly.py --validate 1 2 3 --seeds 0 1 2 \
       -- --config.data.lookback=39                           # a candidate at three origins
 
 Protocol (M4, the dataset's README.md): one global model trained on every series' history
@@ -18,7 +18,8 @@ runs the same protocol on the rest: `weekly_test.csv` is never read then. `--val
 does so at three forecast origins (origin K: the 13 weeks that start K x 13 weeks before
 the end of the training rows, the rows after them unused), each in WORKDIR/originK, and
 prints their mean: one origin is a noisy judge. Series too short for an origin's history
-are left out of its training file and its scores (`--min-history`). The test score is
+are left out of its training file and its scores (`--min-history`; by default the 65
+series with fewer than 78 weeks there). The test score is
 computed once a recipe is frozen. Naive and seasonal naive (52 weeks) are scored beside it;
 the naive forecast reproducing Naive2's published numbers checks the metric code.
 
@@ -47,16 +48,17 @@ SEASON = 52  # Weeks per year, for the seasonal naive forecast only.
 NAIVE2 = {"smape": 9.161, "mase": 2.777}  # M4's published Naive2 on Weekly.
 
 
-def load(data_dir: pathlib.Path, validate: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-  """(history, the 13 weeks after it) per series. `validate` k > 0: the history less its
-  last k x 13 rows and the 13 rows after that, without reading the test file."""
+def load(data_dir: pathlib.Path, origin: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """(history, the 13 weeks after it) per series: the training file and the test file at
+  origin 0; at a validation origin k > 0 the history less its last k x 13 rows and the 13
+  rows after that, without reading the test file."""
   train = pd.read_csv(data_dir / "weekly_train.csv", parse_dates=["ds"])
   train = train.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
-  if validate:
+  if origin:
     back = train.groupby("unique_id").cumcount(ascending=False)
     kept, after = (
-      back >= validate * HORIZON,
-      back.between((validate - 1) * HORIZON, validate * HORIZON - 1),
+      back >= origin * HORIZON,
+      back.between((origin - 1) * HORIZON, origin * HORIZON - 1),
     )
     return train[kept].reset_index(drop=True), train[after].reset_index(drop=True)
   test = pd.read_csv(data_dir / "weekly_test.csv", parse_dates=["ds"])
@@ -117,10 +119,10 @@ def evaluate(args: argparse.Namespace, origin: int, workdir: pathlib.Path) -> di
   horizons before the end of the training rows); the results, also in workdir."""
   workdir.mkdir(parents=True, exist_ok=True)
   history, future = load(args.data_dir, origin)
-  # Earlier origins leave the shortest series (80 weeks) too few rows for the recipe's
-  # lookback, a training window and the early-stopping rows (5 horizons): scored without
-  # them, the baselines too.
-  min_history = args.min_history if args.min_history >= 0 else 5 * HORIZON * (origin > 1)
+  # A validation origin leaves the shortest series (80 weeks) too few rows for the recipe's
+  # lookback (4 horizons), a training window's horizon and the early-stopping rows (6
+  # horizons in all): scored without them, the baselines too.
+  min_history = args.min_history if args.min_history >= 0 else 6 * HORIZON * (origin > 0)
   left_out = 0
   if min_history:
     lengths = history.groupby("unique_id").size()
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     "--min-history",
     type=int,
     default=-1,
-    help="leave out the series with fewer rows of history (default: 65 at origins K > 1, "
-    "else none)",
+    help="leave out the series with fewer rows of history (default: 78 at a validation "
+    "origin, none on the test file)",
   )
   p.add_argument("overrides", nargs="*", help="config overrides for the recipe, after --")
   args = p.parse_args(argv)
