@@ -115,6 +115,12 @@ class DataSpec(_Spec):
   test_size: int = -1
   # Long tables: drop the series too short for a window in every split (else an error).
   drop_short: bool = False
+  # Windows may start before a series has `lookback` rows (one observed input suffices):
+  # the inputs before its first row repeat that row's values (edge padding). Short series
+  # then train and forecast with a long lookback (NeuralForecast's start_padding_enabled,
+  # which pads zeros; the first value keeps RevIN's and the scalers' statistics in the
+  # series' own range). Off: every window's inputs are observed rows.
+  start_padding: bool = False
   # Each series trains on its most recent train rows only, at most this many but never
   # fewer than one window's (data.lookback + data.horizon): its windows and its scaler's
   # statistics (val and test windows still read the rows before them as inputs); 0 = every

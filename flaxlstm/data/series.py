@@ -108,6 +108,8 @@ class SeriesData:
     known_names: their names.
     static: float32 ``(n_series, n_static)`` scaled static columns, or None.
     has_targets: False when an inference file lacks the target columns.
+    start_padding: windows may start after one row of their series, the inputs before
+      its first row repeating that row (``data.start_padding``; `input_rows`).
   """
 
   x: np.ndarray
@@ -128,6 +130,17 @@ class SeriesData:
   known_names: tuple[str, ...] = ()
   static: np.ndarray | None = None
   has_targets: bool = True
+  start_padding: bool = False
+
+  def input_rows(self, starts: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Rows ``starts[:, None] + steps`` (``steps`` counted from each window's start); with
+    `start_padding`, a row before its window's series begins is that series' first row
+    (edge padding), so no window reads another series."""
+    rows = np.asarray(starts, np.int64)[:, None] + np.asarray(steps, np.int64)
+    if self.start_padding:
+      first = self.offsets[self.row_series(np.asarray(starts) - 1)]
+      rows = np.maximum(rows, first[:, None])
+    return rows
 
   @property
   def n_rows(self) -> int:
@@ -196,7 +209,9 @@ class SeriesData:
   def window_index(self, split: str) -> WindowIndex:
     """Every window (stride 1) whose targets lie in ``split``, per series.
 
-    Window ``i`` has inputs ``[i - lookback, i)`` and targets ``[i, i + horizon)``. Train
+    Window ``i`` has inputs ``[i - lookback, i)`` (with `start_padding`, the rows before
+    its series' first repeat that row, and one observed row suffices) and targets
+    ``[i, i + horizon)``. Train
     windows keep their inputs inside the train rows too. Val/test windows may read inputs
     from the rows before their split (the Informer convention: context, not targets), so
     every split is evaluated on all of its rows; no target of a later split ever appears
@@ -208,10 +223,11 @@ class SeriesData:
     if split not in self.split_rows:
       raise error(f"unknown split {split!r} (this data has: {', '.join(self.split_rows)})")
     rows = self.split_rows[split]
+    need = 1 if self.start_padding else self.lookback  # observed input rows (`context`)
     if split == "train":
-      first = rows[:, 0] + self.lookback
+      first = rows[:, 0] + need
     else:
-      first = np.maximum(rows[:, 0], self.offsets[:-1] + self.lookback)
+      first = np.maximum(rows[:, 0], self.offsets[:-1] + need)
     counts = np.maximum(rows[:, 1] - self.horizon - first + 1, 0)
     return WindowIndex(first.astype(np.int64), counts.astype(np.int64))
 
@@ -275,16 +291,26 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
       if spec.split == "holdout":
         what = f"{path}: series {name} has {lengths[first]} rows; {splits.holdout_needs(spec)}"
       else:
+        need = splits.context(spec)
+        inputs = (
+          "1 input row (data.start_padding)"
+          if spec.start_padding
+          else (f"data.lookback={spec.lookback}")
+        )
         what = (
-          f"series too short: data.lookback={spec.lookback} + data.horizon={spec.horizon} "
-          f"need at least {spec.lookback + spec.horizon} train rows and {spec.horizon} val "
+          f"series too short: {inputs} + data.horizon={spec.horizon} "
+          f"need at least {need + spec.horizon} train rows and {spec.horizon} val "
           f"and test rows in every series, but data.split={spec.split!r} leaves series "
           f"{name} ({lengths[first]} rows) with train={ends[first, 0]}, "
           f"val={ends[first, 1] - ends[first, 0]}, test={ends[first, 2] - ends[first, 1]}"
         )
       n_short = int(short_.sum())
       if not spec.drop_short or n_short == len(lengths):
-        hint = "" if spec.drop_short else "; set data.drop_short=True to leave them out"
+        hint = ""
+        if not spec.drop_short:
+          hint = "; set data.drop_short=True to leave them out"
+          if not spec.start_padding:
+            hint += ", or data.start_padding=True to pad their first windows"
         raise error(f"{what} ({n_short} of {len(lengths)} series are too short{hint})")
       log.warning(
         f"data.drop_short: left out {n_short} of {len(lengths)} series too short to split"
@@ -301,7 +327,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   # (never fewer than one window's).
   train_begin = np.zeros((len(ends), 1), np.int64)
   if spec.recent_train_rows:
-    recent = max(spec.recent_train_rows, spec.lookback + spec.horizon)
+    recent = max(spec.recent_train_rows, splits.context(spec) + spec.horizon)
     train_begin[:, 0] = np.maximum(ends[:, 0] - recent, 0)
   local = np.concatenate([train_begin, ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
@@ -432,6 +458,7 @@ def _build(
       scalers.static_scaler, static, spec.static, table.offsets[:-1], None, spec, table
     ),
     has_targets=has_targets,
+    start_padding=spec.start_padding,
   )
 
 
@@ -470,8 +497,8 @@ def prepare_inference(
   )
   del raw
   lengths = np.diff(table.offsets)
-  if (lengths < spec.lookback).any():
-    first = int(np.argmax(lengths < spec.lookback))
+  if (lengths < splits.context(spec)).any():
+    first = int(np.argmax(lengths < splits.context(spec)))
     which = (
       f"series {short(table.series_ids[first])} of {resolved}"
       if table.series_ids

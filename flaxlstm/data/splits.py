@@ -49,19 +49,27 @@ def holdout_sizes(spec: DataSpec) -> tuple[int, int]:
   return val, test
 
 
+def context(spec: DataSpec) -> int:
+  """The observed rows a window's inputs need: the lookback, or one with
+  `data.start_padding` (the rest repeats the series' first row)."""
+  return 1 if spec.start_padding else spec.lookback
+
+
 def holdout_minimum(spec: DataSpec) -> int:
   """The fewest rows a series needs under `data.split='holdout'`: a train window, then the
   val and test rows."""
-  return spec.lookback + spec.horizon + sum(holdout_sizes(spec))
+  return context(spec) + spec.horizon + sum(holdout_sizes(spec))
 
 
 def holdout_needs(spec: DataSpec) -> str:
   """What a series needs under `data.split='holdout'`, for messages."""
   val, test = holdout_sizes(spec)
+  inputs = (
+    "1 input row (data.start_padding)" if spec.start_padding else (f"data.lookback={spec.lookback}")
+  )
   return (
-    f"data.split='holdout' needs at least {holdout_minimum(spec)} (data.lookback="
-    f"{spec.lookback} + data.horizon={spec.horizon} for a train window, data.val_size={val}, "
-    f"data.test_size={test})"
+    f"data.split='holdout' needs at least {holdout_minimum(spec)} ({inputs} + data.horizon="
+    f"{spec.horizon} for a train window, data.val_size={val}, data.test_size={test})"
   )
 
 
@@ -195,14 +203,17 @@ def check_lengths(
   """Requires at least one window per split (train: inputs inside train rows too) but a
   test split the config leaves out; `source` names the file in messages."""
   sizes = {name: stop - start for name, (start, stop) in bounds.items()}
-  lookback, horizon = spec.lookback, spec.horizon
+  lookback, horizon = context(spec), spec.horizon
   test_ok = sizes["test"] >= horizon or not has_test(spec)
   if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and test_ok:
     return
   if spec.split == "holdout":
     raise error(f"{source} has {n_rows} rows; {holdout_needs(spec)}")
+  inputs = (
+    "1 input row (data.start_padding)" if spec.start_padding else (f"data.lookback={lookback}")
+  )
   raise error(
-    f"series too short: data.lookback={lookback} + data.horizon={horizon} need "
+    f"series too short: {inputs} + data.horizon={horizon} need "
     f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
     f"but data.split={spec.split!r} gives train={sizes['train']}, "
     f"val={sizes['val']}, test={sizes['test']} (of {n_rows} rows)"
@@ -244,4 +255,4 @@ def short_series(spec: DataSpec, ends: np.ndarray) -> np.ndarray:
   """Which series lack a window in some split (train: inputs inside train rows too)."""
   train, val, test = ends[:, 0], ends[:, 1] - ends[:, 0], ends[:, 2] - ends[:, 1]
   short_test = (test < spec.horizon) if has_test(spec) else np.zeros(len(ends), bool)
-  return (train < spec.lookback + spec.horizon) | (val < spec.horizon) | short_test
+  return (train < context(spec) + spec.horizon) | (val < spec.horizon) | short_test

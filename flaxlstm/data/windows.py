@@ -84,10 +84,10 @@ def model_inputs(
   out = {"x": gather_inputs(data, starts), "y_last": data.y[starts - 1]}
   if data.known is not None:
     if future_known is None:
-      rows = starts[:, None] + np.arange(-data.lookback, data.horizon, dtype=np.int64)
+      rows = data.input_rows(starts, np.arange(-data.lookback, data.horizon))
       out["known"] = data.known[rows]
     else:
-      rows = starts[:, None] + np.arange(-data.lookback, 0, dtype=np.int64)
+      rows = data.input_rows(starts, np.arange(-data.lookback, 0))
       out["known"] = np.concatenate([data.known[rows], future_known], axis=1)
   if data.static is not None or data.series_ids:
     series = data.row_series(starts - 1)  # the row before a start is always the series'
@@ -103,9 +103,7 @@ def gather_inputs(data: SeriesData, starts: np.ndarray) -> np.ndarray:
 
   Starts may go up to ``n_rows`` (the forecast beyond the end of the data).
   """
-  starts = np.asarray(starts, dtype=np.int64)
-  rows = starts[:, None] + np.arange(-data.lookback, 0, dtype=np.int64)
-  return data.x[rows]
+  return data.x[data.input_rows(starts, np.arange(-data.lookback, 0))]
 
 
 def gather_windows(data: SeriesData, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

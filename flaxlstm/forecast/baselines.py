@@ -50,10 +50,9 @@ def seasonal_naive_forecast(data: SeriesData, starts: np.ndarray, period: int) -
       f"data.seasonal_period must be an integer in [1, data.lookback="
       f"{data.lookback}], got {short(period)}"
     )
-  starts = np.asarray(starts, dtype=np.int64)
   h = np.arange(data.horizon, dtype=np.int64)
   offsets = h - period * ((h + period) // period)  # (h+period)//period == ceil((h+1)/period)
-  return data.y[starts[:, None] + offsets[None, :]]
+  return data.y[data.input_rows(starts, offsets)]
 
 
 # The linear baseline solves a (lookback * n_features)-dimensional ridge problem; past this
@@ -232,7 +231,7 @@ def dlinear_forecaster(data: SeriesData, alpha: float = DLINEAR_ALPHA):
   moments = _Moments(lookback, horizon)
   chunk = max(1, _DLINEAR_CHUNK // n_targets)
   for i in range(0, len(starts), chunk):
-    rows = starts[i : i + chunk, None] + steps  # (B, L + H)
+    rows = data.input_rows(starts[i : i + chunk], steps)  # (B, L + H)
     series = np.moveaxis(data.y[rows], -1, 1).reshape(-1, lookback + horizon)  # (B * T, L + H)
     moments.add(series[:, :lookback], series[:, lookback:])
   model = _solve_dlinear(moments, DLINEAR_KERNEL, alpha)
@@ -240,7 +239,7 @@ def dlinear_forecaster(data: SeriesData, alpha: float = DLINEAR_ALPHA):
 
   def predict(s: np.ndarray) -> np.ndarray:
     s = np.asarray(s, dtype=np.int64)
-    x = np.moveaxis(data.y[s[:, None] + np.arange(-lookback, 0, dtype=np.int64)], -1, 1)
+    x = np.moveaxis(data.y[data.input_rows(s, np.arange(-lookback, 0))], -1, 1)
     out = x.astype(np.float64) @ weights + bias  # (B, T, H)
     return np.moveaxis(out, 1, -1).astype(np.float32)
 

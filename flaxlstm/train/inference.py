@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import calendar, io, scaling, series, windows
+from flaxlstm.data import calendar, io, scaling, series, splits, windows
 from flaxlstm.errors import InputError, TrainingError
 from flaxlstm.forecast.metrics import HeadDistribution
 from flaxlstm.report import Reporter
@@ -141,11 +141,12 @@ def predict_file(
       "(model.series_embedding) has learned an embedding for each training series only"
     )
   model = build_model(spec, data)
-  # Starts: each series' end (the forecast after it), or every position with `lookback`
-  # rows of history (back-testing) up to and including the end.
+  # Starts: each series' end (the forecast after it), or, back-testing, every position with
+  # `lookback` rows of history (one with data.start_padding) up to and including the end.
   begin, end = data.offsets[:-1], data.offsets[1:]
   if all_windows:
-    starts = np.concatenate([np.arange(b + data.lookback, e + 1) for b, e in zip(begin, end)])
+    need = splits.context(spec.data)
+    starts = np.concatenate([np.arange(b + need, e + 1) for b, e in zip(begin, end)])
   else:
     starts = end.copy()
   starts = starts.astype(np.int64)

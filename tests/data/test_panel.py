@@ -183,7 +183,8 @@ def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):
     f"data.val_size={2 * HORIZON}, data.test_size={n_c})"
   )
   assert message.endswith(
-    "(1 of 3 series are too short; set data.drop_short=True to leave them out)"
+    "(1 of 3 series are too short; set data.drop_short=True to leave them out, or "
+    "data.start_padding=True to pad their first windows)"
   )
   warned = []
   monkeypatch.setattr(series.log, "warning", warned.append)
@@ -320,6 +321,43 @@ def test_long_table_errors(tmp_path):
   _error("missing value (NaN) in column 'y'", series.prepare, spec(path))
   filled = series.prepare(spec(path, fill="ffill"))
   assert np.isfinite(filled.y).all()
+
+
+def test_start_padding_trains_and_forecasts_series_shorter_than_the_lookback(tmp_path):
+  frame = panel_frame()
+  c = frame[frame.unique_id == "c"].sort_values("ds")
+  # Series c keeps 14 rows: a holdout (val 4, test 4) leaves it 6 train rows, fewer than a
+  # window's lookback 8 + horizon 4.
+  frame = pd.concat([frame[frame.unique_id != "c"], c.iloc[:14]])
+  path = write(tmp_path, frame)
+  _error("series 'c' has 14 rows", series.prepare, spec(path, split="holdout"))
+  data = series.prepare(spec(path, split="holdout", start_padding=True))
+  s = data.series_ids.index("c")
+  begin = int(data.offsets[s])
+  train = data.window_index("train")
+  # c's train windows start after one observed row, and their targets stay in its train rows.
+  assert (train.first[s], train.counts[s]) == (begin + 1, 6 - HORIZON)
+  starts = np.array([begin + 1, begin + 3, int(data.offsets[s + 1])])  # the last: the forecast
+  x = windows.gather_inputs(data, starts)
+  steps = np.arange(-LOOKBACK, 0)
+  # Inputs before c's first row repeat it (edge padding), never another series' rows.
+  np.testing.assert_array_equal(x, data.x[np.maximum(starts[:, None] + steps, begin)])
+  assert (x[0] == data.x[begin]).all()
+  inputs = windows.model_inputs(data, starts)
+  np.testing.assert_array_equal(inputs["x"], x)
+  assert (inputs["series"] == data.series_codes[s]).all()
+  # The baselines read the same padded window: seasonal naive (period 4) one step in
+  # repeats c's first value.
+  from flaxlstm.forecast import baselines
+
+  seasonal = baselines.seasonal_naive_forecast(data, starts[:1], 4)
+  np.testing.assert_array_equal(seasonal[0], np.repeat(data.y[begin : begin + 1], HORIZON, 0))
+  scores = baselines.baseline_metrics(data, 4)
+  assert all(np.isfinite(scores[name]["test"]["mse"]) for name in ("linear", "dlinear"))
+  # Without padding a window's rows are the plain range: nothing changes for long series.
+  plain = series.prepare(spec(write(tmp_path, panel_frame(), "long.csv"), split="holdout"))
+  ends = plain.offsets[1:]
+  np.testing.assert_array_equal(windows.gather_inputs(plain, ends), plain.x[ends[:, None] + steps])
 
 
 def test_config_checks_for_panels():
