@@ -292,13 +292,8 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
         what = f"{path}: series {name} has {lengths[first]} rows; {splits.holdout_needs(spec)}"
       else:
         need = splits.context(spec)
-        inputs = (
-          "1 input row (data.start_padding)"
-          if spec.start_padding
-          else (f"data.lookback={spec.lookback}")
-        )
         what = (
-          f"series too short: {inputs} + data.horizon={spec.horizon} "
+          f"series too short: {splits.context_words(spec)} + data.horizon={spec.horizon} "
           f"need at least {need + spec.horizon} train rows and {spec.horizon} val "
           f"and test rows in every series, but data.split={spec.split!r} leaves series "
           f"{name} ({lengths[first]} rows) with train={ends[first, 0]}, "

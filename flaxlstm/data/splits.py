@@ -55,6 +55,13 @@ def context(spec: DataSpec) -> int:
   return 1 if spec.start_padding else spec.lookback
 
 
+def context_words(spec: DataSpec) -> str:
+  """`context` as messages name it."""
+  if spec.start_padding:
+    return "1 input row (data.start_padding)"
+  return f"data.lookback={spec.lookback}"
+
+
 def holdout_minimum(spec: DataSpec) -> int:
   """The fewest rows a series needs under `data.split='holdout'`: a train window, then the
   val and test rows."""
@@ -64,11 +71,9 @@ def holdout_minimum(spec: DataSpec) -> int:
 def holdout_needs(spec: DataSpec) -> str:
   """What a series needs under `data.split='holdout'`, for messages."""
   val, test = holdout_sizes(spec)
-  inputs = (
-    "1 input row (data.start_padding)" if spec.start_padding else (f"data.lookback={spec.lookback}")
-  )
   return (
-    f"data.split='holdout' needs at least {holdout_minimum(spec)} ({inputs} + data.horizon="
+    f"data.split='holdout' needs at least {holdout_minimum(spec)} ({context_words(spec)} + "
+    f"data.horizon="
     f"{spec.horizon} for a train window, data.val_size={val}, data.test_size={test})"
   )
 
@@ -209,11 +214,8 @@ def check_lengths(
     return
   if spec.split == "holdout":
     raise error(f"{source} has {n_rows} rows; {holdout_needs(spec)}")
-  inputs = (
-    "1 input row (data.start_padding)" if spec.start_padding else (f"data.lookback={lookback}")
-  )
   raise error(
-    f"series too short: {inputs} + data.horizon={horizon} need "
+    f"series too short: {context_words(spec)} + data.horizon={horizon} need "
     f"at least {lookback + horizon} train rows and {horizon} val and test rows, "
     f"but data.split={spec.split!r} gives train={sizes['train']}, "
     f"val={sizes['val']}, test={sizes['test']} (of {n_rows} rows)"
