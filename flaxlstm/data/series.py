@@ -132,6 +132,11 @@ class SeriesData:
   has_targets: bool = True
   start_padding: bool = False
 
+  @property
+  def context(self) -> int:
+    """The observed rows a window's inputs need (`splits.context` of the spec)."""
+    return 1 if self.start_padding else self.lookback
+
   def input_rows(self, starts: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Rows ``starts[:, None] + steps`` (``steps`` counted from each window's start); with
     `start_padding`, a row before its window's series begins is that series' first row
@@ -223,11 +228,10 @@ class SeriesData:
     if split not in self.split_rows:
       raise error(f"unknown split {split!r} (this data has: {', '.join(self.split_rows)})")
     rows = self.split_rows[split]
-    need = 1 if self.start_padding else self.lookback  # observed input rows (`context`)
     if split == "train":
-      first = rows[:, 0] + need
+      first = rows[:, 0] + self.context
     else:
-      first = np.maximum(rows[:, 0], self.offsets[:-1] + need)
+      first = np.maximum(rows[:, 0], self.offsets[:-1] + self.context)
     counts = np.maximum(rows[:, 1] - self.horizon - first + 1, 0)
     return WindowIndex(first.astype(np.int64), counts.astype(np.int64))
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import calendar, io, scaling, series, splits, windows
+from flaxlstm.data import calendar, io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
 from flaxlstm.forecast.metrics import HeadDistribution
 from flaxlstm.report import Reporter
@@ -145,8 +145,7 @@ def predict_file(
   # `lookback` rows of history (one with data.start_padding) up to and including the end.
   begin, end = data.offsets[:-1], data.offsets[1:]
   if all_windows:
-    need = splits.context(spec.data)
-    starts = np.concatenate([np.arange(b + need, e + 1) for b, e in zip(begin, end)])
+    starts = np.concatenate([np.arange(b + data.context, e + 1) for b, e in zip(begin, end)])
   else:
     starts = end.copy()
   starts = starts.astype(np.int64)
