@@ -126,12 +126,11 @@ def _latest_steps(workdir):
 def reference(tiny, tmp_path_factory):
   """The uninterrupted run every faulty run must reproduce exactly."""
   wd = tmp_path_factory.mktemp("faults") / "reference"
-  out = _run(_cmd(tiny, wd))
-  assert out.returncode == 0, out.stderr[-2000:]
+  assert cli.main(_cmd(tiny, wd)[3:]) == 0  # in this process, as `_train_here`
   return str(wd)
 
 
-def test_sigterm_saves_and_exits_then_rerun_resumes_identically(tiny, reference, tmp_path):
+def test_sigterm_saves_and_exits_then_rerun_resumes_identically(tiny, reference, tmp_path, capsys):
   wd = tmp_path / "run"
   proc = subprocess.Popen(
     _cmd(tiny, wd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
@@ -145,12 +144,12 @@ def test_sigterm_saves_and_exits_then_rerun_resumes_identically(tiny, reference,
   stopped_at = int(err.split("at step ")[1].split(";")[0])
   assert stopped_at in _latest_steps(wd)
   assert not os.path.exists(wd / "metrics.json")  # not finished: no final metrics yet
-  out = _run(_cmd(tiny, wd))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd)
+  assert code == 0, err[-2000:]
   _assert_same_run(str(wd), reference)
 
 
-def test_kill_9_at_random_moments_then_resume_is_bit_identical(tiny, reference, tmp_path):
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(tiny, reference, tmp_path, capsys):
   wd = tmp_path / "run"
   rng = np.random.default_rng(1234)
   for _ in range(3):
@@ -166,8 +165,8 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tiny, reference, 
     time.sleep(rng.uniform(0.0, 1.5))
     proc.kill()
     proc.wait()
-  out = _run(_cmd(tiny, wd))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd)
+  assert code == 0, err[-2000:]
   _assert_same_run(str(wd), reference)
 
 
@@ -268,25 +267,26 @@ def _one_error_line(stderr):
   return lines[0]
 
 
-def test_checkpoint_of_another_model_is_refused(tiny, tmp_path):
+def test_checkpoint_of_another_model_is_refused(tiny, tmp_path, capsys):
   wd = tmp_path / "run"
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=50"))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd, "--config.train.max_steps=50")
+  assert code == 0, err[-2000:]
   # With config.json there, the config diff names the key ...
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=50", "--config.model.hidden_sizes=16"))
-  assert out.returncode == 2 and "model.hidden_sizes" in _one_error_line(out.stderr)
+  other = ("--config.train.max_steps=50", "--config.model.hidden_sizes=16")
+  code, err = _train_here(capsys, tiny, wd, *other)
+  assert code == 2 and "model.hidden_sizes" in _one_error_line(err)
   # ... and without it, the checkpoint itself does not match: one line (no orbax
   # tracebacks from reads left running), and the run is exactly as it was.
   os.remove(wd / "config.json")
   before = _tree_bytes(wd)
-  out = _run(_cmd(tiny, wd, "--config.train.max_steps=50", "--config.model.hidden_sizes=16"))
-  assert out.returncode == 2
-  line = _one_error_line(out.stderr)
+  code, err = _train_here(capsys, tiny, wd, *other)
+  assert code == 2
+  line = _one_error_line(err)
   assert "does not match this config (param" in line and "shape" in line
   assert _tree_bytes(wd) == before
 
 
-def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path):
+def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path, capsys):
   wd = tmp_path / "run"
   cmd = _cmd(tiny, wd, "--config.train.eval_every_steps=1", "--config.train.max_steps=30")
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -297,15 +297,17 @@ def test_sigterm_is_honoured_when_every_step_evaluates(tiny, tmp_path):
   assert code == 128 + signal.SIGTERM, err[-2000:]
   stopped_at = int(err.split("at step ")[1].split(";")[0])
   assert stopped_at < 30 and stopped_at in _latest_steps(wd)
-  out = _run(cmd)
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd, *cmd[len(_cmd(tiny, wd)) :])
+  assert code == 0, err[-2000:]
   metrics = json.load(open(wd / "metrics.json"))
   assert metrics["steps"] == 30
   lines = [(r["step"], r["split"]) for r in map(json.loads, open(wd / "metrics.jsonl"))]
   assert len(lines) == len(set(lines))  # each step logged once across the two sessions
 
 
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, reference, tmp_path):
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(
+  tiny, reference, tmp_path, capsys
+):
   wd = tmp_path / "run"
   first = subprocess.Popen(
     [sys.executable, "-c", SLOW, "0.05", *_cmd(tiny, wd)[3:]],
@@ -331,8 +333,8 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_does_not_block(tiny, re
   # The lock file still names the dead process; the kernel dropped its lock, so the
   # rerun takes over and ends exactly as the uninterrupted run.
   assert str(first.pid) in (wd / lock_lib.LOCK_NAME).read_text()
-  out = _run(_cmd(tiny, wd))
-  assert out.returncode == 0, out.stderr[-2000:]
+  code, err = _train_here(capsys, tiny, wd)
+  assert code == 0, err[-2000:]
   _assert_same_run(str(wd), reference)
 
 
@@ -453,7 +455,9 @@ def _fill(folder):
       assert e.errno == errno.ENOSPC
 
 
-def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, reference, tmp_path):
+def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(
+  tiny, reference, tmp_path, capsys
+):
   with _small_disk(tmp_path / "disk") as real:
     wd = tmp_path / "disk" / "run"
     if real:  # the run fills a real filesystem: orbax, TensorBoard and our own writes
@@ -474,8 +478,8 @@ def test_full_disk_mid_run_is_one_line_keeps_the_checkpoint_and_resumes(tiny, re
     assert saved and f"checkpoint is step {saved[-1]}" in line
     if real:
       os.remove(tmp_path / "disk" / "filler")
-    out = _run(_cmd(tiny, wd))
-    assert out.returncode == 0, out.stderr[-2000:]
+    code, err = _train_here(capsys, tiny, wd)
+    assert code == 0, err[-2000:]
     _assert_same_run(str(wd), reference)
     steps = lambda d: [
       (r["step"], r["split"]) for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
