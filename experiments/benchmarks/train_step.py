@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -408,10 +409,14 @@ def allocator_env() -> str:
 
 
 def versions() -> dict:
+  # From the installed metadata: importing keras and torch only to read their versions took
+  # seconds, more than a tiny shape's whole run.
   out = {"python": platform.python_version(), "jax": jax.__version__}
-  for mod in ("flax", "optax", "keras", "torch"):
-    if importlib.util.find_spec(mod):
-      out[mod] = __import__(mod).__version__
+  for dist in ("flax", "optax", "keras", "torch"):
+    try:
+      out[dist] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      pass
   return out
 
 
