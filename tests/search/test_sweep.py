@@ -111,8 +111,13 @@ def test_shipped_ablation_sweeps_load():
   }
   for f in files:
     sweep = sweep_lib.load_sweep(f)
-    if f.stem == "ltsf_ett":  # the LTSF recipe's validation search, one seed per variant
+    # The LTSF recipe's validation searches: one seed per variant.
+    if f.stem == "ltsf_ett":
       assert sweep.config.endswith("ltsf/ett.py:96") and len(sweep.runs) == 4
+      continue
+    if f.stem == "ltsf_rate":
+      assert sweep.config.endswith("ltsf/ett.py:192") and len(sweep.runs) == 4
+      assert {r.setting["data.horizon"] for r in sweep.runs} == {192, 720}
       continue
     assert {r.seed for r in sweep.runs} == {0, 1, 2}
     assert sweep.config == "ett"
