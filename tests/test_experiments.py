@@ -8,6 +8,7 @@ columns and windows, and must run unchanged on another ETT-format file
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -18,7 +19,7 @@ import pytest
 
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
-from flaxlstm.data import series
+from flaxlstm.data import io, series
 
 HORIZONS = (24, 48, 168, 336, 720)
 COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
@@ -170,3 +171,23 @@ def test_probabilistic_recipe_runs_unchanged_on_another_ett_format_file(tmp_path
   dist = metrics["test"]["distribution"]
   assert np.isfinite(dist["crps"]) and 0 <= dist["coverage_80"] <= 1
   assert np.isfinite(metrics["conformal"]["model"]["test"]["crps"])
+
+
+def test_the_later_period_file_is_etth1s_last_rows_under_etts_split(tmp_path):
+  """experiments/ett/later_period.py: its file is the bundled ETTh1's last 14,400 rows,
+  unchanged, and the recipes split it as an ETT file, so its test rows are ETTh1's last
+  2,880 (past every row ETT's protocol reads)."""
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "ett" / "later_period.py"
+  spec = importlib.util.spec_from_file_location("later_period", script)
+  later = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(later)
+  path = later.write_later_file(str(tmp_path))
+  whole = pd.read_csv(io.bundled_dataset_path("ETTh1"))
+  part = pd.read_csv(path)
+  assert len(whole) > 14400 and len(part) == 14400
+  pd.testing.assert_frame_equal(part, whole.iloc[-14400:].reset_index(drop=True))
+  # The LTSF recipe's `data.split=auto` recognizes it as an ETT file (the univariate
+  # recipes name ETT's split outright).
+  config = config_lib.load_config(f"{LTSF}:96", [f"data.path={path}"])
+  data = series.prepare(config_lib.to_spec(config).data)
+  assert data.bounds == {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
