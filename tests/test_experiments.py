@@ -173,11 +173,12 @@ def test_probabilistic_recipe_runs_unchanged_on_another_ett_format_file(tmp_path
   assert np.isfinite(metrics["conformal"]["model"]["test"]["crps"])
 
 
-def test_the_later_period_file_is_etth1s_last_rows_under_etts_split(tmp_path):
+def test_the_later_period_file_is_etth1s_last_rows_under_etts_split(tmp_path, monkeypatch):
   """experiments/ett/later_period.py: its file is the bundled ETTh1's last 14,400 rows,
   unchanged, and the recipes split it as an ETT file, so its test rows are ETTh1's last
   2,880 (past every row ETT's protocol reads)."""
   script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "ett" / "later_period.py"
+  monkeypatch.syspath_prepend(str(script.parent))  # its sibling scripts, as when run
   spec = importlib.util.spec_from_file_location("later_period", script)
   later = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(later)

@@ -26,15 +26,13 @@ this run only and not distributed.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
 
 import pandas as pd
+from probabilistic_table import run  # this folder's: train a run, or read it if finished
 
-from flaxlstm import config as config_lib
-from flaxlstm import train as train_lib
 from flaxlstm.data.io import bundled_dataset_path
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -53,16 +51,6 @@ def write_later_file(workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   frame.iloc[len(frame) - ETT_ROWS :].to_csv(path, index=False)
   return path
-
-
-def run(spec: str, overrides: list[str], path: str) -> dict:
-  """Trains one run into `path`, or reads its metrics if it already finished."""
-  metrics_file = os.path.join(path, "metrics.json")
-  if os.path.isfile(metrics_file):
-    with open(metrics_file) as f:
-      return json.load(f)
-  config = config_lib.load_config(spec, overrides)
-  return train_lib.train_and_evaluate(config, path, quiet=True)
 
 
 def _ms(values: list[float], digits: int = 4, pct: bool = False) -> str:
