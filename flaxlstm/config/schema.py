@@ -217,6 +217,7 @@ def validate(spec: RunSpec) -> RunSpec:
     )
   m.choice("encoder", encoders.ENCODERS)
   m.choice("channels", model.CHANNELS)
+  m.choice("linear_skip_init", model.LINEAR_SKIP_INITS)
   m.choice("decoder", decoders.DECODERS)
   m.choice("head", heads.HEADS)
   t.choice("schedule", optim.SCHEDULES)

@@ -284,6 +284,9 @@ class ModelSpec(_Spec):
   # proportional to the window's volatility: calm windows can keep a floor of noise.
   volatility_input: bool = False
   linear_skip: bool = False  # Add a linear map from the whole window (LSTNet's AR part).
+  # Where that map starts: "zeros", or "ridge": the ridge fit of the training windows, so
+  # training starts from the best linear forecast and the LSTM learns what it misses.
+  linear_skip_init: str = "zeros"
   # "mixed": all input columns read together, the targets forecast jointly. "independent":
   # one shared model forecasts each column from its own past (channel independence: every
   # (column, window) is a sample); data.features must then equal data.target.
@@ -348,6 +351,14 @@ class ModelSpec(_Spec):
       c.check("volatility_input", self.volatility_scaling, "needs model.volatility_scaling=True")
     if self.revin_affine:
       c.check("revin_affine", self.revin, "needs model.revin=True")
+    if self.linear_skip_init == "ridge":
+      c.check("linear_skip_init", self.linear_skip, "needs model.linear_skip=True")
+      c.check(
+        "linear_skip_init",
+        self.head == "point",
+        f"fits point forecasts: it needs model.head='point', not {self.head!r}",
+      )
+      c.check("linear_skip_init", not self.revin, "does not cover model.revin (use 'zeros')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,6 +392,9 @@ class TrainSpec(_Spec):
   restore_best: bool = True  # Evaluate and export the best checkpoint, not the last.
   keep_best: int = 2  # Best checkpoints kept on disk.
   eval_every_steps: int = 0  # Validate every N steps; 0 = once per epoch.
+  # Also validate the starting model, before the first step: with a starting point worth
+  # keeping (model.linear_skip_init='ridge'), training must beat it on validation to replace it.
+  eval_at_start: bool = False
   log_every_steps: int = 50  # Train-metric logging interval.
   # Steps whose loss or gradient is NaN/inf are skipped (no update); more than this many
   # stops the run with an error naming the step.

@@ -62,6 +62,15 @@ LINEAR_MAX_INPUTS = 4096
 LINEAR_MAX_WINDOWS = 50_000
 
 
+def spread_train_starts(data: SeriesData, most: int) -> np.ndarray:
+  """Every training window's start, or `most` of them evenly spread: the samples a
+  closed-form fit reads (deterministic, so a fit is the same in every run)."""
+  index = data.window_index("train")
+  n = len(index)
+  positions = np.arange(n) if n <= most else np.linspace(0, n - 1, most)
+  return index.rows(positions.astype(np.int64))
+
+
 def linear_forecaster(data: SeriesData, alpha: float = 1.0):
   """Fits a ridge regression from the whole input window to the whole horizon.
 
@@ -75,10 +84,7 @@ def linear_forecaster(data: SeriesData, alpha: float = 1.0):
 
   if data.lookback * data.n_features > LINEAR_MAX_INPUTS:
     return None
-  index = data.window_index("train")
-  n = len(index)
-  positions = np.arange(n) if n <= LINEAR_MAX_WINDOWS else np.linspace(0, n - 1, LINEAR_MAX_WINDOWS)
-  starts = index.rows(positions.astype(np.int64))
+  starts = spread_train_starts(data, LINEAR_MAX_WINDOWS)
   x, y = windows.gather_windows(data, starts)
   model = Ridge(alpha=alpha).fit(x.reshape(len(starts), -1), y.reshape(len(starts), -1))
 
@@ -156,8 +162,8 @@ class DLinear:
     return np.asarray(x, np.float64) @ self.weights() + self.bias
 
 
-class _Moments:
-  """Running sums of windows ``x (n, L)`` and their futures ``y (n, H)``: what a least
+class Moments:
+  """Running sums of inputs ``x (n, L)`` and their targets ``y (n, H)``: what a least
   squares fit needs, gathered a chunk at a time."""
 
   def __init__(self, lookback: int, horizon: int):
@@ -174,7 +180,22 @@ class _Moments:
     self.xy += x.T @ y
 
 
-def _solve_dlinear(m: _Moments, kernel: int, alpha: float) -> DLinear:
+def ridge_solve(
+  m: Moments, alpha: float, transform: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """The ridge fit ``y ~ z @ w + bias`` to the moments `m`, with features ``z = x @
+  transform`` (default ``x``): minimizes the squared error plus ``alpha * |w|^2``, the bias
+  unpenalized (fit on centered moments, as scikit-learn's `Ridge`). Returns `(w, bias)`."""
+  mx, my = m.sx / m.n, m.sy / m.n
+  cxx = m.xx - m.n * np.outer(mx, mx)
+  cxy = m.xy - m.n * np.outer(mx, my)
+  if transform is not None:
+    cxx, cxy, mx = transform.T @ cxx @ transform, transform.T @ cxy, mx @ transform
+  w = np.linalg.solve(cxx + alpha * np.eye(len(cxx)), cxy)
+  return w, my - mx @ w
+
+
+def _solve_dlinear(m: Moments, kernel: int, alpha: float) -> DLinear:
   """The ridge fit of `DLinear` to the moments `m`: minimizes the squared error over the
   samples plus ``alpha * (|W_s|^2 + |W_t|^2)``, the bias unpenalized.
 
@@ -184,14 +205,8 @@ def _solve_dlinear(m: _Moments, kernel: int, alpha: float) -> DLinear:
   sum to the window, so only ``W_s (I - A) + W_t A`` is determined.)
   """
   lookback = len(m.sx)
-  mx, my = m.sx / m.n, m.sy / m.n
-  cxx = m.xx - m.n * np.outer(mx, mx)
-  cxy = m.xy - m.n * np.outer(mx, my)
   a = moving_average(lookback, kernel)
-  t = np.concatenate([np.eye(lookback) - a, a], axis=1)  # (L, 2L)
-  gram = t.T @ cxx @ t + alpha * np.eye(2 * lookback)
-  w = np.linalg.solve(gram, t.T @ cxy)  # (2L, H)
-  bias = my - (mx @ t) @ w
+  w, bias = ridge_solve(m, alpha, np.concatenate([np.eye(lookback) - a, a], axis=1))  # (2L, H)
   return DLinear(seasonal=w[:lookback], trend=w[lookback:], bias=bias, kernel=kernel)
 
 
@@ -205,7 +220,7 @@ def fit_dlinear(
   `alpha` makes it unique (`_solve_dlinear`).
   """
   x, y = np.asarray(x), np.asarray(y)
-  moments = _Moments(x.shape[1], y.shape[1])
+  moments = Moments(x.shape[1], y.shape[1])
   moments.add(x, y)
   return _solve_dlinear(moments, kernel, alpha)
 
@@ -222,13 +237,10 @@ def dlinear_forecaster(data: SeriesData, alpha: float = DLINEAR_ALPHA):
   lookback, horizon, n_targets = data.lookback, data.horizon, data.n_targets
   if lookback > LINEAR_MAX_INPUTS:
     return None
-  index = data.window_index("train")
-  n = len(index)
   most = max(1, min(LINEAR_MAX_WINDOWS, DLINEAR_MAX_SAMPLES // n_targets))
-  positions = np.arange(n) if n <= most else np.linspace(0, n - 1, most)
-  starts = index.rows(positions.astype(np.int64))
+  starts = spread_train_starts(data, most)
   steps = np.arange(-lookback, horizon, dtype=np.int64)
-  moments = _Moments(lookback, horizon)
+  moments = Moments(lookback, horizon)
   chunk = max(1, _DLINEAR_CHUNK // n_targets)
   for i in range(0, len(starts), chunk):
     rows = data.input_rows(starts[i : i + chunk], steps)  # (B, L + H)

@@ -25,6 +25,58 @@ Array = jax.Array
 VOLATILITY_FLOOR = 1e-3
 # The choices of model.channels.
 CHANNELS = ("mixed", "independent")
+# The choices of model.linear_skip_init: the highway starts at zero (the untrained model is
+# the LSTM's alone), or at the ridge fit of its own inputs to its own targets (`skip_problem`).
+LINEAR_SKIP_INITS = ("zeros", "ridge")
+
+
+def level_free(spec: ModelSpec, x: Array) -> tuple[Array, Array | None, Array | None]:
+  """The windows `x (..., L, F)` as the encoder and the highway read them, before RevIN:
+  relative to their last value (`predict_delta`), in units of their volatility
+  (`volatility_scaling`). Returns `(x, vol (..., 1, F) or None, log_vol or None)`."""
+  vol = log_vol = None
+  if spec.predict_delta:
+    # Level-free inputs: each feature relative to its last observed value, so a level
+    # shift between the training years and the test years changes nothing.
+    x = x - x[..., -1:, :]
+  if spec.volatility_scaling:
+    # Changes in units of the window's own volatility: a calm week and a stormy one reach
+    # the model alike, and its forecast (a distribution's spread too) is scaled back by
+    # the window's volatility, so calibration learned on the training years carries over
+    # to calmer or wilder test years. A statistic of the input, like RevIN's: no gradient.
+    vol = jax.lax.stop_gradient(
+      jnp.maximum(jnp.mean(jnp.abs(jnp.diff(x, axis=-2)), axis=-2, keepdims=True), VOLATILITY_FLOOR)
+    )
+    x = x / vol
+    if spec.volatility_input:
+      # The one statistic scaling hides from the model, as DeepAR's log-scale covariate.
+      log_vol = jnp.log(vol)
+  return x, vol, log_vol
+
+
+def skip_problem(
+  spec: ModelSpec, target_columns: tuple[int, ...], x: Array, y_last: Array, y: Array
+) -> tuple[Array, Array]:
+  """The linear highway's least-squares problem on windows `x (B, L, F)` with last targets
+  `y_last (B, T)` and futures `y (B, H, T)` of a point forecaster: `(inputs, targets)`,
+  the rows the `linear_skip` layer reads and the values its output must equal for the
+  forecast to be `y` with the rest of the model at zero (the untrained model's decoder
+  head, with `predict_delta`). `(B, L * F)` and `(B, H * T)`; with independent channels
+  one row per (window, column): `(B * F, L)` and `(B * F, H)`. RevIN is not covered (its
+  statistics are a layer's)."""
+  if spec.revin:
+    raise ValueError("skip_problem does not cover RevIN")
+  x, vol, _ = level_free(spec, x)
+  if spec.predict_delta:
+    y = y - y_last[..., None, :]
+  if vol is not None:
+    y = y / (vol if spec.channels == "independent" else vol[..., jnp.asarray(target_columns)])
+  if spec.channels == "independent":  # as __call__: row b * C + c is column c of window b
+    return (
+      jnp.swapaxes(x, -1, -2).reshape(-1, x.shape[-2]),
+      jnp.swapaxes(y, -1, -2).reshape(-1, y.shape[-2]),
+    )
+  return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
 
 
 class Forecaster(nn.Module):
@@ -98,27 +150,9 @@ class Forecaster(nn.Module):
   ) -> Array:
     spec = self.spec
     independent = spec.channels == "independent"
-    if spec.predict_delta:
-      if y_last is None:
-        raise ValueError("Forecaster(predict_delta=True) needs y_last")
-      # Level-free inputs: each feature relative to its last observed value, so a level
-      # shift between the training years and the test years changes nothing.
-      x = x - x[..., -1:, :]
-    vol = log_vol = None
-    if spec.volatility_scaling:
-      # Changes in units of the window's own volatility: a calm week and a stormy one reach
-      # the model alike, and its forecast (a distribution's spread too) is scaled back by
-      # the window's volatility, so calibration learned on the training years carries over
-      # to calmer or wilder test years. A statistic of the input, like RevIN's: no gradient.
-      vol = jax.lax.stop_gradient(
-        jnp.maximum(
-          jnp.mean(jnp.abs(jnp.diff(x, axis=-2)), axis=-2, keepdims=True), VOLATILITY_FLOOR
-        )
-      )
-      x = x / vol
-      if spec.volatility_input:
-        # The one statistic scaling hides from the model, as DeepAR's log-scale covariate.
-        log_vol = jnp.log(vol)
+    if spec.predict_delta and y_last is None:
+      raise ValueError("Forecaster(predict_delta=True) needs y_last")
+    x, vol, log_vol = level_free(spec, x)
     if independent and x.shape[-1] != self.n_targets:
       raise ValueError(
         f"channels='independent' forecasts every input column: got {x.shape[-1]} inputs "

@@ -17,8 +17,8 @@ from flaxlstm.config.specs import RunSpec
 from flaxlstm.data import augment, series, windows
 from flaxlstm.data.scaling import FittedScalers
 from flaxlstm.errors import InputError
-from flaxlstm.forecast import encoders, heads
-from flaxlstm.forecast.model import Forecaster
+from flaxlstm.forecast import baselines, encoders, heads
+from flaxlstm.forecast.model import Forecaster, skip_problem
 from flaxlstm.train.optim import make_optimizer
 from flaxlstm.train.step import TrainState
 
@@ -36,6 +36,7 @@ class Setup:
   mesh: Any
   _abstract: Any = dataclasses.field(default=None, repr=False)
   _index: Any = dataclasses.field(default=None, repr=False)
+  _skip: Any = dataclasses.field(default=None, repr=False)
 
   def _init_fn(self) -> Callable[[], TrainState]:
     return lambda: self.init_with(self.spec.seed, self.tx)
@@ -48,6 +49,15 @@ class Setup:
     params = self.model.init(key, **inputs, deterministic=True)["params"]
     if hasattr(self.model, "pretrained"):  # starts from a pretrained model's weights
       params = self.model.pretrained(params)
+    if self.spec.model.linear_skip_init == "ridge":
+      if self._skip is None:  # the same fit for every seed and member: made once
+        with jax.ensure_compile_time_eval():  # NumPy work on data, even inside jit's trace
+          self._skip = fit_linear_skip(self.model, self.data)
+      old = params["linear_skip"]
+      params = {
+        **params,
+        "linear_skip": {k: jnp.asarray(v, old[k].dtype) for k, v in self._skip.items()},
+      }
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   def abstract_state(self) -> Any:
@@ -140,6 +150,13 @@ def assemble(
   if spec.train.max_steps:
     total = min(total, spec.train.max_steps)
   model = build_model(spec, data)
+  if spec.model.linear_skip_init == "ridge":
+    inputs = spec.data.lookback * (1 if spec.model.channels == "independent" else data.n_features)
+    if inputs > baselines.LINEAR_MAX_INPUTS:
+      raise InputError(
+        f"model.linear_skip_init='ridge' would solve a {inputs}-input ridge problem "
+        f"(data.lookback x columns; at most {baselines.LINEAR_MAX_INPUTS}): use 'zeros'"
+      )
   return Setup(
     spec,
     data,
@@ -149,6 +166,40 @@ def assemble(
     total,
     mesh,
   )
+
+
+# The highway's ridge fit reads at most this many rows (windows, or (window, column) pairs
+# with independent channels), evenly spread over the training windows, a chunk at a time.
+SKIP_MAX_SAMPLES = 200_000
+_SKIP_CHUNK = 8192
+# Its penalty, as the linear baseline's: small against the Gram matrix of 10^4 and more
+# standardized rows, enough to make the fit unique (a level-free window's last step is 0).
+SKIP_ALPHA = 1.0
+
+
+def fit_linear_skip(model: Forecaster, data: series.SeriesData) -> dict[str, np.ndarray]:
+  """`model.linear_skip_init="ridge"`: the `linear_skip` layer's kernel and bias that best
+  map the training windows, as that layer reads them, to the forecasts' targets, as the
+  rest of the model leaves them (`skip_problem`), by ridge regression. The untrained model
+  is then that linear forecast (with `predict_delta`, whose decoder head starts at zero), and
+  training fits the LSTM to what it misses."""
+  spec = model.spec
+  per_window = data.n_features if spec.channels == "independent" else 1
+  starts = baselines.spread_train_starts(data, max(1, SKIP_MAX_SAMPLES // per_window))
+  moments = None
+  for i in range(0, len(starts), max(1, _SKIP_CHUNK // per_window)):
+    chunk = starts[i : i + max(1, _SKIP_CHUNK // per_window)]
+    inputs = windows.model_inputs(data, chunk)
+    y = windows.gather_targets(data, chunk)
+    x, t = skip_problem(
+      spec, model.target_columns, *(jnp.asarray(a) for a in (inputs["x"], inputs["y_last"], y))
+    )
+    if moments is None:
+      moments = baselines.Moments(x.shape[1], t.shape[1])
+    moments.add(np.asarray(x), np.asarray(t))
+  assert moments is not None  # assemble refuses a run with fewer windows than a batch
+  kernel, bias = baselines.ridge_solve(moments, SKIP_ALPHA)
+  return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
 
 
 def build_model(spec: RunSpec, data: series.SeriesData) -> Any:

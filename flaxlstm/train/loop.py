@@ -367,6 +367,14 @@ def run_loop(
             progress.update(0, loss=f"{loss:.4f}")
         progress.update(1)
 
+      fresh = saved is None  # not resumed (a resumed run scored its start before)
+      if fresh and any(s.spec.train.eval_at_start for s in setups) and any(active()):
+        # train.eval_at_start: the starting model is scored (and saved as the best so far)
+        # like any evaluation step's, so early stopping keeps it unless training beats it.
+        engine.checkpoint(state, sessions, [k for k, on in enumerate(active()) if on], True, clock)
+        saved = step
+        for session in sessions:
+          session.log.restart_clock(step)
       pending = None
       engine.prefetch(step, active())
       while any(active()):

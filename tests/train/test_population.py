@@ -198,3 +198,26 @@ def test_a_diverging_member_fails_alone(tiny, tmp_path):
   assert ok["steps"] == 20 and np.isfinite(ok["test"]["mse"])
   assert "non-finite loss or gradients" in bad["error"]
   assert not os.path.exists(os.path.join(workdirs[1], "metrics.json"))
+
+
+@pytest.mark.slow  # trains to completion
+def test_members_starting_from_the_ridge_fit_equal_their_single_runs(tiny, tmp_path):
+  # model.linear_skip_init='ridge' is fit outside the members' traced init and broadcast to
+  # each; train.eval_at_start scores every member's start before the first step.
+  start = (
+    "model.predict_delta=True",
+    "model.linear_skip=True",
+    "model.linear_skip_init=ridge",
+    "train.eval_at_start=True",
+    "train.max_steps=20",
+  )
+  configs = [
+    config_lib.load_config(tiny["exp"], [*start, f"seed={k}", f"train.learning_rate={lr}"])
+    for k, lr in enumerate((0.01, 0.5))
+  ]
+  single = [train_lib.train_and_evaluate(c, str(tmp_path / f"s{k}")) for k, c in enumerate(configs)]
+  members = population.train_population(configs, [str(tmp_path / f"m{k}") for k in range(2)])
+  assert single[1]["best_step"] == 0  # lr 0.5 never beats the ridge start
+  for s, m in zip(single, members):
+    assert m["best_step"] == s["best_step"]
+    assert m["val"]["mse"] == s["val"]["mse"] and m["test"]["mse"] == s["test"]["mse"]
