@@ -119,6 +119,11 @@ def test_shipped_ablation_sweeps_load():
       assert sweep.config.endswith("ltsf/ett.py:192") and len(sweep.runs) == 4
       assert {r.setting["data.horizon"] for r in sweep.runs} == {192, 720}
       continue
+    if f.stem == "univariate_start":  # every horizon, each with the recipe's lookback
+      assert sweep.config == "ett_univariate:24" and len(sweep.runs) == 20
+      pairs = {(r.setting["data.horizon"], r.setting["data.lookback"]) for r in sweep.runs}
+      assert pairs == {(24, 96), (48, 96), (168, 168), (336, 168), (720, 168)}
+      continue
     assert {r.seed for r in sweep.runs} == {0, 1, 2}
     assert sweep.config == "ett"
   deep = sweep_lib.load_sweep(REPO / "experiments" / "sweeps" / "deep_vs_wide.py")
