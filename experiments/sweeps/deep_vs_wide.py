@@ -5,6 +5,8 @@ flaxlstm sweep experiments/sweeps/deep_vs_wide.py --parallel 2
 
 import math
 
+from flaxlstm.recipes import ett
+
 INPUTS, HORIZON, DEEP = 1, 24, (64, 64, 64, 64)  # the ett recipe: OT in, 24 steps out
 
 
@@ -25,6 +27,7 @@ def equal_width():
 def get_sweep():
   return {
     "config": "ett",
+    "overrides": list(ett.ZERO_START),
     "zip": {"model.hidden_sizes": [DEEP, (equal_width(),)]},
     "seeds": [0, 1, 2],
   }

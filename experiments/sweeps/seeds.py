@@ -3,6 +3,8 @@
 flaxlstm sweep experiments/sweeps/seeds.py --population
 """
 
+from flaxlstm.recipes import ett
+
 
 def get_sweep():
-  return {"config": "ett", "seeds": [0, 1, 2]}
+  return {"config": "ett", "overrides": list(ett.ZERO_START), "seeds": [0, 1, 2]}

@@ -9,10 +9,13 @@ recipe's (0.0269, experiments/README.md) only once, at the end. A trial takes un
 on 2 CPU cores (early stopping), so 20 trials take about 15 minutes.
 """
 
+from flaxlstm.recipes import ett
+
 
 def get_tune():
   return {
     "config": "ett_univariate:24",
+    "overrides": list(ett.ZERO_START),
     "space": {
       "model.hidden_sizes": {"choice": [(32,), (64,), (128,), (64, 64)]},
       "model.dropout": {"uniform": [0.0, 0.5]},

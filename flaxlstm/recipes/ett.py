@@ -14,6 +14,11 @@ import ml_collections
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError
 
+# The highway's zero start, as the LSTM ablations (experiments/sweeps: dropout, init, ...) and
+# the tuning study ran before the ridge start was chosen: they pin it, so that their tables
+# stay reproducible and they still measure the LSTM, not the linear fit early stopping keeps.
+ZERO_START = ("model.linear_skip_init=zeros", "train.eval_at_start=False")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the ETTh1 multivariate config; `arg` is the horizon (default 24)."""
@@ -36,8 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The untrained model is the naive forecast; ETT's level drifts between years.
   config.model.predict_delta = True
   # Plus a linear map from the whole window (LSTNet's AR highway): the LSTM models what a
-  # linear model misses (test MSE 0.0269 with it vs 0.0276 without; see README).
+  # linear model misses. It starts at its ridge fit, and that start is scored, so early
+  # stopping keeps the linear forecast unless training beats it on validation: the LSTM
+  # alone adds little here, and from a zero start its best epoch (hence its test score)
+  # moved with the machine's last bits. Chosen on validation at every horizon
+  # (experiments/sweeps/univariate_start.py; experiments/README.md).
   config.model.linear_skip = True
+  config.model.linear_skip_init = "ridge"
+  config.train.eval_at_start = True
 
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3

@@ -5,8 +5,9 @@
 
 Split 12/4/4 months (rows [0, 8640), [8640, 11520), [11520, 14400)), StandardScaler fit on
 the training rows, MSE/MAE on scaled values over every test window. The recipe is the
-default experiment's (level-free LSTM + linear highway, AdamW, cosine, early stopping) with
-a week of history for horizons beyond two days.
+default experiment's (level-free LSTM + linear highway starting at its ridge fit, AdamW,
+cosine, early stopping that keeps the start unless training beats it) with a week of
+history for horizons beyond two days.
 """
 
 from flaxlstm.recipes import ett

@@ -12,6 +12,7 @@ import pytest
 
 from flaxlstm import cli
 from flaxlstm.errors import InputError
+from flaxlstm.recipes import ett
 from flaxlstm.search import results, runner
 from flaxlstm.search import sweep as sweep_lib
 
@@ -119,13 +120,15 @@ def test_shipped_ablation_sweeps_load():
       assert sweep.config.endswith("ltsf/ett.py:192") and len(sweep.runs) == 4
       assert {r.setting["data.horizon"] for r in sweep.runs} == {192, 720}
       continue
-    if f.stem == "univariate_start":  # every horizon, each with the recipe's lookback
-      assert sweep.config == "ett_univariate:24" and len(sweep.runs) == 20
+    if f.stem in ("univariate_start", "multivariate_start"):  # every horizon, its lookback
+      assert sweep.config.endswith("variate:24") and len(sweep.runs) in (20, 10)
       pairs = {(r.setting["data.horizon"], r.setting["data.lookback"]) for r in sweep.runs}
       assert pairs == {(24, 96), (48, 96), (168, 168), (336, 168), (720, 168)}
       continue
     assert {r.seed for r in sweep.runs} == {0, 1, 2}
     assert sweep.config == "ett"
+    # The LSTM ablations ran from the highway's zero start, and still do.
+    assert all(set(ett.ZERO_START) <= set(r.overrides) for r in sweep.runs)
   deep = sweep_lib.load_sweep(REPO / "experiments" / "sweeps" / "deep_vs_wide.py")
   widths = [r.setting["model.hidden_sizes"] for r in deep.runs[::3]]
   assert widths[0] == (64, 64, 64, 64) and len(widths[1]) == 1 and widths[1][0] > 64
