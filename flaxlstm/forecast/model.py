@@ -105,8 +105,10 @@ class Forecaster(nn.Module):
     per output segment, all at once, from the encoder's final carry (`ParallelDecoder`);
     `"recurrent"` runs them one after another (`RecurrentDecoder`). No decoder feeds back
     point forecasts unless it is `"recurrent"`.
-  - `linear_skip` adds a linear map from the whole (normalized) window, zero at start
-    (LSTNet's autoregressive highway; with independent channels, NLinear's model).
+  - `linear_skip` adds a linear map from the whole (normalized) window, zero at start or,
+    with `linear_skip_init="ridge"`, the ridge fit of `skip_problem` (set by the trainer:
+    train/assembly.py) (LSTNet's autoregressive highway; with independent channels,
+    NLinear's model).
   - head (`model.head`, forecast/heads.py): the point forecast, or the P parameters of a
     predictive distribution per value (Gaussian, Student-t, non-crossing quantiles). Every
     decoder emits P raw values per output; the head constrains them, and the levels
