@@ -192,3 +192,33 @@ def test_the_later_period_file_is_etth1s_last_rows_under_etts_split(tmp_path, mo
   config = config_lib.load_config(f"{LTSF}:96", [f"data.path={path}"])
   data = series.prepare(config_lib.to_spec(config).data)
   assert data.bounds == {"train": (0, 8640), "val": (8640, 11520), "test": (11520, 14400)}
+
+
+@pytest.mark.slow  # trains
+def test_on_random_walks_the_ltsf_recipe_keeps_its_naive_start(tmp_path, monkeypatch):
+  """experiments/ltsf/random_walk.py's file: every column a random walk, so nothing beats
+  the naive forecast. The recipe scores its untrained model, which is the naive forecast
+  (the change from the last value, from a head at zero); training (here a few steps of a
+  small copy) does not beat it on validation, so the forecast is naive's, to the bit."""
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "ltsf" / "random_walk.py"
+  monkeypatch.syspath_prepend(str(script.parents[1] / "ett"))  # its sibling's, as when run
+  spec = importlib.util.spec_from_file_location("random_walk", script)
+  walk = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(walk)
+  path = walk.write_random_walk(str(tmp_path))
+  frame = pd.read_csv(path)
+  assert frame.shape == (walk.ROWS, walk.COLUMNS + 1) and frame.columns[0] == "date"
+  overrides = [
+    f"data.path={path}",
+    "train.max_steps=6",
+    "train.eval_every_steps=3",
+    "model.hidden_sizes=8,",
+    "model.series_embedding=4",
+  ]
+  m = train_lib.train_and_evaluate(
+    config_lib.load_config(f"{LTSF}:96", overrides), str(tmp_path / "run"), quiet=True
+  )
+  assert m["best_step"] == 0
+  naive = m["baselines"]["naive"]
+  for split in ("val", "test"):
+    np.testing.assert_allclose(m[split]["mse"], naive[split]["mse"], rtol=1e-6)

@@ -73,11 +73,21 @@ class Dense(Decoder):
     if future is not None:
       h = jnp.concatenate([h, future.reshape(future.shape[0], -1).astype(h.dtype)], axis=-1)
     h = Dropout(spec.dense_dropout)(h, deterministic=deterministic)
-    # With predict_delta the head starts at zero, so the untrained model *is* the naive
-    # forecast and training can only move it where the data says corrections help.
-    head_init = initializers.zeros_init() if spec.predict_delta else common["kernel_init"]
-    y = nn.Dense(horizon * n_out, kernel_init=head_init, dtype=common["dtype"], name="head")(h)
+    y = nn.Dense(horizon * n_out, kernel_init=head_init(spec), dtype=common["dtype"], name="head")(
+      h
+    )
     return y.reshape(h.shape[:-1] + (horizon, n_out))
+
+
+def head_init(spec) -> Any:
+  """The output map's initializer: with predict_delta zeros, so that the untrained model
+  *is* the naive forecast (train.eval_at_start scores it) and training can only move it
+  where the data says corrections help; otherwise the encoder's kernel initializer."""
+  return (
+    initializers.zeros_init()
+    if spec.predict_delta
+    else encoders.common_options(spec)["kernel_init"]
+  )
 
 
 class Segments(Decoder):
@@ -114,6 +124,7 @@ class Segments(Decoder):
       out_features=n_out,
       dropout=spec.dense_dropout,
       kernel_init=encoders.common_options(spec)["kernel_init"],
+      output_init=head_init(spec),
       name="decoder",
     )
     if self.parallel:

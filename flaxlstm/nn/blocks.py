@@ -152,6 +152,8 @@ class ParallelDecoder(nn.Module):
     series_features: width of the series embedding.
     dropout: on `h_j` before the output map.
     kernel_init: initializer of the output and known-input maps.
+    output_init: the output map's own initializer, if not `kernel_init` (zeros: the
+      decoder's forecast starts at zero).
   """
 
   cell: nn.Module
@@ -162,6 +164,7 @@ class ParallelDecoder(nn.Module):
   series_features: int = 0
   dropout: float = 0.0
   kernel_init: Callable[..., Array] = initializers.glorot_uniform()
+  output_init: Callable[..., Array] | None = None  # the output map's; None: kernel_init
 
   @nn.compact
   def __call__(
@@ -194,7 +197,9 @@ class ParallelDecoder(nn.Module):
       out = self._steps(cell, carry, position, table, series, known)
     out = Dropout(self.dropout)(out, deterministic=deterministic)
     y = nn.Dense(
-      self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
+      self.segment_length * self.out_features,
+      kernel_init=self.output_init or self.kernel_init,
+      name="output",
     )(out)
     return y.reshape(y.shape[:-2] + (self.n_segments * self.segment_length, self.out_features))
 
@@ -272,6 +277,7 @@ class RecurrentDecoder(nn.Module):
   out_features: int = 1
   dropout: float = 0.0
   kernel_init: Callable[..., Array] = initializers.glorot_uniform()
+  output_init: Callable[..., Array] | None = None  # the output map's; None: kernel_init
 
   @nn.compact
   def __call__(
@@ -280,7 +286,9 @@ class RecurrentDecoder(nn.Module):
     cell = self.cell
     embed = nn.Dense(cell.features, kernel_init=self.kernel_init, name="embedding")
     head = nn.Dense(
-      self.segment_length * self.out_features, kernel_init=self.kernel_init, name="output"
+      self.segment_length * self.out_features,
+      kernel_init=self.output_init or self.kernel_init,
+      name="output",
     )
     drop = Dropout(self.dropout)
     outputs = []

@@ -115,6 +115,17 @@ def _forecaster(horizon=12, n=3, **kw):
   return Forecaster(horizon=horizon, n_targets=n, spec=ModelSpec(**kw), target_columns=(0, 1, 2))
 
 
+@pytest.mark.parametrize("decoder", ["dense", "parallel", "recurrent"])
+def test_with_predict_delta_every_untrained_decoder_is_the_naive_forecast(decoder):
+  # Every decoder's output map (and the highway) starts at zero: train.eval_at_start then
+  # scores the naive forecast, which early stopping keeps unless training beats it.
+  x = _x((4, 32, 3))
+  model = _forecaster(**dict(SEGMENT, decoder=decoder, predict_delta=True, linear_skip=True))
+  y_last = x[:, -1] + 0.5  # the last target need not be the last input
+  y = model.apply(model.init(jax.random.key(0), x, y_last), x, y_last)
+  np.testing.assert_array_equal(y, jnp.broadcast_to(y_last[:, None], (4, 12, 3)))
+
+
 @pytest.mark.parametrize(
   "kw",
   [
