@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
-from flaxlstm.config.specs import RunSpec
+from flaxlstm.config.specs import ModelSpec, RunSpec
 from flaxlstm.forecast import encoders
 from flaxlstm.nn.blocks import ParallelDecoder, RecurrentDecoder
 from flaxlstm.nn.dropout import Dropout
@@ -73,13 +73,14 @@ class Dense(Decoder):
     if future is not None:
       h = jnp.concatenate([h, future.reshape(future.shape[0], -1).astype(h.dtype)], axis=-1)
     h = Dropout(spec.dense_dropout)(h, deterministic=deterministic)
-    y = nn.Dense(horizon * n_out, kernel_init=head_init(spec), dtype=common["dtype"], name="head")(
-      h
+    head = nn.Dense(
+      horizon * n_out, kernel_init=head_init(spec), dtype=common["dtype"], name="head"
     )
+    y = head(h)
     return y.reshape(h.shape[:-1] + (horizon, n_out))
 
 
-def head_init(spec) -> Any:
+def head_init(spec: ModelSpec) -> Any:
   """The output map's initializer: with predict_delta zeros, so that the untrained model
   *is* the naive forecast (train.eval_at_start scores it) and training can only move it
   where the data says corrections help; otherwise the encoder's kernel initializer."""

@@ -186,17 +186,19 @@ def fit_linear_skip(model: Forecaster, data: series.SeriesData) -> dict[str, np.
   spec = model.spec
   per_window = data.n_features if spec.channels == "independent" else 1
   starts = baselines.spread_train_starts(data, max(1, SKIP_MAX_SAMPLES // per_window))
+  step = max(1, _SKIP_CHUNK // per_window)
   moments = None
-  for i in range(0, len(starts), max(1, _SKIP_CHUNK // per_window)):
-    chunk = starts[i : i + max(1, _SKIP_CHUNK // per_window)]
-    inputs = windows.model_inputs(data, chunk)
-    y = windows.gather_targets(data, chunk)
-    x, t = skip_problem(
-      spec, model.target_columns, *(jnp.asarray(a) for a in (inputs["x"], inputs["y_last"], y))
+  for i in range(0, len(starts), step):
+    chunk = starts[i : i + step]
+    x, y_last = windows.gather_inputs(data, chunk), data.y[chunk - 1]
+    rows, targets = skip_problem(
+      spec,
+      model.target_columns,
+      *map(jnp.asarray, (x, y_last, windows.gather_targets(data, chunk))),
     )
     if moments is None:
-      moments = baselines.Moments(x.shape[1], t.shape[1])
-    moments.add(np.asarray(x), np.asarray(t))
+      moments = baselines.Moments(rows.shape[1], targets.shape[1])
+    moments.add(np.asarray(rows), np.asarray(targets))
   assert moments is not None  # assemble refuses a run with fewer windows than a batch
   kernel, bias = baselines.ridge_solve(moments, SKIP_ALPHA)
   return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
