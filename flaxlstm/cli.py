@@ -3,8 +3,9 @@
   flaxlstm train [--config ett[:ARG] | FILE.py[:ARG]] [--workdir runs/x] [--resume]
                  [--force] [--allow-changed-data] [--quiet] [--config.section.key=value ...]
   flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers] [--json]
+  flaxlstm evaluate --workdir runs/a --workdir runs/b ...   (the mean of their forecasts)
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
-                   [--overwrite]
+                   [--overwrite]       (several --workdir: the mean of their forecasts)
   flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
                  [--dry-run | --slurm | --aggregate-only] [--quiet]
   flaxlstm tune experiments/tune/NAME.py [--workdir runs/NAME] [--parallel N]
@@ -93,7 +94,13 @@ def _parser() -> argparse.ArgumentParser:
   e = sub.add_parser(
     "evaluate", help="recompute a run's metrics.json and print its scores", parents=[common]
   )
-  e.add_argument("--workdir", required=True)
+  e.add_argument(
+    "--workdir",
+    required=True,
+    action="append",
+    help="the run; given several times, score the mean of the runs' forecasts (an "
+    "ensemble, e.g. of seeds) and print it, writing nothing",
+  )
   e.add_argument(
     "--json", action="store_true", help="print all of metrics.json, not the table of scores"
   )
@@ -110,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     "(a run without one, or with a legacy scalers.pkl)",
   )
   pr = sub.add_parser("predict", help="forecast a new file with a trained run", parents=[common])
-  pr.add_argument("--workdir", required=True)
+  pr.add_argument(
+    "--workdir",
+    required=True,
+    action="append",
+    help="the run; given several times, write the mean of the runs' forecasts (an ensemble)",
+  )
   pr.add_argument("--data", required=True, help="CSV/Parquet with the run's columns")
   pr.add_argument("--out", required=True, help="where to write the forecasts (CSV)")
   pr.add_argument(
@@ -240,15 +252,37 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _summary(metrics: dict) -> str:
-  keys = ("mse", "mae")
-  lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
   # The model's row is named by its encoder (metrics.json of older runs has none).
   rows = [(metrics.get("encoder", "model"), metrics)] + list(metrics.get("baselines", {}).items())
+  return _score_table(rows)
+
+
+def _score_table(rows: list[tuple[str, dict]]) -> str:
+  """Val and test MSE/MAE, one row per (name, metrics)."""
+  keys = ("mse", "mae")
+  lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
   for name, m in rows:
     # A production fit (data.test_size=0) has no test split: its columns show "-".
     cells = [f"{m[s][k]:>10.4f}" if s in m else f"{'-':>10}" for s in ("val", "test") for k in keys]
     lines.append(f"{name:<16}" + "".join(cells))
   return "\n".join(lines)
+
+
+def _evaluate_ensemble(args, train_lib) -> int:
+  """`flaxlstm evaluate --workdir A --workdir B ...`: the mean of the runs' forecasts."""
+  if args.allow_changed_data or args.refit_scalers:
+    raise InputError(
+      "--allow-changed-data and --refit-scalers apply to one run, not to an ensemble"
+    )
+  scores = train_lib.evaluate_ensemble(args.workdir)
+  if args.json:
+    print(json.dumps(scores, indent=2))
+    return 0
+  rows = [(f"member {k}", m) for k, m in enumerate(scores["members"])]
+  print(_score_table(rows + [(f"mean of {len(rows)}", scores)]))
+  for k, m in enumerate(scores["members"]):
+    print(f"member {k}: {m['workdir']}")
+  return 0
 
 
 def _train(args, overrides: list[str]) -> int:
@@ -414,12 +448,13 @@ def _tune(args) -> int:
 
 
 def _predict(args, train_lib) -> int:
+  runs = args.workdir[0] if len(args.workdir) == 1 else args.workdir
   n = train_lib.predict_file(
-    args.workdir, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
+    runs, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
   )
   from flaxlstm.train import workdir as workdir_lib
 
-  horizon = workdir_lib.read_run_config(args.workdir)[0].data.horizon  # one row per step
+  horizon = workdir_lib.read_run_config(args.workdir[0])[0].data.horizon  # one row per step
   print(f"wrote {n} forecast{'s' * (n != 1)} ({n * horizon} rows) to {args.out}")
   return 0
 
@@ -489,7 +524,10 @@ def _main(argv: list[str]) -> int:
       return _tirex(args)
     from flaxlstm import train as train_lib
 
+    if args.command == "evaluate" and len(args.workdir) > 1:
+      return _evaluate_ensemble(args, train_lib)
     if args.command == "evaluate":
+      args.workdir = args.workdir[0]
       metrics = train_lib.evaluate(
         args.workdir, allow_changed_data=args.allow_changed_data, refit_scalers=args.refit_scalers
       )

@@ -6,13 +6,16 @@ benchmark table beside the published lookback-96 numbers.
   python experiments/ltsf/make_table.py --data ETTh2.csv --workdir runs/ltsf_etth2 --no-readme
   python experiments/ltsf/make_table.py --workdir runs/ltsf_slstm --table ltsf_slstm \
       --no-univariate --override model.encoder=slstm --override model.slstm.num_heads=4
+  python experiments/ltsf/make_table.py --seeds 0,1,2,3,4,5,6,7,8 --ensemble 3 \
+      --table ltsf_ensemble --no-univariate
 
 Each run lives in `<workdir>/h<H>/seed<k>`; a finished run is read, not trained again. The
 table (test MSE/MAE on the scaled values of all 7 columns, every window; mean ± std over
 seeds) replaces the block between the markers in `experiments/README.md`. A second table
 scores the same global models on `OT` alone beside the single-series recipe
 (`ett_univariate:H`, trained here too) at the horizons both tables share, and says which one
-validation picks.
+validation picks. With `--ensemble K` a row scores the mean forecast of K consecutive seeds
+(0-2, 3-5, ...; `flaxlstm.train.evaluate_ensemble`), mean ± std over those ensembles.
 """
 
 import argparse
@@ -34,6 +37,7 @@ MARKERS = {
   "ltsf_ot": ("<!-- ltsf-ot-table:start -->", "<!-- ltsf-ot-table:end -->"),
   "ltsf_slstm": ("<!-- ltsf-slstm-table:start -->", "<!-- ltsf-slstm-table:end -->"),
   "ltsf_xlstm": ("<!-- ltsf-xlstm-table:start -->", "<!-- ltsf-xlstm-table:end -->"),
+  "ltsf_ensemble": ("<!-- ltsf-ensemble-table:start -->", "<!-- ltsf-ensemble-table:end -->"),
 }
 # ETTh1, lookback 96, test MSE / MAE: the SegRNN repository's corrected table (which quotes
 # the others from the iTransformer paper).
@@ -58,6 +62,26 @@ def run_one(config_spec: str, overrides: list[str], path: str) -> dict:
       return json.load(f)
   config = config_lib.load_config(config_spec, overrides)
   return train_lib.train_and_evaluate(config, path, quiet=True)
+
+
+def ensembles(paths: list[str], runs: list[dict], size: int) -> list[dict]:
+  """The runs in consecutive groups of `size` (seeds 0-2, 3-5, ...), each scored as the mean
+  of its members' forecasts (`flaxlstm evaluate --workdir A --workdir B ...`), as metrics
+  dicts `ltsf_table` reads: parameters and train time are the members' sums."""
+  out = []
+  for k in range(0, len(runs), size):
+    members = runs[k : k + size]
+    scores = train_lib.evaluate_ensemble(paths[k : k + size])
+    out.append(
+      {
+        "val": scores["val"],
+        "test": scores["test"],
+        "baselines": members[0]["baselines"],
+        "params_count": sum(m["params_count"] for m in members),
+        "train_wall_time_s": sum(m["train_wall_time_s"] for m in members),
+      }
+    )
+  return out
 
 
 def _mean_std(values: list[float], digits: int = 3) -> str:
@@ -149,26 +173,40 @@ def main():
   ap.add_argument(
     "--table",
     default="ltsf",
-    choices=("ltsf", "ltsf_slstm", "ltsf_xlstm"),
+    choices=("ltsf", "ltsf_slstm", "ltsf_xlstm", "ltsf_ensemble"),
     help="the README block to write (ltsf_slstm, ltsf_xlstm: another encoder's row beside "
-    "the LSTM's)",
+    "the LSTM's; ltsf_ensemble: with --ensemble)",
+  )
+  ap.add_argument(
+    "--ensemble",
+    type=int,
+    default=1,
+    help="score the mean forecast of each K consecutive seeds (K divides the seed count) "
+    "instead of each seed",
   )
   args = ap.parse_args()
   data = [f"data.path={os.path.abspath(args.data)}"] if args.data else []
   data += args.override
   horizons = [int(h) for h in args.horizons.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
+  if args.ensemble < 1 or len(seeds) % args.ensemble:
+    ap.error(f"--ensemble {args.ensemble} does not divide the {len(seeds)} seeds")
   results: dict[int, list[dict]] = {}
   univariate: dict[int, list[dict]] = {}
   for h in horizons:
-    for seed in seeds:
+    paths = [os.path.join(args.workdir, f"h{h}", f"seed{seed}") for seed in seeds]
+    for seed, path in zip(seeds, paths):
       t0 = time.perf_counter()
-      path = os.path.join(args.workdir, f"h{h}", f"seed{seed}")
       m = run_one(f"{RECIPE}:{h}", [f"seed={seed}", *data], path)
       results.setdefault(h, []).append(m)
       summary = {k: round(m[k]["mse"], 4) for k in ("val", "test")}
       print(f"h={h} seed={seed}", json.dumps(summary), f"{time.perf_counter() - t0:.0f} s")
       sys.stdout.flush()
+    if args.ensemble > 1:
+      results[h] = ensembles(paths, results[h], args.ensemble)
+      for k, m in enumerate(results[h]):
+        summary = {s: round(m[s]["mse"], 4) for s in ("val", "test")}
+        print(f"h={h} ensemble {k} (mean of {args.ensemble} seeds)", json.dumps(summary))
   for h in [h for h in UNIVARIATE_HORIZONS if h in results and not args.no_univariate]:
     for seed in seeds:
       path = os.path.join(args.workdir, f"univariate_h{h}", f"seed{seed}")

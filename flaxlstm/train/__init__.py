@@ -9,10 +9,10 @@ preemption.py  SIGTERM/SIGINT as a stop request
 checkpoint.py  orbax checkpoints: latest and best, digests, fallbacks
 workdir.py     run directories: what one is, fingerprints, refusal before any write
 lock.py        who owns a run directory: the lock, a training command's claim
-inference.py   evaluate / predict on a finished run
+inference.py   evaluate / predict on a finished run; score an ensemble of runs
 """
 
-from flaxlstm.train.inference import evaluate, predict_file, restore_params
+from flaxlstm.train.inference import evaluate, evaluate_ensemble, predict_file, restore_params
 from flaxlstm.train.loop import train_and_evaluate
 
-__all__ = ["evaluate", "predict_file", "restore_params", "train_and_evaluate"]
+__all__ = ["evaluate", "evaluate_ensemble", "predict_file", "restore_params", "train_and_evaluate"]

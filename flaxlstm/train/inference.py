@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from flaxlstm import config as config_lib
 from flaxlstm.data import calendar, io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
-from flaxlstm.forecast.metrics import HeadDistribution
+from flaxlstm.forecast.metrics import HeadDistribution, per_target_metrics, split_metrics
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
 from flaxlstm.train import lock as lock_lib
@@ -97,35 +97,86 @@ def evaluate(
   return metrics
 
 
-def predict_file(
-  workdir: str, data_path: str, out_path: str, *, all_windows: bool = False, overwrite: bool = False
-) -> int:
-  """Forecasts `data_path` with a trained run; writes a CSV in original units.
+def run_configs(workdirs: Sequence[str]) -> list[tuple[Any, dict[str, Any] | None]]:
+  """Each run's config and run record (`workdir.read_run_config`); several runs (an
+  ensemble) must be distinct and agree on every `data` setting, so that their forecasts
+  are of the same windows, columns and units."""
+  if len(set(map(os.path.realpath, workdirs))) < len(workdirs):
+    raise InputError("an ensemble names the same run twice: " + ", ".join(workdirs))
+  configs = [workdir_lib.read_run_config(w) for w in workdirs]
+  first = configs[0][0].data.to_dict()
+  for w, (config, _) in zip(workdirs[1:], configs[1:]):
+    other = config.data.to_dict()
+    for key in sorted(set(first) | set(other)):
+      if first.get(key) != other.get(key):
+        raise InputError(
+          f"{w} and {workdirs[0]} differ in data.{key} ({other.get(key)!r} vs "
+          f"{first.get(key)!r}); an ensemble averages runs of the same data"
+        )
+  return configs
 
-  By default one forecast: the `horizon` steps after the file's last row. A distribution
-  head's run writes the median (Gaussian: the mean) under each target's name and its
-  quantiles at `model.quantiles` beside it (`OT_q0.1`, ...). With
-  `all_windows`, a forecast from every position that has `lookback` rows of history
-  (back-testing), with the actual values beside it when the file has the targets.
-  Returns the number of forecasts written. Reads the run, writes only `out_path`: never
-  over `data_path`, a file of the run or the data it was trained on, never over an
-  existing file unless `overwrite`.
+
+def evaluate_ensemble(workdirs: Sequence[str]) -> dict:
+  """Scores the mean of several runs' point forecasts (a seed ensemble, or any runs of the
+  same data) on their validation and test windows; reads the runs, writes nothing.
+
+  The runs must agree on every `data` setting (file, columns, split, lookback, horizon,
+  scaler), so that they forecast the same windows in the same scaled units; the data file
+  must be the bytes each was trained on. Each run's scalers are its saved ones (fit on the
+  same training rows, so equal). Returns `{"members": [...], "val": ..., "test": ...,
+  "val_windows", "test_windows"}`, the splits scored as `metrics.json` scores one run
+  (`per_target` too with several targets), and each member's own scores under
+  `"members"`.
   """
-  import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
+  if len(workdirs) < 2:
+    raise InputError("an ensemble needs at least two runs (--workdir A --workdir B ...)")
+  configs = run_configs(workdirs)
+  data_now = workdir_lib.fingerprint(io.data_file(configs[0][0].data.path))
+  members: list[dict[str, Any]] = []
+  points: dict[str, list[np.ndarray]] = {}
+  for w, (config, record) in zip(workdirs, configs):
+    workdir_lib.check_same_data(record, data_now, workdir=w, allow_changed=False)
+    setup = assemble(config_lib.to_spec(config), scalers=run_scalers(w))
+    params = restore_params(w, setup.abstract_state().params, best=setup.spec.train.restore_best)
+    predict_fn = make_predict_fn(setup.model, setup.mesh)
+    scores: dict[str, Any] = {"workdir": w}
+    for split in ("val", "test"):
+      starts = setup.data.window_starts(split)
+      if not len(starts):
+        continue
+      pred = predict_windows(
+        predict_fn, params, setup.data, starts, setup.spec.train.eval_batch_size, setup.mesh
+      )
+      point = np.asarray(setup.model.head.point(pred), np.float64)
+      scores[split] = split_metrics(setup.data, starts, point)
+      points.setdefault(split, []).append(point)
+    members.append(scores)
+  data = setup.data  # the members' data are equal (checked above)
+  out: dict[str, Any] = {"members": members}
+  for split, preds in points.items():
+    starts = data.window_starts(split)
+    mean = np.mean(preds, axis=0)
+    out[split] = split_metrics(data, starts, mean)
+    if len(data.target_names) > 1:
+      out[split]["per_target"] = per_target_metrics(data, starts, mean)
+    out[f"{split}_windows"] = len(starts)
+  return out
 
-  config, record = workdir_lib.read_run_config(workdir)
-  trained_on = [] if record is None else [record["data"]["path"]]
-  try:
-    trained_on.append(str(io.data_file(config.data.path)))
-  except InputError:
-    pass  # a path that names no file ("~nobody/x.csv") holds no data to protect
-  out = workdir_lib.check_output(
-    out_path,
-    inputs=(data_path,),
-    workdir=workdir,
-    trained_on=tuple(trained_on),
-    overwrite=overwrite,
-  )
+
+class _Forecast(NamedTuple):
+  """One run's forecasts of a file, in original units, and where they start."""
+
+  data: series.SeriesData
+  spec: Any
+  starts: np.ndarray  # (N,) the window starts: the row after each forecast's origin
+  series_of: np.ndarray  # (N,) the series of each
+  ahead: np.ndarray | None  # each series' future dates (a file with dates)
+  point: np.ndarray  # (N, H, targets)
+  quantiles: list[np.ndarray]  # (N, H, targets) per level of model.quantiles; [] for a point head
+
+
+def _forecast(workdir: str, config: Any, data_path: str, all_windows: bool) -> _Forecast:
+  """`workdir`'s forecasts of `data_path` (`predict_file`)."""
   scalers = run_scalers(workdir)
   spec = config_lib.to_spec(config)
   data = series.prepare_inference(spec.data, scalers, path=data_path)
@@ -143,11 +194,11 @@ def predict_file(
   model = build_model(spec, data)
   # Starts: each series' end (the forecast after it), or, back-testing, every position with
   # `lookback` rows of history (one with data.start_padding) up to and including the end.
-  begin, end = data.offsets[:-1], data.offsets[1:]
   if all_windows:
+    begin, end = data.offsets[:-1], data.offsets[1:]
     starts = np.concatenate([np.arange(b + data.context, e + 1) for b, e in zip(begin, end)])
   else:
-    starts = end.copy()
+    starts = data.offsets[1:].copy()
   starts = starts.astype(np.int64)
   series_of = data.row_series(starts - 1)
   # Every forecast runs past its series' end (the last one at least), so a file with dates
@@ -178,6 +229,67 @@ def predict_file(
     if head.n_params
     else []
   )
+  return _Forecast(data, spec, starts, series_of, ahead, pred, quantiles)
+
+
+def predict_file(
+  workdir: str | Sequence[str],
+  data_path: str,
+  out_path: str,
+  *,
+  all_windows: bool = False,
+  overwrite: bool = False,
+) -> int:
+  """Forecasts `data_path` with a trained run; writes a CSV in original units.
+
+  By default one forecast: the `horizon` steps after the file's last row. A distribution
+  head's run writes the median (Gaussian: the mean) under each target's name and its
+  quantiles at `model.quantiles` beside it (`OT_q0.1`, ...). With
+  `all_windows`, a forecast from every position that has `lookback` rows of history
+  (back-testing), with the actual values beside it when the file has the targets.
+  Several runs (a sequence of workdirs: an ensemble, which must agree on every `data`
+  setting and on the quantiles it writes) write the mean of their forecasts, each quantile
+  the mean of the members' at its level.
+  Returns the number of forecasts written. Reads the runs, writes only `out_path`: never
+  over `data_path`, a file of a run or the data it was trained on, never over an
+  existing file unless `overwrite`.
+  """
+  import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
+
+  workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+  configs = run_configs(workdirs)
+  for w, (config, record) in zip(workdirs, configs):
+    trained_on = [] if record is None else [record["data"]["path"]]
+    try:
+      trained_on.append(str(io.data_file(config.data.path)))
+    except InputError:
+      pass  # a path that names no file ("~nobody/x.csv") holds no data to protect
+    out = workdir_lib.check_output(
+      out_path,
+      inputs=(data_path,),
+      workdir=w,
+      trained_on=tuple(trained_on),
+      overwrite=overwrite,
+    )
+  members = [
+    _forecast(w, config, data_path, all_windows) for w, (config, _) in zip(workdirs, configs)
+  ]
+  data, spec, starts, series_of, ahead, pred, quantiles = members[0]
+
+  def written(m: _Forecast) -> tuple:  # the quantile levels a run writes
+    return tuple(m.spec.model.quantiles) if m.quantiles else ()
+
+  for w, member in zip(workdirs[1:], members[1:]):
+    if written(member) != written(members[0]):
+      raise InputError(
+        f"{w} and {workdirs[0]} forecast different quantiles ({written(member)} vs "
+        f"{written(members[0])}); an ensemble averages runs that write the same columns"
+      )
+  levels = written(members[0])
+  if len(members) > 1:  # one run writes its own forecast, untouched
+    pred = np.mean([m.point for m in members], axis=0)
+    quantiles = [np.mean(qs, axis=0) for qs in zip(*(m.quantiles for m in members))]
+  begin, end = data.offsets[:-1], data.offsets[1:]
   table: dict[str, Any] = {}
   h = np.tile(np.arange(1, data.horizon + 1), len(starts))
   window = np.repeat(np.arange(len(starts)), data.horizon)

@@ -2,18 +2,18 @@
 offered by `SLSTMCell` as "fused").
 
 The scheme is the LSTM kernel's (lstm_fused.py). The forward scan saves each step's gates
-and the states after it. The backward is a reverse scan that carries only the state
-cotangents `(dc, dn, dm, dh)`; per step it runs the gate math's derivative, written out
-from the saved gates (`_pointwise_vjp`: no gate is computed twice, and the stabilizer's
-gradient goes where autodiff's does), and one head-batched `R^T dz` matmul, and stores
-`dz`. The loop
-runs head-major (`_to_heads`), so that no step transposes anything. The recurrent
-kernel's gradient is then ONE matmul per head over all `T*B` rows, outside the loop,
-instead of T small matmuls accumulated in the loop's carry, and the input side's gradient
-is the stored `dz` itself (the projection, outside the kernel, is differentiated by JAX).
-It runs float32 cells without a gate soft-cap; the autodiff loop (scan.py) runs every other
-configuration and is the reference it is tested against (tests/nn/test_slstm.py: outputs,
-final carries and gradients, ragged lengths, reverse, remat, recurrent dropout).
+and the states it read (the states after it are two multiply-adds away). The backward is a
+reverse scan that carries only the state cotangents `(dc, dn, dm, dh)`; per step it runs
+the gate math's derivative, written out from the saved gates (`_pointwise_vjp`: no gate is
+computed twice, and the stabilizer's gradient goes where autodiff's does), and one
+head-batched `R^T dz` matmul, and stores `dz`. The loop runs head-major (`_to_heads`), so that
+no step transposes anything. The recurrent kernel's gradient is then ONE matmul per head
+over all `T*B` rows, outside the loop, instead of T small matmuls accumulated in the loop's
+carry, and the input side's gradient is the stored `dz` itself (the projection, outside the
+kernel, is differentiated by JAX). It runs float32 cells without a gate soft-cap; the
+autodiff loop (scan.py) runs every other configuration and is the reference it is tested
+against (tests/nn/test_slstm.py: outputs, final carries and gradients, ragged lengths,
+reverse, remat, recurrent dropout).
 `experiments/benchmarks/slstm_step.py` measures it (BENCHMARKS.md).
 """
 
@@ -93,8 +93,8 @@ def _pointwise_vjp(saved, c_p, n_p, c, n, cts):
   gates, dlog_f, from_input = saved
   ig, fg, tz, og = jnp.split(gates, 4, axis=-1)
   dc, dn, dm, dh = cts
-  # n > 0 after every step that ran; a step masked off from a zero state kept n = 0, and
-  # its cotangents are zero: keep 0 * (1 / n) from becoming NaN there.
+  # n > 0 after every step (the backward recomputes a masked-off step's n as if it ran,
+  # and scores it with zero cotangents); the guard keeps 0 * (1 / n) finite regardless.
   inv_n = 1.0 / jnp.where(n == 0, 1.0, n)
   d_og = dh * c * inv_n
   dc = dc + dh * og * inv_n
@@ -116,7 +116,7 @@ def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: b
   """The forward scan, head-major: `zx (T, NH, B, 4 DH)` (the input side, bias included),
   `carry0` four `(NH, B, DH)`, `mask (T, 1, B, 1)`, `h_mask (NH, B, DH)`. Returns
   `(carry, ys (T, NH, B, DH))` and, with `save`, the residuals: each step's gates (what its
-  derivative reads, `_pointwise`) and the states after it."""
+  derivative reads, `_pointwise`) and the states `(c, n, h)` it read."""
 
   def step(carry, inp):
     c, n, m, h = carry
@@ -127,7 +127,12 @@ def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: b
     if on is not None:  # finished sequences keep their carry and output zeros
       new = tuple(jnp.where(on, a, b) for a, b in zip(new, carry))
       y = jnp.where(on, y, 0.0)
-    return new, ((y, gates, new) if save else y)
+    # Saved: the states the step READ, `(c, n, h)`. The backward needs them (and `h` for
+    # the recurrent kernel's gradient); the states after the step it recomputes from these
+    # and the saved gates (two multiply-adds), which is cheaper than storing both and
+    # shifting one by a step. The stabilizer `m` is never read back: the derivative runs
+    # from the saved gates.
+    return new, ((y, gates, (c, n, h)) if save else y)
 
   carry, out = jax.lax.scan(step, tuple(carry0), (zx, mask), unroll=unroll)
   if not save:
@@ -136,18 +141,18 @@ def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: b
   return carry, ys, (gates, states)
 
 
-def _backward(r, carry0, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
-  gates, (cs, ns, ms, hs) = res
+def _backward(r, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
+  gates, prev = res  # prev: the states `(c, n, h)` each step read, (T, NH, B, DH) each
   d_carry, dys = cts
-  shift = lambda a0, a: jnp.concatenate([a0[None], a[:-1]])  # the states each step read
-  c0, n0, _, h0 = carry0
-  prev = tuple(shift(a0, a) for a0, a in zip((c0, n0, h0), (cs, ns, hs)))
   r_t = jnp.swapaxes(r, 1, 2)  # (NH, 4 DH, DH), transposed once, outside the loop
-  del ms, exp_forget  # the derivative reads the saved gates, not the stabilizer
+  del exp_forget  # the derivative reads the saved gates
 
   def step(carry, inp):
     dc, dn, dm, dh, dhm = carry
-    saved, c_p, n_p, h_p, c, n, dy, on = inp
+    saved, c_p, n_p, h_p, dy, on = inp
+    ig, fg, tz, _ = jnp.split(saved[0], 4, axis=-1)
+    # The step's new (c, n), unmasked; where it was masked off its cotangents are zero.
+    c, n = fg * c_p + ig * tz, fg * n_p + ig
     out_ct = (dc, dn, dm, dh + dy)
     if on is not None:  # a finished step passed its carry through and output zero
       out_ct = tuple(jnp.where(on, g, 0.0) for g in out_ct)
@@ -163,9 +168,9 @@ def _backward(r, carry0, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
       )
     return (dc_p, dn_p, dm_p, dh_p, dhm), dz
 
-  dhm0 = None if h_mask is None else jnp.zeros_like(carry0[3])
+  dhm0 = None if h_mask is None else jnp.zeros_like(prev[2][0])
   (dc0, dn0, dm0, dh0, dhm), dzs = jax.lax.scan(
-    step, (*d_carry, dhm0), (gates, *prev, cs, ns, dys, mask), reverse=True, unroll=unroll
+    step, (*d_carry, dhm0), (gates, *prev, dys, mask), reverse=True, unroll=unroll
   )
   # The recurrent kernel's gradient: per head ONE matmul over every (step, sample) row.
   h_in = prev[2] if h_mask is None else prev[2] * h_mask  # (T, NH, B, DH)
@@ -182,12 +187,12 @@ def _fused(r, carry0, zx, mask, h_mask, unroll, exp_forget):
 
 def _fused_fwd(r, carry0, zx, mask, h_mask, unroll, exp_forget):
   carry, ys, res = _forward(r, carry0, zx, mask, h_mask, unroll, exp_forget, save=True)
-  return (carry, ys), (r, carry0, mask, h_mask, res)
+  return (carry, ys), (r, mask, h_mask, res)
 
 
 def _fused_bwd(unroll, exp_forget, saved, cts):
-  r, carry0, mask, h_mask, res = saved
-  return _backward(r, carry0, mask, h_mask, res, cts, unroll, exp_forget)
+  r, mask, h_mask, res = saved
+  return _backward(r, mask, h_mask, res, cts, unroll, exp_forget)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
