@@ -23,11 +23,11 @@ file) override these.
 The model is a channel-independent segment LSTM (one model shared by the columns, a
 learned column embedding; windows of 4 segments of 24 steps, hidden size 256) and the
 parallel multi-step decoder, forecasting the change from each window's last value, plus a
-linear map from each column's level-free window (NLinear's model). The untrained model is
-the naive forecast, and it is scored as the first evaluation: early stopping keeps it
-where training never beats it on validation. Every setting was
-chosen on the validation split of ETTh1 only (experiments/README.md says how); the recipe is
-frozen, the same for every horizon and file.
+linear map from each column's level-free window (NLinear's model), trained on the mean
+absolute error. The untrained model is the naive forecast, and it is scored as the first
+evaluation: early stopping keeps it where training never beats it on validation. Every
+setting was chosen on the validation split of ETTh1 only (experiments/README.md says how);
+the recipe is frozen, the same for every horizon and file.
 """
 
 from __future__ import annotations
@@ -87,5 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # recipe keeps naive instead of forecasting structure that is not there
   # (experiments/ltsf/random_walk.py). On ETTh1 training beats it at every horizon.
   config.train.eval_at_start = True
-  config.train.loss = "mse"
+  # The mean absolute error, and early stopping on its validation value; chosen on
+  # validation MSE over MSE (experiments/sweeps/ltsf_loss.py: 0.3% lower on the mean over
+  # horizons, lower at 96 and 192, higher at 336 and 720).
+  config.train.loss = "mae"
   return config

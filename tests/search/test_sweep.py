@@ -120,7 +120,7 @@ def test_shipped_ablation_sweeps_load():
       assert sweep.config.endswith("ltsf/ett.py:192") and len(sweep.runs) == 4
       assert {r.setting["data.horizon"] for r in sweep.runs} == {192, 720}
       continue
-    if f.stem in ("ltsf_skip", "ltsf_naive_start", "ltsf_width"):
+    if f.stem in ("ltsf_skip", "ltsf_naive_start", "ltsf_width", "ltsf_loss"):
       assert sweep.config.endswith("ltsf/ett.py:96") and len(sweep.runs) in (12, 8, 4)
       assert {r.setting["data.horizon"] for r in sweep.runs} == {96, 192, 336, 720}
       continue
