@@ -97,7 +97,7 @@ def evaluate(
   return metrics
 
 
-def run_configs(workdirs: Sequence[str]) -> list[tuple[Any, dict[str, Any] | None]]:
+def _run_configs(workdirs: Sequence[str]) -> list[tuple[Any, dict[str, Any] | None]]:
   """Each run's config and run record (`workdir.read_run_config`); several runs (an
   ensemble) must be distinct and agree on every `data` setting, so that their forecasts
   are of the same windows, columns and units."""
@@ -130,7 +130,7 @@ def evaluate_ensemble(workdirs: Sequence[str]) -> dict:
   """
   if len(workdirs) < 2:
     raise InputError("an ensemble needs at least two runs (--workdir A --workdir B ...)")
-  configs = run_configs(workdirs)
+  configs = _run_configs(workdirs)
   data_now = workdir_lib.fingerprint(io.data_file(configs[0][0].data.path))
   members: list[dict[str, Any]] = []
   points: dict[str, list[np.ndarray]] = {}
@@ -257,7 +257,7 @@ def predict_file(
   import pandas as pd  # host-side only; keeps `import flaxlstm.train` light for workers
 
   workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
-  configs = run_configs(workdirs)
+  configs = _run_configs(workdirs)
   for w, (config, record) in zip(workdirs, configs):
     trained_on = [] if record is None else [record["data"]["path"]]
     try:
