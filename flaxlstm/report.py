@@ -362,6 +362,25 @@ class Reporter:
     return path
 
 
+def _import_tensorboardx() -> None:
+  """Imports tensorboardX without torch.
+
+  tensorboardX's package import tries `import torch`, only so that its own SummaryWriter
+  accepts torch tensors; where torch is installed, that import is a large share of a short
+  run's start-up (`flaxlstm train`, each sweep or tune worker). The event writer used here
+  needs none of it, so torch is hidden while the package loads (tensorboardX treats it as
+  absent), unless it is already loaded. Nothing in flaxlstm imports torch; the gap lasts
+  only this import.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+  try:
+    import tensorboardX  # noqa: F401
+  finally:
+    del sys.modules["torch"]
+
+
 class _EventFile:
   """TensorBoard scalars written synchronously (see the module docstring).
 
@@ -370,6 +389,7 @@ class _EventFile:
   """
 
   def __init__(self, logdir: pathlib.Path, purge_step: int | None):
+    _import_tensorboardx()
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto import event_pb2
     from tensorboardX.summary import scalar

@@ -5,8 +5,8 @@ Besides fixtures, one hook and one environment setting. The hook marks every cas
 parametrized test but the first `slow` (the inner loop runs one case of each), and
 collects the slow tests first: with pytest-xdist (README's `-n 2`) tests are handed out in
 collection order, and a long test left for the end would run alone on one core while the
-other idles. And the test process and the processes it starts share a persistent
-compilation cache (`_compile_cache`).
+other idles. The test process and the processes it starts share a persistent compilation
+cache (`_compile_cache`), and compile with LLVM's optimizations off (below).
 """
 
 from __future__ import annotations
@@ -16,6 +16,16 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+
+# Tests compile hundreds of small programs and run each for a few steps, so compiling, not
+# running, is most of their time: XLA's CPU backend at optimization level 0 skips LLVM's
+# optimization passes, which compiles much faster and runs tiny shapes about as fast.
+# Floating-point semantics are the same at every level (XLA:CPU does not enable fast math).
+# Appended, so that a device count given from outside is kept; the processes tests start
+# inherit it, and those that set a device count append theirs.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+).strip()
 
 
 def _sigmoid(z):

@@ -241,7 +241,9 @@ def test_bridge_to_linen_and_to_nnx():
 @pytest.mark.slow
 def test_with_partitioning_trains_on_8_devices_like_on_one():
   worker = pathlib.Path(__file__).with_name("nnx_sharding_worker.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(
+    os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
+  )
   out = subprocess.run(
     [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300
   )

@@ -171,7 +171,8 @@ def test_members_sharded_over_8_devices_give_the_same_numbers(runs, tiny, tmp_pa
     f"out = population.train_population(configs, {workdirs!r})\n"
     "print(json.dumps([[m['val']['mse'], m['test']['mse'], m['best_step']] for m in out]))\n"
   )
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  flags = os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
   )
