@@ -2,6 +2,7 @@
 
   python experiments/ett/later_period.py                      # everything, seeds 0, 1, 2
   python experiments/ett/later_period.py --parts probabilistic --seeds 0
+  python experiments/ett/later_period.py --parts univariate --horizons 336,720
 
 ETT's protocol reads only the first 14,400 rows of ETTh1 (12 / 4 / 4 months of 30 days);
 the file has 17,420. This writes its LAST 14,400 rows as an ETT-format file
@@ -103,11 +104,14 @@ def main():
   ap.add_argument("--workdir", default="runs/ett_later")
   ap.add_argument("--parts", default=",".join(PARTS))
   ap.add_argument("--seeds", default="0,1,2")
+  ap.add_argument("--horizons", help="a subset of each part's horizons, e.g. 336,720")
   args = ap.parse_args()
   data = write_later_file(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
   for part in args.parts.split(","):
     spec, horizons = PARTS[part]
+    if args.horizons:
+      horizons = tuple(h for h in horizons if str(h) in args.horizons.split(","))
     results: dict[int, list[dict]] = {}
     for h in horizons:
       for seed in seeds:
