@@ -21,11 +21,12 @@ import pytest
 # running, is most of their time: XLA's CPU backend at optimization level 0 skips LLVM's
 # optimization passes, which compiles much faster and runs tiny shapes about as fast.
 # Floating-point semantics are the same at every level (XLA:CPU does not enable fast math).
-# Appended, so that a device count given from outside is kept; the processes tests start
-# inherit it, and those that set a device count append theirs.
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-).strip()
+# Appended, so that a device count given from outside is kept (and once: xdist's workers
+# inherit the controller's environment); the processes tests start inherit it, and those
+# that set a device count append theirs.
+_O0 = "--xla_backend_optimization_level=0"
+if _O0 not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_O0}".strip()
 
 
 def _sigmoid(z):
