@@ -1,4 +1,5 @@
-"""JAX test helpers shared by test_cell.py and test_layers.py.
+"""JAX test helpers shared by test_cell.py and test_layers.py, and the environment of a
+subprocess with fake CPU devices (`fake_devices_env`).
 
 jit-cached apply: modules are hashable, so each (module, shapes) pair compiles once per
 session; random parameters via `eval_shape` are much cheaper than `init`, whose random/QR
@@ -6,6 +7,7 @@ initializers compile anew for every shape (and they give nonzero biases too).
 """
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -48,3 +50,10 @@ def rand_params(module, *args, seed=0, scale=0.5, **kw):
     return jax.device_put(np.asarray(a, s.dtype))  # (jnp.asarray would compile a copy)
 
   return jax.tree_util.tree_map_with_path(fill, param_shapes(module, *args, **kw))
+
+
+def fake_devices_env(n: int, **extra: str) -> dict[str, str]:
+  """This process's environment for a subprocess with `n` fake CPU devices: the count is
+  appended to the inherited XLA_FLAGS (conftest.py's compile flag stays), plus `extra`."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+  return {**os.environ, "XLA_FLAGS": flags.strip(), **extra}

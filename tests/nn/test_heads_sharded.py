@@ -6,20 +6,18 @@ them. The batch over the data axis: the fused LSTM equals one device and never g
 batch (its weight gradients are per-device sums, then one all-reduce)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from jax_helpers import fake_devices_env
 
 
 @pytest.mark.slow  # a fresh process with 8 fake devices
 def test_sharded_recurrences_equal_one_device_with_no_collective_in_the_loop():
   worker = pathlib.Path(__file__).with_name("heads_worker.py")
-  env = dict(
-    os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
-  )
+  env = fake_devices_env(8)
   out = subprocess.run(
     [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300
   )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import linen, nnx
+from jax_helpers import fake_devices_env
 
 import flaxlstm
 from flaxlstm import nnx as lnnx
@@ -241,9 +241,7 @@ def test_bridge_to_linen_and_to_nnx():
 @pytest.mark.slow
 def test_with_partitioning_trains_on_8_devices_like_on_one():
   worker = pathlib.Path(__file__).with_name("nnx_sharding_worker.py")
-  env = dict(
-    os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
-  )
+  env = fake_devices_env(8)
   out = subprocess.run(
     [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300
   )

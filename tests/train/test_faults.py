@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from jax_helpers import fake_devices_env
 
 from flaxlstm import cli
 from flaxlstm import config as config_lib
@@ -501,9 +502,7 @@ def test_population_sweep_on_two_devices_stops_on_sigterm_and_resumes(tiny, refe
   }
   sweep_file.write_text(f"def get_sweep():\n  return {spec!r}\n")
   wd = tmp_path / "sweep"
-  env = dict(
-    os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"
-  )
+  env = fake_devices_env(2)
   cmd = _sweep_cmd(sweep_file, wd) + ["--population"]
   log_lines = lambda run: (
     sum(1 for _ in open(wd / run / "metrics.jsonl")) if (wd / run / "metrics.jsonl").exists() else 0

@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jax_helpers import fake_devices_env
 
 from flaxlstm import config as config_lib
 from flaxlstm import train as train_lib
@@ -171,8 +172,7 @@ def test_members_sharded_over_8_devices_give_the_same_numbers(runs, tiny, tmp_pa
     f"out = population.train_population(configs, {workdirs!r})\n"
     "print(json.dumps([[m['val']['mse'], m['test']['mse'], m['best_step']] for m in out]))\n"
   )
-  flags = os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  env = fake_devices_env(8, JAX_PLATFORMS="cpu")
   out = subprocess.run(
     [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
   )
