@@ -362,23 +362,32 @@ class Reporter:
     return path
 
 
-def _import_tensorboardx() -> None:
-  """Imports tensorboardX without torch.
+_TENSORBOARDX_LOCK = threading.Lock()
+
+
+def _tensorboardx() -> tuple[Any, Any, Any]:
+  """tensorboardX's `EventsWriter`, `event_pb2` and `scalar`, imported without torch.
 
   tensorboardX's package import tries `import torch`, only so that its own SummaryWriter
   accepts torch tensors; where torch is installed, that import is a large share of a short
   run's start-up (`flaxlstm train`, each sweep or tune worker). The event writer used here
   needs none of it, so torch is hidden while the package loads (tensorboardX treats it as
-  absent), unless it is already loaded. Nothing in flaxlstm imports torch; the gap lasts
-  only this import.
+  absent), unless it is already loaded. Under a lock: a sweep's populations open their
+  event files in threads, and none may see the package half-imported or torch hidden.
+  Nothing in flaxlstm imports torch.
   """
-  if "tensorboardX" in sys.modules or "torch" in sys.modules:
-    return
-  sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
-  try:
-    import tensorboardX  # noqa: F401
-  finally:
-    del sys.modules["torch"]
+  with _TENSORBOARDX_LOCK:
+    hide = "tensorboardX" not in sys.modules and "torch" not in sys.modules
+    if hide:
+      sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+      from tensorboardX.event_file_writer import EventsWriter
+      from tensorboardX.proto import event_pb2
+      from tensorboardX.summary import scalar
+    finally:
+      if hide:
+        del sys.modules["torch"]
+  return EventsWriter, event_pb2, scalar
 
 
 class _EventFile:
@@ -389,10 +398,7 @@ class _EventFile:
   """
 
   def __init__(self, logdir: pathlib.Path, purge_step: int | None):
-    _import_tensorboardx()
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto import event_pb2
-    from tensorboardX.summary import scalar
+    EventsWriter, event_pb2, scalar = _tensorboardx()
 
     logdir.mkdir(parents=True, exist_ok=True)
     self._event, self._scalar = event_pb2.Event, scalar
