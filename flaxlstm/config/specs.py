@@ -308,6 +308,11 @@ class ModelSpec(_Spec):
   # Quantile levels the quantile head learns and `predict` writes as columns (OT_q0.1, ...);
   # the default holds the 50%, 80% and 95% central intervals and the median.
   quantiles: tuple[float, ...] = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
+  # Rolling recalibration of a distribution head (forecast/calibration.py): each forecast's
+  # spread around its median is rescaled, level by level, to what would have been exact on
+  # the last N windows of its series whose targets were known at its origin (never training
+  # windows when scoring). 0 = the head's own quantiles.
+  recalibration_windows: int = 0
 
   @property
   def cell_options(self) -> dict[str, Any]:
@@ -343,6 +348,13 @@ class ModelSpec(_Spec):
     for key in ("series_embedding", "segment_length"):
       c.non_negative(key)
       c.at_most(key, 2**16)
+    c.non_negative("recalibration_windows")
+    if self.recalibration_windows:
+      c.check(
+        "recalibration_windows",
+        self.head != "point",
+        "recalibrates a distribution head's quantiles: it needs model.head other than 'point'",
+      )
     if self.revin:
       c.check("revin", not self.predict_delta, "and model.predict_delta both remove the level")
     if self.volatility_scaling:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlstm.data import windows
-from flaxlstm.forecast import baselines
+from flaxlstm.forecast import baselines, calibration
 from flaxlstm.forecast.metrics import (
   HeadDistribution,
   distribution_metrics,
@@ -90,22 +90,25 @@ class Evaluator:
 
 def final_metrics(
   setup: Setup, params: Any, predict_fn: Callable, baseline_metrics: dict | None = None
-) -> tuple[dict, np.ndarray]:
+) -> tuple[dict, np.ndarray, Any]:
   """Val/test metrics and baselines (`baseline_metrics` if already computed on the same
-  data), and the test predictions (for the plots: distribution parameters for a
-  distribution head). `val_windows` and `test_windows` count the windows scored; a split
-  without windows (the test split of a production fit, `data.test_size=0`) has no metrics.
+  data), the test predictions and the test distributions (for the plots: a distribution
+  head's parameters and its `HeadDistribution`, recalibrated with
+  `model.recalibration_windows`; None for a point head). `val_windows` and `test_windows`
+  count the windows scored; a split without windows (the test split of a production fit,
+  `data.test_size=0`) has no metrics.
 
   The point metrics score the head's median (its mean for Gaussian heads), so they compare
   with a point model's; a distribution head adds `distribution` (CRPS, pinball, interval
-  coverage and width, overall and per lead time). `conformal` scores split-conformal
+  coverage and width, overall and per lead time), and with recalibration
+  `distribution_uncalibrated`, the head's own. `conformal` scores split-conformal
   distributions calibrated on the validation windows around this model's point forecast
   and around the naive one, on the test windows.
   """
   data, head, levels = setup.data, setup.model.head, setup.spec.model.quantiles
   out: dict[str, Any] = {}
   counts = {}
-  test_pred = np.zeros((0,))
+  preds: dict[str, np.ndarray] = {}
   points = {}
   for split in ("val", "test"):
     starts = data.window_starts(split)
@@ -115,17 +118,18 @@ def final_metrics(
     pred = predict_windows(
       predict_fn, params, data, starts, setup.spec.train.eval_batch_size, setup.mesh
     )
-    if split == "test":
-      test_pred = pred
+    preds[split] = pred
     points[split] = point = np.asarray(head.point(pred))
     out[split] = split_metrics(data, starts, point)
     if len(data.target_names) > 1:  # e.g. a global model scored on one column
       out[split]["per_target"] = per_target_metrics(data, starts, point)
-    if head.n_params:
-      y = windows.gather_targets(data, starts)
-      out[split]["distribution"] = distribution_metrics(
-        HeadDistribution(head, pred), y, unit_scale(data, starts), levels
-      )
+  dists = _distributions(setup, preds) if head.n_params else {}
+  for split, dist in dists.items():
+    starts = data.window_starts(split)
+    y, unit = windows.gather_targets(data, starts), unit_scale(data, starts)
+    out[split]["distribution"] = distribution_metrics(dist, y, unit, levels)
+    if isinstance(dist, calibration.Recalibrated):
+      out[split]["distribution_uncalibrated"] = distribution_metrics(dist.dist, y, unit, levels)
   out["baselines"] = (
     baselines.baseline_metrics(data, setup.spec.data.seasonal_period)
     if baseline_metrics is None
@@ -134,7 +138,38 @@ def final_metrics(
   test_points = points.get("test", np.zeros((0,)))  # none: no conformal scores ({})
   out["conformal"] = baselines.conformal_metrics(data, points["val"], test_points, levels)
   out.update(counts)
-  return out, test_pred
+  return out, preds.get("test", np.zeros((0,))), dists.get("test")
+
+
+def _distributions(setup: Setup, preds: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Each split's predictive distributions: the head's, recalibrated with
+  `model.recalibration_windows` on the windows of both splits that ended before each
+  forecast (forecast/calibration.py), never on training windows."""
+  data, head = setup.data, setup.model.head
+  dists = {split: HeadDistribution(head, pred) for split, pred in preds.items()}
+  n_windows = setup.spec.model.recalibration_windows
+  if not n_windows:
+    return dists
+  starts = {split: data.window_starts(split) for split in preds}
+  source_starts = np.concatenate([starts[s] for s in preds])
+  source = (
+    HeadDistribution(head, np.concatenate([preds[s] for s in preds])),
+    windows.gather_targets(data, source_starts),
+    source_starts,
+    data.row_series(source_starts - 1),
+  )
+  return {
+    split: calibration.recalibrate(
+      dist,
+      starts[split],
+      data.row_series(starts[split] - 1),
+      source,
+      data.horizon,
+      n_windows,
+      setup.spec.model.quantiles,
+    )
+    for split, dist in dists.items()
+  }
 
 
 def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
@@ -151,9 +186,11 @@ def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
   )
 
 
-def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None:
+def write_plots(
+  reporter: Reporter, setup: Setup, test_pred: np.ndarray, test_dist: Any = None
+) -> None:
   """Learning curves and test forecasts vs actuals, with the 80% and 95% bands of a
-  distribution head (process 0; no device work here)."""
+  distribution head's `test_dist` (process 0; no device work here)."""
   if not reporter.enabled:
     return
   data, head = setup.data, setup.model.head
@@ -162,6 +199,7 @@ def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None
   if not len(starts):  # a production fit: no test windows to draw
     return
   title = f"test set: {', '.join(data.target_names)}"
+  first = np.ones(len(starts), bool)
   if data.series_ids:  # a panel: the first series' test windows
     first = data.row_series(starts - 1) == 0
     starts, test_pred = starts[first], test_pred[first]
@@ -169,10 +207,9 @@ def write_plots(reporter: Reporter, setup: Setup, test_pred: np.ndarray) -> None
   y = windows.gather_targets(data, starts)
   naive = baselines.naive_forecast(data, starts)
   bands = {}
-  if head.n_params:
-    dist = HeadDistribution(head, test_pred)
+  if test_dist is not None:
     for c in (0.95, 0.8):  # widest first: drawn underneath
-      q = dist.quantiles(((1 - c) / 2, (1 + c) / 2))
+      q = test_dist.quantiles(((1 - c) / 2, (1 + c) / 2))[first]
       lo, hi = (data.inverse_targets(q[..., i], starts) for i in range(2))
       bands[f"{round(100 * c)}% interval"] = (lo, hi)
   reporter.plot_forecast(

@@ -14,6 +14,7 @@ import numpy as np
 from flaxlstm import config as config_lib
 from flaxlstm.data import calendar, io, scaling, series, windows
 from flaxlstm.errors import InputError, TrainingError
+from flaxlstm.forecast import calibration
 from flaxlstm.forecast.metrics import HeadDistribution, per_target_metrics, split_metrics
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
@@ -88,7 +89,9 @@ def evaluate(
       raise InputError(f"{workdir} holds no checkpoint")
     if warning:
       log.warning(warning)
-    metrics, _ = evaluation.final_metrics(setup, params, make_predict_fn(setup.model, setup.mesh))
+    metrics, _, _ = evaluation.final_metrics(
+      setup, params, make_predict_fn(setup.model, setup.mesh)
+    )
     metrics.update(evaluation.summary(setup, loop or LoopState(), params), data=data_now)
     reporter = Reporter(workdir, enabled=jax.process_index() == 0)
     if refit_scalers and reporter.enabled:
@@ -221,15 +224,54 @@ def _forecast(workdir: str, config: Any, data_path: str, all_windows: bool) -> _
   pred = data.inverse_targets(np.asarray(head.point(raw)), starts)
   # A distribution head also writes its quantiles, in original units (the scalers are
   # increasing maps, so quantiles map to quantiles).
-  quantiles = (
-    [
-      data.inverse_targets(q, starts)
-      for q in np.moveaxis(HeadDistribution(head, raw).quantiles(levels), -1, 0)
+  quantiles = []
+  if head.n_params:
+    dist: Any = HeadDistribution(head, raw)
+    if spec.model.recalibration_windows:
+      dist = _recalibrated(dist, model, params, data, starts, series_of, spec, data_path)
+    quantiles = [
+      data.inverse_targets(q, starts) for q in np.moveaxis(dist.quantiles(levels), -1, 0)
     ]
-    if head.n_params
-    else []
-  )
   return _Forecast(data, spec, starts, series_of, ahead, pred, quantiles)
+
+
+def _recalibrated(dist, model, params, data, starts, series_of, spec, data_path) -> Any:
+  """`dist` recalibrated as the run's metrics are (`model.recalibration_windows`), on the
+  windows of `data_path` whose targets are known: the last N before each forecast in its
+  series. In a production fit (`data.test_size=0`) predicting its own file, those are the
+  validation windows; a file without the targets cannot recalibrate, and says so."""
+  n_windows, horizon = spec.model.recalibration_windows, data.horizon
+  if not data.has_targets:
+    log.warning(
+      f"{data_path} lacks the target column(s) {list(data.target_names)}: its quantiles "
+      "are the head's own, not recalibrated (model.recalibration_windows)"
+    )
+    return dist
+  begin, end = data.offsets[:-1], data.offsets[1:]
+  first = np.full(len(begin), np.iinfo(np.int64).max)
+  np.minimum.at(first, series_of, starts)
+  # Each series' complete windows (all targets, and any known inputs, in the file) that
+  # some forecast may read.
+  source = np.concatenate(
+    [
+      np.arange(max(b + data.context, f - horizon - n_windows - horizon), e - horizon + 1)
+      for b, e, f in zip(begin, end, first)
+    ]
+  ).astype(np.int64)
+  if not len(source):
+    return dist
+  src_raw = predict_windows(
+    make_predict_fn(model), params, data, source, spec.train.eval_batch_size
+  )
+  src = (
+    HeadDistribution(model.head, src_raw),
+    windows.gather_targets(data, source),
+    source,
+    data.row_series(source - 1),
+  )
+  return calibration.recalibrate(
+    dist, starts, series_of, src, horizon, n_windows, spec.model.quantiles
+  )
 
 
 def predict_file(

@@ -168,9 +168,9 @@ class RunSession:
     writes metrics.json and the plots; returns the metrics."""
     setup = self.setup
     params = self.evaluator.final_params(params)
-    metrics, test_pred = evaluation.final_metrics(setup, params, predict_fn, baselines)
+    metrics, test_pred, test_dist = evaluation.final_metrics(setup, params, predict_fn, baselines)
     metrics.update(evaluation.summary(setup, self.loop, params), data=self.data_now)
     metrics.update(self.throughput())
     self.reporter.write_json("metrics.json", metrics)
-    evaluation.write_plots(self.reporter, setup, test_pred)
+    evaluation.write_plots(self.reporter, setup, test_pred, test_dist)
     return metrics

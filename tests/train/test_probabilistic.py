@@ -18,7 +18,7 @@ def quantile_run(tiny, tmp_path_factory):
   argv += ["--config.model.head=quantile", "--config.model.quantiles=0.05,0.1,0.5,0.9,0.95"]
   argv += ["--config.model.predict_delta=True", "--config.model.volatility_scaling=True"]
   # the recipe's model (experiments/ett/probabilistic.py), so evaluate and predict read it
-  argv += ["--config.model.volatility_input=True"]
+  argv += ["--config.model.volatility_input=True", "--config.model.recalibration_windows=16"]
   argv += ["--config.data.features=y", "--config.train.max_steps=30"]
   assert cli.main(argv) == 0
   return wd
@@ -28,11 +28,15 @@ def quantile_run(tiny, tmp_path_factory):
 def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run):
   m = json.load(open(os.path.join(quantile_run, "metrics.json")))
   for split in ("val", "test"):
-    d = m[split]["distribution"]
-    assert 0 <= d["coverage_50"] <= d["coverage_80"] <= d["coverage_95"] <= 1
-    assert 0 < d["width_50"] < d["width_80"] < d["width_95"]
-    assert d["crps"] > 0 and len(d["per_lead"]["crps"]) == 6
-    assert np.mean(d["per_lead"]["crps"]) == pytest.approx(d["crps"])
+    # Recalibrated (model.recalibration_windows) beside the head's own quantiles.
+    for key in ("distribution", "distribution_uncalibrated"):
+      d = m[split][key]
+      assert 0 <= d["coverage_50"] <= d["coverage_80"] <= d["coverage_95"] <= 1
+      assert 0 < d["width_50"] < d["width_80"] < d["width_95"]
+      assert d["crps"] > 0 and len(d["per_lead"]["crps"]) == 6
+      assert np.mean(d["per_lead"]["crps"]) == pytest.approx(d["crps"])
+  # The test windows are recalibrated on the validation windows before them.
+  assert m["test"]["distribution"]["width_80"] != m["test"]["distribution_uncalibrated"]["width_80"]
   for name in ("model", "naive"):
     assert set(m["conformal"][name]) == {"test"}
     assert m["conformal"][name]["test"]["crps"] > 0
@@ -71,6 +75,11 @@ def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tm
     (["--config.model.head=gaussian", "--config.train.loss=mae"], "config key 'train.loss'"),
     (["--config.model.volatility_scaling=True"], "needs model.predict_delta"),
     (["--config.model.volatility_input=True"], "needs model.volatility_scaling=True"),
+    (["--config.model.recalibration_windows=24"], "needs model.head other than 'point'"),
+    (
+      ["--config.model.head=gaussian", "--config.model.recalibration_windows=-1"],
+      "'model.recalibration_windows' = -1",
+    ),
   ],
 )
 def test_bad_head_config_is_one_line(tiny, tmp_path, capsys, argv, fragment):
