@@ -170,6 +170,7 @@ def test_probabilistic_recipe_runs_unchanged_on_another_ett_format_file(tmp_path
   metrics = train_lib.train_and_evaluate(config, str(tmp_path / "run"), quiet=True)
   dist = metrics["test"]["distribution"]
   assert np.isfinite(dist["crps"]) and 0 <= dist["coverage_80"] <= 1
+  assert "distribution_uncalibrated" in metrics["test"]  # the recipe recalibrates
   assert np.isfinite(metrics["conformal"]["model"]["test"]["crps"])
 
 

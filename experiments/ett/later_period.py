@@ -83,19 +83,25 @@ def point_table(part: str, results: dict[int, list[dict]]) -> str:
 
 
 def interval_table(results: dict[int, list[dict]]) -> str:
+  """The recipe's scores per split; with recalibration also the head's own quantiles."""
   lines = [
-    "| horizon | split | CRPS | 50% coverage | 80% coverage | 95% coverage | 80% width |",
-    "|---|---|---|---|---|---|---|",
+    "| horizon | split | quantiles | CRPS | 50% coverage | 80% coverage | 95% coverage "
+    "| 80% width |",
+    "|---|---|---|---|---|---|---|---|",
   ]
+  kinds = (("distribution", "as forecast"), ("distribution_uncalibrated", "head alone"))
   for h, runs in sorted(results.items()):
     for split in ("val", "test"):
-      d = [m[split]["distribution"] for m in runs]
-      cov = [_ms([x[f"coverage_{c}"] for x in d], 1, pct=True) for c in (50, 80, 95)]
-      lines.append(
-        f"| {h} | {split} | {_ms([x['crps'] for x in d])} | "
-        + " | ".join(cov)
-        + f" | {_ms([x['width_80'] for x in d])} |"
-      )
+      for key, name in kinds:
+        if not all(key in m[split] for m in runs):
+          continue
+        d = [m[split][key] for m in runs]
+        cov = [_ms([x[f"coverage_{c}"] for x in d], 1, pct=True) for c in (50, 80, 95)]
+        lines.append(
+          f"| {h} | {split} | {name} | {_ms([x['crps'] for x in d])} | "
+          + " | ".join(cov)
+          + f" | {_ms([x['width_80'] for x in d])} |"
+        )
   return "\n".join(lines)
 
 
