@@ -77,14 +77,16 @@ def rolling_factors(
   horizon: int,
   n_windows: int,
   levels: Any,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
   """`(M, T, L)`: the factors of each forecast (window `starts`, of `series`), from the
   source windows (`ratios (n, H, T, L)` at `source_starts` of `source_series`): the last
-  `n_windows` of the same series observed by its block's first origin (module docstring)."""
+  `n_windows` of the same series observed by its block's first origin (module docstring);
+  and `(M,)` whether each had enough of them (else its factors are 1)."""
   source_starts = np.asarray(source_starts, np.int64)
   source_series = np.asarray(source_series, np.int64)
   out = np.ones((len(starts), *ratios.shape[2:]))
-  cache: dict[tuple[int, int], np.ndarray] = {}
+  enough = np.zeros(len(starts), bool)
+  cache: dict[tuple[int, int], np.ndarray | None] = {}
   need = max(1, -(-n_windows // 2))
   for j, (s, sid) in enumerate(zip(np.asarray(starts, np.int64), np.asarray(series, np.int64))):
     block = int(s - s % horizon)
@@ -93,10 +95,11 @@ def rolling_factors(
       # Observed at row `block`: windows that start at or before `block - horizon`.
       pool = np.flatnonzero((source_series == sid) & (source_starts <= block - horizon))
       pool = pool[np.argsort(source_starts[pool], kind="stable")][-n_windows:]
-      ones = np.ones(ratios.shape[2:])
-      cache[key] = spread_factors(ratios[pool], levels) if len(pool) >= need else ones
-    out[j] = cache[key]
-  return out
+      cache[key] = spread_factors(ratios[pool], levels) if len(pool) >= need else None
+    factors = cache[key]
+    if factors is not None:
+      out[j], enough[j] = factors, True
+  return out, enough
 
 
 class Recalibrated:
@@ -104,7 +107,10 @@ class Recalibrated:
   at `levels` (interpolated linearly in the level between them, 1 at the median, flat
   beyond the outermost). The same interface as `metrics.HeadDistribution`."""
 
-  def __init__(self, dist: Any, levels: Any, factors: np.ndarray):
+  def __init__(self, dist: Any, levels: Any, factors: np.ndarray, calibrated: Any = None):
+    # `calibrated (N,)`: which forecasts had the windows to calibrate on (the rest keep
+    # factors of 1); all of them if not given.
+    self.calibrated = np.ones(len(factors), bool) if calibrated is None else calibrated
     levels = np.asarray(levels, np.float64)
     factors = np.asarray(factors, np.float64)
     if 0.5 not in levels:  # the median is a knot: its factor is 1
@@ -154,7 +160,7 @@ def recalibrate(
   distributions, targets, starts and series of the windows that may calibrate them."""
   src_dist, src_y, src_starts, src_series = source
   ratios = spread_ratios(src_dist, src_y, levels)
-  factors = rolling_factors(
+  factors, enough = rolling_factors(
     ratios, src_starts, src_series, starts, series, horizon, n_windows, levels
   )
-  return Recalibrated(dist, levels, factors)
+  return Recalibrated(dist, levels, factors, enough)

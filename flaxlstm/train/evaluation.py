@@ -130,6 +130,15 @@ def final_metrics(
     out[split]["distribution"] = distribution_metrics(dist, y, unit, levels)
     if isinstance(dist, calibration.Recalibrated):
       out[split]["distribution_uncalibrated"] = distribution_metrics(dist.dist, y, unit, levels)
+      # How many forecasts had the windows to recalibrate on: the rest keep the head's own.
+      out[split]["distribution"]["recalibrated_windows"] = done = int(dist.calibrated.sum())
+      if done < len(starts):
+        log.warning(
+          f"model.recalibration_windows={setup.spec.model.recalibration_windows}: "
+          f"{len(starts) - done} of {len(starts)} {split} forecasts had fewer than half "
+          "that many observed windows of their series before them and keep the head's "
+          "own quantiles"
+        )
   out["baselines"] = (
     baselines.baseline_metrics(data, setup.spec.data.seasonal_period)
     if baseline_metrics is None

@@ -269,9 +269,16 @@ def _recalibrated(dist, model, params, data, starts, series_of, spec, data_path)
     source,
     data.row_series(source - 1),
   )
-  return calibration.recalibrate(
+  out = calibration.recalibrate(
     dist, starts, series_of, src, horizon, n_windows, spec.model.quantiles
   )
+  if not out.calibrated.all():
+    log.warning(
+      f"{int((~out.calibrated).sum())} of {len(starts)} forecasts of {data_path} had fewer "
+      f"than {-(-n_windows // 2)} complete windows of their series before them "
+      "(model.recalibration_windows): they keep the head's own quantiles"
+    )
+  return out
 
 
 def predict_file(

@@ -40,6 +40,7 @@ def test_a_too_narrow_spread_is_widened_to_nominal_coverage():
   rng = np.random.default_rng(0)
   dist, y, starts, series = _panel(3000, 2.0, rng)
   cal = calibration.recalibrate(dist, starts, series, (dist, y, starts, series), H, 400, LEVELS)
+  assert not cal.calibrated[:200].any() and cal.calibrated[204:].all()  # 200 = 400 / 2
   late = slice(1000, None)  # every forecast here has its full 400 windows
   k = cal.factors[late, 0]
   np.testing.assert_allclose(k[:, LEVELS.index(0.5)], 1.0)
@@ -85,13 +86,13 @@ def test_a_forecast_reads_only_windows_observed_before_its_block():
   dist, y, starts, series = _panel(400, 2.0, rng)
   ratios = calibration.spread_ratios(dist, y, LEVELS)
   at = np.array([201, 202, 203], np.int64)  # block 200: windows starting <= 196 are observed
-  before = calibration.rolling_factors(ratios, starts, series, at, series[:3], H, 100, LEVELS)
+  before, _ = calibration.rolling_factors(ratios, starts, series, at, series[:3], H, 100, LEVELS)
   changed = ratios.copy()
   changed[starts > 196] *= 50.0  # targets not yet observed at row 200
-  after = calibration.rolling_factors(changed, starts, series, at, series[:3], H, 100, LEVELS)
+  after, _ = calibration.rolling_factors(changed, starts, series, at, series[:3], H, 100, LEVELS)
   np.testing.assert_array_equal(before, after)
   changed[starts == 196] *= 50.0  # the newest observed window does count
-  moved = calibration.rolling_factors(changed, starts, series, at, series[:3], H, 100, LEVELS)
+  moved, _ = calibration.rolling_factors(changed, starts, series, at, series[:3], H, 100, LEVELS)
   assert not np.array_equal(before, moved)
   np.testing.assert_array_equal(before[0], before[2])  # one block, one set of factors
 
@@ -105,8 +106,11 @@ def test_too_few_windows_keep_the_head_and_series_do_not_mix():
     Normal(np.concatenate([a[0].mu, b[0].mu]), np.ones((600, H, 1))), source[0], LEVELS
   )
   starts, series = np.array([20, 290, 1290]), np.array([0, 0, 1])
-  k = calibration.rolling_factors(ratios, source[1], source[2], starts, series, H, 100, LEVELS)
+  k, enough = calibration.rolling_factors(
+    ratios, source[1], source[2], starts, series, H, 100, LEVELS
+  )
   np.testing.assert_array_equal(k[0], 1.0)  # 17 windows observed: fewer than 50
+  np.testing.assert_array_equal(enough, [False, True, True])
   top = LEVELS.index(0.9)
   assert k[1, 0, top] == pytest.approx(2.0, rel=0.15)  # series 0's spread
   assert k[2, 0, top] == pytest.approx(0.5, rel=0.15)  # series 1's own

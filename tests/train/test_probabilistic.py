@@ -35,6 +35,10 @@ def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run
       assert 0 < d["width_50"] < d["width_80"] < d["width_95"]
       assert d["crps"] > 0 and len(d["per_lead"]["crps"]) == 6
       assert np.mean(d["per_lead"]["crps"]) == pytest.approx(d["crps"])
+  # The first validation forecasts have fewer than 8 windows before them and keep the head's
+  # own; every test forecast has validation windows before it.
+  assert 0 < m["val"]["distribution"]["recalibrated_windows"] < m["val_windows"]
+  assert m["test"]["distribution"]["recalibrated_windows"] == m["test_windows"]
   # The test windows are recalibrated on the validation windows before them.
   assert m["test"]["distribution"]["width_80"] != m["test"]["distribution_uncalibrated"]["width_80"]
   for name in ("model", "naive"):
