@@ -70,6 +70,26 @@ def test_evaluate_reproduces_and_predict_writes_quantiles(quantile_run, tiny, tm
   assert inside[rows["y_actual"].notna()].mean() > 0.5  # original units, not scaled ones
 
 
+@pytest.mark.slow  # trains to completion
+def test_predict_recalibrates_what_it_can_and_keeps_the_median(quantile_run, tiny):
+  from flaxlstm.train import inference
+  from flaxlstm.train import workdir as workdir_lib
+
+  config, _ = workdir_lib.read_run_config(quantile_run)
+  recal = inference._forecast(quantile_run, config, tiny["csv"], all_windows=True)
+  config.model.recalibration_windows = 0  # the head's own quantiles
+  own = inference._forecast(quantile_run, config, tiny["csv"], all_windows=True)
+  np.testing.assert_array_equal(recal.point, own.point)
+  np.testing.assert_allclose(recal.quantiles[2], own.quantiles[2], rtol=1e-6)  # the median
+  # A forecast is recalibrated once 8 (16 / 2) complete windows of the file were observed
+  # by its block's first origin (forecast/calibration.py); before, it keeps the head's own.
+  starts, horizon = recal.starts, recal.data.horizon
+  observed = (starts - starts % horizon) - horizon - starts[0] + 1
+  moved = np.abs(recal.quantiles[0] - own.quantiles[0]).max(axis=(1, 2)) > 1e-6
+  assert (observed < 8).any() and not moved[observed < 8].any()
+  assert moved[observed >= 8].all()
+
+
 @pytest.mark.parametrize(
   "argv, fragment",
   [
