@@ -133,7 +133,9 @@ def final_metrics(
       # How many forecasts had the windows to recalibrate on: the rest keep the head's own.
       out[split]["distribution"]["recalibrated_windows"] = done = int(dist.calibrated.sum())
       if done < len(starts):
-        log.warning(
+        # The first validation forecasts never have the windows (nothing before them is
+        # scored): expected, so said at INFO; a test forecast without them is news.
+        (log.info if split == "val" else log.warning)(
           f"model.recalibration_windows={setup.spec.model.recalibration_windows}: "
           f"{len(starts) - done} of {len(starts)} {split} forecasts had fewer than half "
           "that many observed windows of their series before them and keep the head's "
