@@ -127,9 +127,8 @@ def recalibration_scores(path: str, candidates=RECALIBRATION) -> dict[int | str,
   pred = predict_windows(
     make_predict_fn(setup.model, setup.mesh), params, data, starts, 512, setup.mesh
   )
-  series = data.row_series(starts - 1)
   y = windows.gather_targets(data, starts)
-  source = (HeadDistribution(head, pred), y, starts, series)
+  source = (HeadDistribution(head, pred), y, starts)
   first_late = max(candidates) // 2 + data.horizon
   late = slice(first_late, None)
   # The static factors read windows observed before the first late one starts.
@@ -146,9 +145,7 @@ def recalibration_scores(path: str, candidates=RECALIBRATION) -> dict[int | str,
       factors = np.broadcast_to(static, (len(pred[late]), *static.shape))
       dist = calibration.Recalibrated(dist, levels, factors)
     elif n:
-      dist = calibration.recalibrate(
-        dist, starts[late], series[late], source, data.horizon, int(n), levels
-      )
+      dist = calibration.recalibrate(dist, starts[late], source, data, int(n), levels)
     out[n] = distribution_metrics(dist, y[late], unit_scale(data, starts[late]), levels)
   return out
 

@@ -187,6 +187,7 @@ def validate(spec: RunSpec) -> RunSpec:
   import flaxlstm.data.io as io
   import flaxlstm.data.scaling as scaling
   import flaxlstm.data.splits as splits
+  import flaxlstm.forecast.calibration as calibration
   import flaxlstm.forecast.decoders as decoders
   import flaxlstm.forecast.encoders as encoders
   import flaxlstm.forecast.heads as heads
@@ -220,6 +221,7 @@ def validate(spec: RunSpec) -> RunSpec:
   m.choice("linear_skip_init", model.LINEAR_SKIP_INITS)
   m.choice("decoder", decoders.DECODERS)
   m.choice("head", heads.HEADS)
+  m.choice("recalibration_scope", calibration.SCOPES)
   t.choice("schedule", optim.SCHEDULES)
   t.choice("optimizer", optim.OPTIMIZERS)
   t.choice("loss", optim.LOSSES)

@@ -313,6 +313,9 @@ class ModelSpec(_Spec):
   # the last N windows of its series whose targets were known at its origin (never training
   # windows when scoring). 0 = the head's own quantiles.
   recalibration_windows: int = 0
+  # Which windows may calibrate a forecast: "series", its own series' (by row); "panel",
+  # any series' (by date: a long table whose series are too short to hold N windows each).
+  recalibration_scope: str = "series"
 
   @property
   def cell_options(self) -> dict[str, Any]:

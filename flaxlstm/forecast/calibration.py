@@ -13,16 +13,19 @@ the recalibrated quantile is
 .. math:: q'_\tau = m + k_\tau (q_\tau - m),
 
 where :math:`k_\tau` is the factor that would have made level :math:`\tau` exact on the
-last `N` windows of the same series whose targets were all observed at the forecast's
-origin (a window starting at row :math:`s'` is observed from row :math:`s' + H` on): with
+last `N` windows whose targets were all observed at the forecast's origin (a window
+starting at row :math:`s'` is observed from row :math:`s' + H` on), of the same series
+(`model.recalibration_scope="series"`) or, on a panel whose series are each too short to
+hold `N` windows, of any series, by date (`"panel"`): with
 ratios :math:`r = (y - m) / (q_\tau - m)` over those windows' leads and values,
 :math:`k_\tau` is their :math:`\tau`-quantile above the median and their
 :math:`(1 - \tau)`-quantile below it. The median stays, so point forecasts and their
 metrics do not change; factors are at least 0; quantiles are re-sorted so that none cross.
-Factors are per target column and level, pooled over lead times, and refreshed once per
-`H` rows (the forecasts of a block of `H` consecutive origins share the block's first
-origin's factors, which is earlier, so nothing unobserved is read). A forecast with fewer
-than `N / 2` such windows keeps its factors at 1.
+Factors are per target column and level, pooled over lead times; within a series they are
+refreshed once per `H` rows (the forecasts of a block of `H` consecutive origins share the
+block's first origin's factors, which is earlier, so nothing unobserved is read), across a
+panel once per origin date. A forecast with fewer than `N / 2` such windows keeps its
+factors at 1.
 
 Nothing here is fitted on test targets before they are observed: a test window's factors
 come from validation windows and from test windows that ended before its origin, as they
@@ -68,33 +71,64 @@ def spread_factors(ratios: np.ndarray, levels: Any) -> np.ndarray:
   return np.maximum(np.nan_to_num(k, nan=1.0), 0.0)
 
 
+# The choices of model.recalibration_scope: which windows may calibrate a forecast.
+SCOPES = ("series", "panel")
+
+
+def _dates(data: Any) -> np.ndarray:
+  if data.dates is None:
+    raise ValueError("model.recalibration_scope='panel' needs the file's dates")
+  return np.asarray(data.dates, "datetime64[ns]").astype(np.int64)
+
+
+def origin_times(data: Any, starts: np.ndarray, scope: str) -> tuple[np.ndarray, np.ndarray]:
+  """`(time, group)` of the forecasts of the windows at `starts` of `data` (a `SeriesData`):
+  when each is made, and which windows may calibrate it. `"series"`: rows, the group its
+  series, the origin rounded down to the start of its block of `horizon` rows so that a
+  block's forecasts share its factors. `"panel"`: the file's dates (int64 nanoseconds),
+  one group. A forecast past its series' end has an origin like any other."""
+  starts = np.asarray(starts, np.int64)
+  if scope == "series":
+    return starts - starts % data.horizon - 1, data.row_series(starts - 1)
+  return _dates(data)[starts - 1], np.zeros(len(starts), np.int64)
+
+
+def known_times(data: Any, starts: np.ndarray, scope: str) -> tuple[np.ndarray, np.ndarray]:
+  """`(time, group)` of complete windows at `starts`: when each one's last target is known
+  (its last row, or that row's date), and its group, as `origin_times` counts them."""
+  starts = np.asarray(starts, np.int64)
+  last = starts + data.horizon - 1
+  if scope == "series":
+    return last, data.row_series(starts - 1)
+  return _dates(data)[last], np.zeros(len(starts), np.int64)
+
+
 def rolling_factors(
   ratios: np.ndarray,
-  source_starts: np.ndarray,
-  source_series: np.ndarray,
-  starts: np.ndarray,
-  series: np.ndarray,
-  horizon: int,
+  source_observed: np.ndarray,
+  source_group: np.ndarray,
+  origins: np.ndarray,
+  groups: np.ndarray,
   n_windows: int,
   levels: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """`(M, T, L)`: the factors of each forecast (window `starts`, of `series`), from the
-  source windows (`ratios (n, H, T, L)` at `source_starts` of `source_series`): the last
-  `n_windows` of the same series observed by its block's first origin (module docstring);
-  and `(M,)` whether each had enough of them (else its factors are 1)."""
-  source_starts = np.asarray(source_starts, np.int64)
-  source_series = np.asarray(source_series, np.int64)
-  out = np.ones((len(starts), *ratios.shape[2:]))
-  enough = np.zeros(len(starts), bool)
+  """`(M, T, L)`: the factors of each forecast (made at `origins`, of `groups`), from the
+  source windows (`ratios (n, H, T, L)`, each known from `source_observed`, of
+  `source_group`): the last `n_windows` of its group known at its origin (module
+  docstring); and `(M,)` whether each had at least half that many (else its factors are
+  1). Times are any ordered integers (`origin_times`, `known_times`)."""
+  source_observed = np.asarray(source_observed, np.int64)
+  source_group = np.asarray(source_group, np.int64)
+  order = np.argsort(source_observed, kind="stable")
+  out = np.ones((len(origins), *ratios.shape[2:]))
+  enough = np.zeros(len(origins), bool)
   cache: dict[tuple[int, int], np.ndarray | None] = {}
   need = max(1, -(-n_windows // 2))
-  for j, (s, sid) in enumerate(zip(np.asarray(starts, np.int64), np.asarray(series, np.int64))):
-    block = int(s - s % horizon)
-    key = (int(sid), block)
+  for j, key in enumerate(zip(np.asarray(groups).tolist(), np.asarray(origins).tolist())):
     if key not in cache:
-      # Observed at row `block`: windows that start at or before `block - horizon`.
-      pool = np.flatnonzero((source_series == sid) & (source_starts <= block - horizon))
-      pool = pool[np.argsort(source_starts[pool], kind="stable")][-n_windows:]
+      group, origin = key
+      pool = order[(source_group[order] == group) & (source_observed[order] <= origin)]
+      pool = pool[-n_windows:]
       cache[key] = spread_factors(ratios[pool], levels) if len(pool) >= need else None
     factors = cache[key]
     if factors is not None:
@@ -150,17 +184,18 @@ class Recalibrated:
 def recalibrate(
   dist: Any,
   starts: np.ndarray,
-  series: np.ndarray,
-  source: tuple[Any, np.ndarray, np.ndarray, np.ndarray],
-  horizon: int,
+  source: tuple[Any, np.ndarray, np.ndarray],
+  data: Any,
   n_windows: int,
   levels: Any,
+  scope: str = "series",
 ) -> Recalibrated:
-  """`dist` (the forecasts at `starts` of `series`) recalibrated on `source`: the
-  distributions, targets, starts and series of the windows that may calibrate them."""
-  src_dist, src_y, src_starts, src_series = source
+  """`dist` (the forecasts of `data`'s windows at `starts`) recalibrated on `source`: the
+  distributions, targets and starts of the windows that may calibrate them, over the
+  last `n_windows` of them known at each forecast's origin, within its `scope`."""
+  src_dist, src_y, src_starts = source
   ratios = spread_ratios(src_dist, src_y, levels)
-  factors, enough = rolling_factors(
-    ratios, src_starts, src_series, starts, series, horizon, n_windows, levels
-  )
+  observed, src_group = known_times(data, src_starts, scope)
+  origins, groups = origin_times(data, starts, scope)
+  factors, enough = rolling_factors(ratios, observed, src_group, origins, groups, n_windows, levels)
   return Recalibrated(dist, levels, factors, enough)

@@ -240,6 +240,11 @@ def _target_columns(spec: RunSpec, data: series.SeriesData) -> tuple[int, ...]:
       f"data.lookback={spec.data.lookback} must be a multiple of "
       f"model.segment_length={model.segment_length}"
     )
+  if model.recalibration_windows and model.recalibration_scope == "panel" and data.dates is None:
+    raise InputError(
+      "model.recalibration_scope='panel' orders the windows of all series by date: "
+      f"{data.source} has no date column (data.date_column)"
+    )
   missing = [t for t in targets if t not in features]
   if model.revin and missing:
     raise InputError(

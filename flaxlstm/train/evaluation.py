@@ -138,8 +138,8 @@ def final_metrics(
         (log.info if split == "val" else log.warning)(
           f"model.recalibration_windows={setup.spec.model.recalibration_windows}: "
           f"{len(starts) - done} of {len(starts)} {split} forecasts had fewer than half "
-          "that many observed windows of their series before them and keep the head's "
-          "own quantiles"
+          f"that many windows known before them (recalibration_scope="
+          f"{setup.spec.model.recalibration_scope!r}) and keep the head's own quantiles"
         )
   out["baselines"] = (
     baselines.baseline_metrics(data, setup.spec.data.seasonal_period)
@@ -167,17 +167,17 @@ def _distributions(setup: Setup, preds: dict[str, np.ndarray]) -> dict[str, Any]
     HeadDistribution(head, np.concatenate([preds[s] for s in preds])),
     windows.gather_targets(data, source_starts),
     source_starts,
-    data.row_series(source_starts - 1),
   )
+  model = setup.spec.model
   return {
     split: calibration.recalibrate(
       dist,
       starts[split],
-      data.row_series(starts[split] - 1),
       source,
-      data.horizon,
+      data,
       n_windows,
-      setup.spec.model.quantiles,
+      model.quantiles,
+      model.recalibration_scope,
     )
     for split, dist in dists.items()
   }

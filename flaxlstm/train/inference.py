@@ -263,20 +263,16 @@ def _recalibrated(dist, model, params, data, starts, series_of, spec, data_path)
   src_raw = predict_windows(
     make_predict_fn(model), params, data, source, spec.train.eval_batch_size
   )
-  src = (
-    HeadDistribution(model.head, src_raw),
-    windows.gather_targets(data, source),
-    source,
-    data.row_series(source - 1),
-  )
+  src = (HeadDistribution(model.head, src_raw), windows.gather_targets(data, source), source)
   out = calibration.recalibrate(
-    dist, starts, series_of, src, horizon, n_windows, spec.model.quantiles
+    dist, starts, src, data, n_windows, spec.model.quantiles, spec.model.recalibration_scope
   )
   if not out.calibrated.all():
     log.warning(
       f"{int((~out.calibrated).sum())} of {len(starts)} forecasts of {data_path} had fewer "
-      f"than {-(-n_windows // 2)} complete windows of their series before them "
-      "(model.recalibration_windows): they keep the head's own quantiles"
+      f"than {-(-n_windows // 2)} complete windows before them (model.recalibration_windows, "
+      f"recalibration_scope={spec.model.recalibration_scope!r}): they keep the head's own "
+      "quantiles"
     )
   return out
 

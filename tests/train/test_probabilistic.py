@@ -104,6 +104,7 @@ def test_predict_recalibrates_what_it_can_and_keeps_the_median(quantile_run, tin
       ["--config.model.head=gaussian", "--config.model.recalibration_windows=-1"],
       "'model.recalibration_windows' = -1",
     ),
+    (["--config.model.recalibration_scope=world"], "'model.recalibration_scope' = 'world'"),
   ],
 )
 def test_bad_head_config_is_one_line(tiny, tmp_path, capsys, argv, fragment):
