@@ -181,6 +181,24 @@ class Recalibrated:
     return 2 * heads.pinball(np.asarray(y, np.float64)[..., None], q, grid).mean(axis=-1)
 
 
+def fit_factors(
+  starts: np.ndarray,
+  source: tuple[Any, np.ndarray, np.ndarray],
+  data: Any,
+  n_windows: int,
+  levels: Any,
+  scope: str = "series",
+) -> tuple[np.ndarray, np.ndarray]:
+  """`rolling_factors` of the forecasts of `data`'s windows at `starts`, from `source`: the
+  distributions, targets and starts of the windows that may calibrate them, the last
+  `n_windows` of them known at each forecast's origin, within its `scope`."""
+  src_dist, src_y, src_starts = source
+  ratios = spread_ratios(src_dist, src_y, levels)
+  observed, src_group = known_times(data, src_starts, scope)
+  origins, groups = origin_times(data, starts, scope)
+  return rolling_factors(ratios, observed, src_group, origins, groups, n_windows, levels)
+
+
 def recalibrate(
   dist: Any,
   starts: np.ndarray,
@@ -190,12 +208,7 @@ def recalibrate(
   levels: Any,
   scope: str = "series",
 ) -> Recalibrated:
-  """`dist` (the forecasts of `data`'s windows at `starts`) recalibrated on `source`: the
-  distributions, targets and starts of the windows that may calibrate them, over the
-  last `n_windows` of them known at each forecast's origin, within its `scope`."""
-  src_dist, src_y, src_starts = source
-  ratios = spread_ratios(src_dist, src_y, levels)
-  observed, src_group = known_times(data, src_starts, scope)
-  origins, groups = origin_times(data, starts, scope)
-  factors, enough = rolling_factors(ratios, observed, src_group, origins, groups, n_windows, levels)
+  """`dist` (the forecasts of `data`'s windows at `starts`) recalibrated on `source`
+  (`fit_factors`)."""
+  factors, enough = fit_factors(starts, source, data, n_windows, levels, scope)
   return Recalibrated(dist, levels, factors, enough)

@@ -161,26 +161,23 @@ def _distributions(setup: Setup, preds: dict[str, np.ndarray]) -> dict[str, Any]
   n_windows = setup.spec.model.recalibration_windows
   if not n_windows:
     return dists
-  starts = {split: data.window_starts(split) for split in preds}
-  source_starts = np.concatenate([starts[s] for s in preds])
+  # The forecasts of both splits are their own calibration windows: one fit serves both.
+  starts = np.concatenate([data.window_starts(split) for split in preds])
   source = (
-    HeadDistribution(head, np.concatenate([preds[s] for s in preds])),
-    windows.gather_targets(data, source_starts),
-    source_starts,
+    HeadDistribution(head, np.concatenate(list(preds.values()))),
+    windows.gather_targets(data, starts),
+    starts,
   )
   model = setup.spec.model
-  return {
-    split: calibration.recalibrate(
-      dist,
-      starts[split],
-      source,
-      data,
-      n_windows,
-      model.quantiles,
-      model.recalibration_scope,
-    )
-    for split, dist in dists.items()
-  }
+  factors, enough = calibration.fit_factors(
+    starts, source, data, n_windows, model.quantiles, model.recalibration_scope
+  )
+  out, at = {}, 0
+  for split, dist in dists.items():
+    part = slice(at, at + len(preds[split]))
+    out[split] = calibration.Recalibrated(dist, model.quantiles, factors[part], enough[part])
+    at = part.stop
+  return out
 
 
 def summary(setup: Setup, loop: LoopState, params: Any) -> dict:
