@@ -254,7 +254,32 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _summary(metrics: dict) -> str:
   # The model's row is named by its encoder (metrics.json of older runs has none).
   rows = [(metrics.get("encoder", "model"), metrics)] + list(metrics.get("baselines", {}).items())
-  return _score_table(rows)
+  return _score_table(rows) + _distribution_table(metrics)
+
+
+def _distribution_table(metrics: dict) -> str:
+  """A distribution head's CRPS and 80%/95% interval coverage per split, as forecast and,
+  when recalibrated, the head's own; empty for a point model."""
+  kinds = [
+    (k, name)
+    for k, name in (("distribution", "as forecast"), ("distribution_uncalibrated", "head alone"))
+    if k in metrics.get("val", {})
+  ]
+  if not kinds:
+    return ""
+  head = "".join(f"{f'{s} {c}':>11}" for s in ("val", "test") for c in ("crps", "80%", "95%"))
+  lines = ["", f"{'':<16}{head}"]  # "": the line break after the point scores
+  for key, name in kinds:
+    cells = []
+    for s in ("val", "test"):
+      d = metrics.get(s, {}).get(key)
+      if d is None:  # a production fit: no test split
+        cells += [f"{'-':>11}"] * 3
+        continue
+      cells += [f"{d['crps']:>11.4f}"]
+      cells += [f"{100 * d[f'coverage_{c}']:>10.1f}%" for c in (80, 95)]
+    lines.append(f"{name:<16}" + "".join(cells))
+  return "\n".join(lines)
 
 
 def _score_table(rows: list[tuple[str, dict]]) -> str:
