@@ -187,6 +187,7 @@ def validate(spec: RunSpec) -> RunSpec:
   import flaxlstm.data.io as io
   import flaxlstm.data.scaling as scaling
   import flaxlstm.data.splits as splits
+  import flaxlstm.data.steps as steps
   import flaxlstm.forecast.calibration as calibration
   import flaxlstm.forecast.decoders as decoders
   import flaxlstm.forecast.encoders as encoders
@@ -204,6 +205,13 @@ def validate(spec: RunSpec) -> RunSpec:
   d.choice("scaler", scaling.SCALERS)
   d.choice("scaler_scope", scaling.SCOPES)
   d.choice("fill", io.FILLS)
+  d.choice("missing_dates", steps.MISSING_DATES)
+  if spec.data.freq:
+    d.check(
+      "freq",
+      steps.valid_freq(spec.data.freq),
+      f"{spec.data.freq!r} is not a pandas frequency (such as 'h', 'D', 'B', 'W-SUN', 'MS')",
+    )
   for name in spec.data.calendar:
     d.check(
       "calendar",
@@ -344,8 +352,14 @@ def unknown_key_message(key: str, known: Mapping[str, Any]) -> str:
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
   """A config dict written by an earlier version (a run's config.json) with its renamed
-  keys moved to their new names (`RENAMED`), values converted where their meaning moved."""
+  keys moved to their new names (`RENAMED`), values converted where their meaning moved,
+  and keys added since set to what that version did where that differs from their default."""
   flat = flatten(data)
+  if "data" in data and "data.missing_dates" not in flat:
+    # Written before dates were checked for gaps: that run read rows as steps, whatever
+    # their dates, and reads them so again (flaxlstm/data/steps.py).
+    data = {**data, "data": {**data["data"], "missing_dates": "keep"}}
+    flat = flatten(data)
   if not any(key in flat for key in RENAMED):
     return data
   moved: dict[str, Any] = {}

@@ -133,6 +133,14 @@ class DataSpec(_Spec):
   scaler_scope: str = "global"
   scale_target: bool = True  # Also scale the target columns (metrics reported both ways).
   fill: str = "none"  # Missing values: "none" (reject them) | "ffill" | "interpolate".
+  # A series whose dates skip steps of its frequency (flaxlstm/data/steps.py): "error" |
+  # "fill" (insert the missing dates as missing values, which data.fill then fills) |
+  # "keep" (rows are steps whatever their dates: trading days with holidays).
+  missing_dates: str = "error"
+  # The table's frequency as a pandas offset ("h", "D", "B", "W-SUN", "MS", ...): the step
+  # data.missing_dates='fill' fills to and predict dates forecasts by; "" = each series'
+  # own, inferred from its dates.
+  freq: str = ""
   seasonal_period: int = 24  # Rows per season, for the seasonal-naive baseline (24 = daily).
   augment: AugmentSpec = dataclasses.field(default_factory=lambda: AugmentSpec())
 
@@ -166,6 +174,13 @@ class DataSpec(_Spec):
       )
     if self.calendar:
       c.check("calendar", bool(self.date_column), "needs data.date_column")
+    if self.freq:
+      c.check("freq", bool(self.date_column), "needs data.date_column")
+    c.check(
+      "missing_dates",
+      self.missing_dates != "fill" or self.fill != "none",
+      "'fill' inserts dates without values: set data.fill to 'ffill' or 'interpolate'",
+    )
     if self.date_format:
       c.check("date_format", bool(self.date_column), "needs data.date_column")
       # A format without a directive matches one literal string; "mixed" or "ISO8601" would

@@ -2,6 +2,7 @@
 
 io.py       read and validate CSV/Parquet tables, wide or long (id, date, value)
 dates.py    a date column read one way (one format, day/month order inferred or data.date_format)
+steps.py    missing dates: a series' rows must step by its frequency (data.missing_dates)
 messages.py the one-line InputError messages and how they name values and rows
 table.py    the spec's columns of a file (inputs, targets, covariates), validated as a Table
 splits.py   chronological train/val/test splits of every series (data.split)

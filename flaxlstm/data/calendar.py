@@ -76,9 +76,16 @@ def step_dates(last: np.datetime64, offset: BaseOffset, periods: int) -> np.ndar
 
 
 def future_dates(
-  dates: np.ndarray, offsets: np.ndarray, periods: int, *, source: str, series_ids=()
+  dates: np.ndarray,
+  offsets: np.ndarray,
+  periods: int,
+  *,
+  source: str,
+  series_ids=(),
+  freq: str = "",
 ) -> np.ndarray:
-  """``(n_series, periods)`` the dates after each series' last one, by its own frequency.
+  """``(n_series, periods)`` the dates after each series' last one, by its own frequency
+  (or by `freq`, `data.freq`, when given).
 
   `dates` holds every series' rows one after another (series ``s`` is rows
   ``offsets[s]:offsets[s + 1]``, increasing).
@@ -89,7 +96,7 @@ def future_dates(
   out = np.empty((len(offsets) - 1, periods), "datetime64[ns]")
   for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
     own = dates[begin:end]
-    offset = frequency(own)
+    offset = to_offset(freq) if freq else frequency(own)
     if offset is None:
       which = f"series {short(series_ids[s])} of {source}" if series_ids else source
       if len(own) < 3:
@@ -103,7 +110,7 @@ def future_dates(
       raise error(
         f"cannot date the forecast after the last row of {which}: {why}; predict steps "
         "future dates by the series' frequency, so give it evenly stepped rows (no missing "
-        "dates)"
+        "dates) or name the frequency with data.freq"
       )
     out[s] = step_dates(own[-1], offset, periods)
   return out

@@ -17,6 +17,7 @@ import pandas as pd
 
 from flaxlstm.data.dates import check_file_order, check_increasing, parse_dates
 from flaxlstm.data.messages import error, list_names, row_label, short
+from flaxlstm.data.steps import apply_rows, regular_rows
 
 _DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 _CSV_SUFFIXES = (".csv",)
@@ -232,19 +233,32 @@ def validate_frame(
   fill: str,
   check_constant: bool,
   date_format: str = "",
-) -> pd.DataFrame:
-  """Validates and cleans the selected columns of a freshly read frame."""
+  missing_dates: str = "error",
+  freq: str = "",
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+  """Validates and cleans the selected columns of a freshly read frame; also returns the
+  file row of each row when `missing_dates="fill"` inserted dates (-1 for those), else
+  None (flaxlstm/data/steps.py)."""
   if fill not in FILLS + (KEEP_MISSING,):
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
   _check_columns(frame, columns, path, date_column)
   out = {}
+  take = None
   if date_column:
     dates = parse_dates(frame[date_column], path, date_column, kind, date_format=date_format)
     check_increasing(dates, path, date_column, kind)
+    regular = regular_rows(
+      dates, np.array([0, len(dates)]), mode=missing_dates, freq=freq, source=str(path)
+    )
+    if regular is not None:
+      take, _, dates = regular
+      _check_fill_for_dates(fill)
     out[date_column] = dates
   for name in columns:
     values = _numeric_column(frame[name], path, name, kind)
     check_float32(values, path, name, kind)  # before the fill: names the file's own value
+    if take is not None:
+      values = apply_rows(values, take)
     values = _fill_column(values, fill)
     _check_finite(values, path, name, kind, fill)
     if check_constant and values.size and np.all(values == values[0]):
@@ -255,7 +269,15 @@ def validate_frame(
         "drop it from data.features / data.target"
       )
     out[name] = values
-  return pd.DataFrame(out)
+  return pd.DataFrame(out), take
+
+
+def _check_fill_for_dates(fill: str) -> None:
+  if fill == "none":
+    raise error(
+      "data.missing_dates='fill' inserted dates, which have no values: set data.fill to "
+      "'ffill' or 'interpolate'"
+    )
 
 
 def load_frame(
@@ -299,7 +321,7 @@ def load_frame(
   resolved = _resolve_path(path)
   frame, kind = read_table(resolved)
   wanted = _default_columns(frame, date_column) if not columns else list(columns)
-  return validate_frame(
+  out, _ = validate_frame(
     frame,
     resolved,
     kind,
@@ -309,6 +331,7 @@ def load_frame(
     check_constant=check_constant,
     date_format=date_format,
   )
+  return out
 
 
 def _default_columns(frame: pd.DataFrame, date_column: str | None) -> list[str]:
@@ -327,6 +350,8 @@ def validate_long(
   fill: str,
   check_constant: bool,
   date_format: str = "",
+  missing_dates: str = "error",
+  freq: str = "",
 ) -> tuple[pd.DataFrame, np.ndarray, list[str], np.ndarray]:
   """Validates a long table (one row per (series, date)) and sorts it by series, then date.
 
@@ -335,10 +360,13 @@ def validate_long(
   fill never carries one series' value into another). Ids are text as the file writes them
   (read them with `read_table`'s `text_columns`, so that CSV's '007' stays '007').
 
+  Each series' dates are checked for missing ones by `missing_dates` (and `freq`:
+  flaxlstm/data/steps.py); with "fill", the inserted dates are rows of missing values.
+
   Returns:
     The sorted frame (the date column, if any, then `columns` as float64), the row
     offsets of each series ``(S + 1,)``, the series ids (as strings, sorted) and the file
-    row of each sorted row.
+    row of each sorted row (-1: a date inserted by `missing_dates="fill"`).
   """
   if fill not in FILLS + (KEEP_MISSING,):
     raise error(f"data.fill must be one of {', '.join(FILLS)}, got {short(fill)}")
@@ -388,11 +416,28 @@ def validate_long(
       dates, series_of_row, series_names, frame[date_column], path, date_column, kind
     )
   out = {}
+  file_rows, take = order.astype(np.int64), None
   if date_column:
-    out[date_column] = dates[order]
+    sorted_dates = dates[order]
+    regular = regular_rows(
+      sorted_dates,
+      offsets,
+      mode=missing_dates,
+      freq=freq,
+      source=str(path),
+      series_ids=series_names,
+    )
+    if regular is not None:
+      take, offsets, sorted_dates = regular
+      _check_fill_for_dates(fill)
+      file_rows = apply_rows(file_rows, take, -1)
+      groups = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    out[date_column] = sorted_dates
   for name in columns:
     check_float32(values[name], path, name, kind)  # in file order: names the file's row
     column = values[name][order]
+    if take is not None:
+      column = apply_rows(column, take)
     if fill == KEEP_MISSING:
       column = np.where(np.isinf(column), np.nan, column)
     elif fill != "none":
@@ -401,7 +446,7 @@ def validate_long(
     if bad.size and fill != KEEP_MISSING:
       if fill == "none":
         _check_finite(values[name], path, name, kind, fill)  # raises, naming the file's row
-      row, series_id = int(order[bad[0]]), series_names[groups[bad[0]]]
+      row, series_id = int(file_rows[bad[0]]), series_names[groups[bad[0]]]
       raise error(
         f"missing value in column {name!r} of {path} at {row_label(row, kind)} (series "
         f"{short(series_id)}) remains after data.fill={fill!r} (no observed value before it "
@@ -413,7 +458,7 @@ def validate_long(
         "drop it from data.features / data.target"
       )
     out[name] = column
-  return pd.DataFrame(out), offsets, series_names, order.astype(np.int64)
+  return pd.DataFrame(out), offsets, series_names, file_rows
 
 
 def _fill_grouped(values: np.ndarray, groups: np.ndarray, fill: str) -> np.ndarray:

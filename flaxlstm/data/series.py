@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flaxlstm.config.specs import DataSpec
-from flaxlstm.data import checks, io, splits
+from flaxlstm.data import checks, io, splits, steps
 from flaxlstm.data.calendar import calendar_features, calendar_names
 from flaxlstm.data.io import error, list_names, short
 from flaxlstm.data.scaling import FittedScalers, SeriesScaler, inverse, make_scaler
@@ -331,7 +331,7 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   local = np.concatenate([train_begin, ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
   if table.file_rows is not None:  # the rows as the table holds them (by series and date)
-    missing = {c: m[table.file_rows] for c, m in missing.items()}
+    missing = {c: steps.apply_rows(m, table.file_rows, True) for c, m in missing.items()}
   checks.warn_filled_splits(missing, split_rows, spec, targets, path, table.series_ids)
 
   frame = table.frame

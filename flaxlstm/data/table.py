@@ -113,7 +113,8 @@ class Table:
   offsets: np.ndarray
   series_ids: tuple[str, ...]
   path: Any
-  # The file row of each row (a long table is sorted by series and date); None: the same.
+  # The file row of each row (a long table is sorted by series and date; -1: a date that
+  # data.missing_dates='fill' inserted); None: the same.
   file_rows: np.ndarray | None = None
 
   @property
@@ -167,9 +168,11 @@ def validate_table(
       fill=spec.fill,
       check_constant=check_constant,
       date_format=spec.date_format,
+      missing_dates=spec.missing_dates,
+      freq=spec.freq,
     )
     return Table(frame, offsets, tuple(ids), path, file_rows), present
-  frame = io.validate_frame(
+  frame, inserted = io.validate_frame(
     raw,
     path,
     kind,
@@ -178,8 +181,10 @@ def validate_table(
     fill=spec.fill,
     check_constant=check_constant,
     date_format=spec.date_format,
+    missing_dates=spec.missing_dates,
+    freq=spec.freq,
   )
-  return Table(frame, np.array([0, len(frame)], np.int64), (), path), present
+  return Table(frame, np.array([0, len(frame)], np.int64), (), path, inserted), present
 
 
 def check_named(spec: DataSpec, raw_columns: Sequence[str], path: Any, features, targets) -> None:

@@ -91,6 +91,9 @@ def read_series(data: str, columns: TableColumns) -> tuple[table.Table, np.ndarr
     target=columns.target,
     features=columns.target,
     fill=io.KEEP_MISSING,
+    # TiRex reads a missing value as a gap (its observed mask), so a missing date becomes
+    # one: the context then spans the time it should.
+    missing_dates="fill",
   )
   resolved = io.data_file(data)
   raw, kind = table.read(spec, resolved)

@@ -209,7 +209,12 @@ def _forecast(workdir: str, config: Any, data_path: str, all_windows: bool) -> _
   ahead = None
   if data.dates is not None:
     ahead = calendar.future_dates(
-      data.dates, data.offsets, data.horizon, source=data.source, series_ids=data.series_ids
+      data.dates,
+      data.offsets,
+      data.horizon,
+      source=data.source,
+      series_ids=data.series_ids,
+      freq=spec.data.freq,
     )
   future = _future_known(spec.data, data, starts, series_of, ahead)
   sample: dict[str, Any] = windows.model_inputs(

@@ -423,3 +423,15 @@ def test_every_cell_option_travels_from_the_config_to_the_cell(monkeypatch):
       value = overrides[sec, f.name]
       want = f.metadata["choices"][value] if "choices" in f.metadata else value
       assert getattr(built[0], f.name) == want, f.name
+
+
+def test_a_run_from_before_missing_dates_were_checked_reads_rows_as_steps():
+  # Such a run read a series' rows as its steps whatever their dates, and so its
+  # evaluate and predict go on doing; a config that says, or a new one, keeps the check.
+  old = config_lib.default_config().to_dict()
+  del old["data"]["missing_dates"], old["data"]["freq"]
+  config = config_lib.config_from_json(json.dumps(old))
+  assert (config.data.missing_dates, config.data.freq) == ("keep", "")
+  assert config_lib.default_config().data.missing_dates == "error"
+  now = config_lib.default_config().to_dict()
+  assert config_lib.config_from_json(json.dumps(now)).data.missing_dates == "error"

@@ -127,8 +127,13 @@ def main() -> None:
   csv("long_valid.csv", panel)
   csv("long_duplicate.csv", pd.concat([panel, panel.iloc[[130]]], ignore_index=True))
   csv("long_missing_id.csv", panel.assign(unique_id=panel.unique_id.where(panel.index != 75)))
-  short = panel[(panel.unique_id != "b") | (panel.index % 300 < 60)]
+  in_b = panel.unique_id == "b"
+  short = panel[~in_b | (panel.ds >= panel.ds[in_b].sort_values().iloc[-55])]  # its last 55 h
   csv("long_short_series.csv", short)
+  # Series 'c' without 3 of its hours (issue 32: a window of rows must be a window of time).
+  in_c = panel.unique_id == "c"
+  skipped = panel.ds[in_c].sort_values().iloc[100:103]
+  csv("long_missing_dates.csv", panel[~(in_c & panel.ds.isin(skipped))])
   csv("long_static_varies.csv", panel.assign(size=np.where(panel.index == 400, 9.0, panel["size"])))
   too_big = panel.assign(y=np.where(panel.index == 50, -2e39, panel["y"]))
   csv("long_too_big_for_float32.csv", too_big)

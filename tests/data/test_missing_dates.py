@@ -1,0 +1,109 @@
+"""data.missing_dates (flaxlstm/data/steps.py): a series that skips dates of its frequency
+is refused by default, filled onto its frequency with "fill", read as it is with "keep".
+The one-line messages of the refusals are in the malformed corpus (cases.json)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flaxlstm.config.specs import DataSpec
+from flaxlstm.data import calendar, io, series, steps
+from flaxlstm.data import table as table_lib
+from flaxlstm.errors import InputError
+from flaxlstm.pretrained import files
+
+
+def panel(tmp_path, parts: dict[str, pd.DatetimeIndex], name: str = "panel.csv") -> str:
+  """A long table of a linear ramp per series over its dates (so interpolation is exact)."""
+  frames = []
+  for k, (sid, dates) in enumerate(parts.items()):
+    hours = (dates - dates[0]) / pd.Timedelta(hours=1)
+    frames.append(pd.DataFrame({"unique_id": sid, "ds": dates, "y": 10.0 * k + 0.5 * hours}))
+  path = tmp_path / name
+  pd.concat(frames).to_csv(path, index=False)
+  return str(path)
+
+
+def spec(path: str, **overrides) -> DataSpec:
+  values = dict(
+    path=path,
+    id_column="unique_id",
+    date_column="ds",
+    target=("y",),
+    lookback=8,
+    horizon=4,
+    split="holdout",
+    seasonal_period=4,
+  )
+  return DataSpec(**{**values, **overrides})
+
+
+def validated(data: DataSpec) -> table_lib.Table:
+  """The file as `series.prepare` reads it: the validated table, before splits."""
+  raw, kind = table_lib.read(data, io.data_file(data.path))
+  return table_lib.validate_table(data, data.path, raw, kind, ["y"], check_constant=True)[0]
+
+
+def hourly(n: int, drop=(), start="2021-03-01") -> pd.DatetimeIndex:
+  return pd.date_range(start, periods=n, freq="h").delete(list(drop))
+
+
+def test_a_series_that_skips_hours_is_refused_filled_or_kept(tmp_path):
+  path = panel(tmp_path, {"a": hourly(60), "b": hourly(60, drop=[20, 21, 40])})
+  with pytest.raises(InputError, match=r"series 'b' of .* skips 3 of the dates of its freq"):
+    series.prepare(spec(path))
+  filled = series.prepare(spec(path, missing_dates="fill", fill="interpolate"))
+  # Each series is now every hour from its first to its last: b's 57 rows are 60 again,
+  # and the inserted hours hold the line between their neighbours (the ramp, exactly).
+  np.testing.assert_array_equal(np.diff(filled.offsets), [60, 60])
+  b = slice(int(filled.offsets[1]), int(filled.offsets[2]))
+  np.testing.assert_array_equal(filled.dates[b], hourly(60).to_numpy("datetime64[ns]"))
+  table = validated(spec(path, missing_dates="fill", fill="interpolate"))
+  np.testing.assert_allclose(table.frame["y"].to_numpy()[60:], 10.0 + 0.5 * np.arange(60))
+  kept = series.prepare(spec(path, missing_dates="keep"))
+  np.testing.assert_array_equal(np.diff(kept.offsets), [60, 57])
+
+
+def test_business_days_and_months_are_filled_on_their_own_frequency(tmp_path):
+  days = pd.bdate_range("2021-03-01", periods=80)  # weekends are not missing dates
+  months = pd.date_range("2015-01-01", periods=60, freq="MS")
+  path = panel(tmp_path, {"d": days.delete([10, 33]), "m": months.delete([7]), "w": days})
+  with pytest.raises(InputError, match=r"series 'd' .* skips 2 of the dates of its \w+ \(B\)"):
+    series.prepare(spec(path))
+  table = validated(spec(path, missing_dates="fill", fill="ffill"))
+  dates = table.frame["ds"].to_numpy("datetime64[ns]")
+  np.testing.assert_array_equal(np.diff(table.offsets), [80, 60, 80])
+  np.testing.assert_array_equal(dates[:80], days.to_numpy("datetime64[ns]"))
+  np.testing.assert_array_equal(dates[80:140], months.to_numpy("datetime64[ns]"))
+  # The inserted business day carries the day before it forward; file rows say which
+  # rows are the file's (-1: inserted), so that messages still name the file's lines.
+  y = table.frame["y"].to_numpy()
+  assert y[10] == y[9] and (table.file_rows[[10, 33, 87]] == -1).all()
+  assert (table.file_rows >= 0).sum() == 80 + 60 + 80 - 3
+
+
+def test_given_freq_fills_to_it_and_dates_the_forecast_by_it():
+  # Trading days with two holidays: on data.freq="B" they are filled as business days;
+  # with "keep" and no freq the rows stand as they are.
+  days = pd.bdate_range("2021-03-01", periods=30).delete([4, 17]).to_numpy("datetime64[ns]")
+  offsets = np.array([0, len(days)])
+  take, new_offsets, new_dates = steps.regular_rows(
+    days, offsets, mode="fill", freq="B", source="f.csv"
+  )
+  assert new_offsets.tolist() == [0, 30] and (take == -1).sum() == 2
+  assert steps.regular_rows(days, offsets, mode="keep", freq="", source="f.csv") is None
+  # Already on its frequency: nothing to insert.
+  full = pd.bdate_range("2021-03-01", periods=30).to_numpy("datetime64[ns]")
+  assert steps.regular_rows(full, offsets, mode="error", freq="B", source="f.csv") is None
+  ahead = calendar.future_dates(days, offsets, 3, source="f.csv", freq="B")
+  np.testing.assert_array_equal(
+    ahead[0], pd.bdate_range(pd.Timestamp(days[-1]), periods=4)[1:].to_numpy("datetime64[ns]")
+  )
+
+
+def test_tirex_reads_a_missing_date_as_a_gap(tmp_path):
+  path = panel(tmp_path, {"a": hourly(40, drop=[30, 31])})
+  got, values = files.read_series(path, files.TableColumns())
+  assert len(values) == 40 and np.isnan(values[30:32, 0]).all() and np.isfinite(values[:30]).all()
