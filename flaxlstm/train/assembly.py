@@ -5,6 +5,7 @@ before a workdir is touched."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
@@ -21,6 +22,8 @@ from flaxlstm.forecast import baselines, encoders, heads
 from flaxlstm.forecast.model import Forecaster, skip_problem
 from flaxlstm.train.optim import make_optimizer
 from flaxlstm.train.step import TrainState
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -114,6 +117,28 @@ class Setup:
     return jax.jit(self._init_fn(), out_shardings=self.state_sharding())()
 
 
+def fit_batch(spec: RunSpec, n_train: int, n_split: int) -> RunSpec:
+  """`spec` with a batch no larger than the training set: a batch size above the number of
+  training windows becomes the most that fit (a multiple of the devices and of
+  `train.grad_accum_steps`), with a warning, as Keras and PyTorch take one batch of a
+  small dataset; a recipe's batch (`panel:H`'s 256) then also runs on a small panel.
+  Deterministic, so a resumed run makes the same choice."""
+  bs, unit = spec.train.batch_size, n_split * spec.train.grad_accum_steps
+  if n_train >= bs:
+    return spec
+  fitted = n_train // unit * unit
+  if not fitted:
+    raise InputError(
+      f"train.batch_size={bs}: the {n_train} training windows are fewer than one row per "
+      f"device and micro-batch ({unit}: mesh.data x mesh.fsdp x train.grad_accum_steps)"
+    )
+  log.warning(
+    f"train.batch_size={bs} is larger than the {n_train} training windows: batches of "
+    f"{fitted}" + (f" (a multiple of {unit}, the devices x micro-batches)" if unit > 1 else "")
+  )
+  return dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=fitted))
+
+
 def assemble(
   spec: RunSpec, devices: list | None = None, scalers: FittedScalers | None = None
 ) -> Setup:
@@ -142,9 +167,8 @@ def assemble(
   data = series.prepare(spec.data, scalers=scalers)
   heads.make(spec.model.head, spec.model.quantiles).check_data(data)  # the head's own rules
   n_train = len(data.window_index("train"))
+  spec = fit_batch(spec, n_train, n_split)
   bs = spec.train.batch_size
-  if n_train < bs:
-    raise InputError(f"train.batch_size={bs} is larger than the {n_train} training windows")
   steps_per_epoch = windows.steps_per_epoch(n_train, bs)
   total = steps_per_epoch * spec.train.max_epochs
   if spec.train.max_steps:

@@ -337,13 +337,13 @@ def test_population_sweep_trains_groups_in_process_into_the_same_store(
   # so that later tests' subprocesses do not inherit it.
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
   # Eight runs in four populations: dropout 0 and > 0 differ in structure, and the groups
-  # with a batch larger than the training set fail as a whole.
+  # with a lookback longer than the series fail as a whole.
   path = _write_sweep(
     tmp_path / "pop_sweep.py",
     {
       "config": tiny["exp"],
       "overrides": ["train.max_steps=10"],
-      "grid": {"model.dropout": [0.0, 0.2], "train.batch_size": [16, 1024]},
+      "grid": {"model.dropout": [0.0, 0.2], "data.lookback": [8, 100_000]},
       "seeds": [0, 1],
     },
   )
@@ -360,10 +360,10 @@ def test_population_sweep_trains_groups_in_process_into_the_same_store(
   with open(workdir / "results.csv") as f:
     rows = {r["name"]: r for r in csv.DictReader(f)}
   ok = [n for n, r in rows.items() if r["status"] == "ok"]
-  assert len(ok) == 4 and all("train.batch_size=16" in n for n in ok)
+  assert len(ok) == 4 and all("data.lookback=8" in n for n in ok)
   for n in ok:
     assert (workdir / n / "metrics.json").is_file() and (workdir / n / "config.json").is_file()
-  assert "error: train.batch_size=1024 is larger" in (workdir / "failures.txt").read_text()
+  assert "error: series too short" in (workdir / "failures.txt").read_text()
   # Rerun: the finished runs are skipped; --parallel does not apply to populations.
   stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in ok]
   assert cli.main(args + ["--quiet"]) == 1

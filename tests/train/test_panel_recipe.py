@@ -4,6 +4,8 @@ forecast per series."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from flaxlstm import cli
 from flaxlstm import config as config_lib
 from flaxlstm.errors import InputError
+from flaxlstm.train import assembly
 
 
 def test_panel_recipe_takes_the_horizon_and_a_season():
@@ -55,14 +58,13 @@ def _panel(path):
 def test_panel_recipe_fits_every_row_and_forecasts_each_series(tmp_path):
   data, run, out = tmp_path / "panel.csv", tmp_path / "run", tmp_path / "forecast.csv"
   _panel(data)
-  tiny = [
-    "--config.model.hidden_sizes=4",
-    "--config.train.batch_size=16",
-    "--config.train.max_steps=3",
-    "--quiet",
-  ]
+  # The recipe's batch of 256 is more than this panel's training windows: it trains on
+  # all of them at once, as it would on any small panel, rather than stop.
+  tiny = ["--config.model.hidden_sizes=4", "--config.train.max_steps=3", "--quiet"]
   args = ["train", "--config", "panel:6", f"--config.data.path={data}", "--workdir", str(run)]
   assert cli.main([*args, "--config.data.test_size=0", *tiny]) == 0
+  saved = config_lib.config_from_json((run / "config.json").read_text())
+  assert 0 < saved.train.batch_size < 256
   assert cli.main(["predict", "--workdir", str(run), "--data", str(data), "--out", str(out)]) == 0
   table = pd.read_csv(out, parse_dates=["origin", "date"])
   assert list(table.columns) == ["unique_id", "origin", "step", "date", "y"]
@@ -71,3 +73,16 @@ def test_panel_recipe_fits_every_row_and_forecasts_each_series(tmp_path):
   panel = pd.read_csv(data, parse_dates=["ds"])
   for name, rows in table.groupby("unique_id"):
     assert (rows.origin == panel[panel.unique_id == name].ds.max()).all()
+
+
+def test_a_batch_larger_than_the_training_set_becomes_the_most_that_fit(caplog):
+  spec = config_lib.to_spec(config_lib.load_config("panel:6"))
+  assert assembly.fit_batch(spec, 1000, 1) is spec  # it fits: unchanged
+  with caplog.at_level("WARNING"):
+    assert assembly.fit_batch(spec, 222, 1).train.batch_size == 222
+  assert "train.batch_size=256 is larger than the 222 training windows" in caplog.text
+  # A multiple of the devices and of the micro-batches, so that every step splits evenly.
+  spec4 = dataclasses.replace(spec, train=dataclasses.replace(spec.train, grad_accum_steps=4))
+  assert assembly.fit_batch(spec4, 222, 2).train.batch_size == 216
+  with pytest.raises(InputError, match="fewer than one row per device and micro-batch"):
+    assembly.fit_batch(spec4, 7, 2)
