@@ -131,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
     help="forecast from every position, not only from the end of the file",
   )
   pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  pr.add_argument(
+    "--fill",
+    help="missing values of --data: ffill or interpolate (default: the run's data.fill)",
+  )
+  pr.add_argument(
+    "--missing-dates",
+    help="dates --data skips: fill (with --fill) or keep (default: the run's data.missing_dates)",
+  )
+  pr.add_argument(
+    "--freq",
+    help="the frequency of --data's dates, a pandas offset (h, D, B, W-SUN, MS, ...): what "
+    "--missing-dates fills to and forecasts are dated by (default: the run's data.freq, "
+    "else inferred per series)",
+  )
   tx = sub.add_parser("tirex", help="TiRex: convert its weights, forecast zero-shot")
   txs = tx.add_subparsers(dest="tirex_command", metavar="{convert,forecast}", required=True)
   conv = txs.add_parser(
@@ -475,7 +489,14 @@ def _tune(args) -> int:
 def _predict(args, train_lib) -> int:
   runs = args.workdir[0] if len(args.workdir) == 1 else args.workdir
   n = train_lib.predict_file(
-    runs, args.data, args.out, all_windows=args.all_windows, overwrite=args.overwrite
+    runs,
+    args.data,
+    args.out,
+    all_windows=args.all_windows,
+    overwrite=args.overwrite,
+    fill=args.fill,
+    missing_dates=args.missing_dates,
+    freq=args.freq,
   )
   from flaxlstm.train import workdir as workdir_lib
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,15 @@ def frequency(dates: np.ndarray) -> BaseOffset | None:
   return None if freq is None else to_offset(freq)
 
 
+def span(step: Any) -> str:
+  """A time step as pandas names it ("4h"), in days when whole ("7D", not "168h")."""
+  step = pd.Timedelta(step)
+  if step.value and step % pd.Timedelta(days=1) == pd.Timedelta(0):
+    return f"{step.days}D"
+  name = to_offset(step).freqstr
+  return name if name[0].isdigit() else f"1{name}"  # "1h", not "h"
+
+
 def step_dates(last: np.datetime64, offset: BaseOffset, periods: int) -> np.ndarray:
   """The `periods` dates after `last`, stepped by `offset` (``datetime64[ns]``)."""
   # `last` is on the offset (its frequency was inferred from dates ending there), so the
@@ -104,13 +114,13 @@ def future_dates(
       else:
         gaps = np.diff(own)
         why = (
-          f"its dates fit no frequency (steps from {pd.Timedelta(gaps.min())} to "
-          f"{pd.Timedelta(gaps.max())}; pandas.infer_freq finds none)"
+          f"its dates fit no frequency (steps from {span(gaps.min())} to "
+          f"{span(gaps.max())}; pandas.infer_freq finds none)"
         )
       raise error(
         f"cannot date the forecast after the last row of {which}: {why}; predict steps "
         "future dates by the series' frequency, so give it evenly stepped rows (no missing "
-        "dates) or name the frequency with data.freq"
+        "dates) or name the frequency with data.freq (flaxlstm predict: --freq)"
       )
     out[s] = step_dates(own[-1], offset, periods)
   return out

@@ -197,7 +197,10 @@ def _check_finite(values: np.ndarray, path: Path, column: str, kind: str, fill: 
   where = f"in column {column!r} of {path} at {row_label(row, kind)}"
   if fill == "none":
     what = "missing value (NaN)" if np.isnan(values[row]) else f"infinite value ({values[row]})"
-    raise error(f"{what} {where}; set data.fill='ffill' or 'interpolate' to fill gaps")
+    raise error(
+      f"{what} {where}; set data.fill='ffill' or 'interpolate' to fill gaps "
+      "(flaxlstm predict: --fill)"
+    )
   hint = (
     "nothing before it to carry forward; use data.fill='interpolate'"
     if fill == "ffill"

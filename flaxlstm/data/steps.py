@@ -30,7 +30,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import BaseOffset
 
-from flaxlstm.data.calendar import frequency
+from flaxlstm.data.calendar import frequency, span
 from flaxlstm.data.messages import error, short
 
 MISSING_DATES = ("error", "fill", "keep")
@@ -51,15 +51,6 @@ def valid_freq(freq: str) -> bool:
   except ValueError:
     return False
   return True
-
-
-def _span(step: Any) -> str:
-  """A time step as pandas names it ("4h"), in days when whole ("7D", not "168h")."""
-  step = pd.Timedelta(step)
-  if step.value and step % pd.Timedelta(days=1) == pd.Timedelta(0):
-    return f"{step.days}D"
-  name = to_offset(step).freqstr
-  return name if name[0].isdigit() else f"1{name}"  # "1h", not "h"
 
 
 def _which(s: int, source: str, series_ids: Sequence[str]) -> str:
@@ -123,8 +114,8 @@ def regular_rows(
       steps = np.diff(own)
       fits = "fit no frequency" if given is None else f"are not on data.freq={freq!r}"
       raise error(
-        f"the dates of {where} {fits} (steps from {_span(steps.min())} to "
-        f"{_span(steps.max())}): windows count rows, so uneven dates would be read as even "
+        f"the dates of {where} {fits} (steps from {span(steps.min())} to "
+        f"{span(steps.max())}): windows count rows, so uneven dates would be read as even "
         "steps; name the frequency with data.freq (a pandas offset: 'h', 'D', 'B', "
         "'W-SUN', 'MS', ...), or set data.missing_dates='keep' to read rows as steps"
       )
@@ -137,7 +128,7 @@ def regular_rows(
         f"{pd.Timestamp(grid[gap - 1])}): windows count rows, so missing dates would be "
         "read as steps that are not there; set data.missing_dates='fill' (with data.fill="
         "'ffill' or 'interpolate') to insert them, or 'keep' to read rows as steps "
-        "(trading days)"
+        "(trading days); flaxlstm predict: --missing-dates, --fill"
       )
     grids.append(grid)
   if all(g is None for g in grids):

@@ -4,6 +4,7 @@ metrics.json (and scalers.json with `refit_scalers`), under the run's lock."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, NamedTuple, Sequence
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import calendar, io, scaling, series, windows
+from flaxlstm.data import calendar, io, scaling, series, steps, windows
 from flaxlstm.errors import InputError, TrainingError
 from flaxlstm.forecast import calibration
 from flaxlstm.forecast.metrics import HeadDistribution, per_target_metrics, split_metrics
@@ -178,10 +179,14 @@ class _Forecast(NamedTuple):
   quantiles: list[np.ndarray]  # (N, H, targets) per level of model.quantiles; [] for a point head
 
 
-def _forecast(workdir: str, config: Any, data_path: str, all_windows: bool) -> _Forecast:
-  """`workdir`'s forecasts of `data_path` (`predict_file`)."""
+def _forecast(
+  workdir: str, config: Any, data_path: str, all_windows: bool, read_as: dict[str, Any]
+) -> _Forecast:
+  """`workdir`'s forecasts of `data_path` (`predict_file`), the file read with the run's
+  data settings but `read_as` (`fill`, `missing_dates`)."""
   scalers = run_scalers(workdir)
   spec = config_lib.to_spec(config)
+  spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **read_as))
   data = series.prepare_inference(spec.data, scalers, path=data_path)
   if config.model.predict_delta and not data.has_targets:
     raise InputError(
@@ -282,6 +287,34 @@ def _recalibrated(dist, model, params, data, starts, series_of, spec, data_path)
   return out
 
 
+def _read_as(
+  config: Any, fill: str | None, missing_dates: str | None, freq: str | None
+) -> dict[str, Any]:
+  """`predict_file`'s `fill`, `missing_dates` and `freq`, checked, as `DataSpec` fields."""
+  read_as: dict[str, Any] = {}
+  if fill is not None:
+    if fill not in io.FILLS:
+      raise InputError(f"--fill must be one of {', '.join(io.FILLS)}, got {fill!r}")
+    read_as["fill"] = fill
+  if missing_dates is not None:
+    if missing_dates not in steps.MISSING_DATES:
+      raise InputError(
+        f"--missing-dates must be one of {', '.join(steps.MISSING_DATES)}, got {missing_dates!r}"
+      )
+    read_as["missing_dates"] = missing_dates
+  if freq is not None:
+    if not steps.valid_freq(freq):
+      raise InputError(f"--freq {freq!r} is not a pandas frequency (such as 'h', 'D', 'B', 'MS')")
+    read_as["freq"] = freq
+  if read_as.get("missing_dates", config.data.missing_dates) == "fill" and (
+    read_as.get("fill", config.data.fill) == "none"
+  ):
+    raise InputError(
+      "--missing-dates fill inserts dates without values: add --fill ffill or interpolate"
+    )
+  return read_as
+
+
 def predict_file(
   workdir: str | Sequence[str],
   data_path: str,
@@ -289,8 +322,15 @@ def predict_file(
   *,
   all_windows: bool = False,
   overwrite: bool = False,
+  fill: str | None = None,
+  missing_dates: str | None = None,
+  freq: str | None = None,
 ) -> int:
   """Forecasts `data_path` with a trained run; writes a CSV in original units.
+
+  The file is read as the run read its data, but `fill`, `missing_dates` and `freq`, where
+  given, replace its `data.fill`, `data.missing_dates` and `data.freq`: how the file's own
+  missing values and dates are handled, which the model does not depend on.
 
   By default one forecast: the `horizon` steps after the file's last row. A distribution
   head's run writes the median (Gaussian: the mean) under each target's name and its
@@ -321,8 +361,10 @@ def predict_file(
       trained_on=tuple(trained_on),
       overwrite=overwrite,
     )
+  read_as = _read_as(configs[0][0], fill, missing_dates, freq)
   members = [
-    _forecast(w, config, data_path, all_windows) for w, (config, _) in zip(workdirs, configs)
+    _forecast(w, config, data_path, all_windows, read_as)
+    for w, (config, _) in zip(workdirs, configs)
   ]
   data, spec, starts, series_of, ahead, pred, quantiles = members[0]
 

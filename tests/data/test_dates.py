@@ -159,7 +159,7 @@ def test_dates_that_fit_no_frequency_are_refused():
     calendar.future_dates, hours, np.array([0, 29]), 4, source="p.csv", series_ids=("b",)
   )
   assert message.startswith("cannot date the forecast after the last row of series 'b' of p.csv")
-  assert "fit no frequency (steps from 0 days 01:00:00 to 0 days 02:00:00" in message
+  assert "fit no frequency (steps from 1h to 2h" in message
   two = hours[:2]
   assert "2 dates are too few" in error_of(
     calendar.future_dates, two, np.array([0, 2]), 4, source="w"

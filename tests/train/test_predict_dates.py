@@ -75,6 +75,18 @@ def test_wide_forecasts_are_dated_by_the_file_frequency(tmp_path, capsys):
   assert err.startswith(f"error: {gappy} skips 1 of the dates of its frequency (ME), first ")
   assert err.count("\n") == 1
   assert not out.exists()
+  # Read with predict's own flags: the missing month filled, or the rows kept as they are
+  # and the forecast dated by the frequency named; the forecast dates are the same.
+  last = series_frame("ME", 40).date.iloc[-1]
+  for flags in (
+    ["--missing-dates", "fill", "--fill", "interpolate"],
+    ["--missing-dates", "keep", "--freq", "ME"],
+  ):
+    assert cli.main([*args, "--overwrite", *flags]) == 0, flags
+    table = pd.read_csv(out, parse_dates=["origin", "date"])
+    np.testing.assert_array_equal(table.date.to_numpy(), expected_dates(last, "ME"), flags)
+  assert cli.main([*args, "--overwrite", "--missing-dates", "fill"]) == 2
+  assert "add --fill ffill or interpolate" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # trains to completion
