@@ -21,6 +21,7 @@ pass as they are.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,8 @@ from pandas.tseries.offsets import BaseOffset
 
 from flaxlstm.data.calendar import frequency, span
 from flaxlstm.data.messages import error, short
+
+log = logging.getLogger(__name__)
 
 MISSING_DATES = ("error", "fill", "keep")
 # Dates per run that `_frequency_with_gaps` infers a frequency from: a week of days, so
@@ -97,15 +100,24 @@ def regular_rows(
   if mode == "keep":
     return None
   given = parse_freq(freq)
-  even = _evenly_stepped(dates, offsets) if given is None else np.zeros(len(offsets) - 1, bool)
+  n_series = len(offsets) - 1
+  even, step = (
+    _evenly_stepped(dates, offsets) if given is None else (np.zeros(n_series, bool), None)
+  )
   grids: list[np.ndarray | None] = []
+  found: Counter[str] = Counter()  # each series' frequency (a global model mixing them: warned)
   for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
     own = dates[begin:end]
     if even[s] or len(own) < 3:
       grids.append(None)
+      if even[s] and step is not None:
+        found[span(step[s])] += 1
       continue
-    if frequency(own) is not None if given is None else _is_grid(own, given):
+    inferred = frequency(own) if given is None else None
+    if inferred is not None or (given is not None and _is_grid(own, given)):
       grids.append(None)
+      if inferred is not None:
+        found[inferred.freqstr] += 1
       continue
     where = _which(s, source, series_ids)
     offset = given or _frequency_with_gaps(own)
@@ -119,8 +131,8 @@ def regular_rows(
         "steps; name the frequency with data.freq (a pandas offset: 'h', 'D', 'B', "
         "'W-SUN', 'MS', ...), or set data.missing_dates='keep' to read rows as steps"
       )
+    assert offset is not None and grid is not None  # else refused just above
     if mode == "error":
-      assert offset is not None
       gap = np.flatnonzero(~np.isin(grid, own))[0]
       raise error(
         f"{where} skips {len(grid) - len(own)} of the dates of its frequency "
@@ -131,6 +143,14 @@ def regular_rows(
         "(trading days); flaxlstm predict: --missing-dates, --fill"
       )
     grids.append(grid)
+    found[offset.freqstr] += 1
+  if len(found) > 1:
+    counts = ", ".join(f"{n} at {f}" for f, n in found.most_common(4))
+    more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+    log.warning(
+      f"the series of {source} step by different frequencies ({counts}{more}): each row is "
+      "one step of its own series, and one data.seasonal_period serves them all"
+    )
   if all(g is None for g in grids):
     return None
   takes, new_dates = [], []
@@ -152,14 +172,16 @@ def regular_rows(
   )
 
 
-def _evenly_stepped(dates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  """Per series of 3 rows or more, whether every step has the same length: the common case
-  (hours, days, weeks), for all series at once; the others ask pandas (months are uneven)."""
+def _evenly_stepped(dates: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per series of 3 rows or more, whether every step has the same length, and that length
+  (ns): the common case (hours, days, weeks), for all series at once; the others ask
+  pandas (months are uneven)."""
   lengths = np.diff(offsets)
   out = np.zeros(len(lengths), bool)
+  step = np.zeros(len(lengths), "timedelta64[ns]")
   long = np.flatnonzero(lengths >= 3)
   if not long.size:
-    return out
+    return out, step
   steps = np.diff(dates.astype(np.int64))
   series = np.repeat(np.arange(len(lengths)), lengths)
   # A step between two series, or within a short one, must not count: neutral values.
@@ -169,7 +191,8 @@ def _evenly_stepped(dates: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   low = np.minimum.reduceat(np.where(own, steps, big), begin)
   high = np.maximum.reduceat(np.where(own, steps, small), begin)
   out[long] = low == high
-  return out
+  step[long] = low.astype("timedelta64[ns]")
+  return out, step
 
 
 def _is_grid(own: np.ndarray, offset: BaseOffset) -> bool:

@@ -107,3 +107,14 @@ def test_tirex_reads_a_missing_date_as_a_gap(tmp_path):
   path = panel(tmp_path, {"a": hourly(40, drop=[30, 31])})
   got, values = files.read_series(path, files.TableColumns())
   assert len(values) == 40 and np.isnan(values[30:32, 0]).all() and np.isfinite(values[:30]).all()
+
+
+def test_a_panel_mixing_frequencies_is_warned(tmp_path, caplog):
+  path = panel(tmp_path, {"h": hourly(60), "d": pd.date_range("2021-03-01", periods=60, freq="D")})
+  with caplog.at_level("WARNING"):
+    series.prepare(spec(path))
+  assert "step by different frequencies (1 at 1D, 1 at 1h)" in caplog.text  # sorted by id
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    series.prepare(spec(panel(tmp_path, {"a": hourly(60), "b": hourly(60)}, "same.csv")))
+  assert "different frequencies" not in caplog.text
