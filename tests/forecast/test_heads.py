@@ -32,6 +32,22 @@ def test_likelihoods_equal_scipy():
   np.testing.assert_allclose(t, -stats.t.logpdf(y, df, loc, scale), rtol=1e-4, atol=1e-5)
 
 
+def test_student_t_quantiles_equal_scipy_few_values_exactly_many_from_the_table():
+  rng = np.random.default_rng(0)
+  levels = (np.arange(100) + 0.5) / 200  # the lower half of the CRPS grid
+  for n, rtol in ((50, 1e-12), (4 * heads.T_PPF_KNOTS, 5e-7)):  # exact, then the table
+    df = np.concatenate([[2.0, 1e6], 2 + rng.gamma(2.0, 5.0, n - 2)])
+    np.testing.assert_allclose(
+      heads.t_ppf(levels, df), stats.t.ppf(levels, df[:, None]), rtol=rtol, atol=1e-12
+    )
+  params = np.stack(
+    [rng.normal(size=9000), rng.uniform(0.1, 2, 9000), 2 + rng.gamma(2, 5, 9000)], -1
+  )
+  got = heads.StudentTHead().quantiles(params, LEVELS)  # mirrored about the median
+  z = (got - params[:, :1]) / params[:, 1:2]
+  np.testing.assert_allclose(z, stats.t.ppf(LEVELS, params[:, 2:3]), rtol=5e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("y", [-2.5, 0.3, 4.0])
 def test_closed_form_crps_equals_the_integral(y):
   g = np.array([0.5, 1.7])
