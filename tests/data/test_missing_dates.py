@@ -4,6 +4,8 @@ The one-line messages of the refusals are in the malformed corpus (cases.json)."
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,18 +28,17 @@ def panel(tmp_path, parts: dict[str, pd.DatetimeIndex], name: str = "panel.csv")
   return str(path)
 
 
-def spec(path: str, **overrides) -> DataSpec:
-  values = dict(
-    path=path,
-    id_column="unique_id",
-    date_column="ds",
-    target=("y",),
-    lookback=8,
-    horizon=4,
-    split="holdout",
-    seasonal_period=4,
-  )
-  return DataSpec(**{**values, **overrides})
+# A small holdout panel; the file is the first argument (`DataSpec.path`).
+spec = functools.partial(
+  DataSpec,
+  id_column="unique_id",
+  date_column="ds",
+  target=("y",),
+  lookback=8,
+  horizon=4,
+  split="holdout",
+  seasonal_period=4,
+)
 
 
 def validated(data: DataSpec) -> table_lib.Table:
