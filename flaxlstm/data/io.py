@@ -17,7 +17,7 @@ import pandas as pd
 
 from flaxlstm.data.dates import check_file_order, check_increasing, parse_dates
 from flaxlstm.data.messages import error, list_names, row_label, short
-from flaxlstm.data.steps import apply_rows, regular_rows
+from flaxlstm.data.steps import apply_rows, regular_rows, warn_mixed
 
 _DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 _CSV_SUFFIXES = (".csv",)
@@ -435,6 +435,7 @@ def validate_long(
       _check_fill_for_dates(fill)
       file_rows = apply_rows(file_rows, take, -1)
       groups = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    warn_mixed(sorted_dates, offsets, str(path))
     out[date_column] = sorted_dates
   for name in columns:
     check_float32(values[name], path, name, kind)  # in file order: names the file's row

@@ -101,23 +101,15 @@ def regular_rows(
     return None
   given = parse_freq(freq)
   n_series = len(offsets) - 1
-  even, step = (
-    _evenly_stepped(dates, offsets) if given is None else (np.zeros(n_series, bool), None)
-  )
+  even = _evenly_stepped(dates, offsets)[0] if given is None else np.zeros(n_series, bool)
   grids: list[np.ndarray | None] = []
-  found: Counter[str] = Counter()  # each series' frequency (a global model mixing them: warned)
   for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
     own = dates[begin:end]
     if even[s] or len(own) < 3:
       grids.append(None)
-      if even[s] and step is not None:
-        found[span(step[s])] += 1
       continue
-    inferred = frequency(own) if given is None else None
-    if inferred is not None or (given is not None and _is_grid(own, given)):
+    if frequency(own) is not None if given is None else _is_grid(own, given):
       grids.append(None)
-      if inferred is not None:
-        found[inferred.freqstr] += 1
       continue
     where = _which(s, source, series_ids)
     offset = given or _frequency_with_gaps(own)
@@ -143,14 +135,6 @@ def regular_rows(
         "(trading days); flaxlstm predict: --missing-dates, --fill"
       )
     grids.append(grid)
-    found[offset.freqstr] += 1
-  if len(found) > 1:
-    counts = ", ".join(f"{n} at {f}" for f, n in found.most_common(4))
-    more = f" and {len(found) - 4} more" if len(found) > 4 else ""
-    log.warning(
-      f"the series of {source} step by different frequencies ({counts}{more}): each row is "
-      "one step of its own series, and one data.seasonal_period serves them all"
-    )
   if all(g is None for g in grids):
     return None
   takes, new_dates = [], []
@@ -170,6 +154,36 @@ def regular_rows(
     new_offsets,
     np.concatenate(new_dates).astype("datetime64[ns]"),
   )
+
+
+def frequencies(dates: np.ndarray, offsets: np.ndarray) -> dict[str, int]:
+  """How many series step by each frequency: a fixed step by its length ("1h", "7D"),
+  another by pandas' name ("MS", "B"); a series that fits none, or has fewer than 3 rows,
+  is not counted."""
+  even, step = _evenly_stepped(dates, offsets)
+  lengths, counts = np.unique(step[even], return_counts=True)
+  found = Counter({span(v): int(n) for v, n in zip(lengths, counts)})
+  for s in np.flatnonzero(~even & (np.diff(offsets) >= 3)):
+    inferred = frequency(dates[offsets[s] : offsets[s + 1]])
+    if inferred is not None:
+      found[inferred.freqstr] += 1
+  return dict(found.most_common())
+
+
+def describe(found: dict[str, int], limit: int = 4) -> str:
+  """`frequencies` in words: "5 at 1D, 1 at 1h"."""
+  shown = ", ".join(f"{n} at {f}" for f, n in list(found.items())[:limit])
+  return shown + (f" and {len(found) - limit} more" if len(found) > limit else "")
+
+
+def warn_mixed(dates: np.ndarray, offsets: np.ndarray, source: str) -> None:
+  """Warns when the series of a panel step by different frequencies."""
+  found = frequencies(dates, offsets)
+  if len(found) > 1:
+    log.warning(
+      f"the series of {source} step by different frequencies ({describe(found)}): each row "
+      "is one step of its own series, and one data.seasonal_period serves them all"
+    )
 
 
 def _evenly_stepped(dates: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

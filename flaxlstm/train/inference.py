@@ -315,6 +315,25 @@ def _read_as(
   return read_as
 
 
+def _check_frequencies(
+  record: dict[str, Any] | None, data: series.SeriesData, data_path: str, workdir: str
+) -> None:
+  """Warns when `data_path` has series stepping by a frequency the run was not trained on
+  (an hourly model given monthly series reads each month as an hour); a run recorded
+  before frequencies were, or a file without dates, is not checked."""
+  trained = None if record is None else record.get("frequencies")
+  if not trained or data.dates is None:
+    return
+  now = steps.frequencies(data.dates, data.offsets)
+  new = {f: n for f, n in now.items() if f not in trained}
+  if new:
+    log.warning(
+      f"{data_path} has series stepping by a frequency {workdir} was not trained on "
+      f"({steps.describe(new)}; trained on {steps.describe(trained)}): the model reads each "
+      "row as one step of the series it learned"
+    )
+
+
 def predict_file(
   workdir: str | Sequence[str],
   data_path: str,
@@ -366,6 +385,8 @@ def predict_file(
     _forecast(w, config, data_path, all_windows, read_as)
     for w, (config, _) in zip(workdirs, configs)
   ]
+  for w, (_, record), member in zip(workdirs, configs, members):
+    _check_frequencies(record, member.data, data_path, w)
   data, spec, starts, series_of, ahead, pred, quantiles = members[0]
 
   def written(m: _Forecast) -> tuple:  # the quantile levels a run writes

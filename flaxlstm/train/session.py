@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from flaxlstm import config as config_lib
+from flaxlstm.data import steps
 from flaxlstm.errors import TrainingError
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
@@ -126,7 +127,10 @@ class RunSession:
     (a population queues its saves off the loop's thread)."""
     reporter = closing(stack, Reporter(workdir, enabled=is_main))
     reporter.truncate_after(loop.step)  # drop what was logged after the checkpoint
-    reporter.write_config(config_lib.to_config(setup.spec), {"data": data_now})
+    record: dict[str, Any] = {"data": data_now}
+    if setup.data.dates is not None:  # what predict compares a new file's frequencies with
+      record["frequencies"] = steps.frequencies(setup.data.dates, setup.data.offsets)
+    reporter.write_config(config_lib.to_config(setup.spec), record)
     if is_main:
       setup.data.save_scalers(os.path.join(workdir, "scalers.json"))
     ckpts = closing(

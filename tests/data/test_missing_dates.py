@@ -114,7 +114,7 @@ def test_a_panel_mixing_frequencies_is_warned(tmp_path, caplog):
   path = panel(tmp_path, {"h": hourly(60), "d": pd.date_range("2021-03-01", periods=60, freq="D")})
   with caplog.at_level("WARNING"):
     series.prepare(spec(path))
-  assert "step by different frequencies (1 at 1D, 1 at 1h)" in caplog.text  # sorted by id
+  assert "step by different frequencies (1 at 1h, 1 at 1D)" in caplog.text
   caplog.clear()
   with caplog.at_level("WARNING"):
     series.prepare(spec(panel(tmp_path, {"a": hourly(60), "b": hourly(60)}, "same.csv")))

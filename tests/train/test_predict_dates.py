@@ -59,7 +59,11 @@ def test_wide_forecasts_are_dated_by_the_file_frequency(tmp_path, capsys):
     frame = series_frame(freq, 40)
     data = tmp_path / f"{freq}.csv"
     frame.to_csv(data, index=False)
+    capsys.readouterr()
     table = predict(run, data, tmp_path / f"{freq}_out.csv")
+    # ... and is told when the run was trained on another (the run records its own: 1h).
+    warned = "has series stepping by a frequency" in capsys.readouterr().err
+    assert warned == (freq != "h"), freq
     last = frame.date.iloc[-1]
     assert (table.origin == last).all() and list(table.step) == list(range(1, HORIZON + 1))
     np.testing.assert_array_equal(table.date.to_numpy(), expected_dates(last, freq), freq)
