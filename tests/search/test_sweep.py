@@ -168,14 +168,14 @@ def test_bad_sweep_file_is_an_input_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, capsys):
-  # Two good settings and one that fails inside its own subprocess: a batch larger than
-  # the training set is a valid config but not for this data.
+  # Two good settings and one that fails inside its own subprocess: a lookback longer
+  # than the series is a valid config but not for this data.
   path = _write_sweep(
     tmp_path / "tiny_sweep.py",
     {
       "config": tiny["exp"],
       "overrides": ["train.max_steps=10"],
-      "grid": {"train.batch_size": [16, 32, 1024]},
+      "grid": {"data.lookback": [12, 24, 1000]},
       "seeds": [0],
     },
   )
@@ -183,14 +183,14 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   args = ["sweep", path, "--workdir", str(workdir), "--parallel", "2"]
   assert cli.main(args) == 1
   out, err = capsys.readouterr()
-  good = ["train.batch_size=16,seed=0", "train.batch_size=32,seed=0"]
-  bad = "train.batch_size=1024,seed=0"
+  good = ["data.lookback=12,seed=0", "data.lookback=24,seed=0"]
+  bad = "data.lookback=1000,seed=0"
   for name in good:
     assert (workdir / name / "metrics.json").is_file()
   assert not (workdir / bad).exists()  # nothing is written before the data validates
   assert f"FAILED  {bad}" in out and "1 of 3 runs failed" in err
   failures = (workdir / "failures.txt").read_text()
-  assert failures.startswith(bad) and "error: train.batch_size=1024 is larger" in failures
+  assert failures.startswith(bad) and "error: series too short" in failures
 
   with open(workdir / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -198,11 +198,11 @@ def test_tiny_sweep_runs_skips_reports_failures_and_aggregates(tiny, tmp_path, c
   assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
   for r in rows[:2]:
     assert float(r["test_mse"]) > 0 and float(r["naive_test_mse"]) > 0
-    assert int(r["params_count"]) > 0 and r["seed"] == "0" and r["train.batch_size"]
+    assert int(r["params_count"]) > 0 and r["seed"] == "0" and r["data.lookback"]
   table = (workdir / "results.md").read_text()
-  assert table.splitlines()[0].startswith("| train.batch_size | runs | val_mse | test_mse")
+  assert table.splitlines()[0].startswith("| data.lookback | runs | val_mse | test_mse")
   assert "1 of 3 runs have no results" in table
-  assert (workdir / "train.batch_size.png").stat().st_size > 0
+  assert (workdir / "data.lookback.png").stat().st_size > 0
 
   # Rerun: the finished runs are skipped (their metrics untouched), the bad one fails again.
   stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good]

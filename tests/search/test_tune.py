@@ -258,14 +258,14 @@ def test_tpe_search_survives_a_crash_and_resumes_without_duplicates(
 
 @pytest.mark.slow
 def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
-  # Seed 2 draws batch sizes 1024, 16, 32: trial 0 fails in its own process (a valid
-  # config, but more than the training windows), the search goes on, and trials 1 and 2
-  # train (10 steps each).
+  # Seed 2 draws lookbacks 1000, 12, 24: trial 0 fails in its own process (a valid
+  # config, but longer than the series), the search goes on, and trials 1 and 2 train
+  # (10 steps each).
   spec = {
     "config": tiny["exp"],
     "overrides": ["train.max_steps=10"],
     "space": {
-      "train.batch_size": {"choice": [16, 32, 1024]},
+      "data.lookback": {"choice": [12, 24, 1000]},
       "train.learning_rate": {"loguniform": [1e-3, 1e-2]},
     },
     "trials": 3,
@@ -273,13 +273,13 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
     "seed": 2,
   }
   tune = tune_file.parse(spec)
-  assert [searchers.random_params(tune, i)["train.batch_size"] for i in range(3)] == [1024, 16, 32]
+  assert [searchers.random_params(tune, i)["data.lookback"] for i in range(3)] == [1000, 12, 24]
   path = _write_tune(tmp_path / "tiny_tune.py", spec)
   workdir = tmp_path / "runs"
   args = ["tune", path, "--workdir", str(workdir)]
   assert cli.main(args) == 0
   out, err = capsys.readouterr()
-  assert "[1/3] FAILED  trial_000: exit 2: error: train.batch_size=1024 is larger" in out
+  assert "[1/3] FAILED  trial_000: exit 2: error: series too short" in out
   assert "1 of 3 trials failed" in err
   good = ["trial_001", "trial_002"]
   metrics = {n: json.loads((workdir / n / "metrics.json").read_text()) for n in good}
@@ -306,7 +306,7 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
     f"flaxlstm train --config {tiny['exp']} --workdir {workdir}/best --config.train.max_steps=10"
   )
   table = (workdir / "results.md").read_text().splitlines()
-  assert table[2].startswith("| rank | trial | train.batch_size | train.learning_rate | val_mse")
+  assert table[2].startswith("| rank | trial | data.lookback | train.learning_rate | val_mse")
   assert table[4].startswith(f"| 1 | {winner} |")
   assert "trial_000 (failed)" in table[-1]
   assert (workdir / "trials.png").stat().st_size > 0
@@ -315,7 +315,7 @@ def test_tiny_random_search_end_to_end(tiny, tmp_path, capsys):
   stamps = [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good]
   assert cli.main(args + ["--quiet"]) == 0
   assert [(workdir / n / "metrics.json").stat().st_mtime_ns for n in good] == stamps
-  assert "trial_000\texit 2: error: train.batch_size" in (workdir / "failures.txt").read_text()
+  assert "trial_000\texit 2: error: series too short" in (workdir / "failures.txt").read_text()
   assert cli.main(args + ["--dry-run"]) == 0
   dry = capsys.readouterr().out.strip().splitlines()
   assert [line.startswith("# done: ") for line in dry] == [False, True, True]

@@ -82,9 +82,9 @@ def test_predict_recalibrates_what_it_can_and_keeps_the_median(quantile_run, tin
   from flaxlstm.train import workdir as workdir_lib
 
   config, _ = workdir_lib.read_run_config(quantile_run)
-  recal = inference._forecast(quantile_run, config, tiny["csv"], all_windows=True)
+  recal = inference._forecast(quantile_run, config, tiny["csv"], True, {})
   config.model.recalibration_windows = 0  # the head's own quantiles
-  own = inference._forecast(quantile_run, config, tiny["csv"], all_windows=True)
+  own = inference._forecast(quantile_run, config, tiny["csv"], True, {})
   np.testing.assert_array_equal(recal.point, own.point)
   np.testing.assert_allclose(recal.quantiles[2], own.quantiles[2], rtol=1e-6)  # the median
   # A forecast is recalibrated once 8 (16 / 2) complete windows of the file were observed
