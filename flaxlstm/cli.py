@@ -168,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
   zs.add_argument("--date-column", default="ds", help="the timestamp column; '' for none")
   zs.add_argument("--date-format", default="", help="its strptime format ('' = inferred)")
   zs.add_argument(
+    "--freq",
+    default="",
+    help="the dates' frequency, a pandas offset (h, D, B, MS, ...): what missing dates are "
+    "filled to (as gaps TiRex masks) and forecasts are dated by ('' = inferred per series)",
+  )
+  zs.add_argument(
     "--target", default="y", help="the column(s) to forecast, comma-separated (default y)"
   )
   zs.add_argument("--batch-size", type=int, default=256, help="series per forward pass")
@@ -520,6 +526,7 @@ def _tirex(args) -> int:
     date_column=args.date_column,
     target=files.parse_target(args.target),
     date_format=args.date_format,
+    freq=args.freq,
   )
   n, rows = files.forecast_file(
     args.weights,

@@ -121,7 +121,8 @@ def regular_rows(
         f"the dates of {where} {fits} (steps from {span(steps.min())} to "
         f"{span(steps.max())}): windows count rows, so uneven dates would be read as even "
         "steps; name the frequency with data.freq (a pandas offset: 'h', 'D', 'B', "
-        "'W-SUN', 'MS', ...), or set data.missing_dates='keep' to read rows as steps"
+        "'W-SUN', 'MS', ...; predict and tirex forecast: --freq), or set "
+        "data.missing_dates='keep' to read rows as steps"
       )
     assert offset is not None and grid is not None  # else refused just above
     if mode == "error":

@@ -19,7 +19,7 @@ import numpy as np
 
 from flaxlstm import fileio
 from flaxlstm.config.specs import DataSpec
-from flaxlstm.data import calendar, io, table
+from flaxlstm.data import calendar, io, steps, table
 from flaxlstm.errors import InputError
 from flaxlstm.pretrained import tirex
 
@@ -79,6 +79,7 @@ class TableColumns:
   date_column: str = "ds"
   target: tuple[str, ...] = ("y",)
   date_format: str = ""
+  freq: str = ""  # a pandas offset; "" = each series' own, inferred
 
 
 def read_series(data: str, columns: TableColumns) -> tuple[table.Table, np.ndarray]:
@@ -94,7 +95,10 @@ def read_series(data: str, columns: TableColumns) -> tuple[table.Table, np.ndarr
     # TiRex reads a missing value as a gap (its observed mask), so a missing date becomes
     # one: the context then spans the time it should.
     missing_dates="fill",
+    freq=columns.freq,
   )
+  if columns.freq and not steps.valid_freq(columns.freq):
+    raise InputError(f"--freq {columns.freq!r} is not a pandas frequency (such as 'h', 'D', 'MS')")
   resolved = io.data_file(data)
   raw, kind = table.read(spec, resolved)
   named = [("--id-column", columns.id_column), ("--date-column", columns.date_column)]
@@ -180,7 +184,12 @@ def forecast_file(
   if columns.date_column:
     dates = got.frame[columns.date_column].to_numpy("datetime64[ns]")
     ahead = calendar.future_dates(
-      dates, got.offsets, horizon, source=str(got.path), series_ids=got.series_ids
+      dates,
+      got.offsets,
+      horizon,
+      source=str(got.path),
+      series_ids=got.series_ids,
+      freq=columns.freq,
     )
     out_table["origin"] = np.repeat(dates[ends], horizon)
     out_table["step"] = np.tile(np.arange(1, horizon + 1), n_series)

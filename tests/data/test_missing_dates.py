@@ -108,6 +108,13 @@ def test_tirex_reads_a_missing_date_as_a_gap(tmp_path):
   path = panel(tmp_path, {"a": hourly(40, drop=[30, 31])})
   got, values = files.read_series(path, files.TableColumns())
   assert len(values) == 40 and np.isnan(values[30:32, 0]).all() and np.isfinite(values[:30]).all()
+  # Calendar days with weekends missing: on --freq B the weekends are no gaps, a holiday is.
+  days = pd.bdate_range("2021-03-01", periods=30)
+  path = panel(tmp_path, {"a": days.delete([12])}, "days.csv")
+  got, values = files.read_series(path, files.TableColumns(freq="B"))
+  assert len(values) == 30 and np.flatnonzero(np.isnan(values[:, 0])).tolist() == [12]
+  with pytest.raises(InputError, match="--freq 'weekdays' is not a pandas frequency"):
+    files.read_series(path, files.TableColumns(freq="weekdays"))
 
 
 def test_a_panel_mixing_frequencies_is_warned(tmp_path, caplog):
