@@ -110,6 +110,8 @@ class SeriesData:
     has_targets: False when an inference file lacks the target columns.
     start_padding: windows may start after one row of their series, the inputs before
       its first row repeating that row (``data.start_padding``; `input_rows`).
+    y_filled: bool ``(n_rows, n_targets)``, for data from ``prepare_inference`` with
+      targets: the target values the file did not hold (filled), else None.
   """
 
   x: np.ndarray
@@ -131,6 +133,7 @@ class SeriesData:
   static: np.ndarray | None = None
   has_targets: bool = True
   start_padding: bool = False
+  y_filled: np.ndarray | None = None
 
   @property
   def context(self) -> int:
@@ -494,6 +497,7 @@ def prepare_inference(
   table, has_targets = validate_table(
     spec, resolved, raw, kind, columns, check_constant=False, optional=targets
   )
+  filled = _filled_targets(raw, table, targets) if has_targets else None
   del raw
   lengths = np.diff(table.offsets)
   if (lengths < splits.context(spec)).any():
@@ -516,7 +520,7 @@ def prepare_inference(
   _check_saved(scalers, features, targets, spec)
   codes = _series_codes(scalers, table)
   split_rows = {"all": np.stack([table.offsets[:-1], table.offsets[1:]], axis=-1)}
-  return _build(
+  data = _build(
     spec,
     table,
     blocks,
@@ -527,4 +531,16 @@ def prepare_inference(
     features,
     targets,
     has_targets=has_targets,
+  )
+  return dataclasses.replace(data, y_filled=filled)
+
+
+def _filled_targets(raw: Any, table: Table, targets: Sequence[str]) -> np.ndarray:
+  """`(rows, n_targets)` bool: which target values of the table the file did not hold
+  (made up by data.fill, or at a date data.missing_dates='fill' inserted)."""
+  missing = checks.missing(raw, targets)
+  rows = table.file_rows
+  return np.stack(
+    [missing[c] if rows is None else steps.apply_rows(missing[c], rows, True) for c in targets],
+    axis=1,
   )

@@ -355,7 +355,8 @@ def predict_file(
   head's run writes the median (Gaussian: the mean) under each target's name and its
   quantiles at `model.quantiles` beside it (`OT_q0.1`, ...). With
   `all_windows`, a forecast from every position that has `lookback` rows of history
-  (back-testing), with the actual values beside it when the file has the targets.
+  (back-testing), with the actual values beside it when the file has the targets (empty
+  where the file had none: a value `data.fill` made up is not an actual).
   Several runs (a sequence of workdirs: an ensemble, which must agree on every `data`
   setting and on the quantiles it writes) write the mean of their forecasts, each quantile
   the mean of the members' at its level.
@@ -423,8 +424,13 @@ def predict_file(
     for level, q in zip(levels, quantiles):
       table[f"{name}_q{level:g}"] = q[:, :, k].reshape(-1).astype(np.float64)
     if data.has_targets and all_windows:
+      # The file's own values only: one that data.fill (or a filled date) made up is empty.
       actual = np.full(len(h), np.nan)
-      actual[inside] = data.y_raw[rows_ahead[inside], k]
+      at = rows_ahead[inside]
+      observed = data.y_raw[at, k].astype(np.float64)
+      if data.y_filled is not None:
+        observed = np.where(data.y_filled[at, k], np.nan, observed)
+      actual[inside] = observed
       table[f"{name}_actual"] = actual
   rows = pd.DataFrame(table)
   text = rows.to_csv(index=False)

@@ -91,6 +91,13 @@ def test_wide_forecasts_are_dated_by_the_file_frequency(tmp_path, capsys):
     np.testing.assert_array_equal(table.date.to_numpy(), expected_dates(last, "ME"), flags)
   assert cli.main([*args, "--overwrite", "--missing-dates", "fill"]) == 2
   assert "add --fill ffill or interpolate" in capsys.readouterr().err
+  # Back-testing a filled file: the inserted month's actual is empty, never the fill.
+  flags = ["--missing-dates", "fill", "--fill", "interpolate", "--all-windows"]
+  assert cli.main([*args, "--overwrite", *flags]) == 0
+  table = pd.read_csv(out, parse_dates=["origin", "date"])
+  skipped = series_frame("ME", 40).date.iloc[30]
+  assert table[table.date == skipped].y_actual.isna().all()
+  assert table[table.date != skipped].y_actual.notna().any()
 
 
 @pytest.mark.slow  # trains to completion
