@@ -65,11 +65,13 @@ def warn_filled_splits(
   targets: Sequence[str],
   path: Any,
   series_ids: Sequence[str] = (),
+  file_rows: np.ndarray | None = None,
 ) -> None:
   """Warns, in one line, when data.fill made up every value of a column in a split of a
   series (`missing`: each column's missing cells, in the table's rows; `split_rows`: each
   split's `(series, 2)` row ranges): a val or test target so filled scores every model
-  against the fill, not against observations."""
+  against the fill, not against observations. `file_rows`: the file row of each table row
+  (-1: a date data.missing_dates='fill' inserted), to name a wide table's rows."""
   filled = [
     (split, column, s, int(a), int(b))
     for split, rows in split_rows.items()
@@ -89,7 +91,11 @@ def warn_filled_splits(
   if series_ids:  # a long table: its rows are sorted, so the series names the place
     where = f"series {short(series_ids[s])} of {path}"
   else:
-    where = f"{path} ({io.file_row_label(a, path)} to {io.file_row_label(b - 1, path)})"
+    first, last = a, b - 1
+    if file_rows is not None:  # the file's rows around the range (inserted dates have none)
+      held = file_rows[a:b][file_rows[a:b] >= 0]
+      first, last = (int(held[0]), int(held[-1])) if held.size else (first, last)
+    where = f"{path} ({io.file_row_label(first, path)} to {io.file_row_label(last, path)})"
   others = [
     f"{c!r} in {sp}" + (f" of {short(series_ids[k])}" if series_ids else "")
     for sp, c, k, *_ in filled[1:4]

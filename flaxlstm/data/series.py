@@ -335,7 +335,9 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
   if table.file_rows is not None:  # the rows as the table holds them (by series and date)
     missing = {c: steps.apply_rows(m, table.file_rows, True) for c, m in missing.items()}
-  checks.warn_filled_splits(missing, split_rows, spec, targets, path, table.series_ids)
+  checks.warn_filled_splits(
+    missing, split_rows, spec, targets, path, table.series_ids, table.file_rows
+  )
 
   frame = table.frame
   blocks = {

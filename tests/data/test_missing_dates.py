@@ -126,3 +126,26 @@ def test_a_panel_mixing_frequencies_is_warned(tmp_path, caplog):
   with caplog.at_level("WARNING"):
     series.prepare(spec(panel(tmp_path, {"a": hourly(60), "b": hourly(60)}, "same.csv")))
   assert "different frequencies" not in caplog.text
+
+
+def test_a_split_made_up_of_inserted_dates_is_warned_with_the_files_rows(tmp_path, caplog):
+  # A wide table whose last 20 hours are one stamp (its value missing) after a gap: filled,
+  # the test split holds no observation, and the warning names the file's row, not the
+  # table's 100th.
+  dates = hourly(100).delete(range(80, 99))
+  frame = pd.DataFrame({"date": dates, "OT": np.r_[np.sin(np.arange(80) / 3.0), np.nan]})
+  path = tmp_path / "wide.csv"
+  frame.to_csv(path, index=False)
+  data = DataSpec(
+    path=str(path),
+    lookback=8,
+    horizon=4,
+    split="rows",
+    split_rows=(60, 80),
+    missing_dates="fill",
+    fill="ffill",
+  )
+  with caplog.at_level("WARNING"):
+    series.prepare(data)
+  assert "filled all 20 values of target column 'OT' in the test split" in caplog.text
+  assert "(row 80 (line 82) to row 80 (line 82))" in caplog.text
