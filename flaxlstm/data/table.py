@@ -10,6 +10,8 @@ covariates of each series (`static_values`).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,10 @@ from flaxlstm.config.specs import ALL_NUMERIC, DataSpec
 from flaxlstm.data import io
 from flaxlstm.data.io import error, list_names, row_label, short
 
+log = logging.getLogger(__name__)
+# What pandas calls a column whose header cell is blank.
+BLANK_HEADER = re.compile(r"Unnamed: \d+")
+
 
 def numeric_columns(spec: DataSpec, raw: pd.DataFrame, path: Any, kind: str) -> tuple[str, ...]:
   """The columns `data.features` / `data.target` = ("*",) stand for, in file order.
@@ -28,14 +34,20 @@ def numeric_columns(spec: DataSpec, raw: pd.DataFrame, path: Any, kind: str) -> 
   static columns: a numeric (or boolean) column with at least one value, or a text column
   whose every value reads as a number (numbers a Parquet file stores as text). A column
   without any number (names, codes, a second date column, an empty column) is not an
-  input. One that mixes numbers and text (a CSV column with a stray word) is refused,
-  naming the first cell that is not a number: left out, its numbers would silently stop
-  being read.
+  input, nor is one whose header is blank (the row numbers `to_csv` writes). One that
+  mixes numbers and text (a CSV column with a stray word) is refused, naming the first
+  cell that is not a number: left out, its numbers would silently stop being read.
   """
   taken = {spec.date_column, spec.id_column, *spec.known, *spec.static}
   out = []
   for name in raw.columns:
     if name in taken:
+      continue
+    if BLANK_HEADER.fullmatch(name):
+      # pandas' name for a header cell left blank: above all the row numbers that
+      # `DataFrame.to_csv` writes unless told `index=False`. As a feature and target it
+      # would be a counter the model forecasts and the metrics average in.
+      log.info(f"data.features / data.target = '*': left out {name!r} of {path} (no header)")
       continue
     column = raw[name]
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):

@@ -84,6 +84,12 @@ def test_star_reads_every_numeric_column_of_a_non_ett_file(tmp_path):
   # exchange_rate.csv's layout: numbered columns, then OT.
   data = series.prepare(_spec(_csv(tmp_path, _frame(300, ("0", "1", "2", "OT")))))
   assert data.feature_names == ("0", "1", "2", "OT")
+  # A file written with its row numbers (`to_csv` without index=False): the blank-headed
+  # counter is no input and no target.
+  indexed = tmp_path / "indexed.csv"
+  _frame(300).to_csv(indexed)
+  data = series.prepare(_spec(str(indexed)))
+  assert data.feature_names == data.target_names == ("a", "b", "OT")
 
 
 @pytest.mark.parametrize("n", [137, 300, 1001])
