@@ -107,7 +107,7 @@ def feature_columns(
     features = spec.target  # a long table: each series' own past
   else:
     taken = {spec.date_column, *spec.known}
-    features = tuple(c for c in frame_columns if c not in taken)
+    features = tuple(c for c in frame_columns if c not in taken and not BLANK_HEADER.fullmatch(c))
   date_column = spec.date_column or None
   if date_column and date_column in features + spec.target + spec.known + spec.static:
     raise error(

@@ -90,6 +90,8 @@ def test_star_reads_every_numeric_column_of_a_non_ett_file(tmp_path):
   _frame(300).to_csv(indexed)
   data = series.prepare(_spec(str(indexed)))
   assert data.feature_names == data.target_names == ("a", "b", "OT")
+  data = series.prepare(_spec(str(indexed), features=(), target=("OT",)))  # "every other"
+  assert data.feature_names == ("a", "b", "OT")
 
 
 @pytest.mark.parametrize("n", [137, 300, 1001])
