@@ -55,9 +55,17 @@ def calendar_names(names: Sequence[str]) -> tuple[str, ...]:
   return tuple(f"{name}_{f}" for name in names for f in ("sin", "cos"))
 
 
+_DAY_NS, _HOUR_NS = 86_400 * 10**9, 3_600 * 10**9
+
+
 def frequency(dates: np.ndarray) -> BaseOffset | None:
   """The frequency of one series' (increasing) dates as pandas infers it, or None when they
-  fit none (a missing row, uneven steps) or are too few (pandas needs three)."""
+  fit none (a missing row, uneven steps) or are too few (pandas needs three).
+
+  Also whole days that a daylight-saving change makes an hour shorter or longer: the local
+  midnights of a timezone-aware file, read as UTC (`dates.py`), step by 23 or 25 hours
+  there. They step by whole days in the file's own time, so their frequency is those days
+  (and their forecasts are dated by them, in UTC, an hour off once a change falls inside)."""
   if len(dates) < 3:
     return None
   with warnings.catch_warnings():
@@ -65,7 +73,15 @@ def frequency(dates: np.ndarray) -> BaseOffset | None:
     warnings.simplefilter("ignore", FutureWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
     freq = pd.infer_freq(pd.DatetimeIndex(dates))
-  return None if freq is None else to_offset(freq)
+  if freq is not None:
+    return to_offset(freq)
+  steps = np.diff(np.asarray(dates, "datetime64[ns]")).astype(np.int64)
+  days = np.rint(steps / _DAY_NS)
+  if (
+    days[0] >= 1 and (days == days[0]).all() and (np.abs(steps - days * _DAY_NS) <= _HOUR_NS).all()
+  ):
+    return to_offset(f"{int(days[0])}D")
+  return None
 
 
 def span(step: Any) -> str:

@@ -167,8 +167,17 @@ def frequencies(dates: np.ndarray, offsets: np.ndarray) -> dict[str, int]:
   for s in np.flatnonzero(~even & (np.diff(offsets) >= 3)):
     inferred = frequency(dates[offsets[s] : offsets[s + 1]])
     if inferred is not None:
-      found[inferred.freqstr] += 1
+      found[_label(inferred)] += 1
   return dict(found.most_common())
+
+
+def _label(offset: BaseOffset) -> str:
+  """A frequency's name in `frequencies`: a fixed length as `span` names it ("1D", as an
+  evenly stepped series' is), a calendar one by pandas' name ("MS")."""
+  try:
+    return span(pd.Timedelta(offset))
+  except ValueError:
+    return offset.freqstr
 
 
 def describe(found: dict[str, int], limit: int = 4) -> str:

@@ -149,3 +149,20 @@ def test_a_split_made_up_of_inserted_dates_is_warned_with_the_files_rows(tmp_pat
     series.prepare(data)
   assert "filled all 20 values of target column 'OT' in the test split" in caplog.text
   assert "(row 80 (line 82) to row 80 (line 82))" in caplog.text
+
+
+def test_local_midnights_across_a_daylight_saving_change_are_daily(tmp_path, caplog):
+  # A timezone-aware file's dates are read as UTC, where a daily series steps by 23 or 25
+  # hours at a change of the clocks: still whole days, not skipped dates.
+  local = pd.date_range("2021-03-20", periods=30, freq="D", tz="Europe/Berlin")
+  path = tmp_path / "tz.csv"
+  frame = pd.DataFrame({"unique_id": "a", "ds": local.strftime("%Y-%m-%dT%H:%M:%S%z"), "y": 1.0})
+  naive = pd.date_range("2021-03-20", periods=30, freq="D")
+  other = pd.DataFrame({"unique_id": "b", "ds": naive.strftime("%Y-%m-%dT00:00:00+0000"), "y": 2.0})
+  pd.concat([frame, other]).assign(y=np.arange(60.0)).to_csv(path, index=False)
+  with caplog.at_level("WARNING"):
+    data = series.prepare(spec(str(path)))
+  assert "different frequencies" not in caplog.text  # both daily
+  assert steps.frequencies(data.dates, data.offsets) == {"1D": 2}
+  ahead = calendar.future_dates(data.dates, data.offsets, 2, source="tz.csv")
+  assert (np.diff(ahead, axis=1) == np.timedelta64(1, "D")).all()
