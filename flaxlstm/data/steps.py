@@ -7,7 +7,8 @@ seasonal-naive baseline compares the wrong hours, and the forecast's dates are o
 without a sign. So each series whose dates fit no frequency (pandas' `infer_freq`: hourly,
 business days, month ends, ...) is handled by `data.missing_dates`:
 
-- "error" (the default): refused, naming the series and its first uneven step;
+- "error" (the default): refused, naming the series, its frequency and the first date it
+  skips;
 - "fill": the missing dates become rows of missing values, then filled by `data.fill` (or
   kept as gaps where the reader keeps them: TiRex's observed mask);
 - "keep": rows are steps whatever their dates (trading days with holidays: every row is

@@ -183,7 +183,7 @@ def _forecast(
   workdir: str, config: Any, data_path: str, all_windows: bool, read_as: dict[str, Any]
 ) -> _Forecast:
   """`workdir`'s forecasts of `data_path` (`predict_file`), the file read with the run's
-  data settings but `read_as` (`fill`, `missing_dates`)."""
+  data settings but `read_as` (`fill`, `missing_dates`, `freq`)."""
   scalers = run_scalers(workdir)
   spec = config_lib.to_spec(config)
   spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **read_as))
