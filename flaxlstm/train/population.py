@@ -265,6 +265,11 @@ def assemble_population(specs: Sequence[RunSpec], devices: list | None = None) -
   first.data.window_index("train")
   setups = [first]
   for spec in specs[1:]:
+    # The batch `assemble` fitted to the training set (`fit_batch`), which every member
+    # shares: their batch sizes are equal (`group_key`).
+    spec = dataclasses.replace(
+      spec, train=dataclasses.replace(spec.train, batch_size=first.spec.train.batch_size)
+    )
     setups.append(
       dataclasses.replace(
         first,

@@ -82,6 +82,17 @@ def test_members_all_at_once_equal_the_single_runs(runs, tmp_path, tiny):
       _close(m[split]["mse"], s[split]["mse"])
 
 
+def test_members_share_the_batch_fitted_to_a_small_training_set(tiny):
+  # A batch above the training windows becomes the most that fit (assembly.fit_batch):
+  # for every member alike, as each of their single runs would.
+  configs = [
+    config_lib.load_config(tiny["exp"], [*COMMON, *m, "train.batch_size=4096"]) for m in MEMBERS
+  ]
+  setups = population.assemble_population([config_lib.to_spec(c) for c in configs])
+  n_train = len(setups[0].data.window_index("train"))
+  assert n_train < 4096 and {s.spec.train.batch_size for s in setups} == {n_train}
+
+
 def test_a_frozen_member_is_skipped_one_member_at_a_time(tiny):
   # On CPU a device's members run one per `lax.map` iteration, each behind a `lax.cond`
   # on its flag. The loop must stay a plain scan: vmapped over a chunk of one, the cond
