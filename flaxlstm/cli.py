@@ -5,7 +5,8 @@
   flaxlstm evaluate --workdir runs/x [--allow-changed-data] [--refit-scalers] [--json]
   flaxlstm evaluate --workdir runs/a --workdir runs/b ...   (the mean of their forecasts)
   flaxlstm predict --workdir runs/x --data new.csv --out preds.csv [--all-windows]
-                   [--overwrite]       (several --workdir: the mean of their forecasts)
+                   [--overwrite] [--fill F] [--missing-dates M] [--freq OFFSET]
+                   (several --workdir: the mean of their forecasts)
   flaxlstm sweep experiments/sweeps/NAME.py [--workdir runs/NAME] [--parallel N]
                  [--dry-run | --slurm | --aggregate-only] [--quiet]
   flaxlstm tune experiments/tune/NAME.py [--workdir runs/NAME] [--parallel N]
@@ -29,7 +30,7 @@ import sys
 import time
 from typing import Sequence
 
-from flaxlstm import console
+from flaxlstm import console, score_tables
 from flaxlstm.errors import RERUN, InputError, Stopped, TrainingError
 
 # The packaged default experiment: what a new user gets, from whatever directory.
@@ -271,48 +272,6 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def _summary(metrics: dict) -> str:
-  # The model's row is named by its encoder (metrics.json of older runs has none).
-  rows = [(metrics.get("encoder", "model"), metrics)] + list(metrics.get("baselines", {}).items())
-  return _score_table(rows) + _distribution_table(metrics)
-
-
-def _distribution_table(metrics: dict) -> str:
-  """A distribution head's CRPS and 80%/95% interval coverage per split, as forecast and,
-  when recalibrated, the head's own; empty for a point model."""
-  kinds = [
-    (k, name)
-    for k, name in (("distribution", "as forecast"), ("distribution_uncalibrated", "head alone"))
-    if k in metrics.get("val", {})
-  ]
-  if not kinds:
-    return ""
-  head = "".join(f"{f'{s} {c}':>11}" for s in ("val", "test") for c in ("crps", "80%", "95%"))
-  lines = ["", f"{'':<16}{head}"]  # "": the line break after the point scores
-  for key, name in kinds:
-    cells = []
-    for s in ("val", "test"):
-      d = metrics.get(s, {}).get(key)
-      if d is None:  # a production fit: no test split
-        cells += [f"{'-':>11}"] * 3
-        continue
-      cells += [f"{d['crps']:>11.4f}"]
-      cells += [f"{100 * d[f'coverage_{c}']:>10.1f}%" for c in (80, 95)]
-    lines.append(f"{name:<16}" + "".join(cells))
-  return "\n".join(lines)
-
-
-def _score_table(rows: list[tuple[str, dict]]) -> str:
-  """Val and test MSE/MAE, one row per (name, metrics)."""
-  keys = ("mse", "mae")
-  lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
-  for name, m in rows:
-    # A production fit (data.test_size=0) has no test split: its columns show "-".
-    cells = [f"{m[s][k]:>10.4f}" if s in m else f"{'-':>10}" for s in ("val", "test") for k in keys]
-    lines.append(f"{name:<16}" + "".join(cells))
-  return "\n".join(lines)
-
-
 def _evaluate_ensemble(args, train_lib) -> int:
   """`flaxlstm evaluate --workdir A --workdir B ...`: the mean of the runs' forecasts."""
   if args.allow_changed_data or args.refit_scalers:
@@ -324,7 +283,7 @@ def _evaluate_ensemble(args, train_lib) -> int:
     print(json.dumps(scores, indent=2))
     return 0
   rows = [(f"member {k}", m) for k, m in enumerate(scores["members"])]
-  print(_score_table(rows + [(f"mean of {len(rows)}", scores)]))
+  print(score_tables.scores(rows + [(f"mean of {len(rows)}", scores)]))
   for k, m in enumerate(scores["members"]):
     print(f"member {k}: {m['workdir']}")
   return 0
@@ -372,7 +331,7 @@ def _train(args, overrides: list[str]) -> int:
   import jax
 
   if not args.quiet and jax.process_index() == 0:
-    print(_summary(metrics))
+    print(score_tables.summary(metrics))
     print(f"run written to {workdir}")
   return 0
 
@@ -587,7 +546,7 @@ def _main(argv: list[str]) -> int:
       if args.json:
         print(json.dumps(metrics, indent=2))
       else:  # the table `train` ends with; every field is in metrics.json
-        print(_summary(metrics))
+        print(score_tables.summary(metrics))
         print(f"metrics written to {os.path.join(args.workdir, 'metrics.json')}")
       return 0
     return _predict(args, train_lib)

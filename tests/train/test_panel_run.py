@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flaxlstm import cli
+from flaxlstm import cli, score_tables
 
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "data" / "malformed"
 PANEL = CORPUS / "long_valid.csv"  # three series of 300/280/260 hourly rows, shuffled
@@ -150,7 +150,7 @@ def test_readme_long_table_commands_run_as_written(tmp_path, monkeypatch):
 
 def test_the_printed_scores_of_a_production_fit_show_no_test_columns():
   val = {"mse": 0.5, "mae": 0.25}
-  lines = cli._summary({"val": val, "baselines": {"naive": {"val": val}}}).splitlines()
+  lines = score_tables.summary({"val": val, "baselines": {"naive": {"val": val}}}).splitlines()
   assert [line.split() for line in lines[1:]] == [
     ["model", "0.5000", "0.2500", "-", "-"],
     ["naive", "0.5000", "0.2500", "-", "-"],

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flaxlstm import cli
+from flaxlstm import cli, score_tables
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,11 @@ def test_metrics_score_the_distribution_and_the_conformal_baselines(quantile_run
   assert 0 < m["val"]["distribution"]["recalibrated_windows"] < m["val_windows"]
   assert m["test"]["distribution"]["recalibrated_windows"] == m["test_windows"]
   # What `flaxlstm train` and `evaluate` print below the point scores.
-  table = cli._distribution_table(m).splitlines()
+  table = score_tables.distributions(m).splitlines()
   assert table[1].split() == "val crps val 80% val 95% test crps test 80% test 95%".split()
   assert table[2].startswith("as forecast") and table[3].startswith("head alone")
   assert f"{100 * m['test']['distribution']['coverage_80']:.1f}%" in table[2]
-  assert cli._distribution_table({"val": {"mse": 1.0}}) == ""  # a point model
+  assert score_tables.distributions({"val": {"mse": 1.0}}) == ""  # a point model
   # The test windows are recalibrated on the validation windows before them.
   assert m["test"]["distribution"]["width_80"] != m["test"]["distribution_uncalibrated"]["width_80"]
   for name in ("model", "naive"):
