@@ -250,7 +250,7 @@ def validate_frame(
   if date_column:
     dates = parse_dates(frame[date_column], path, date_column, kind, date_format=date_format)
     check_increasing(dates, path, date_column, kind)
-    regular = regular_rows(
+    regular, _ = regular_rows(
       dates, np.array([0, len(dates)]), mode=missing_dates, freq=freq, source=str(path)
     )
     if regular is not None:
@@ -422,7 +422,7 @@ def validate_long(
   file_rows, take = order.astype(np.int64), None
   if date_column:
     sorted_dates = dates[order]
-    regular = regular_rows(
+    regular, found = regular_rows(
       sorted_dates,
       offsets,
       mode=missing_dates,
@@ -435,7 +435,7 @@ def validate_long(
       _check_fill_for_dates(fill)
       file_rows = apply_rows(file_rows, take, -1)
       groups = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    warn_mixed(sorted_dates, offsets, str(path))
+    warn_mixed(found, str(path))
     out[date_column] = sorted_dates
   for name in columns:
     check_float32(values[name], path, name, kind)  # in file order: names the file's row

@@ -87,30 +87,35 @@ def regular_rows(
   freq: str,
   source: str,
   series_ids: Sequence[str] = (),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, dict[str, int]]:
   """Checks each series' dates (`dates` sorted within each series, series `s` the rows
   `offsets[s]:offsets[s + 1]`) under `mode` (the module docstring).
 
-  Returns None when the rows stay as they are; after a "fill" that inserted dates,
-  `(take, offsets, dates)`: for each new row the old row it is (-1: an inserted date),
-  and the new offsets and dates.
+  Returns what a "fill" inserted, None when the rows stay as they are, else `(take,
+  offsets, dates)`: for each new row the old row it is (-1: an inserted date), and the new
+  offsets and dates; and the series' `frequencies`, found on the way.
 
   Raises:
     InputError: a series that skips dates ("error"), or whose dates fit no frequency.
   """
   if mode == "keep":
-    return None
+    return None, frequencies(dates, offsets)
   given = parse_freq(freq)
-  n_series = len(offsets) - 1
-  even = _evenly_stepped(dates, offsets)[0] if given is None else np.zeros(n_series, bool)
+  even, step = _evenly_stepped(dates, offsets)
+  found: Counter[str] = Counter()
   grids: list[np.ndarray | None] = []
   for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
     own = dates[begin:end]
-    if even[s] or len(own) < 3:
-      grids.append(None)
+    grids.append(None)
+    if len(own) < 3:
       continue
-    if frequency(own) is not None if given is None else _is_grid(own, given):
-      grids.append(None)
+    if given is None:
+      inferred = None if even[s] else frequency(own)
+      if even[s] or inferred is not None:
+        found[span(step[s]) if even[s] else _label(inferred)] += 1
+        continue
+    elif _is_grid(own, given):
+      found[_label(given)] += 1
       continue
     where = _which(s, source, series_ids)
     offset = given or _frequency_with_gaps(own)
@@ -136,9 +141,11 @@ def regular_rows(
         "'ffill' or 'interpolate') to insert them, or 'keep' to read rows as steps "
         "(trading days); flaxlstm predict: --missing-dates, --fill"
       )
-    grids.append(grid)
+    grids[s] = grid
+    found[_label(offset)] += 1
+  found_sorted = _ordered(found)
   if all(g is None for g in grids):
-    return None
+    return None, found_sorted
   takes, new_dates = [], []
   for s, (begin, end) in enumerate(zip(offsets[:-1], offsets[1:])):
     own, grid = dates[begin:end], grids[s]
@@ -151,11 +158,12 @@ def regular_rows(
     takes.append(take)
     new_dates.append(grid)
   new_offsets = np.concatenate([[0], np.cumsum([len(t) for t in takes])]).astype(np.int64)
-  return (
+  inserted = (
     np.concatenate(takes).astype(np.int64),
     new_offsets,
     np.concatenate(new_dates).astype("datetime64[ns]"),
   )
+  return inserted, found_sorted
 
 
 def frequencies(dates: np.ndarray, offsets: np.ndarray) -> dict[str, int]:
@@ -169,7 +177,12 @@ def frequencies(dates: np.ndarray, offsets: np.ndarray) -> dict[str, int]:
     inferred = frequency(dates[offsets[s] : offsets[s + 1]])
     if inferred is not None:
       found[_label(inferred)] += 1
-  return dict(found.most_common())
+  return _ordered(found)
+
+
+def _ordered(found: Counter[str]) -> dict[str, int]:
+  """Most series first, then by name: the same order however they were counted."""
+  return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _label(offset: BaseOffset) -> str:
@@ -187,9 +200,9 @@ def describe(found: dict[str, int], limit: int = 4) -> str:
   return shown + (f" and {len(found) - limit} more" if len(found) > limit else "")
 
 
-def warn_mixed(dates: np.ndarray, offsets: np.ndarray, source: str) -> None:
-  """Warns when the series of a panel step by different frequencies."""
-  found = frequencies(dates, offsets)
+def warn_mixed(found: dict[str, int], source: str) -> None:
+  """Warns when the series of a panel step by different frequencies (`found`:
+  `frequencies`)."""
   if len(found) > 1:
     log.warning(
       f"the series of {source} step by different frequencies ({describe(found)}): each row "

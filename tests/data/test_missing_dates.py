@@ -90,14 +90,19 @@ def test_given_freq_fills_to_it_and_dates_the_forecast_by_it():
   # with "keep" and no freq the rows stand as they are.
   days = pd.bdate_range("2021-03-01", periods=30).delete([4, 17]).to_numpy("datetime64[ns]")
   offsets = np.array([0, len(days)])
-  take, new_offsets, new_dates = steps.regular_rows(
-    days, offsets, mode="fill", freq="B", source="f.csv"
-  )
+  inserted, found = steps.regular_rows(days, offsets, mode="fill", freq="B", source="f.csv")
+  assert inserted is not None and found == {"B": 1}
+  take, new_offsets, new_dates = inserted
   assert new_offsets.tolist() == [0, 30] and (take == -1).sum() == 2
-  assert steps.regular_rows(days, offsets, mode="keep", freq="", source="f.csv") is None
+  kept = steps.regular_rows(days, offsets, mode="keep", freq="", source="f.csv")
+  assert kept == (None, {})  # uneven and no frequency named: not counted
   # Already on its frequency: nothing to insert.
   full = pd.bdate_range("2021-03-01", periods=30).to_numpy("datetime64[ns]")
-  assert steps.regular_rows(full, offsets, mode="error", freq="B", source="f.csv") is None
+  whole = np.array([0, len(full)])
+  assert steps.regular_rows(full, whole, mode="error", freq="B", source="f.csv") == (
+    None,
+    {"B": 1},
+  )
   ahead = calendar.future_dates(days, offsets, 3, source="f.csv", freq="B")
   np.testing.assert_array_equal(
     ahead[0], pd.bdate_range(pd.Timestamp(days[-1]), periods=4)[1:].to_numpy("datetime64[ns]")
@@ -121,7 +126,7 @@ def test_a_panel_mixing_frequencies_is_warned(tmp_path, caplog):
   path = panel(tmp_path, {"h": hourly(60), "d": pd.date_range("2021-03-01", periods=60, freq="D")})
   with caplog.at_level("WARNING"):
     series.prepare(spec(path))
-  assert "step by different frequencies (1 at 1h, 1 at 1D)" in caplog.text
+  assert "step by different frequencies (1 at 1D, 1 at 1h)" in caplog.text
   caplog.clear()
   with caplog.at_level("WARNING"):
     series.prepare(spec(panel(tmp_path, {"a": hourly(60), "b": hourly(60)}, "same.csv")))
