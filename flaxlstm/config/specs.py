@@ -121,6 +121,9 @@ class DataSpec(_Spec):
   # which pads zeros; the first value keeps RevIN's and the scalers' statistics in the
   # series' own range). Off: every window's inputs are observed rows.
   start_padding: bool = False
+  # Only the series too short for a window in every split are padded so (as start_padding
+  # does for all): every other series reads `lookback` observed rows, as without padding.
+  pad_short: bool = False
   # Each series trains on its most recent train rows only, at most this many but never
   # fewer than one window's (data.lookback + data.horizon): its windows and its scaler's
   # statistics (val and test windows still read the rows before them as inputs); 0 = every
@@ -141,14 +144,17 @@ class DataSpec(_Spec):
   # data.missing_dates='fill' fills to and predict dates forecasts by; "" = each series'
   # own, inferred from its dates.
   freq: str = ""
-  seasonal_period: int = 24  # Rows per season, for the seasonal-naive baseline (24 = daily).
+  # Rows per season, for the seasonal-naive baseline; 0 = the season of the data's frequency
+  # (hourly 24, daily 7, weekly 52, monthly 12, ...: calendar.season; 1 without dates).
+  seasonal_period: int = 0
   augment: AugmentSpec = dataclasses.field(default_factory=lambda: AugmentSpec())
 
   def check(self, c: Checker) -> None:
     # The choices (split, scaler, fill, calendar) are checked by the schema against the
     # tables beside their code (config/schema.py: `validate`).
-    for key in ("lookback", "horizon", "seasonal_period"):
+    for key in ("lookback", "horizon"):
       c.positive(key)
+    c.non_negative("seasonal_period")
     for key in ("lookback", "horizon"):
       c.at_most(key, 2**20)
     c.check("target", bool(self.target), "must name at least one column")

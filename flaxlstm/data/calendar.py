@@ -84,6 +84,53 @@ def frequency(dates: np.ndarray) -> BaseOffset | None:
   return None
 
 
+# Per calendar cycle, the offsets that step through it and how many steps of theirs it has:
+# a week of business days, a year of weeks, of half-months, months or quarters.
+_CYCLES: tuple[tuple[tuple[type, ...], int], ...] = (
+  ((pd.offsets.BusinessDay, pd.offsets.CustomBusinessDay), 5),
+  ((pd.offsets.Week,), 52),
+  ((pd.offsets.SemiMonthBegin, pd.offsets.SemiMonthEnd), 24),
+  (
+    (
+      pd.offsets.MonthBegin,
+      pd.offsets.MonthEnd,
+      pd.offsets.BusinessMonthBegin,
+      pd.offsets.BusinessMonthEnd,
+    ),
+    12,
+  ),
+  (
+    (
+      pd.offsets.QuarterBegin,
+      pd.offsets.QuarterEnd,
+      pd.offsets.BQuarterBegin,
+      pd.offsets.BQuarterEnd,
+    ),
+    4,
+  ),
+)
+
+
+def season(freq: str | BaseOffset) -> int:
+  """The seasonal period of a frequency, in its steps: the cycle the field reads such data
+  by (statsforecast's and GluonTS's season lengths). Below a day, a day ("1h": 24, "15min":
+  96); days, a week ("D": 7; business days "B": 5); weeks, a year (52); half-months,
+  months and quarters, a year (24, 12, 4). A multiple steps through the cycle that many
+  times slower ("2MS": 6). 1, no season, where the cycle is not a whole number of steps and
+  for years."""
+  offset = to_offset(freq)
+  n, steps = abs(offset.n) or 1, 1
+  if isinstance(offset, pd.offsets.Tick) and pd.Timedelta(offset) < pd.Timedelta(days=1):
+    day, step = pd.Timedelta(days=1), pd.Timedelta(offset)
+    return day // step if day % step == pd.Timedelta(0) else 1
+  if isinstance(offset, pd.offsets.Day):
+    steps, n = (52, n // 7) if n % 7 == 0 else (7, n)  # "7D" and "14D" step by weeks
+  for kinds, per_cycle in _CYCLES:
+    if isinstance(offset, kinds):
+      steps = per_cycle
+  return steps // n if steps % n == 0 else 1
+
+
 def span(step: Any) -> str:
   """A time step as pandas names it ("4h"), in days when whole ("7D", not "168h")."""
   step = pd.Timedelta(step)

@@ -15,6 +15,7 @@ columns that exist, splits that fit the file, series long enough for their windo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Any, Sequence
@@ -110,6 +111,8 @@ class SeriesData:
     has_targets: False when an inference file lacks the target columns.
     start_padding: windows may start after one row of their series, the inputs before
       its first row repeating that row (``data.start_padding``; `input_rows`).
+    padded: bool ``(n_series,)``, the series whose windows start so though
+      `start_padding` is off (``data.pad_short``: too short otherwise), or None.
     y_filled: bool ``(n_rows, n_targets)``, for data from ``prepare_inference`` with
       targets: the target values the file did not hold (filled), else None.
   """
@@ -133,19 +136,28 @@ class SeriesData:
   static: np.ndarray | None = None
   has_targets: bool = True
   start_padding: bool = False
+  padded: np.ndarray | None = None
   y_filled: np.ndarray | None = None
 
+  @functools.cached_property
+  def frequencies(self) -> dict[str, int]:
+    """How many series step by each frequency (`steps.frequencies`; {} without dates)."""
+    return {} if self.dates is None else steps.frequencies(self.dates, self.offsets)
+
   @property
-  def context(self) -> int:
-    """The observed rows a window's inputs need (`splits.context` of the spec)."""
-    return 1 if self.start_padding else self.lookback
+  def context(self) -> np.ndarray:
+    """Per series, the observed rows a window's inputs need: the lookback, or 1 where its
+    start is padded (`start_padding`, `padded`)."""
+    pad = self.start_padding | (False if self.padded is None else self.padded)
+    return np.where(np.broadcast_to(pad, (self.n_series,)), 1, self.lookback)
 
   def input_rows(self, starts: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Rows ``starts[:, None] + steps`` (``steps`` counted from each window's start); with
-    `start_padding`, a row before its window's series begins is that series' first row
-    (edge padding), so no window reads another series."""
+    """Rows ``starts[:, None] + steps`` (``steps`` counted from each window's start); where
+    starts are padded, a row before its window's series begins is that series' first row
+    (edge padding), so no window reads another series (a no-op for the others, whose
+    windows never reach before their series)."""
     rows = np.asarray(starts, np.int64)[:, None] + np.asarray(steps, np.int64)
-    if self.start_padding:
+    if self.start_padding or self.padded is not None:
       first = self.offsets[self.row_series(np.asarray(starts) - 1)]
       rows = np.maximum(rows, first[:, None])
     return rows
@@ -291,46 +303,22 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
     log.info(f"data.split='auto': {spec.split!r} for {path}")
   if spec.id_column:
     ends = splits.panel_ends(spec, lengths, dates, table.offsets)
-    short_ = splits.short_series(spec, ends)
-    if short_.any():
-      first = int(np.argmax(short_))
-      name = short(table.series_ids[first])
-      if spec.split == "holdout":
-        what = f"{path}: series {name} has {lengths[first]} rows; {splits.holdout_needs(spec)}"
-      else:
-        need = splits.context(spec)
-        what = (
-          f"series too short: {splits.context_words(spec)} + data.horizon={spec.horizon} "
-          f"need at least {need + spec.horizon} train rows and {spec.horizon} val "
-          f"and test rows in every series, but data.split={spec.split!r} leaves series "
-          f"{name} ({lengths[first]} rows) with train={ends[first, 0]}, "
-          f"val={ends[first, 1] - ends[first, 0]}, test={ends[first, 2] - ends[first, 1]}"
-        )
-      n_short = int(short_.sum())
-      if not spec.drop_short or n_short == len(lengths):
-        hint = ""
-        if not spec.drop_short:
-          hint = "; set data.drop_short=True to leave them out"
-          if not spec.start_padding:
-            hint += ", or data.start_padding=True to pad their first windows"
-        raise error(f"{what} ({n_short} of {len(lengths)} series are too short{hint})")
-      log.warning(
-        f"data.drop_short: left out {n_short} of {len(lengths)} series too short to split"
-      )
-      table = table.select(~short_)
-      ends, lengths = ends[~short_], np.diff(table.offsets)
+    drop, padded = splits.screen_series(spec, ends, lengths, table.series_ids, path)
+    if drop.any():
+      table, ends, padded = table.select(~drop), ends[~drop], padded[~drop]
+      lengths = np.diff(table.offsets)
       dates = table.frame[date_column].to_numpy() if date_column else None
   else:
     bounds = splits.split_bounds(spec, len(table.frame), dates)
-    splits.check_lengths(bounds, spec, len(table.frame), path)
+    padded = np.array([splits.check_lengths(bounds, spec, len(table.frame), path)])
     ends = np.array([[bounds[k][1] for k in splits.SPLIT_NAMES]], np.int64)
   begin = table.offsets[:-1, None]
   # Each series' first train row: its first row, or its last `recent_train_rows` train rows
   # (never fewer than one window's).
   train_begin = np.zeros((len(ends), 1), np.int64)
   if spec.recent_train_rows:
-    recent = max(spec.recent_train_rows, splits.context(spec) + spec.horizon)
-    train_begin[:, 0] = np.maximum(ends[:, 0] - recent, 0)
+    window = np.where(padded, 1, splits.context(spec)) + spec.horizon
+    train_begin[:, 0] = np.maximum(ends[:, 0] - np.maximum(spec.recent_train_rows, window), 0)
   local = np.concatenate([train_begin, ends], axis=1)
   split_rows = {k: begin + local[:, i : i + 2] for i, k in enumerate(splits.SPLIT_NAMES)}
   if table.file_rows is not None:  # the rows as the table holds them (by series and date)
@@ -372,7 +360,9 @@ def prepare(spec: DataSpec, *, scalers: FittedScalers | None = None) -> SeriesDa
   else:
     _check_saved(scalers, features, targets, spec)
     codes = _series_codes(scalers, table)
-  return _build(spec, table, blocks, static, scalers, codes, split_rows, features, targets)
+  return _build(
+    spec, table, blocks, static, scalers, codes, split_rows, features, targets, padded=padded
+  )
 
 
 def _check_saved(scalers: FittedScalers, features, targets, spec: DataSpec) -> None:
@@ -418,8 +408,10 @@ def _build(
   features,
   targets,
   has_targets: bool = True,
+  padded: np.ndarray | None = None,
 ) -> SeriesData:
-  """Scales the blocks and adds the calendar: the `SeriesData` of a validated table."""
+  """Scales the blocks and adds the calendar: the `SeriesData` of a validated table;
+  `padded`: the series whose start is padded (`data.pad_short`)."""
   row_codes = None
   if scalers.scope == "series":
     row_codes = codes[table.row_series]
@@ -463,6 +455,7 @@ def _build(
     ),
     has_targets=has_targets,
     start_padding=spec.start_padding,
+    padded=None if padded is None or not padded.any() else padded,
   )
 
 
@@ -502,8 +495,11 @@ def prepare_inference(
   filled = _filled_targets(raw, table, targets) if has_targets else None
   del raw
   lengths = np.diff(table.offsets)
-  if (lengths < splits.context(spec)).any():
-    first = int(np.argmax(lengths < splits.context(spec)))
+  # With data.pad_short, a series shorter than the lookback is padded here too.
+  padded = lengths < spec.lookback if spec.pad_short else None
+  too_short = lengths < (1 if spec.pad_short else splits.context(spec))
+  if too_short.any():
+    first = int(np.argmax(too_short))
     which = (
       f"series {short(table.series_ids[first])} of {resolved}"
       if table.series_ids
@@ -533,6 +529,7 @@ def prepare_inference(
     features,
     targets,
     has_targets=has_targets,
+    padded=padded,
   )
   return dataclasses.replace(data, y_filled=filled)
 

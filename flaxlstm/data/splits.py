@@ -12,6 +12,7 @@ ETT's split on an ETT file (`ett_layout`), the Time-Series-Library's 70/10/20 ot
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,9 @@ import pandas as pd
 
 from flaxlstm.config.specs import DataSpec
 from flaxlstm.data.io import error
+from flaxlstm.data.messages import short
+
+log = logging.getLogger(__name__)
 
 # data.split: how rows are split in time.
 SPLITS = ("fractions", "rows", "dates", "ett", "ettm", "tsl", "holdout", "auto")
@@ -202,16 +206,29 @@ def _date_ends(spec: DataSpec, dates: np.ndarray, offsets: np.ndarray) -> np.nda
   return out
 
 
+def _fits(sizes: dict[str, int], spec: DataSpec) -> bool:
+  test_ok = sizes["test"] >= spec.horizon or not has_test(spec)
+  return sizes["train"] >= context(spec) + spec.horizon and sizes["val"] >= spec.horizon and test_ok
+
+
 def check_lengths(
   bounds: dict[str, tuple[int, int]], spec: DataSpec, n_rows: int, source: object = "the file"
-) -> None:
+) -> bool:
   """Requires at least one window per split (train: inputs inside train rows too) but a
-  test split the config leaves out; `source` names the file in messages."""
+  test split the config leaves out; `source` names the file in messages. Returns whether
+  the series has one only with its start padded (`data.pad_short`)."""
   sizes = {name: stop - start for name, (start, stop) in bounds.items()}
+  if _fits(sizes, spec):
+    return False
+  if spec.pad_short and not spec.start_padding:
+    spec = dataclasses.replace(spec, start_padding=True)
+    if _fits(sizes, spec):
+      log.warning(
+        f"data.pad_short: {source} is too short for a window of data.lookback="
+        f"{spec.lookback} in every split: its first windows repeat its first row"
+      )
+      return True
   lookback, horizon = context(spec), spec.horizon
-  test_ok = sizes["test"] >= horizon or not has_test(spec)
-  if sizes["train"] >= lookback + horizon and sizes["val"] >= horizon and test_ok:
-    return
   if spec.split == "holdout":
     raise error(f"{source} has {n_rows} rows; {holdout_needs(spec)}")
   raise error(
@@ -258,3 +275,47 @@ def short_series(spec: DataSpec, ends: np.ndarray) -> np.ndarray:
   train, val, test = ends[:, 0], ends[:, 1] - ends[:, 0], ends[:, 2] - ends[:, 1]
   short_test = (test < spec.horizon) if has_test(spec) else np.zeros(len(ends), bool)
   return (train < context(spec) + spec.horizon) | (val < spec.horizon) | short_test
+
+
+def screen_series(
+  spec: DataSpec, ends: np.ndarray, lengths: np.ndarray, series_ids: Sequence[str], source: object
+) -> tuple[np.ndarray, np.ndarray]:
+  """The series of a long table that lack a window in some split (`short_series`), as
+  `(drop, padded)` masks: with `data.pad_short`, those that a padded start gives one are
+  `padded`; any others are refused on one line naming the first, or, with
+  `data.drop_short`, left out (`drop`), with a warning."""
+  short_ = short_series(spec, ends)
+  padded = np.zeros(len(ends), bool)
+  if spec.pad_short and not spec.start_padding and short_.any():
+    spec = dataclasses.replace(spec, start_padding=True)  # what a padded series needs
+    still = short_series(spec, ends)
+    padded, short_ = short_ & ~still, still
+    log.warning(
+      f"data.pad_short: {int(padded.sum())} of {len(ends)} series of {source} are too short "
+      f"for a window of data.lookback={spec.lookback} in every split: their first windows "
+      "repeat their first row"
+    )
+  if not short_.any():
+    return short_, padded
+  first = int(np.argmax(short_))
+  name = short(series_ids[first])
+  if spec.split == "holdout":
+    what = f"{source}: series {name} has {lengths[first]} rows; {holdout_needs(spec)}"
+  else:
+    what = (
+      f"series too short: {context_words(spec)} + data.horizon={spec.horizon} "
+      f"need at least {context(spec) + spec.horizon} train rows and {spec.horizon} val "
+      f"and test rows in every series, but data.split={spec.split!r} leaves series "
+      f"{name} ({lengths[first]} rows) with train={ends[first, 0]}, "
+      f"val={ends[first, 1] - ends[first, 0]}, test={ends[first, 2] - ends[first, 1]}"
+    )
+  n_short = int(short_.sum())
+  if not spec.drop_short or n_short == len(lengths):
+    hint = ""
+    if not spec.drop_short:
+      hint = "; set data.drop_short=True to leave them out"
+      if not spec.start_padding:
+        hint += ", or data.pad_short=True to pad their first windows"
+    raise error(f"{what} ({n_short} of {len(lengths)} series are too short{hint})")
+  log.warning(f"data.drop_short: left out {n_short} of {len(lengths)} series too short to split")
+  return short_, padded

@@ -264,7 +264,8 @@ def baseline_metrics(data: SeriesData, period: int, splits=("val", "test")) -> d
   split of a production fit) is left out, as the model's is."""
   splits = [split for split in splits if len(data.window_index(split))]
   forecasters = {"naive": lambda s: naive_forecast(data, s)}
-  if data.lookback >= period:  # seasonal naive needs a full season of history
+  # Seasonal naive needs a full season of history; with a season of 1 it is the naive.
+  if 1 < period <= data.lookback:
     forecasters["seasonal_naive"] = lambda s: seasonal_naive_forecast(data, s, period)
   linear = linear_forecaster(data)
   if linear is not None:

@@ -1,6 +1,7 @@
 """A global model over a panel: any long table (NeuralForecast's `unique_id, ds, y` by
 default), `--config panel:H` for a horizon of H steps, `panel:H,S` with a season length of S
-steps (the seasonal-naive baseline's `data.seasonal_period`; default 1, the naive forecast):
+steps (the seasonal-naive baseline's `data.seasonal_period`; by default the season of the
+series' frequency: 24 for hourly series, 7 daily, 52 weekly, 12 monthly, ...):
 
   flaxlstm train --config panel:48 --config.data.path=panel.csv --workdir runs/panel
   # A production fit (every row but each series' last H trains), then each series' next H:
@@ -27,13 +28,14 @@ USAGE = (
 
 
 def parse_arg(arg: str | None) -> tuple[int, int]:
-  """`"H"` or `"H,S"` -> (horizon, season length); no argument is horizon 24, season 1."""
+  """`"H"` or `"H,S"` -> (horizon, season length); no argument is horizon 24. A season of
+  0 is the one of the data's frequency (`data.seasonal_period=0`)."""
   if not arg:
-    return 24, 1
+    return 24, 0
   parts = arg.split(",")
   if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
     raise InputError(f"{USAGE}, positive integers; got {arg!r}")
-  horizon, season = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+  horizon, season = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
   return horizon, season
 
 
@@ -49,10 +51,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.horizon = horizon
   # Four horizons of history: enough to see a trend and the recent level, short enough
   # that short series still have training windows (chosen on M4 Weekly's validation
-  # origins: experiments/README.md). At least one season, so the seasonal-naive baseline
-  # reads only the window.
+  # origins: experiments/README.md). At least one given season, so that the seasonal-naive
+  # baseline reads only the window (one found in the data may be longer: then no baseline).
   config.data.lookback = max(4 * horizon, season)
   config.data.seasonal_period = season
+  # A series too short for a window in every split still trains and is forecast: its first
+  # windows repeat its first row. Panels mix lengths (M4 Yearly's series have 13 to 835
+  # rows); without it the recipe would refuse every panel with one short series. Only the
+  # short series are padded: the others read what they read without it.
+  config.data.pad_short = True
   # Each series divided by its own largest training value: the loss then weighs every
   # series by its relative error (as sMAPE does), not by its size.
   config.data.scaler = "maxabs"

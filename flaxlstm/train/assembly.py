@@ -15,7 +15,7 @@ import optax
 
 from flaxlstm import parallel
 from flaxlstm.config.specs import RunSpec
-from flaxlstm.data import augment, series, windows
+from flaxlstm.data import augment, calendar, series, windows
 from flaxlstm.data.scaling import FittedScalers
 from flaxlstm.errors import InputError
 from flaxlstm.forecast import baselines, encoders, heads
@@ -139,6 +139,22 @@ def fit_batch(spec: RunSpec, n_train: int, n_split: int) -> RunSpec:
   return dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=fitted))
 
 
+def fit_season(spec: RunSpec, data: series.SeriesData) -> RunSpec:
+  """`spec` with `data.seasonal_period=0` (from the data) made the season of the frequency
+  most of the series step by (`calendar.season`: hourly 24, daily 7, weekly 52, monthly
+  12, ...; 1 without dates), logged. The run's config.json records the number, so that
+  evaluate scores the same seasonal naive. Only the seasonal-naive baseline reads it."""
+  if spec.data.seasonal_period:
+    return spec
+  freq = next(iter(data.frequencies), None)  # the frequency most series step by
+  period = 1 if freq is None else calendar.season(freq)
+  note = "no dates to read a season from" if freq is None else f"the season of {freq}"
+  if period > spec.data.lookback:
+    note += f"; longer than data.lookback={spec.data.lookback}: no seasonal-naive baseline"
+  log.info(f"data.seasonal_period={period} ({note})")
+  return dataclasses.replace(spec, data=dataclasses.replace(spec.data, seasonal_period=period))
+
+
 def assemble(
   spec: RunSpec, devices: list | None = None, scalers: FittedScalers | None = None
 ) -> Setup:
@@ -167,7 +183,7 @@ def assemble(
   data = series.prepare(spec.data, scalers=scalers)
   heads.make(spec.model.head, spec.model.quantiles).check_data(data)  # the head's own rules
   n_train = len(data.window_index("train"))
-  spec = fit_batch(spec, n_train, n_split)
+  spec = fit_season(fit_batch(spec, n_train, n_split), data)
   bs = spec.train.batch_size
   steps_per_epoch = windows.steps_per_epoch(n_train, bs)
   total = steps_per_epoch * spec.train.max_epochs

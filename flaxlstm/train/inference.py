@@ -201,10 +201,10 @@ def _forecast(
     )
   model = build_model(spec, data)
   # Starts: each series' end (the forecast after it), or, back-testing, every position with
-  # `lookback` rows of history (one with data.start_padding) up to and including the end.
+  # `lookback` rows of history (one where the start is padded) up to and including the end.
   if all_windows:
     begin, end = data.offsets[:-1], data.offsets[1:]
-    starts = np.concatenate([np.arange(b + data.context, e + 1) for b, e in zip(begin, end)])
+    starts = np.concatenate([np.arange(b + c, e + 1) for b, e, c in zip(begin, end, data.context)])
   else:
     starts = data.offsets[1:].copy()
   starts = starts.astype(np.int64)
@@ -264,8 +264,8 @@ def _recalibrated(dist, model, params, data, starts, series_of, spec, data_path)
   # some forecast may read.
   source = np.concatenate(
     [
-      np.arange(max(b + data.context, f - horizon - n_windows - horizon), e - horizon + 1)
-      for b, e, f in zip(begin, end, first)
+      np.arange(max(b + c, f - horizon - n_windows - horizon), e - horizon + 1)
+      for b, e, f, c in zip(begin, end, first, data.context)
     ]
   ).astype(np.int64)
   if not len(source):

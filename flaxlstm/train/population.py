@@ -265,10 +265,12 @@ def assemble_population(specs: Sequence[RunSpec], devices: list | None = None) -
   first.data.window_index("train")
   setups = [first]
   for spec in specs[1:]:
-    # The batch `assemble` fitted to the training set (`fit_batch`), which every member
-    # shares: their batch sizes are equal (`group_key`).
+    # What `assemble` fitted to the data (`fit_batch`, `fit_season`), which every member
+    # shares: their batch sizes and seasons are equal (`group_key`).
     spec = dataclasses.replace(
-      spec, train=dataclasses.replace(spec.train, batch_size=first.spec.train.batch_size)
+      spec,
+      train=dataclasses.replace(spec.train, batch_size=first.spec.train.batch_size),
+      data=dataclasses.replace(spec.data, seasonal_period=first.spec.data.seasonal_period),
     )
     setups.append(
       dataclasses.replace(

@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, TypeVar
 
 from flaxlstm import config as config_lib
-from flaxlstm.data import steps
 from flaxlstm.errors import TrainingError
 from flaxlstm.report import Reporter
 from flaxlstm.train import evaluation
@@ -129,7 +128,7 @@ class RunSession:
     reporter.truncate_after(loop.step)  # drop what was logged after the checkpoint
     record: dict[str, Any] = {"data": data_now}
     if setup.data.dates is not None:  # what predict compares a new file's frequencies with
-      record["frequencies"] = steps.frequencies(setup.data.dates, setup.data.offsets)
+      record["frequencies"] = setup.data.frequencies
     reporter.write_config(config_lib.to_config(setup.spec), record)
     if is_main:
       setup.data.save_scalers(os.path.join(workdir, "scalers.json"))

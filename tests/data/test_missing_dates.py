@@ -1,5 +1,6 @@
 """data.missing_dates (flaxlstm/data/steps.py): a series that skips dates of its frequency
-is refused by default, filled onto its frequency with "fill", read as it is with "keep".
+is refused by default, filled onto its frequency with "fill", read as it is with "keep". And
+the season a frequency has (`data.seasonal_period=0`).
 The one-line messages of the refusals are in the malformed corpus (cases.json)."""
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flaxlstm.config.specs import DataSpec
+from flaxlstm.config.specs import DataSpec, RunSpec
 from flaxlstm.data import calendar, io, series, steps
 from flaxlstm.data import table as table_lib
 from flaxlstm.errors import InputError
+from flaxlstm.forecast import baselines
 from flaxlstm.pretrained import files
+from flaxlstm.train import assembly
 
 
 def panel(tmp_path, parts: dict[str, pd.DatetimeIndex], name: str = "panel.csv") -> str:
@@ -171,3 +174,55 @@ def test_local_midnights_across_a_daylight_saving_change_are_daily(tmp_path, cap
   assert steps.frequencies(data.dates, data.offsets) == {"1D": 2}
   ahead = calendar.future_dates(data.dates, data.offsets, 2, source="tz.csv")
   assert (np.diff(ahead, axis=1) == np.timedelta64(1, "D")).all()
+
+
+@pytest.mark.parametrize(
+  "freq, season",
+  [
+    ("h", 24),
+    ("15min", 96),
+    ("2h", 12),
+    ("7min", 1),  # a day is no whole number of its steps
+    ("D", 7),
+    ("B", 5),
+    ("7D", 52),
+    ("W-SUN", 52),
+    ("14D", 26),
+    ("3D", 1),
+    ("MS", 12),
+    ("2MS", 6),
+    ("ME", 12),
+    ("QS-OCT", 4),
+    ("YS", 1),
+  ],
+)
+def test_the_season_of_a_frequency(freq, season):
+  assert calendar.season(freq) == season
+
+
+def test_seasonal_period_zero_is_the_season_of_most_series(tmp_path, caplog):
+  days = functools.partial(pd.date_range, "2021-03-01", periods=60, freq="D")
+  path = panel(tmp_path, {"a": hourly(60), "b": days(), "c": days()})
+  run = RunSpec(data=spec(path, seasonal_period=0, lookback=12))
+  with caplog.at_level("INFO", logger="flaxlstm.train.assembly"):
+    fitted = assembly.fit_season(run, series.prepare(run.data))
+  # Two of three series are daily: a week of days.
+  assert fitted.data.seasonal_period == 7
+  assert "data.seasonal_period=7 (the season of 1D)" in caplog.text
+  # A given season is kept; a season longer than the window is said to leave no baseline.
+  assert assembly.fit_season(fitted, series.prepare(run.data)) is fitted
+  short = RunSpec(data=spec(path, seasonal_period=0, lookback=6))
+  with caplog.at_level("INFO", logger="flaxlstm.train.assembly"):
+    assert assembly.fit_season(short, series.prepare(short.data)).data.seasonal_period == 7
+  assert "longer than data.lookback=6: no seasonal-naive baseline" in caplog.text
+  # No dates, no season: 1 (and the seasonal naive, which would be the naive, is left out).
+  frame = pd.DataFrame({"y": np.sin(np.arange(60) / 3.0) + 2.0})
+  frame.to_csv(tmp_path / "plain.csv", index=False)
+  plain = RunSpec(
+    data=DataSpec(
+      path=str(tmp_path / "plain.csv"), date_column="", target=("y",), lookback=8, horizon=4
+    )
+  )
+  fitted = assembly.fit_season(plain, data := series.prepare(plain.data))
+  assert fitted.data.seasonal_period == 1
+  assert "seasonal_naive" not in baselines.baseline_metrics(data, 1)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flaxlstm.config import DataSpec, RunSpec, validate
-from flaxlstm.data import calendar, scaling, series, windows
+from flaxlstm.data import calendar, scaling, series, splits, windows
 from flaxlstm.errors import InputError
 
 LOOKBACK, HORIZON = 8, 4
@@ -191,10 +191,10 @@ def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):
   )
   assert message.endswith(
     "(1 of 3 series are too short; set data.drop_short=True to leave them out, or "
-    "data.start_padding=True to pad their first windows)"
+    "data.pad_short=True to pad their first windows)"
   )
   warned = []
-  monkeypatch.setattr(series.log, "warning", warned.append)
+  monkeypatch.setattr(splits.log, "warning", warned.append)
   kept = series.prepare(spec(path, drop_short=True, **holdout))
   assert kept.series_ids == ("a", "b")
   assert warned == ["data.drop_short: left out 1 of 3 series too short to split"]
@@ -330,7 +330,7 @@ def test_long_table_errors(tmp_path):
   assert np.isfinite(filled.y).all()
 
 
-def test_start_padding_trains_and_forecasts_series_shorter_than_the_lookback(tmp_path):
+def test_start_padding_trains_and_forecasts_series_shorter_than_the_lookback(tmp_path, caplog):
   frame = panel_frame()
   c = frame[frame.unique_id == "c"].sort_values("ds")
   # Series c keeps 14 rows: a holdout (val 4, test 4) leaves it 6 train rows, fewer than a
@@ -361,6 +361,18 @@ def test_start_padding_trains_and_forecasts_series_shorter_than_the_lookback(tmp
   np.testing.assert_array_equal(seasonal[0], np.repeat(data.y[begin : begin + 1], HORIZON, 0))
   scores = baselines.baseline_metrics(data, 4)
   assert all(np.isfinite(scores[name]["test"]["mse"]) for name in ("linear", "dlinear"))
+  # data.pad_short pads c alone: its windows are start_padding's, the others' are those of
+  # the file without c's padding (and c is named in a warning).
+  with caplog.at_level("WARNING", logger="flaxlstm.data.splits"):
+    only = series.prepare(spec(path, split="holdout", pad_short=True))
+  assert "data.pad_short: 1 of 3 series of" in caplog.text
+  np.testing.assert_array_equal(only.padded, [k == s for k in range(3)])
+  for split in ("train", "val", "test"):
+    index, full = only.window_index(split), data.window_index(split)
+    assert (index.first[s], index.counts[s]) == (full.first[s], full.counts[s])
+    others = series.prepare(spec(path, split="holdout", drop_short=True)).window_index(split)
+    assert [int(n) for k, n in enumerate(index.counts) if k != s] == list(others.counts)
+  np.testing.assert_array_equal(windows.gather_inputs(only, starts), x)
   # Without padding a window's rows are the plain range: nothing changes for long series.
   plain = series.prepare(spec(write(tmp_path, panel_frame(), "long.csv"), split="holdout"))
   ends = plain.offsets[1:]

@@ -18,13 +18,16 @@ from flaxlstm.train import assembly
 
 def test_panel_recipe_takes_the_horizon_and_a_season():
   config = config_lib.load_config("panel:48")
-  assert (config.data.horizon, config.data.seasonal_period) == (48, 1)
+  # Without a season, the one of the data's frequency (train/assembly.py: fit_season).
+  assert (config.data.horizon, config.data.seasonal_period) == (48, 0)
   assert config.data.id_column == "unique_id" and config.data.target == ("y",)
   assert config.data.split == "holdout"
   config = config_lib.load_config("panel:13,52")
   assert (config.data.horizon, config.data.seasonal_period) == (13, 52)
   # The season fits in the window, so the seasonal-naive baseline reads only the window.
   assert config.data.lookback >= 52
+  # Series too short for a window train and are forecast (their first rows repeated).
+  assert config.data.pad_short and not config.data.start_padding
 
 
 @pytest.mark.parametrize("arg", ["x", "0", "13,", "13,0", "1,2,3", "-4", "13;52"])
@@ -42,10 +45,11 @@ def test_the_cli_prints_a_bad_panel_argument_as_one_error_line(tmp_path, capsys)
 
 
 def _panel(path):
-  """Four weekly series of their own lengths, levels and trends, rows shuffled."""
+  """Four weekly series of their own lengths, levels and trends, rows shuffled; the first is
+  shorter than `panel:6`'s lookback of 24."""
   rng = np.random.default_rng(0)
   parts = []
-  for k, n in enumerate((60, 75, 90, 120)):
+  for k, n in enumerate((20, 75, 90, 120)):
     t = np.arange(n)
     y = 100.0 * (k + 1) + 0.5 * k * t + np.sin(2 * np.pi * t / 8) + rng.normal(size=n)
     ds = pd.date_range("2020-01-06", periods=n, freq="7D")

@@ -295,9 +295,13 @@ def test_the_default_experiment_does_not_depend_on_the_directory(tmp_path, monke
   monkeypatch.chdir(tmp_path)
   assert cli.main(["train", "--workdir", "run", "--quiet", "--config.train.max_steps=2"]) == 0
   saved = json.load(open(tmp_path / "run" / "config.json"))
-  assert saved == json.loads(
+  expected = json.loads(
     config_lib.config_to_json(config_lib.load_config("ett", ["train.max_steps=2"]), saved["_run"])
   )
+  # The run records the season it read off the hourly file (data.seasonal_period=0).
+  assert expected["data"]["seasonal_period"] == 0 and saved["data"]["seasonal_period"] == 24
+  expected["data"]["seasonal_period"] = 24
+  assert saved == expected
   assert saved["data"]["split"] == "ett" and saved["model"]["predict_delta"]
 
 
