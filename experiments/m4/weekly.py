@@ -71,10 +71,53 @@ def matrix(frame: pd.DataFrame, ids: list[str], column: str = "y") -> np.ndarray
   return np.stack([groups.get_group(i).to_numpy(np.float64)[:HORIZON] for i in ids])
 
 
-def score(actual: np.ndarray, forecast: np.ndarray, scales: np.ndarray) -> dict[str, float]:
+# The intervals scored where a forecast has quantiles (a distribution head): central 80%
+# and 95%, the latter also by M4's MSIS.
+INTERVALS = {"80": (0.1, 0.9), "95": (0.025, 0.975)}
+_Z = {"80": 1.2815516, "95": 1.9599640}  # standard normal quantiles of 0.9 and 0.975
+
+
+def score(
+  actual: np.ndarray,
+  forecast: np.ndarray,
+  scales: np.ndarray,
+  bounds: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, float]:
+  """sMAPE, MASE and OWA; with `bounds` (interval name -> (lower, upper)), each
+  interval's coverage in percent and the 95% interval's MSIS."""
   s = metrics.smape(actual, forecast)
   m = metrics.mase(actual, forecast, scales)
-  return {"smape": s, "mase": m, "owa": metrics.owa(s, m, NAIVE2["smape"], NAIVE2["mase"])}
+  out = {"smape": s, "mase": m, "owa": metrics.owa(s, m, NAIVE2["smape"], NAIVE2["mase"])}
+  for name, (lo, up) in (bounds or {}).items():
+    out[f"cov{name}"] = float(100.0 * np.mean((actual >= lo) & (actual <= up)))
+  if bounds and "95" in bounds:
+    out["msis"] = metrics.msis(actual, *bounds["95"], scales, alpha=0.05)
+  return out
+
+
+def naive_bounds(history: pd.DataFrame, ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """The naive forecast's intervals as a random walk's: the last value plus or minus
+  `z sigma sqrt(h)`, sigma the deviation of the series' one-step changes."""
+  groups = history.groupby("unique_id")["y"]
+  last, sigma = [], []
+  for i in ids:
+    y = groups.get_group(i).to_numpy(np.float64)
+    last.append(y[-1])
+    sigma.append(np.std(np.diff(y), ddof=1))
+  spread = np.array(sigma)[:, None] * np.sqrt(np.arange(1, HORIZON + 1))[None]
+  level = np.array(last)[:, None]
+  return {k: (level - z * spread, level + z * spread) for k, z in _Z.items()}
+
+
+def forecast_bounds(table: pd.DataFrame, ids: list[str]):
+  """The forecast's interval bounds from its quantile columns, or None without them."""
+  columns = {q: f"y_q{q:g}" for pair in INTERVALS.values() for q in pair}
+  if not all(c in table.columns for c in columns.values()):
+    return None
+  return {
+    k: (matrix(table, ids, columns[lo]), matrix(table, ids, columns[up]))
+    for k, (lo, up) in INTERVALS.items()
+  }
 
 
 def baselines(history: pd.DataFrame, ids: list[str]) -> dict[str, np.ndarray]:
@@ -147,25 +190,31 @@ def evaluate(args: argparse.Namespace, origin: int, workdir: pathlib.Path) -> di
       kept = history[history.groupby("unique_id").cumcount(ascending=False) < args.history]
     kept.to_csv(data_path, index=False, date_format="%Y-%m-%d")
 
-  results: dict[str, dict] = {
-    name: score(actual, f, scales) for name, f in baselines(history, ids).items()
-  }
-  forecasts = []
+  base = baselines(history, ids)
+  results: dict[str, dict] = {name: score(actual, f, scales) for name, f in base.items()}
+  forecasts, all_bounds = [], []
   for seed in args.seeds:
     table, seconds = train_and_forecast(data_path, workdir, seed, list(args.overrides))
     table = table.sort_values(["unique_id", "step"])
     if sorted(table.unique_id.unique()) != ids:
       sys.exit(f"seed {seed}: the forecast does not cover every series")
-    f = matrix(table, ids)
+    f, bounds = matrix(table, ids), forecast_bounds(table, ids)
     forecasts.append(f)
-    results[f"seed{seed}"] = {**score(actual, f, scales), "seconds": seconds}
+    all_bounds.append(bounds)
+    results[f"seed{seed}"] = {**score(actual, f, scales, bounds), "seconds": seconds}
+  if all_bounds[0] is not None:  # the naive forecast's intervals, beside the model's
+    results["naive"] = score(actual, base["naive"], scales, naive_bounds(history, ids))
   seeds = [results[f"seed{s}"] for s in args.seeds]
-  for key in ("smape", "mase", "owa", "seconds"):
+  for key in [k for k in seeds[0] if k != "seconds"] + ["seconds"]:
     values = np.array([r[key] for r in seeds])
     results.setdefault("mean", {})[key] = float(values.mean())
     results.setdefault("std", {})[key] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
   if len(forecasts) > 1:
-    results["median_of_seeds"] = score(actual, np.median(np.stack(forecasts), axis=0), scales)
+    median = lambda arrays: np.median(np.stack(arrays), axis=0)
+    pooled = None
+    if all_bounds[0] is not None:  # each bound's median over the seeds
+      pooled = {k: tuple(median([b[k][j] for b in all_bounds]) for j in (0, 1)) for k in INTERVALS}
+    results["median_of_seeds"] = score(actual, median(forecasts), scales, pooled)
   results["_args"] = {
     "origin": origin,
     "series": len(ids),
@@ -183,7 +232,8 @@ def evaluate(args: argparse.Namespace, origin: int, workdir: pathlib.Path) -> di
   for name, r in results.items():
     if name.startswith("_"):
       continue
-    extra = f"  {r['seconds']:.0f} s" if "seconds" in r else ""
+    extra = "".join(f"  {k} {r[k]:.1f}" for k in ("cov80", "cov95", "msis") if k in r)
+    extra += f"  {r['seconds']:.0f} s" if "seconds" in r else ""
     print(f"  {name:>16}: sMAPE {r['smape']:.3f}  MASE {r['mase']:.3f}  OWA {r['owa']:.3f}{extra}")
   return results
 

@@ -9,7 +9,8 @@ amplitude and phase, a local trend that drifts (a random walk on the slope), lev
 at random times, and noise, some multiplicative. The generator's seed is the run's. The
 recipe's default holdout: each series' last 48 hours test, the 48 before them validation.
 Prints the test MAE and MSE in each series' own scaled units (the recipe's per-series
-scaler) beside the naive and seasonal-naive forecasts (period 24), and the training time.
+scaler) beside the naive and seasonal-naive forecasts (period 24), and the training time;
+and the recipe's CRPS and the coverage of its 80% and 95% intervals.
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
   rows.update({name: m["test"] for name, m in result["baselines"].items()})
   print(f"synthetic hourly panel (seed {args.seed}), test split, {seconds:.0f} s to train:")
   for name, m in rows.items():
-    print(f"  {name:>15}: MAE {m['mae']:.4f}  MSE {m['mse']:.5f}")
+    extra = ""
+    if "distribution" in m:  # a distribution head's: its CRPS and interval coverage
+      d = m["distribution"]
+      extra = f"  CRPS {d['crps']:.4f}  80% {100 * d['coverage_80']:.1f}%"
+      extra += f"  95% {100 * d['coverage_95']:.1f}%"
+    print(f"  {name:>15}: MAE {m['mae']:.4f}  MSE {m['mse']:.5f}{extra}")
   return 0
 
 

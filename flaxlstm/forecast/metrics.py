@@ -136,6 +136,20 @@ def mase(y_true: Any, y_pred: Any, scales: Any) -> float:
   return float(np.mean(np.mean(np.abs(y - f), axis=1) / s))
 
 
+def msis(y_true: Any, lower: Any, upper: Any, scales: Any, alpha: float = 0.05) -> float:
+  """M4's MSIS, the scaled interval score of `1 - alpha` intervals over a panel: per value
+  the width `u - l`, plus `2 / alpha` times how far `y` falls outside; each series' mean
+  over its own scale (`mase_scale`), averaged over series. Arrays ``(series, horizon)``."""
+  y, lo, up = (np.asarray(a, np.float64) for a in (y_true, lower, upper))
+  s = np.asarray(scales, np.float64)
+  if not y.shape == lo.shape == up.shape or y.ndim != 2 or s.shape != (len(y),):
+    raise ValueError(
+      f"shapes: y_true {y.shape}, lower {lo.shape}, upper {up.shape}, scales {s.shape}"
+    )
+  score = (up - lo) + 2.0 / alpha * (np.maximum(lo - y, 0.0) + np.maximum(y - up, 0.0))
+  return float(np.mean(score.mean(axis=1) / s))
+
+
 def owa(smape_value: float, mase_value: float, naive2_smape: float, naive2_mase: float) -> float:
   """M4's overall weighted average: the mean of sMAPE and MASE, each relative to Naive2's."""
   return 0.5 * (smape_value / naive2_smape + mase_value / naive2_mase)

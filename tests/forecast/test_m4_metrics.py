@@ -35,6 +35,17 @@ def test_mase_scale_is_the_mean_absolute_step_change():
     metrics.mase_scale([1.0])
 
 
+def test_msis_by_hand():
+  # Series 0 (scale 2): widths 2 and 2; the second value 1 above its upper bound costs
+  # 2 / 0.05 * 1 = 40: (2 + 42) / 2 / 2 = 11. Series 1 (scale 1): inside, width 4: 4.
+  y = [[5.0, 8.0], [0.0, 0.0]]
+  lo, up = [[4.0, 5.0], [-2.0, -2.0]], [[6.0, 7.0], [2.0, 2.0]]
+  assert metrics.msis(y, lo, up, [2.0, 1.0]) == pytest.approx((11.0 + 4.0) / 2)
+  assert metrics.msis(y, lo, up, [2.0, 1.0], alpha=0.2) == pytest.approx(((2 + 2 + 10) / 4 + 4) / 2)
+  with pytest.raises(ValueError):
+    metrics.msis(y, lo, up, [1.0])
+
+
 def test_mase_averages_each_series_over_its_own_scale():
   y = np.array([[10.0, 12.0], [100.0, 100.0]])
   f = np.array([[11.0, 14.0], [90.0, 100.0]])
@@ -70,6 +81,28 @@ def test_m4_script_naive_and_seasonal_naive_by_hand():
   np.testing.assert_array_equal(out["naive"], [[59.0] * 13, [5.0] * 13])
   # A year back: rows 8..20 of a; b is shorter than a year, so naive.
   np.testing.assert_array_equal(out["seasonal_naive"], [y[8:21], [5.0] * 13])
+
+
+def test_m4_script_intervals_naive_bounds_and_coverage():
+  weekly = _weekly_script()
+  # Series a steps by +1, +3, +1, +3, ...: changes of deviation 1.0328 (ddof 1).
+  y = np.cumsum([0.0] + [1.0, 3.0] * 10)
+  history = pd.DataFrame({"unique_id": "a", "y": y})
+  bounds = weekly.naive_bounds(history, ["a"])
+  sigma = np.std(np.diff(y), ddof=1)
+  h = np.arange(1, 14)
+  np.testing.assert_allclose(bounds["95"][1][0], y[-1] + 1.959964 * sigma * np.sqrt(h))
+  np.testing.assert_allclose(bounds["80"][0][0], y[-1] - 1.2815516 * sigma * np.sqrt(h))
+  # A forecast's quantile columns are its bounds; coverage counts the values inside.
+  table = pd.DataFrame({"unique_id": "a", "y": 0.0, "step": h})
+  for q, v in ((0.025, -2.0), (0.1, -1.0), (0.9, 1.0), (0.975, 2.0)):
+    table[f"y_q{q:g}"] = v
+  got = weekly.forecast_bounds(table, ["a"])
+  actual = np.where(h <= 6, 0.5, 1.5)[None]  # 6 values inside the 80% interval, all in 95%
+  scores = weekly.score(actual, np.zeros((1, 13)), np.array([1.0]), got)
+  assert scores["cov80"] == pytest.approx(100 * 6 / 13) and scores["cov95"] == 100.0
+  assert scores["msis"] == pytest.approx(4.0)
+  assert weekly.forecast_bounds(table.drop(columns="y_q0.9"), ["a"]) is None
 
 
 def test_m4_script_origins_hold_out_13_weeks_each_further_back(tmp_path):

@@ -28,6 +28,7 @@ def test_panel_recipe_takes_the_horizon_and_a_season():
   assert config.data.lookback >= 52
   # Series too short for a window train and are forecast (their first rows repeated).
   assert config.data.pad_short and not config.data.start_padding
+  assert config.model.head == "quantile"
 
 
 @pytest.mark.parametrize("arg", ["x", "0", "13,", "13,0", "1,2,3", "-4", "13;52"])
@@ -71,9 +72,14 @@ def test_panel_recipe_fits_every_row_and_forecasts_each_series(tmp_path):
   assert 0 < saved.train.batch_size < 256
   assert cli.main(["predict", "--workdir", str(run), "--data", str(data), "--out", str(out)]) == 0
   table = pd.read_csv(out, parse_dates=["origin", "date"])
-  assert list(table.columns) == ["unique_id", "origin", "step", "date", "y"]
+  # The median, and the quantiles around it (the recipe's quantile head), in order.
+  levels = ["0.025", "0.1", "0.25", "0.5", "0.75", "0.9", "0.975"]
+  quantiles = [f"y_q{q}" for q in levels]
+  assert list(table.columns) == ["unique_id", "origin", "step", "date", "y", *quantiles]
   assert sorted(table.unique_id.unique()) == ["s0", "s1", "s2", "s3"]
   assert len(table) == 4 * 6 and np.isfinite(table.y).all()
+  assert (np.diff(table[quantiles].to_numpy(), axis=1) >= 0).all()
+  np.testing.assert_allclose(table.y, table["y_q0.5"], rtol=1e-6)
   panel = pd.read_csv(data, parse_dates=["ds"])
   for name, rows in table.groupby("unique_id"):
     assert (rows.origin == panel[panel.unique_id == name].ds.max()).all()
