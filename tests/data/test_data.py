@@ -720,3 +720,30 @@ def test_regression_metrics():
   )
   assert scores == {"mse": 13 / 4, "mae": 5 / 4, "rmse": math.sqrt(13 / 4)}
   assert all(type(v) is float for v in scores.values())
+
+
+def test_pad_short_pads_a_wide_table_only_when_it_is_too_short(tmp_path, caplog):
+  rows = dict(split="rows", split_rows=(10, 16))  # train 10 rows: less than 8 + 4 of a window
+  path = write_csv(tmp_path, make_frame(20))
+  expect_input_error("series too short: data.lookback=8", series.prepare, make_cfg(path, **rows))
+  with caplog.at_level("WARNING", logger="flaxlstm.data.splits"):
+    data = series.prepare(make_cfg(path, pad_short=True, **rows))
+  assert (
+    "data.pad_short:" in caplog.text and "its first windows repeat its first row" in caplog.text
+  )
+  np.testing.assert_array_equal(data.padded, [True])
+  # Train windows start after one observed row, their inputs padded with the first row.
+  assert data.window_starts("train")[0] == 1 and data.context.tolist() == [1]
+  np.testing.assert_array_equal(
+    windows.gather_inputs(data, np.array([1]))[0], data.x[[0] * LOOKBACK]
+  )
+  # Long enough: nothing padded, the same windows as without it.
+  long = series.prepare(make_cfg(write_csv(tmp_path, make_frame(200), "long.csv"), pad_short=True))
+  assert long.padded is None and long.context.tolist() == [LOOKBACK]
+  # Inference pads a file shorter than the lookback in the same way.
+  cfg = make_cfg(path, pad_short=True, **rows)
+  short_file = write_csv(tmp_path, make_frame(20).iloc[:5], "five.csv")
+  inf = series.prepare_inference(cfg, data.scalers, path=short_file)
+  np.testing.assert_array_equal(inf.padded, [True])
+  x = windows.gather_inputs(inf, np.array([inf.n_rows]))[0]
+  np.testing.assert_array_equal(x, inf.x[[0, 0, 0, 0, 1, 2, 3, 4]])
