@@ -23,10 +23,15 @@ series with fewer than 78 weeks there). The test score is
 computed once a recipe is frozen. Naive and seasonal naive (52 weeks) are scored beside it;
 the naive forecast reproducing Naive2's published numbers checks the metric code.
 
+A forecast with quantile columns (the recipe's quantile head) is also scored as intervals:
+the coverage of its central 80% and 95% intervals and the 95% interval's MSIS (M4's
+interval score), beside the naive forecast's random-walk intervals (`naive_bounds`).
+
 With several seeds the script reports each seed, their mean and standard deviation, and the
-median of the seeds' forecasts (an ensemble). `--history N` trains on each series' last N
-rows only (a validation candidate; the recipe's `data.recent_train_rows` does it in the
-data pipeline). Results go to WORKDIR/results.json.
+median of the seeds' forecasts (an ensemble; each quantile's median for the intervals).
+`--history N` trains on each series' last N rows only (a validation candidate; the recipe's
+`data.recent_train_rows` does it in the data pipeline). Results go to
+WORKDIR/results.json.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ series' frequency: 24 for hourly series, 7 daily, 52 weekly, 12 monthly, ...):
 
 Each series' last H rows are test, the H before them validation (early stopping picks the
 checkpoint on them). It forecasts quantiles (`y_q0.025` ... `y_q0.975` beside the median
-`y` in `predict`'s output): 80% and 95% intervals. Other column names:
-`--config.data.id_column=`, `data.date_column`, `data.target` (and `data.features`). The
-settings were chosen on validation holdouts cut from training rows only
-(experiments/README.md, "Panels"); then frozen.
+`y` in `predict`'s output): 80% and 95% intervals; `--config.model.head=point
+--config.train.loss=mae` forecasts the point alone, as the recipe did before. Other column
+names: `--config.data.id_column=`, `data.date_column`, `data.target` (and
+`data.features`). The settings were chosen on validation holdouts cut from training rows
+only (experiments/README.md, "Panels"); then frozen.
 """
 
 from __future__ import annotations
