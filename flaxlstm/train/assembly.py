@@ -140,13 +140,14 @@ def fit_batch(spec: RunSpec, n_train: int, n_split: int) -> RunSpec:
 
 
 def fit_season(spec: RunSpec, data: series.SeriesData) -> RunSpec:
-  """`spec` with `data.seasonal_period=0` (from the data) made the season of the frequency
-  most of the series step by (`calendar.season`: hourly 24, daily 7, weekly 52, monthly
-  12, ...; 1 without dates), logged. The run's config.json records the number, so that
-  evaluate scores the same seasonal naive. Only the seasonal-naive baseline reads it."""
+  """`spec` with `data.seasonal_period=0` (from the data) made the season of `data.freq`, or
+  of the frequency most of the series step by (`calendar.season`: hourly 24, daily 7,
+  weekly 52, monthly 12, ...; 1 without dates), logged. The run's config.json records the
+  number, so that evaluate scores the same seasonal naive. Only the seasonal-naive
+  baseline reads it."""
   if spec.data.seasonal_period:
     return spec
-  freq = next(iter(data.frequencies), None)  # the frequency most series step by
+  freq = spec.data.freq or next(iter(data.frequencies), None)
   period = 1 if freq is None else calendar.season(freq)
   note = "no dates to read a season from" if freq is None else f"the season of {freq}"
   if period > spec.data.lookback:

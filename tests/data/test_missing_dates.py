@@ -209,6 +209,9 @@ def test_seasonal_period_zero_is_the_season_of_most_series(tmp_path, caplog):
   # Two of three series are daily: a week of days.
   assert fitted.data.seasonal_period == 7
   assert "data.seasonal_period=7 (the season of 1D)" in caplog.text
+  # A named frequency (data.freq) rules: business days, a week of 5.
+  named = RunSpec(data=spec(path, seasonal_period=0, lookback=12, freq="B"))
+  assert assembly.fit_season(named, series.prepare(run.data)).data.seasonal_period == 5
   # A given season is kept; a season longer than the window is said to leave no baseline.
   assert assembly.fit_season(fitted, series.prepare(run.data)) is fitted
   short = RunSpec(data=spec(path, seasonal_period=0, lookback=6))
