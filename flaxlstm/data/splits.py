@@ -290,6 +290,7 @@ def screen_series(
     spec = dataclasses.replace(spec, start_padding=True)  # what a padded series needs
     still = short_series(spec, ends)
     padded, short_ = short_ & ~still, still
+  if padded.any():
     log.warning(
       f"data.pad_short: {int(padded.sum())} of {len(ends)} series of {source} are too short "
       f"for a window of data.lookback={spec.lookback} in every split: their first windows "

@@ -198,6 +198,11 @@ def test_holdout_names_a_series_too_short_or_drops_it(tmp_path, monkeypatch):
   kept = series.prepare(spec(path, drop_short=True, **holdout))
   assert kept.series_ids == ("a", "b")
   assert warned == ["data.drop_short: left out 1 of 3 series too short to split"]
+  # c is too short even padded (its holdout alone is all its rows): pad_short says nothing.
+  warned.clear()
+  kept = series.prepare(spec(path, drop_short=True, pad_short=True, **holdout))
+  assert kept.series_ids == ("a", "b") and kept.padded is None
+  assert warned == ["data.drop_short: left out 1 of 3 series too short to split"]
 
 
 def test_per_series_scaling_uses_each_series_train_rows(panel_path, tmp_path):
