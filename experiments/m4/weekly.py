@@ -210,7 +210,7 @@ def evaluate(args: argparse.Namespace, origin: int, workdir: pathlib.Path) -> di
   if all_bounds[0] is not None:  # the naive forecast's intervals, beside the model's
     results["naive"] = score(actual, base["naive"], scales, naive_bounds(history, ids))
   seeds = [results[f"seed{s}"] for s in args.seeds]
-  for key in [k for k in seeds[0] if k != "seconds"] + ["seconds"]:
+  for key in seeds[0]:  # the scores, then the seconds
     values = np.array([r[key] for r in seeds])
     results.setdefault("mean", {})[key] = float(values.mean())
     results.setdefault("std", {})[key] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
