@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Sequence
 
-from flaxlstm import console, score_tables
+from flaxlstm import console, host, score_tables
 from flaxlstm.errors import RERUN, InputError, Stopped, TrainingError
 
 # The packaged default experiment: what a new user gets, from whatever directory.
@@ -356,18 +356,9 @@ def _name_and_workdir(spec_file: str, args) -> tuple[str, str]:
 
 
 def _population_devices(args) -> None:
-  """With --population on CPU: one host device per core, so that populations train on
-  every core at once (each device trains its own, search/runner.py; XLA:CPU runs small
-  recurrent matmuls on about one core), which measured clearly faster per member step
-  than one device (experiments/benchmarks/population_step.py; BENCHMARKS.md).
-  Set before JAX starts its backends; an explicit device count in XLA_FLAGS is kept."""
-  if not getattr(args, "population", False):
-    return
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags:
-    return
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores or 1}".strip()
+  """With --population on CPU, one host device per core (`host.population_devices`)."""
+  if getattr(args, "population", False):
+    host.population_devices()
 
 
 def _sweep(args) -> int:
@@ -515,6 +506,7 @@ def entry() -> None:
   """The `flaxlstm` program: `main`, with stderr kept quiet of TensorStore's leftover
   tracebacks until the interpreter has exited (some arrive during shutdown)."""
   console.hold_until_exit()
+  host.reuse_freed_memory()  # before JAX starts its threads (host.py says why)
   sys.exit(main())
 
 

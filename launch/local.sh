@@ -16,8 +16,8 @@ dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 port=${PORT:-$((20000 + RANDOM % 20000))}
 python=${PYTHON:-python3}
-# Huge pages for glibc's large allocations: XLA allocates a step's temporaries afresh every
-# call and 4 KB page faults cost ~6% of a CPU step (BENCHMARKS.md). Read at process start.
+# Huge pages for glibc's large allocations (read at process start): fewer, larger pages for
+# the heap where `flaxlstm` keeps each step's temporaries for the next (flaxlstm/host.py).
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

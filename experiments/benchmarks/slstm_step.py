@@ -13,6 +13,8 @@ feed-forward) on random inputs and targets, MSE on the outputs. The peers:
 The three start from the same weights (`flaxlstm.nn.convert.from_xlstm_slstm_block`) and the
 first step's losses are checked equal before timing. Steps are interleaved (peer A, peer B,
 ...) so that drifts of a shared machine hit every peer alike; medians and bests of `--steps`.
+The process reuses freed memory (`flaxlstm.host.reuse_freed_memory`, as the `flaxlstm`
+program does) unless FLAXLSTM_RELEASE_HOST_MEMORY=1.
 
 Shapes: `tirex` (TiRex's: width 512, 4 heads, 12 blocks, feed-forward factor 2.667; batch
 32, 64 steps), `tirex_block` (one of those blocks), `long` (one block of the same width
@@ -36,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from flaxlstm import host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +213,11 @@ def main() -> None:
     help="the xlstm package's backend: vanilla (CPU) or cuda (its CUDA kernel, on a GPU)",
   )
   args = ap.parse_args()
+  # As the `flaxlstm` program runs (before JAX starts; FLAXLSTM_RELEASE_HOST_MEMORY=1 measures
+  # glibc's defaults): every peer, torch included, then reuses its freed memory.
+  reused = host.reuse_freed_memory()
   out = run(args.shape, args.steps, args.peers.split(","), args.xlstm_backend)
+  out["allocator"] = "freed memory reused" if reused else "glibc malloc defaults"
   ref = out["median_s"].get("flaxlstm fused")
   print(f"\n{args.shape}: {args.steps} interleaved steps (median / best, s)")
   for name in out["median_s"]:

@@ -51,6 +51,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from flaxlstm import host  # noqa: E402
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -400,12 +402,18 @@ def machine() -> str:
   return where
 
 
+_REUSED: list[bool] = []  # set by --reuse-freed-memory, before JAX starts
+
+
 def allocator_env() -> str:
   """Allocator settings in force: they change every peer's step time (see BENCHMARKS.md)."""
   keys = sorted(
     k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_") or k == "LD_PRELOAD"
   )
-  return " ".join(f"{k}={os.environ[k]}" for k in keys) or "glibc malloc defaults"
+  env = " ".join(f"{k}={os.environ[k]}" for k in keys)
+  if _REUSED:
+    return f"freed memory reused (flaxlstm.host) {env}".strip()
+  return env or "glibc malloc defaults"
 
 
 def versions() -> dict:
@@ -642,9 +650,17 @@ def main(argv=None) -> int:
     default=2048,
     help="n of the n x n x n float32 matmul that measures the GEMM rate",
   )
+  ap.add_argument(
+    "--reuse-freed-memory",
+    action="store_true",
+    help="as the flaxlstm program runs: glibc keeps freed memory for reuse (flaxlstm/host.py); "
+    "every peer's step changes, so the allocator is recorded with the figures",
+  )
   ap.add_argument("--out", default=None, help="append a markdown section to this file")
   ap.add_argument("--json", default=None, help="append JSON lines to this file")
   args = ap.parse_args(argv)
+  if args.reuse_freed_memory and host.reuse_freed_memory():
+    _REUSED.append(True)
   peers = [p.strip() for p in args.peers.split(",") if p.strip()]
   for p in peers:
     if p not in FACTORIES:

@@ -34,6 +34,7 @@ import statistics
 import pandas as pd
 from probabilistic_table import run  # this folder's: train a run, or read it if finished
 
+from flaxlstm import host
 from flaxlstm.data.io import bundled_dataset_path
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -131,4 +132,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host.reuse_freed_memory()  # as the flaxlstm program does, before JAX starts
   main()

@@ -17,6 +17,7 @@ import statistics
 import time
 
 from flaxlstm import config as config_lib
+from flaxlstm import host
 from flaxlstm import train as train_lib
 
 HERE = pathlib.Path(__file__).parent
@@ -113,4 +114,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host.reuse_freed_memory()  # as the flaxlstm program does, before JAX starts
   main()

@@ -28,6 +28,8 @@ import sys
 import numpy as np
 import pandas as pd
 
+from flaxlstm import host
+
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "ett"))
 from probabilistic_table import run  # noqa: E402  (train a run, or read it if finished)
@@ -90,4 +92,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host.reuse_freed_memory()  # as the flaxlstm program does, before JAX starts
   main()

@@ -45,7 +45,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from flaxlstm import cli
+from flaxlstm import cli, host
 from flaxlstm.forecast import metrics
 
 HORIZON = 13
@@ -294,4 +294,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  host.reuse_freed_memory()  # as the flaxlstm program does, before JAX starts
   sys.exit(main())

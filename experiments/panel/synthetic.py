@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from flaxlstm import cli
+from flaxlstm import cli, host
 
 
 def write_panel(path: pathlib.Path, seed: int, n_series: int = 400) -> None:
@@ -84,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  host.reuse_freed_memory()  # as the flaxlstm program does, before JAX starts
   sys.exit(main())
