@@ -12,7 +12,8 @@ feed-forward) on random inputs and targets, MSE on the outputs. The peers:
 
 The three start from the same weights (`flaxlstm.nn.convert.from_xlstm_slstm_block`) and the
 first step's losses are checked equal before timing. Steps are interleaved (peer A, peer B,
-...) so that drifts of a shared machine hit every peer alike; medians and bests of `--steps`.
+..., the order turned by one each round) so that drifts of a shared machine, and one peer's
+threads still busy as the next starts, hit every peer alike; medians and bests of `--steps`.
 The process reuses freed memory (`flaxlstm.host.reuse_freed_memory`, as the `flaxlstm`
 program does) unless FLAXLSTM_RELEASE_HOST_MEMORY=1.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import statistics
 import time
 
@@ -186,11 +188,18 @@ def run(shape: str, steps: int, names: list[str], backend: str = "vanilla") -> d
   losses = list(first.values())
   assert np.allclose(losses, losses[0], rtol=1e-4), first
   times: dict[str, list[float]] = {name: [] for name in peers}
-  for _ in range(steps):
-    for name, step in peers.items():
+  # The order turns every round, so that each peer follows each other one equally often: a
+  # step right after torch's runs while torch's OpenMP threads still spin (measured: the
+  # peer in that slot was the slower for it, whichever it was: BENCHMARKS.md).
+  names = list(peers)
+  faults = dict.fromkeys(names, 0)
+  for k in range(steps):
+    for name in names[k % len(names) :] + names[: k % len(names)]:
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
-      step()
+      peers[name]()
       times[name].append(time.perf_counter() - t0)
+      faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
   return {
     "shape": shape,
     **dataclasses.asdict(s),
@@ -198,6 +207,8 @@ def run(shape: str, steps: int, names: list[str], backend: str = "vanilla") -> d
     "first_loss": first,
     "median_s": {k: statistics.median(v) for k, v in times.items()},
     "best_s": {k: min(v) for k, v in times.items()},
+    # Minor page faults per step (the allocator: flaxlstm/host.py).
+    "page_faults_per_step": {k: v / steps for k, v in faults.items()},
   }
 
 
@@ -219,11 +230,12 @@ def main() -> None:
   out = run(args.shape, args.steps, args.peers.split(","), args.xlstm_backend)
   out["allocator"] = "freed memory reused" if reused else "glibc malloc defaults"
   ref = out["median_s"].get("flaxlstm fused")
-  print(f"\n{args.shape}: {args.steps} interleaved steps (median / best, s)")
+  print(f"\n{args.shape}: {args.steps} interleaved steps (median / best, s; {out['allocator']})")
   for name in out["median_s"]:
     med, best = out["median_s"][name], out["best_s"][name]
     ratio = f"  {med / ref:.2f}x the fused step's time" if ref and name != "flaxlstm fused" else ""
-    print(f"  {name:20s} {med:8.3f} / {best:8.3f}{ratio}")
+    faults = out["page_faults_per_step"][name]
+    print(f"  {name:20s} {med:8.3f} / {best:8.3f}  {faults:7.0f} page faults/step{ratio}")
   print(json.dumps(out))
 
 

@@ -56,6 +56,39 @@ def fold_batch(
   return batch_shape, x, lengths
 
 
+def start_layer(
+  inputs: Array,
+  *,
+  make_carry: Callable[[tuple[int, ...]], Any],
+  initial_carry: Any = None,
+  seq_lengths: Array | None = None,
+  feature_axes: int = 1,
+  dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  dropout_rng: Callable[[], Array] | None = None,
+) -> tuple[tuple[int, ...], Array, Array | None, Any, Array | None]:
+  """What every layer does before its time loop (`run_layer`'s arguments): batch dims
+  folded into one and padding zeroed (`fold_batch`), the carry made or read, and the
+  dropout masks drawn, input then recurrent. Returns `(batch_shape, x (B, T, ...), lengths,
+  carry, h_mask)`."""
+  batch_shape, x, lengths = fold_batch(inputs, seq_lengths, feature_axes)
+  b, rest = x.shape[0], x.shape[2:]
+  if initial_carry is None:
+    carry = make_carry((b,) + rest)
+  else:
+    lead = len(batch_shape)
+    given = jax.tree.map(lambda a: jnp.reshape(a, (b,) + jnp.shape(a)[lead:]), initial_carry)
+    carry = as_carry(jax.eval_shape(lambda: make_carry((b,) + rest)), given)
+  h_mask = None
+  if dropout_rng is not None:
+    if is_active(dropout):
+      x = x * dropout_mask(dropout_rng(), dropout, (b, 1) + rest, x.dtype)
+    if is_active(recurrent_dropout):
+      fed = feedback(carry)
+      h_mask = dropout_mask(dropout_rng(), recurrent_dropout, fed.shape, fed.dtype)
+  return batch_shape, x, lengths, carry, h_mask
+
+
 def run_layer(
   cell: Any,
   p: Any,
@@ -88,23 +121,17 @@ def run_layer(
   """
   if time_major:
     inputs = jnp.moveaxis(inputs, 0, inputs.ndim - feature_axes - 1)
-  batch_shape, x, lengths = fold_batch(inputs, seq_lengths, feature_axes)
-  b, t, rest = x.shape[0], x.shape[1], x.shape[2:]
-
-  if initial_carry is None:
-    carry = make_carry((b,) + rest)
-  else:
-    lead = len(batch_shape)
-    given = jax.tree.map(lambda a: jnp.reshape(a, (b,) + jnp.shape(a)[lead:]), initial_carry)
-    carry = as_carry(jax.eval_shape(lambda: make_carry((b,) + rest)), given)
-
-  h_mask = None
-  if dropout_rng is not None:
-    if is_active(dropout):
-      x = x * dropout_mask(dropout_rng(), dropout, (b, 1) + rest, x.dtype)
-    if is_active(recurrent_dropout):
-      fed = feedback(carry)
-      h_mask = dropout_mask(dropout_rng(), recurrent_dropout, fed.shape, fed.dtype)
+  batch_shape, x, lengths, carry, h_mask = start_layer(
+    inputs,
+    make_carry=make_carry,
+    initial_carry=initial_carry,
+    seq_lengths=seq_lengths,
+    feature_axes=feature_axes,
+    dropout=dropout,
+    recurrent_dropout=recurrent_dropout,
+    dropout_rng=dropout_rng,
+  )
+  b, t = x.shape[0], x.shape[1]
 
   if reverse:
     x = flip_sequences(x, lengths)

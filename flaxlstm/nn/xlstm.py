@@ -34,11 +34,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
+from flaxlstm.nn import kernels
 from flaxlstm.nn.cells.base import option_fields, options_of
 from flaxlstm.nn.cells.mlstm import ALL_MLSTM_OPTIONS, MLSTMCell, MLSTMOptions
 from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
-from flaxlstm.nn.layers import run_layer
+from flaxlstm.nn.layers import run_layer, start_layer
 from flaxlstm.nn.remat import remat_call
 from flaxlstm.nn.stack_layout import block_runs
 
@@ -102,17 +103,22 @@ class HeadwiseLinear(nn.Module):
   use_bias: bool = False
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    h = x.shape[-1]
-    dh = h // self.heads
+  def __call__(self, x: Array, *, head_major: bool = False) -> Array:
+    """`x (..., H) -> (..., H)`; with `head_major`, `x` is already split by head, `(NH, N,
+    DH)`, and so is the output (the fused sLSTM's layout: `SLSTM`)."""
+    dh = x.shape[-1] if head_major else x.shape[-1] // self.heads
+    h = self.heads * dh
     init = initializers.normal(math.sqrt(2 / (5 * (self.init_features or h))))
     kernel = self.param("kernel", init, (self.heads, dh, dh))
-    rows = x.reshape((-1, self.heads, dh)).astype(self.dtype or kernel.dtype)
+    dt = self.dtype or kernel.dtype
     # Heads first, one batched matmul `(NH, N, DH) @ (NH, DH, DH)`: XLA:CPU runs an einsum
     # with the head axis between the rows and the features several times slower (worst
     # for the mLSTM's 4-wide blocks; experiments/benchmarks/slstm_step.py measures it).
-    y = jnp.matmul(jnp.swapaxes(rows, 0, 1), kernel.astype(rows.dtype))
-    y = jnp.swapaxes(y, 0, 1).reshape(x.shape)
+    if head_major:
+      y = jnp.matmul(x.astype(dt), kernel.astype(dt))
+    else:
+      rows = jnp.swapaxes(x.reshape((-1, self.heads, dh)), 0, 1).astype(dt)
+      y = jnp.swapaxes(jnp.matmul(rows, kernel.astype(dt)), 0, 1).reshape(x.shape)
     if self.use_bias:
       y = y + self.param("bias", initializers.zeros_init(), (h,)).astype(y.dtype)
     return y
@@ -181,28 +187,66 @@ class SLSTM(SLSTMLayerOptions):
       raise ValueError(f"SLSTM({h}) reads inputs of width {h}, got {x.shape[-1]}")
     cell = SLSTMCell(h, **options_of(self, ALL_SLSTM_OPTIONS), project_inputs=False, name="cell")
     dt = cell.compute_dtype
-    x_conv = x
-    if self.conv1d_kernel_size > 0:
-      x_conv = nn.silu(CausalConv(self.conv1d_kernel_size, dt, name="conv")(x))
-    gate = lambda name, inputs: HeadwiseLinear(heads, dt, name=name)(inputs)
-    pre = jnp.concatenate(
-      [gate("igate", x_conv), gate("fgate", x_conv), gate("zgate", x), gate("ogate", x)], axis=-1
-    )
     drop = is_active(self.dropout) or is_active(self.recurrent_dropout)
     training = drop and not nn.merge_param("deterministic", self.deterministic, deterministic)
-    carry, ys = run_layer(
-      cell,
-      cell.parameters(4 * h),
-      pre,
+    loop = dict(
       make_carry=lambda shape: cell.initialize_carry(jax.random.key(0), shape),
       initial_carry=initial_carry,
       seq_lengths=seq_lengths,
       recurrent_dropout=self.recurrent_dropout,
       dropout_rng=(lambda: self.make_rng("dropout")) if training else None,
-      unroll=self.unroll,
-      remat=self.remat,
-      implementation=self.implementation,
     )
+
+    def conv(inputs: Array) -> Array:
+      if self.conv1d_kernel_size == 0:
+        return inputs
+      return nn.silu(CausalConv(self.conv1d_kernel_size, dt, name="conv")(inputs))
+
+    gate = lambda name, inputs, **kw: HeadwiseLinear(heads, dt, name=name)(inputs, **kw)
+    # A kernel that runs the loop on head-major pre-activations (the fused one: `run_heads`)
+    # gets them straight from the head-wise projections, `(NH, T, B, DH)` per gate, instead
+    # of through the gate-major `(B, T, 4H)` the other kernels read and back.
+    call = kernels.call_needs(
+      recurrent_dropout=training and is_active(self.recurrent_dropout), remat=self.remat
+    )
+    kernel = kernels.select(cell, self.implementation, call)
+    run_heads = None if self.remat else getattr(kernel, "run_heads", None)
+    if run_heads is None:
+      x_conv = conv(x)
+      pre = jnp.concatenate(
+        [gate("igate", x_conv), gate("fgate", x_conv), gate("zgate", x), gate("ogate", x)], -1
+      )
+      carry, ys = run_layer(
+        cell,
+        cell.parameters(4 * h),
+        pre,
+        **loop,
+        unroll=self.unroll,
+        remat=self.remat,
+        implementation=self.implementation,
+      )
+    else:
+      batch_shape, xb, lengths, carry, h_mask = start_layer(x, **loop)
+      b, t = xb.shape[:2]
+      # Rows in (step, sample) order per head: `(B, T, H) -> (NH, T * B, DH)`.
+      rows = lambda a: jnp.transpose(a.reshape(b, t, heads, -1), (2, 1, 0, 3)).reshape(
+        heads, t * b, -1
+      )
+      xc = rows(conv(xb))
+      xr = rows(xb)
+      zx = jnp.concatenate(
+        [
+          gate("igate", xc, head_major=True),
+          gate("fgate", xc, head_major=True),
+          gate("zgate", xr, head_major=True),
+          gate("ogate", xr, head_major=True),
+        ],
+        -1,
+      ).reshape(heads, t, b, -1)
+      p = cell.parameters(4 * h)
+      carry, ys = run_heads(cell, p, carry, zx, lengths, h_mask=h_mask, unroll=self.unroll)
+      carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
+      ys = ys.reshape(batch_shape + ys.shape[1:])
     ys = Dropout(self.dropout)(ys, deterministic=not training)
     y = HeadNorm(heads, name="norm")(ys)
     return (carry, y) if self.return_carry else y

@@ -251,6 +251,52 @@ def test_fused_layer_with_reverse_remat_and_ragged_lengths():
       _close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_the_layer_on_the_fused_kernel_equals_its_other_routes(monkeypatch):
+  """`SLSTM` on the fused kernel computes its gate projections head-major and loops on them
+  (`run_heads`); on autodiff, and with remat, it goes through the gate-major `run_layer`.
+  The same outputs, final carry and gradients (parameters, inputs, initial carry), with two
+  batch dims, ragged lengths (one of them 0), an initial carry, and both dropouts drawing
+  from one key."""
+  from flaxlstm.nn.kernels import slstm_fused
+
+  calls = []
+  run_heads = slstm_fused.FusedSLSTM.run_heads
+  monkeypatch.setattr(
+    slstm_fused.FusedSLSTM, "run_heads", lambda *a, **k: calls.append(1) or run_heads(*a, **k)
+  )
+  x = _rand(30, 2, B, T, 8)
+  lengths = np.array([[T, 4, 1], [0, T, 3]])
+  c, n, m, h = (_rand(31 + k, 2, B, 8) for k in range(4))
+  carry0 = SLSTMCarry(c, np.abs(n) + 0.5, m, h)
+  w_y = _rand(35, 2, B, T, 8)
+  layer = SLSTM(8, num_heads=2, dropout=0.2, recurrent_dropout=0.3, return_carry=True)
+  params = _random_params(layer.clone(deterministic=True), x)
+
+  def grads(module):
+    def loss(p, x, carry0):
+      carry, y = module.apply(
+        p,
+        x,
+        initial_carry=carry0,
+        seq_lengths=lengths,
+        deterministic=False,
+        rngs={"dropout": jax.random.key(3)},
+      )
+      return (y * w_y).sum() + sum(a.sum() for a in carry), (carry, y)
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, x, carry0)
+
+  got = grads(layer)
+  assert calls  # the head-major route ran
+  n_calls = len(calls)
+  for other in (layer.clone(implementation="autodiff"), layer.clone(remat=True)):
+    want = grads(other)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      _close(a, b, rtol=1e-4, atol=1e-5)
+  assert len(calls) == n_calls  # and the others did not
+  assert np.abs(np.asarray(got[1][1])).sum() > 0  # d/dx: not vacuous
+
+
 def test_unsupported_configurations_run_on_autodiff():
   from flaxlstm.nn import kernels
 

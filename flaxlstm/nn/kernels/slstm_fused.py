@@ -7,10 +7,13 @@ reverse scan that carries only the state cotangents `(dc, dn, dm, dh)`; per step
 the gate math's derivative, written out from the saved gates (`_pointwise_vjp`: no gate is
 computed twice, and the stabilizer's gradient goes where autodiff's does), and one
 head-batched `R^T dz` matmul, and stores `dz`. The loop runs head-major (`_to_heads`), so that
-no step transposes anything. The recurrent kernel's gradient is then ONE matmul per head
-over all `T*B` rows, outside the loop, instead of T small matmuls accumulated in the loop's
-carry, and the input side's gradient is the stored `dz` itself (the projection, outside the
-kernel, is differentiated by JAX). It runs float32 cells without a gate soft-cap; the
+no step transposes anything, and its pre-activations and their gradient `dz` are stored
+heads first, `(NH, T, B, 4 DH)`: each head's rows in (step, sample) order, as a head-wise
+projection's batched matmul writes and reads them (`run_heads`, for the `SLSTM` layer). The
+recurrent kernel's gradient is then ONE matmul per head over all `T*B` rows, outside the
+loop, instead of T small matmuls accumulated in the loop's carry, and the input side's
+gradient is the stored `dz` itself (the projection, outside the kernel, is differentiated by
+JAX). It runs float32 cells without a gate soft-cap; the
 autodiff loop (scan.py) runs every other configuration and is the reference it is tested
 against (tests/nn/test_slstm.py: outputs, final carries and gradients, ragged lengths,
 reverse, remat, recurrent dropout).
@@ -28,15 +31,16 @@ import jax.numpy as jnp
 from flaxlstm.nn.cells.base import like
 from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell
 from flaxlstm.nn.kernels.registry import Call, register
-from flaxlstm.nn.kernels.scan import TimeMajor, chunked
+from flaxlstm.nn.kernels.scan import TimeMajor, chunked, step_mask
 
 Array = jax.Array
 
 
 # The loop runs head-major: states `(NH, B, DH)` and pre-activations `(NH, B, 4 DH)` (each
 # head's [i | f | z | o] side by side), so that each step's recurrent matmul is one batched
-# GEMM over the heads, `(NH, B, DH) @ (NH, DH, 4 DH)`, with no transpose inside the loop; the
-# layer's batch-major, gate-major arrays are transposed once at the kernel's boundary.
+# GEMM over the heads, `(NH, B, DH) @ (NH, DH, 4 DH)`, with no transpose inside the loop; a
+# caller's batch-major, gate-major arrays are transposed once at the kernel's boundary
+# (`recurrence`), where the `SLSTM` layer's projections write head-major ones (`run_heads`).
 def _to_heads(a: Array, nh: int) -> Array:
   """`(..., B, H)` -> `(..., NH, B, DH)`."""
   lead, b = a.shape[:-2], a.shape[-2]
@@ -50,15 +54,9 @@ def _from_heads(a: Array) -> Array:
 
 
 def _gates_to_heads(z: Array, nh: int) -> Array:
-  """Gate-major `(T, B, 4H)` -> head-major `(T, NH, B, 4 DH)`."""
+  """Gate-major `(T, B, 4H)` -> head-major `(NH, T, B, 4 DH)`."""
   t, b = z.shape[:2]
-  return jnp.transpose(z.reshape(t, b, 4, nh, -1), (0, 3, 1, 2, 4)).reshape(t, nh, b, -1)
-
-
-def _gates_from_heads(z: Array) -> Array:
-  """The inverse of `_gates_to_heads`."""
-  t, nh, b = z.shape[:3]
-  return jnp.transpose(z.reshape(t, nh, b, 4, -1), (0, 2, 3, 1, 4)).reshape(t, b, -1)
+  return jnp.transpose(z.reshape(t, b, 4, nh, -1), (3, 0, 1, 2, 4)).reshape(nh, t, b, -1)
 
 
 def _pointwise(z: Array, c: Array, n: Array, m: Array, exp_forget: bool):
@@ -113,14 +111,15 @@ def _pointwise_vjp(saved, c_p, n_p, c, n, cts):
 
 
 def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: bool):
-  """The forward scan, head-major: `zx (T, NH, B, 4 DH)` (the input side, bias included),
+  """The forward scan, head-major: `zx (NH, T, B, 4 DH)` (the input side, bias included),
   `carry0` four `(NH, B, DH)`, `mask (T, 1, B, 1)`, `h_mask (NH, B, DH)`. Returns
   `(carry, ys (T, NH, B, DH))` and, with `save`, the residuals: each step's gates (what its
   derivative reads, `_pointwise`) and the states `(c, n, h)` it read."""
 
   def step(carry, inp):
     c, n, m, h = carry
-    zx_t, on = inp
+    t, on = inp
+    zx_t = jax.lax.dynamic_index_in_dim(zx, t, axis=1, keepdims=False)
     z = zx_t + jnp.matmul(h if h_mask is None else h * h_mask, r)
     new, gates = _pointwise(z, c, n, m, exp_forget)
     y = new[3]
@@ -134,7 +133,8 @@ def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: b
     # from the saved gates.
     return new, ((y, gates, (c, n, h)) if save else y)
 
-  carry, out = jax.lax.scan(step, tuple(carry0), (zx, mask), unroll=unroll)
+  steps = jnp.arange(zx.shape[1])
+  carry, out = jax.lax.scan(step, tuple(carry0), (steps, mask), unroll=unroll)
   if not save:
     return carry, out, None
   ys, gates, states = out
@@ -148,8 +148,8 @@ def _backward(r, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
   del exp_forget  # the derivative reads the saved gates
 
   def step(carry, inp):
-    dc, dn, dm, dh, dhm = carry
-    saved, c_p, n_p, h_p, dy, on = inp
+    dc, dn, dm, dh, dhm, dzs = carry
+    t, saved, c_p, n_p, h_p, dy, on = inp
     ig, fg, tz, _ = jnp.split(saved[0], 4, axis=-1)
     # The step's new (c, n), unmasked; where it was masked off its cotangents are zero.
     c, n = fg * c_p + ig * tz, fg * n_p + ig
@@ -166,16 +166,23 @@ def _backward(r, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
       dc_p, dn_p, dm_p, dh_p = (
         g + jnp.where(on, 0.0, p) for g, p in zip((dc_p, dn_p, dm_p, dh_p), passed)
       )
-    return (dc_p, dn_p, dm_p, dh_p, dhm), dz
+    # Into `(NH, T, B, 4 DH)`, the layout of `zx`, written in place: the projection's
+    # gradient and the recurrent kernel's read it heads first with no transpose.
+    dzs = jax.lax.dynamic_update_index_in_dim(dzs, dz, t, axis=1)
+    return (dc_p, dn_p, dm_p, dh_p, dhm, dzs), None
 
   dhm0 = None if h_mask is None else jnp.zeros_like(prev[2][0])
-  (dc0, dn0, dm0, dh0, dhm), dzs = jax.lax.scan(
-    step, (*d_carry, dhm0), (gates, *prev, dys, mask), reverse=True, unroll=unroll
+  t_len, (nh, b, g) = gates[0].shape[0], gates[0].shape[1:]
+  dzs0 = jnp.zeros((nh, t_len, b, g), gates[0].dtype)
+  steps = jnp.arange(t_len)
+  (dc0, dn0, dm0, dh0, dhm, dzs), _ = jax.lax.scan(
+    step, (*d_carry, dhm0, dzs0), (steps, gates, *prev, dys, mask), reverse=True, unroll=unroll
   )
   # The recurrent kernel's gradient: per head ONE matmul over every (step, sample) row.
   h_in = prev[2] if h_mask is None else prev[2] * h_mask  # (T, NH, B, DH)
   rows = lambda a: jnp.moveaxis(a, 1, 0).reshape(a.shape[1], -1, a.shape[-1])
-  dr = jnp.matmul(jax.lax.optimization_barrier(jnp.swapaxes(rows(h_in), 1, 2)), rows(dzs))
+  dz_rows = dzs.reshape(nh, -1, g)  # already head-major, rows in (step, sample) order
+  dr = jnp.matmul(jax.lax.optimization_barrier(jnp.swapaxes(rows(h_in), 1, 2)), dz_rows)
   return dr, (dc0, dn0, dm0, dh0), dzs, None, dhm
 
 
@@ -223,21 +230,40 @@ class FusedSLSTM(TimeMajor):
     return fused_supported(cell)
 
   def recurrence(self, cell, p, carry, x, *, mask=None, h_mask=None, unroll=1, remat=False):
-    r = jnp.asarray(p["recurrent_kernel"], jnp.float32)
-    nh = r.shape[0]
-    exp_forget = cell.forget_gate == "exp"
-    h_m = None if h_mask is None else _to_heads(h_mask.astype(jnp.float32), nh)
+    nh = cell.num_heads
 
     def loop(carry, x_chunk, m_chunk):
       # The input side for all of the chunk's steps at once, outside the time loop (and
       # inside a remat chunk, so that remat recomputes it rather than keeping it).
       zx = _gates_to_heads(cell.project(p, x_chunk).astype(jnp.float32), nh)
-      c0 = tuple(_to_heads(jnp.asarray(a, jnp.float32), nh) for a in carry)
-      on = None if m_chunk is None else m_chunk[:, None]  # (T, 1, B, 1)
-      new, ys = _fused(r, c0, zx, on, h_m, unroll, exp_forget)
-      return like(carry, SLSTMCarry(*(_from_heads(a) for a in new))), _from_heads(ys)
+      carry, ys = self.loop_heads(cell, p, carry, zx, m_chunk, h_mask, unroll)
+      return carry, _from_heads(ys)
 
     return chunked(loop, carry, x, mask, remat)
+
+  def loop_heads(self, cell, p, carry, zx, mask, h_mask, unroll):
+    """The loop over head-major pre-activations `zx (NH, T, B, 4 DH)` (input side and bias),
+    `mask (T, B, 1)`, the carry and `h_mask` batch-major as the cell's: `(carry, ys (T, NH,
+    B, DH))`."""
+    r = jnp.asarray(p["recurrent_kernel"], jnp.float32)
+    nh = r.shape[0]
+    h_m = None if h_mask is None else _to_heads(h_mask.astype(jnp.float32), nh)
+    c0 = tuple(_to_heads(jnp.asarray(a, jnp.float32), nh) for a in carry)
+    on = None if mask is None else mask[:, None]  # (T, 1, B, 1)
+    new, ys = _fused(r, c0, zx, on, h_m, unroll, cell.forget_gate == "exp")
+    return like(carry, SLSTMCarry(*(_from_heads(a) for a in new))), ys
+
+  def run_heads(self, cell, p, carry, zx, lengths, *, h_mask=None, unroll=1):
+    """The time loop of a layer that computes its input side head-major itself (the
+    `SLSTM` layer: its head-wise gate projections write `(NH, T, B, DH)` directly, which
+    spares the pre-activations two transposes, one each way, that `run` pays):
+    `zx (NH, T, B, 4 DH)` without the bias, each head's gates `[i | f | z | o]` side by
+    side; `carry`, `lengths (B,)` and `h_mask` as `run`'s. Returns `(carry, ys (B, T, H))`."""
+    nh, t, b = zx.shape[:3]
+    bias = jnp.asarray(p["bias"], jnp.float32).reshape(4, nh, -1)  # gate-major -> per head
+    zx = zx.astype(jnp.float32) + jnp.swapaxes(bias, 0, 1).reshape(nh, 1, 1, -1)
+    carry, ys = self.loop_heads(cell, p, carry, zx, step_mask(lengths, t), h_mask, unroll)
+    return carry, jnp.transpose(ys, (2, 0, 1, 3)).reshape(b, t, -1)
 
 
 FUSED_SLSTM = register(FusedSLSTM())
