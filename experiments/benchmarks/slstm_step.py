@@ -188,9 +188,9 @@ def run(shape: str, steps: int, names: list[str], backend: str = "vanilla") -> d
   losses = list(first.values())
   assert np.allclose(losses, losses[0], rtol=1e-4), first
   times: dict[str, list[float]] = {name: [] for name in peers}
-  # The order turns every round, so that each peer follows each other one equally often: a
-  # step right after torch's runs while torch's OpenMP threads still spin (measured: the
-  # peer in that slot was the slower for it, whichever it was: BENCHMARKS.md).
+  # The order turns every round, so that each peer follows each other one equally often:
+  # in a fixed order the step right after torch's was the slower for it, whichever peer it
+  # was (BENCHMARKS.md; torch's threads still busy, presumably).
   names = list(peers)
   faults = dict.fromkeys(names, 0)
   for k in range(steps):
