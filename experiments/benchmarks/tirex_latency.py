@@ -5,7 +5,8 @@ Both build the published model's shape (35M parameters: 12 sLSTM blocks of width
 patches of 32, context 2048). A call forecasts `--horizon` steps after `--batch` random-walk
 contexts of 2048 steps (several rollout passes when the horizon is over one patch). Calls
 are interleaved (ours, theirs, ours, ...) and timed after a warm-up call (ours: its jit
-compile, reported apart). Before timing, the two forecasts are checked close: `tirex-ts`
+compile, reported apart), in a process that reuses freed memory as the `flaxlstm` program
+does (flaxlstm/host.py). Before timing, the two forecasts are checked close: `tirex-ts`
 rounds its sLSTM to bfloat16 on CPU (we compute in float32), so they agree to about 1e-2
 of the series' scale, not to 1e-4 (the float32 comparison is a test:
 tests/pretrained/test_tirex.py).
@@ -24,6 +25,8 @@ import time
 
 import jax
 import numpy as np
+
+from flaxlstm import host
 
 
 def build(config, seed: int = 0):
@@ -50,6 +53,9 @@ def main() -> None:
   ap.add_argument("--horizon", type=int, default=64)
   ap.add_argument("--calls", type=int, default=3)
   args = ap.parse_args()
+  # As the `flaxlstm` program runs (before JAX starts; FLAXLSTM_RELEASE_HOST_MEMORY=1 measures
+  # glibc's defaults); torch shares the process and the setting.
+  reused = host.reuse_freed_memory()
 
   import torch
 
@@ -82,6 +88,7 @@ def main() -> None:
     "torch_threads": torch.get_num_threads(),
     "first_call_s": round(compile_s, 2),
     "max_gap_over_scale": round(gap, 5),
+    "allocator": "freed memory reused" if reused else "glibc malloc defaults",
   }
   for name, ts in times.items():
     row[f"{name}_best_s"] = round(min(ts), 4)
