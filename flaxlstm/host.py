@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 OPT_OUT = "FLAXLSTM_RELEASE_HOST_MEMORY"
 
 # glibc's `mallopt` parameters (malloc.h) and the values set.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _SETTINGS = (
   (_M_ARENA_MAX, 1),  # every thread allocates from the main heap, which grows without limit
-  (_M_MMAP_THRESHOLD, 1 << 30),  # blocks below 1 GiB come from that heap, not from mmap
-  (_M_TRIM_THRESHOLD, (1 << 31) - 1),  # its free top is kept (up to 2 GiB), not unmapped
+  (_M_MMAP_MAX, 0),  # every block comes from that heap, none from a mmap of its own
+  (_M_TRIM_THRESHOLD, -1),  # and its free top is never handed back (mallopt(3): -1 disables)
 )
 
 
@@ -36,9 +36,8 @@ def reuse_freed_memory() -> bool:
   that large with a fresh `mmap` and unmaps them on free, and XLA's worker threads allocate
   from arenas of their own that hand freed memory back to the system as well. So every
   step faults its temporaries in again, one 4 KB page at a time, each page zeroed by the
-  kernel: a large share of a CPU step, more than the sLSTM kernel's whole gain over
-  autodiff at TiRex's shape (BENCHMARKS.md, "The allocator"). With one arena, no `mmap`
-  below 1 GiB and no trimming, the next step reuses the same pages.
+  kernel: a large share of a CPU step (BENCHMARKS.md, "The allocator"). With one arena, no
+  block of its own `mmap` and no trimming, the next step reuses the same pages.
 
   The cost: the process keeps its peak heap until it exits (freed memory is not returned to
   the system), and threads share the one arena's lock (a step allocates few large blocks).
