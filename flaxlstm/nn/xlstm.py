@@ -120,7 +120,8 @@ class HeadwiseLinear(nn.Module):
       rows = jnp.swapaxes(x.reshape((-1, self.heads, dh)), 0, 1).astype(dt)
       y = jnp.swapaxes(jnp.matmul(rows, kernel.astype(dt)), 0, 1).reshape(x.shape)
     if self.use_bias:
-      y = y + self.param("bias", initializers.zeros_init(), (h,)).astype(y.dtype)
+      bias = self.param("bias", initializers.zeros_init(), (h,)).astype(y.dtype)
+      y = y + (bias.reshape(self.heads, 1, dh) if head_major else bias)
     return y
 
 

@@ -297,6 +297,18 @@ def test_the_layer_on_the_fused_kernel_equals_its_other_routes(monkeypatch):
   assert np.abs(np.asarray(got[1][1])).sum() > 0  # d/dx: not vacuous
 
 
+def test_headwise_linear_head_major_equals_its_batch_major_form():
+  from flaxlstm.nn.xlstm import HeadwiseLinear
+
+  x = _rand(40, B, T, 8)
+  layer = HeadwiseLinear(heads=2, use_bias=True)
+  params = _random_params(layer, x)
+  rows = np.transpose(x.reshape(B * T, 2, 4), (1, 0, 2))  # (NH, N, DH)
+  got = layer.apply(params, rows, head_major=True)
+  want = np.transpose(np.asarray(layer.apply(params, x)).reshape(B * T, 2, 4), (1, 0, 2))
+  _close(got, want)
+
+
 def test_unsupported_configurations_run_on_autodiff():
   from flaxlstm.nn import kernels
 
