@@ -59,13 +59,36 @@ def _gates_to_heads(z: Array, nh: int) -> Array:
   return jnp.transpose(z.reshape(t, b, 4, nh, -1), (3, 0, 1, 2, 4)).reshape(nh, t, b, -1)
 
 
-def _pointwise(z: Array, c: Array, n: Array, m: Array, exp_forget: bool):
-  """The gate math of one step (`SLSTMCell.activate`, float32) on head-major blocks
-  `z (..., 4 DH)`: the new `(c, n, m, h)`, and what its derivative reads (`_pointwise_vjp`):
-  the gates `(i', f', tanh z, sigma(o))` side by side, `d log f / d f~`, and whether `m`
-  came from the input gate."""
-  ii, ff, zz, oo = jnp.split(z, 4, axis=-1)
-  log_fm = (ff if exp_forget else jax.nn.log_sigmoid(ff)) + m
+# Each gate's block of step `t` is read by a `dynamic_slice` of its own, and the gates are
+# saved as four arrays, not one `(..., 4 DH)` block split after the read: XLA:CPU emits a
+# fusion that takes two static slices of one dynamic slice an order of magnitude slower
+# (element by element) than one that reads two dynamic slices, and every gate fusion of
+# both loops did that (experiments/benchmarks/slstm_step.py measures the step).
+def _step_gates(zx: Array, t: Array) -> tuple[Array, ...]:
+  """Step `t`'s four pre-activation blocks `(NH, B, DH)` of `zx (NH, T, B, 4 DH)`."""
+  nh, _, b, g = zx.shape
+  dh = g // 4
+  return tuple(
+    jax.lax.dynamic_slice(zx, (0, t, 0, k * dh), (nh, 1, b, dh)).reshape(nh, b, dh)
+    for k in range(4)
+  )
+
+
+def _log_sigmoid(x: Array) -> Array:
+  """`log sigma(x) = min(x, 0) - log(1 + exp(-|x|))`, as `jax.nn.log_sigmoid` but with `log`
+  where it has `log1p`: XLA:CPU's `log1p` is several times slower than `log` in the loop (the
+  forget gate's fusion took a third of the forward step). The rounding of `1 + u` costs at
+  most ~6e-8 absolute, below float32's resolution of the `m` it is added to."""
+  return jnp.minimum(x, 0.0) - jnp.log(1.0 + jnp.exp(-jnp.abs(x)))
+
+
+def _pointwise(z, c: Array, n: Array, m: Array, exp_forget: bool):
+  """The gate math of one step (`SLSTMCell.activate`, float32) on the head-major
+  pre-activations `z = (i~, f~, z~, o~)`, `(..., DH)` each: the new `(c, n, m, h)`, and what
+  its derivative reads (`_pointwise_vjp`): the gates `(i', f', tanh z, sigma(o))`,
+  `d log f / d f~`, and whether `m` came from the input gate."""
+  ii, ff, zz, oo = z
+  log_fm = (ff if exp_forget else _log_sigmoid(ff)) + m
   from_input = (n == 0) | (ii >= log_fm)
   m_new = jnp.where(from_input, ii, log_fm)
   i_gate = jnp.minimum(jnp.exp(ii - m_new), 1.0)
@@ -74,7 +97,7 @@ def _pointwise(z: Array, c: Array, n: Array, m: Array, exp_forget: bool):
   c_new = f_gate * c + i_gate * tz
   n_new = f_gate * n + i_gate
   dlog_f = jnp.ones_like(ff) if exp_forget else jax.nn.sigmoid(-ff)
-  saved = (jnp.concatenate([i_gate, f_gate, tz, og], axis=-1), dlog_f, from_input)
+  saved = ((i_gate, f_gate, tz, og), dlog_f, from_input)
   return (c_new, n_new, m_new, og * c_new / n_new), saved
 
 
@@ -88,8 +111,7 @@ def _pointwise_vjp(saved, c_p, n_p, c, n, cts):
   `m` is the larger of their exponents (or `i~` while `n_p = 0`), so the exponent `m` came
   from gets its gradient back through `m` (the clamps `min(., 1)` only bind, with zero
   gradient, where `n_p = 0` makes `f'`'s exponent positive)."""
-  gates, dlog_f, from_input = saved
-  ig, fg, tz, og = jnp.split(gates, 4, axis=-1)
+  (ig, fg, tz, og), dlog_f, from_input = saved
   dc, dn, dm, dh = cts
   # n > 0 after every step (the backward recomputes a masked-off step's n as if it ran,
   # and scores it with zero cotangents); the guard keeps 0 * (1 / n) finite regardless.
@@ -119,8 +141,8 @@ def _forward(r, carry0, zx, mask, h_mask, unroll: int, exp_forget: bool, save: b
   def step(carry, inp):
     c, n, m, h = carry
     t, on = inp
-    zx_t = jax.lax.dynamic_index_in_dim(zx, t, axis=1, keepdims=False)
-    z = zx_t + jnp.matmul(h if h_mask is None else h * h_mask, r)
+    rec = jnp.split(jnp.matmul(h if h_mask is None else h * h_mask, r), 4, axis=-1)
+    z = tuple(a + b for a, b in zip(_step_gates(zx, t), rec))
     new, gates = _pointwise(z, c, n, m, exp_forget)
     y = new[3]
     if on is not None:  # finished sequences keep their carry and output zeros
@@ -150,7 +172,7 @@ def _backward(r, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
   def step(carry, inp):
     dc, dn, dm, dh, dhm, dzs = carry
     t, saved, c_p, n_p, h_p, dy, on = inp
-    ig, fg, tz, _ = jnp.split(saved[0], 4, axis=-1)
+    ig, fg, tz, _ = saved[0]
     # The step's new (c, n), unmasked; where it was masked off its cotangents are zero.
     c, n = fg * c_p + ig * tz, fg * n_p + ig
     out_ct = (dc, dn, dm, dh + dy)
@@ -172,8 +194,9 @@ def _backward(r, mask, h_mask, res, cts, unroll: int, exp_forget: bool):
     return (dc_p, dn_p, dm_p, dh_p, dhm, dzs), None
 
   dhm0 = None if h_mask is None else jnp.zeros_like(prev[2][0])
-  t_len, (nh, b, g) = gates[0].shape[0], gates[0].shape[1:]
-  dzs0 = jnp.zeros((nh, t_len, b, g), gates[0].dtype)
+  t_len, (nh, b, dh) = gates[0][0].shape[0], gates[0][0].shape[1:]
+  g = 4 * dh
+  dzs0 = jnp.zeros((nh, t_len, b, g), gates[0][0].dtype)
   steps = jnp.arange(t_len)
   (dc0, dn0, dm0, dh0, dhm, dzs), _ = jax.lax.scan(
     step, (*d_carry, dhm0, dzs0), (steps, gates, *prev, dys, mask), reverse=True, unroll=unroll
