@@ -13,6 +13,7 @@ Flax models, and what the forecasting framework around it is built on.
                are scanned together (read by the converters too); remat.py: the
                per-block remat of its unrolled (sLSTM) blocks
     blocks.py  RevIN, segment embedding, the parallel and recurrent decoders
+    residual.py residual_boundary: a residual stream's gradient written once per block
     convert.py Flax, PyTorch, cuDNN and xlstm weight layouts
     nnx.py     the same layers for Flax NNX, on the same kernels
 """
@@ -22,6 +23,7 @@ from flaxlstm.nn.cells.mlstm import MLSTMCarry, MLSTMCell
 from flaxlstm.nn.cells.slstm import SLSTMCarry, SLSTMCell
 from flaxlstm.nn.convert import from_flax_params, from_torch_lstm
 from flaxlstm.nn.layers import LSTM, RNN, Bidirectional, flip_sequences
+from flaxlstm.nn.residual import residual_boundary
 from flaxlstm.nn.stacks import StackedLSTM, StackedRNN
 from flaxlstm.nn.xlstm import MLSTM, SLSTM, MLSTMBlock, SLSTMBlock, XLSTMStack
 
@@ -43,6 +45,7 @@ __all__ = [
   "StackedRNN",
   "Bidirectional",
   "flip_sequences",
+  "residual_boundary",
   "from_flax_params",
   "from_torch_lstm",
 ]

@@ -41,6 +41,7 @@ from flaxlstm.nn.cells.slstm import ALL_SLSTM_OPTIONS, SLSTMCell, SLSTMOptions
 from flaxlstm.nn.dropout import Dropout, is_active
 from flaxlstm.nn.layers import run_layer, start_layer
 from flaxlstm.nn.remat import remat_call
+from flaxlstm.nn.residual import residual_boundary
 from flaxlstm.nn.stack_layout import block_runs
 
 Array = jax.Array
@@ -311,6 +312,7 @@ class SLSTMBlock(SLSTMLayerOptions):
     self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
   ) -> Array:
     layer = SLSTM(**options_of(self, LAYER_OPTIONS), features=self.features, name="slstm")
+    x = residual_boundary(x)
     x = x + layer(
       ResidualLayerNorm(name="norm")(x), seq_lengths=seq_lengths, deterministic=deterministic
     )
@@ -318,6 +320,7 @@ class SLSTMBlock(SLSTMLayerOptions):
       ffn = GatedFeedForward(
         self.ffn_proj_factor, self.ffn_activation, self.ffn_dropout, name="ffn"
       )
+      x = residual_boundary(x)
       x = x + ffn(ResidualLayerNorm(name="ffn_norm")(x), deterministic=deterministic is not False)
     return x
 
@@ -471,6 +474,7 @@ class MLSTMBlock(MLSTMLayerOptions):
     self, x: Array, *, seq_lengths: Array | None = None, deterministic: bool | None = None
   ) -> Array:
     layer = MLSTM(**options_of(self, MLSTM_LAYER_OPTIONS), features=self.features, name="mlstm")
+    x = residual_boundary(x)
     return x + layer(
       ResidualLayerNorm(name="norm")(x), seq_lengths=seq_lengths, deterministic=deterministic
     )

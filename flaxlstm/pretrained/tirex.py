@@ -40,6 +40,7 @@ from flax import linen as nn
 
 from flaxlstm import fileio
 from flaxlstm.errors import InputError
+from flaxlstm.nn.residual import residual_boundary
 from flaxlstm.nn.xlstm import SLSTM
 
 Array = jax.Array
@@ -153,7 +154,9 @@ class TiRexBlock(nn.Module):
       implementation=self.implementation,
       name="slstm",
     )
+    x = residual_boundary(x)
     x = x + layer(RMSNorm(name="norm_slstm")(x))
+    x = residual_boundary(x)
     y = RMSNorm(name="norm_ffn")(x)
     dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)
     up = nn.silu(dense(cfg.ffn_dim, "proj_up_gate")(y)) * dense(cfg.ffn_dim, "proj_up")(y)
