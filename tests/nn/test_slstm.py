@@ -234,6 +234,19 @@ def test_fused_equals_autodiff(masked, h_masked, forget_gate, from_zeros):
   assert np.abs(np.asarray(g1[0]["recurrent_kernel"])).sum() > 0  # not vacuous
 
 
+def test_the_fused_kernels_log_sigmoid_is_jaxs_over_float32s_range():
+  """The kernel's forget gate takes `log sigma` with `log` where JAX has `log1p` (faster on
+  XLA:CPU): equal within 1e-7 absolute from the tails to 0, infinities and NaN included."""
+  from flaxlstm.nn.kernels.slstm_fused import _log_sigmoid
+
+  x = jnp.concatenate(
+    [jnp.linspace(-120.0, 120.0, 20001), jnp.array([-1e30, 1e30, -jnp.inf, jnp.inf, 0.0])]
+  )
+  ours, ref = np.asarray(_log_sigmoid(x)), np.asarray(jax.nn.log_sigmoid(x))
+  np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+  assert np.isnan(np.asarray(_log_sigmoid(jnp.array([jnp.nan])))).all()
+
+
 def test_fused_layer_with_reverse_remat_and_ragged_lengths():
   x = _rand(20, B, T, 4)
   lengths = np.array([T, 4, 1])
