@@ -7,8 +7,13 @@ from __future__ import annotations
 def summary(metrics: dict) -> str:
   """A run's `metrics.json` as `flaxlstm train` and `evaluate` print it: the point scores of
   the model and its baselines, then a distribution head's (`distributions`)."""
-  # The model's row is named by its encoder (metrics.json of older runs has none).
-  rows = [(metrics.get("encoder", "model"), metrics)] + list(metrics.get("baselines", {}).items())
+  # The model's row is named by its encoder (metrics.json of older runs has none), seasonal
+  # naive's by its season too.
+  season = metrics.get("seasonal_period")
+  rows = [(metrics.get("encoder", "model"), metrics)] + [
+    (f"{name} ({season})" if name == "seasonal_naive" and season else name, m)
+    for name, m in metrics.get("baselines", {}).items()
+  ]
   return scores(rows) + distributions(metrics)
 
 
@@ -40,9 +45,10 @@ def distributions(metrics: dict) -> str:
 def scores(rows: list[tuple[str, dict]]) -> str:
   """Val and test MSE/MAE, one row per (name, metrics)."""
   keys = ("mse", "mae")
-  lines = [f"{'':<16}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
+  w = max([16] + [len(name) + 1 for name, _ in rows])
+  lines = [f"{'':<{w}}{'val mse':>10}{'val mae':>10}{'test mse':>10}{'test mae':>10}"]
   for name, m in rows:
     # A production fit (data.test_size=0) has no test split: its columns show "-".
     cells = [f"{m[s][k]:>10.4f}" if s in m else f"{'-':>10}" for s in ("val", "test") for k in keys]
-    lines.append(f"{name:<16}" + "".join(cells))
+    lines.append(f"{name:<{w}}" + "".join(cells))
   return "\n".join(lines)

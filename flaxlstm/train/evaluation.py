@@ -146,6 +146,8 @@ def final_metrics(
     if baseline_metrics is None
     else baseline_metrics
   )
+  if "seasonal_naive" in out["baselines"]:  # the season it used (0 in a config: the data's)
+    out["seasonal_period"] = setup.spec.data.seasonal_period
   test_points = points.get("test", np.zeros((0,)))  # none: no conformal scores ({})
   out["conformal"] = baselines.conformal_metrics(data, points["val"], test_points, levels)
   out.update(counts)

@@ -56,6 +56,7 @@ def test_training_lowers_loss_and_writes_a_complete_workdir(tiny, tmp_path):
   assert set(saved) >= {"val", "test", "baselines"}
   assert set(saved["test"]) >= {"mse", "mae", "rmse", "mse_original", "mae_original"}
   assert set(saved["baselines"]) == {"naive", "seasonal_naive", "linear", "dlinear"}
+  assert saved["seasonal_period"] == 12  # the season seasonal naive used
   # Original-unit metrics are the scaled ones times the target's variance.
   scale = scaling.load_scalers(os.path.join(wd, "scalers.json")).target_scaler.scale_[0]
   np.testing.assert_allclose(
@@ -191,6 +192,8 @@ def test_cli_train_evaluate_predict(tiny, tmp_path, capsys):
   # header, the model, naive, seasonal naive, linear, DLinear, where it was read from
   names = [line.split()[0] for line in table[1:-1]]
   assert names == ["lstm", "naive", "seasonal_naive", "linear", "dlinear"], table
+  assert table[3].startswith("seasonal_naive (12) "), table  # with its season
+  assert len({len(line) for line in table[:-1]}) == 1, table  # the columns stay aligned
   assert "metrics.json" in table[-1]
   assert table[1].split()[-1] == f"{printed['test']['mae']:.4f}"
 
