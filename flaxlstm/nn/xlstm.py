@@ -296,7 +296,8 @@ class GatedFeedForward(nn.Module):
 
 class SLSTMBlock(SLSTMLayerOptions):
   """The sLSTM block of the `xlstm` package (post-up-projection): `x + SLSTM(norm(x))`, then
-  `x + GatedFeedForward(norm(x))` (no feed-forward with `ffn_proj_factor=0`).
+  `x + GatedFeedForward(norm(x))` (no feed-forward with `ffn_proj_factor=0`). Both residual
+  inputs pass `residual_boundary` (nn/residual.py: deep stacks' gradients on the CPU).
 
   Attributes: the `SLSTMLayerOptions` (its layer's; `features` is the block's width), and
     ffn_proj_factor, ffn_activation: the feed-forward's width factor and activation.
@@ -467,7 +468,8 @@ class MLSTMLayerCarry(NamedTuple):
 
 class MLSTMBlock(MLSTMLayerOptions):
   """The mLSTM block of the `xlstm` package: `x + MLSTM(norm(x))` (pre-norm, residual; no
-  feed-forward). Attributes: the `MLSTMLayerOptions` (`features` is the block's width)."""
+  feed-forward; its input passes `residual_boundary`). Attributes: the `MLSTMLayerOptions`
+  (`features` is the block's width)."""
 
   @nn.compact
   def __call__(

@@ -76,9 +76,9 @@ def _step_gates(zx: Array, t: Array) -> tuple[Array, ...]:
 
 def _log_sigmoid(x: Array) -> Array:
   """`log sigma(x) = min(x, 0) - log(1 + exp(-|x|))`, as `jax.nn.log_sigmoid` but with `log`
-  where it has `log1p`: XLA:CPU's `log1p` is several times slower than `log` in the loop (the
-  forget gate's fusion took a third of the forward step). The rounding of `1 + u` costs at
-  most ~6e-8 absolute, below float32's resolution of the `m` it is added to."""
+  where it has `log1p`: XLA:CPU's `log1p` is several times slower than `log`, and this runs
+  in every step of the loop (BENCHMARKS.md, "sLSTM"). The rounding of `1 + u` costs at most
+  ~6e-8 absolute, below float32's resolution of the `m` it is added to."""
   return jnp.minimum(x, 0.0) - jnp.log(1.0 + jnp.exp(-jnp.abs(x)))
 
 
