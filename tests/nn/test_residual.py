@@ -29,22 +29,25 @@ def test_it_is_the_identity_forward_and_backward_nans_and_vmap_included():
 def test_a_stack_of_blocks_writes_each_blocks_stream_gradient_once(monkeypatch):
   """What it is for: in the compiled gradient of a stack of sLSTM blocks, one `cond` per
   residual boundary (two per block), and the gradient equal to the stack's without them."""
-  blocks = [SLSTMBlock(16, num_heads=2, ffn_proj_factor=1.3, name=f"b{k}") for k in range(3)]
+  blocks = [SLSTMBlock(8, num_heads=2, ffn_proj_factor=1.3, name=f"b{k}") for k in range(2)]
 
   def loss(x, params):
     for block, p in zip(blocks, params):
       x = block.apply(p, x)
     return jnp.sum(jnp.square(x))
 
-  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
   params = [b.init(jax.random.key(k), x) for k, b in enumerate(blocks)]
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  hlo = grad.lower(x, params).compile().as_text()
-  assert hlo.count("conditional(") == 2 * len(blocks)
+
+  def compiled():  # compiled once, run from the compiled object (no second compile)
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, params).compile()
+
+  grad = compiled()
+  assert grad.as_text().count("conditional(") == 2 * len(blocks)
   with_boundaries = grad(x, params)
 
   monkeypatch.setattr(xlstm, "residual_boundary", lambda a: a)
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  assert grad.lower(x, params).compile().as_text().count("conditional(") == 0
+  grad = compiled()
+  assert grad.as_text().count("conditional(") == 0
   for a, b in zip(jax.tree.leaves(with_boundaries), jax.tree.leaves(grad(x, params))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
