@@ -4,16 +4,16 @@
 Both build the published model's shape (35M parameters: 12 sLSTM blocks of width 512,
 patches of 32, context 2048). A call forecasts `--horizon` steps after `--batch` random-walk
 contexts of 2048 steps (several rollout passes when the horizon is over one patch). Calls
-are interleaved (ours, theirs, ours, ...) and timed after a warm-up call (ours: its jit
-compile, reported apart), in a process that reuses freed memory as the `flaxlstm` program
-does (flaxlstm/host.py). Before timing, the two forecasts are checked close: `tirex-ts`
-rounds its sLSTM to bfloat16 on CPU (we compute in float32), so they agree to about 1e-2
-of the series' scale, not to 1e-4 (the float32 comparison is a test:
-tests/pretrained/test_tirex.py).
+are interleaved, the order turned every round (ours, theirs, theirs, ours, ...), and timed
+after a warm-up call (ours: its jit compile, reported apart), in a process that reuses freed
+memory as the `flaxlstm` program does (flaxlstm/host.py). Before timing, the two forecasts
+are checked close: `tirex-ts` rounds its sLSTM to bfloat16 on CPU (we compute in float32),
+so they agree to about 1e-2 of the series' scale, not to 1e-4 (the float32 comparison is a
+test: tests/pretrained/test_tirex.py).
 
 Needs the `refs` extra (torch, tirex-ts). Usage:
   python experiments/benchmarks/tirex_latency.py --batch 1 --calls 5
-  python experiments/benchmarks/tirex_latency.py --batch 256 --calls 2
+  python experiments/benchmarks/tirex_latency.py --batch 256 --calls 4
 """
 
 from __future__ import annotations
@@ -74,14 +74,20 @@ def main() -> None:
   scale = float(np.std(context))
   gap = float(np.abs(ours - theirs.numpy()).max()) / scale
 
-  times: dict[str, list[float]] = {"flaxlstm": [], "tirex-ts": []}
-  for _ in range(args.calls):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, context))
-    times["flaxlstm"].append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    ref._forecast_quantiles(torch.tensor(context), prediction_length=args.horizon)
-    times["tirex-ts"].append(time.perf_counter() - t0)
+  calls = {
+    "flaxlstm": lambda: jax.block_until_ready(fn(params, context)),
+    "tirex-ts": lambda: ref._forecast_quantiles(
+      torch.tensor(context), prediction_length=args.horizon
+    ),
+  }
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  # The order turns every round, so that each peer follows the other as often as itself: the
+  # call right after torch's can be the slower for it (slstm_step.py saw that).
+  for k in range(args.calls):
+    for name in list(calls)[:: 1 if k % 2 == 0 else -1]:
+      t0 = time.perf_counter()
+      calls[name]()
+      times[name].append(time.perf_counter() - t0)
   row = {
     "batch": args.batch,
     "horizon": args.horizon,
