@@ -51,3 +51,15 @@ def test_a_stack_of_blocks_writes_each_blocks_stream_gradient_once(monkeypatch):
   assert grad.as_text().count("conditional(") == 0
   for a, b in zip(jax.tree.leaves(with_boundaries), jax.tree.leaves(grad(x, params))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_other_platforms_lower_the_plain_identity():
+  """On a GPU a `cond` would read its predicate on the host: lowered for CUDA (exported,
+  no GPU needed), the backward has no trace of the CPU's predicate."""
+  from jax import export
+
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(residual_boundary(x)))))
+  x = jnp.ones((4, 3))
+  text = {p: export.export(grad, platforms=(p,))(x).mlir_module() for p in ("cpu", "cuda")}
+  assert "stablehlo.compare" in text["cpu"]
+  assert "stablehlo.compare" not in text["cuda"]
