@@ -5,7 +5,7 @@ blocks) the gradient of the stream at block k is the one above it plus the norm'
 backward: a chain of elementwise ops from the top of the stack down. XLA:CPU fuses such a
 chain into *each* consumer instead of writing it once, so every block's weight gradient
 and norm backward recomputed the chain of all the blocks above it: work quadratic in the
-depth, about a third of TiRex's 12-block train step (BENCHMARKS.md, "sLSTM").
+depth (BENCHMARKS.md, "sLSTM", measures it on a 12-block stack of TiRex's width).
 `jax.lax.optimization_barrier` does not stop it (XLA:CPU removes barriers before fusing);
 a `cond` does, because XLA does not fuse across one. So the backward passes the stream's
 gradient through a `cond` whose predicate is always true, written so that XLA cannot
